@@ -1,0 +1,569 @@
+//! The messages of the job lifecycle.
+//!
+//! ```text
+//! submitter --JobOffer (gossip)-------------------> every car
+//! worker    --Bid------------------------------------> submitter
+//! submitter --Assignment----------------------------> r workers
+//! worker    --ResultCommit  blake3(output || salt)--> submitter   (before anyone reveals)
+//! worker    --ResultReveal  output, salt-------------> submitter
+//! worker    --Withdraw (hands the job back)----------> submitter
+//! submitter --Receipt (co-signs the worker's WorkClaim with the verdict, gossip)--> every car
+//! ```
+//!
+//! No message carries a location or anything that identifies the owner beyond the node key. Amounts of
+//! credit are integers in micro-credits; energy in milliwatt-hours; times in milliseconds since the Unix
+//! epoch.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, DecodeError, Kind, Message};
+use crate::ids::{ChunkId, JobId, ModelId, NodeId};
+use crate::signing::{Signable, SignatureCheck, Signed, VerifyError};
+
+/// Largest job input carried inside an offer; larger inputs travel as content by [`JobInput::Content`].
+pub const MAX_INLINE_INPUT: usize = 32 * 1024;
+/// Largest output a worker may reveal.
+pub const MAX_OUTPUT: usize = 256 * 1024;
+/// Most workers a job may ask for.
+pub const MAX_REPLICAS: u8 = 16;
+/// Longest short text field (names, numeric class parts).
+pub const MAX_NAME: usize = 64;
+/// Most chunks a model manifest may list.
+pub const MAX_CHUNKS: usize = 4096;
+/// Largest chunk size a manifest may declare.
+pub const MAX_CHUNK_SIZE: u32 = 4 * 1024 * 1024;
+/// Most dimensions of a tensor spec.
+pub const MAX_RANK: usize = 8;
+
+fn check_name(kind: Kind, s: &str, what: &'static str) -> Result<(), DecodeError> {
+    if s.is_empty() || s.len() > MAX_NAME || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(DecodeError::invalid(kind, what));
+    }
+    Ok(())
+}
+
+/// How redundant outputs of one job are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum AgreementRule {
+    /// Byte-identical outputs; only between workers of one [`NumericClass`].
+    Exact,
+    /// Same index of the largest value of an f32 output (classifiers).
+    Argmax,
+    /// f32 outputs close enough: every element within `abs + rel * |x|`, or cosine similarity at least
+    /// `min_cosine` when `min_cosine` is positive.
+    Tolerance {
+        /// Absolute tolerance per element.
+        abs: f32,
+        /// Relative tolerance per element.
+        rel: f32,
+        /// Least cosine similarity of the two output vectors (0 = not used).
+        min_cosine: f32,
+    },
+}
+
+impl AgreementRule {
+    fn validate(&self, kind: Kind) -> Result<(), DecodeError> {
+        if let AgreementRule::Tolerance { abs, rel, min_cosine } = *self {
+            let ok = abs.is_finite()
+                && abs >= 0.0
+                && rel.is_finite()
+                && rel >= 0.0
+                && min_cosine.is_finite()
+                && (0.0..=1.0).contains(&min_cosine);
+            if !ok {
+                return Err(DecodeError::invalid(
+                    kind,
+                    "tolerance must be finite, >= 0, cosine <= 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What determines the bits of a worker's output: outputs compared under [`AgreementRule::Exact`] must come
+/// from workers of the same class.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NumericClass {
+    /// Tensor backend, e.g. `burn-flex-0.22`.
+    pub backend: String,
+    /// Backend features that change numerics, e.g. `simd+rayon`.
+    pub features: String,
+    /// CPU architecture and vector extensions, e.g. `x86_64-avx512`.
+    pub arch: String,
+}
+
+impl NumericClass {
+    fn validate(&self, kind: Kind) -> Result<(), DecodeError> {
+        check_name(
+            kind,
+            &self.backend,
+            "numeric class backend must be 1-64 printable ASCII bytes",
+        )?;
+        check_name(
+            kind,
+            &self.features,
+            "numeric class features must be 1-64 printable ASCII bytes",
+        )?;
+        check_name(
+            kind,
+            &self.arch,
+            "numeric class arch must be 1-64 printable ASCII bytes",
+        )
+    }
+}
+
+/// The input of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobInput {
+    /// Up to [`MAX_INLINE_INPUT`] bytes carried in the offer.
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A larger input fetched from the submitter by content id.
+    Content {
+        /// blake3 of the input bytes.
+        id: ChunkId,
+        /// Length of the input in bytes.
+        len: u64,
+    },
+}
+
+/// A submitter's call for work, gossiped to every car. Its [`JobId`] is the hash of its canonical bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobOffer {
+    /// The node that submits the job and will judge the results.
+    pub submitter: NodeId,
+    /// Makes otherwise identical offers distinct jobs.
+    pub nonce: u64,
+    /// The model to run.
+    pub model: ModelId,
+    /// The input to run it on.
+    pub input: JobInput,
+    /// How the replicas' outputs are compared.
+    pub rule: AgreementRule,
+    /// How many agreeing workers the submitter wants (1..=[`MAX_REPLICAS`]).
+    pub replicas: u8,
+    /// Most credit paid per accepted replica, in micro-credits.
+    pub reward: u64,
+    /// When the offer was made.
+    pub created_ms: u64,
+    /// Bids are no longer taken after this time; receivers drop the offer as expired.
+    pub expires_ms: u64,
+    /// The result is wanted by this time.
+    pub deadline_ms: u64,
+}
+
+impl JobOffer {
+    /// The job's id: blake3 of the offer's canonical bytes.
+    pub fn id(&self) -> JobId {
+        JobId::of(&codec::encode(self))
+    }
+
+    /// Whether the offer may still be acted on at `now_ms`, allowing `max_skew_ms` of clock difference.
+    pub fn check_fresh(&self, now_ms: u64, max_skew_ms: u64) -> Result<(), Freshness> {
+        check_window(self.created_ms, self.expires_ms, now_ms, max_skew_ms)
+    }
+}
+
+impl Message for JobOffer {
+    const KIND: Kind = Kind::JobOffer;
+    const MAX_LEN: usize = MAX_INLINE_INPUT + 256;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        let kind = Self::KIND;
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(DecodeError::invalid(kind, "replicas must be 1..=16"));
+        }
+        if self.created_ms > self.expires_ms || self.expires_ms > self.deadline_ms {
+            return Err(DecodeError::invalid(
+                kind,
+                "times must satisfy created <= expires <= deadline",
+            ));
+        }
+        if let JobInput::Inline(bytes) = &self.input
+            && bytes.len() > MAX_INLINE_INPUT
+        {
+            return Err(DecodeError::invalid(kind, "inline input over 32 KiB"));
+        }
+        self.rule.validate(kind)
+    }
+}
+
+impl Signable for JobOffer {
+    fn signer(&self) -> NodeId {
+        self.submitter
+    }
+}
+
+/// Whether a message with a validity window may be acted on now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Freshness {
+    /// The window ended.
+    #[error("expired {0} ms ago")]
+    Expired(u64),
+    /// The message claims to be made in the future, beyond the allowed clock skew.
+    #[error("made {0} ms in the future")]
+    FromFuture(u64),
+}
+
+fn check_window(created_ms: u64, expires_ms: u64, now_ms: u64, max_skew_ms: u64) -> Result<(), Freshness> {
+    if now_ms > expires_ms {
+        return Err(Freshness::Expired(now_ms - expires_ms));
+    }
+    if created_ms > now_ms.saturating_add(max_skew_ms) {
+        return Err(Freshness::FromFuture(created_ms - now_ms));
+    }
+    Ok(())
+}
+
+/// A worker's offer to run a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bid {
+    /// The job bid for.
+    pub job: JobId,
+    /// The bidding worker.
+    pub worker: NodeId,
+    /// The worker's numeric class (for exact agreement).
+    pub class: NumericClass,
+    /// Credit the worker asks for, in micro-credits.
+    pub price: u64,
+    /// The worker's electricity cost for the job at its current tariff, in micro-credits.
+    pub energy_cost: u64,
+    /// The worker's estimate of the compute time.
+    pub est_ms: u32,
+    /// The bid lapses after this time.
+    pub expires_ms: u64,
+}
+
+impl Message for Bid {
+    const KIND: Kind = Kind::Bid;
+    const MAX_LEN: usize = 512;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        self.class.validate(Self::KIND)
+    }
+}
+
+impl Signable for Bid {
+    fn signer(&self) -> NodeId {
+        self.worker
+    }
+}
+
+/// The submitter's choice of a worker for a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The job.
+    pub job: JobId,
+    /// The submitter who assigns it.
+    pub submitter: NodeId,
+    /// The chosen worker.
+    pub worker: NodeId,
+    /// The commit must arrive by this time, or the worker is replaced.
+    pub commit_by_ms: u64,
+}
+
+impl Message for Assignment {
+    const KIND: Kind = Kind::Assignment;
+    const MAX_LEN: usize = 192;
+}
+
+impl Signable for Assignment {
+    fn signer(&self) -> NodeId {
+        self.submitter
+    }
+}
+
+/// A worker's binding commitment to its output, sent before any output is revealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultCommit {
+    /// The job.
+    pub job: JobId,
+    /// The committing worker.
+    pub worker: NodeId,
+    /// [`ResultCommit::commitment_for`] of the output and a secret salt.
+    pub commitment: [u8; 32],
+}
+
+impl ResultCommit {
+    /// The commitment to `output` under `salt`: a keyed blake3 that binds worker, job, salt and output.
+    pub fn commitment_for(job: &JobId, worker: &NodeId, output: &[u8], salt: &[u8; 32]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("fleetmesh/result-commitment/v1");
+        h.update(job.as_bytes());
+        h.update(worker.as_bytes());
+        h.update(salt);
+        h.update(output);
+        *h.finalize().as_bytes()
+    }
+}
+
+impl Message for ResultCommit {
+    const KIND: Kind = Kind::ResultCommit;
+    const MAX_LEN: usize = 128;
+}
+
+impl Signable for ResultCommit {
+    fn signer(&self) -> NodeId {
+        self.worker
+    }
+}
+
+/// A worker's output, revealed once the submitter holds every commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultReveal {
+    /// The job.
+    pub job: JobId,
+    /// The revealing worker.
+    pub worker: NodeId,
+    /// The output bytes (at most [`MAX_OUTPUT`]).
+    #[serde(with = "serde_bytes")]
+    pub output: Vec<u8>,
+    /// The salt of the earlier commit.
+    pub salt: [u8; 32],
+    /// Compute time the worker spent.
+    pub compute_ms: u64,
+    /// Energy the worker spent, in milliwatt-hours.
+    pub energy_mwh: u64,
+}
+
+impl ResultReveal {
+    /// Whether this reveal opens `commit`.
+    pub fn opens(&self, commit: &ResultCommit) -> bool {
+        commit.job == self.job
+            && commit.worker == self.worker
+            && ResultCommit::commitment_for(&self.job, &self.worker, &self.output, &self.salt)
+                == commit.commitment
+    }
+}
+
+impl Message for ResultReveal {
+    const KIND: Kind = Kind::ResultReveal;
+    const MAX_LEN: usize = MAX_OUTPUT + 192;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.output.len() > MAX_OUTPUT {
+            return Err(DecodeError::invalid(Self::KIND, "output over 256 KiB"));
+        }
+        Ok(())
+    }
+}
+
+impl Signable for ResultReveal {
+    fn signer(&self) -> NodeId {
+        self.worker
+    }
+}
+
+/// Why a worker hands a job back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WithdrawReason {
+    /// The car left admission (driver returned, charge or temperature limit).
+    Preempted,
+    /// The worker has no capacity after all.
+    Overloaded,
+    /// The worker could not obtain or load the model.
+    ModelUnavailable,
+    /// The node is shutting down.
+    Shutdown,
+}
+
+/// A worker hands an assigned job back; no credit is due for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdraw {
+    /// The job.
+    pub job: JobId,
+    /// The withdrawing worker.
+    pub worker: NodeId,
+    /// Why.
+    pub reason: WithdrawReason,
+    /// When.
+    pub at_ms: u64,
+}
+
+impl Message for Withdraw {
+    const KIND: Kind = Kind::Withdraw;
+    const MAX_LEN: usize = 128;
+}
+
+impl Signable for Withdraw {
+    fn signer(&self) -> NodeId {
+        self.worker
+    }
+}
+
+/// The outcome the submitter records for one worker's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Verdict {
+    /// The output agreed with the accepted result.
+    Accepted,
+    /// The output was out-voted or did not open its commit.
+    Rejected,
+}
+
+/// What a worker claims for one job: signed by the worker, then countersigned in a [`Receipt`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkClaim {
+    /// The job.
+    pub job: JobId,
+    /// The model run.
+    pub model: ModelId,
+    /// The worker.
+    pub worker: NodeId,
+    /// The submitter who will countersign.
+    pub submitter: NodeId,
+    /// blake3 of the output bytes.
+    pub output_digest: [u8; 32],
+    /// Compute time spent.
+    pub compute_ms: u64,
+    /// Energy spent, in milliwatt-hours.
+    pub energy_mwh: u64,
+    /// Credit the worker claims, in micro-credits.
+    pub claimed_credit: u64,
+    /// When the claim was made.
+    pub claimed_ms: u64,
+}
+
+impl Message for WorkClaim {
+    const KIND: Kind = Kind::WorkClaim;
+    const MAX_LEN: usize = 256;
+}
+
+impl Signable for WorkClaim {
+    fn signer(&self) -> NodeId {
+        self.worker
+    }
+}
+
+/// The submitter's countersignature of a worker's claim, with the verdict and the credit granted.
+///
+/// Its signer is the submitter named in the claim; verifying a `Signed<Receipt>` also verifies the worker's
+/// signature on the claim. A receipt is identified by `(job, worker)`: receivers count it once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The worker's signed claim.
+    pub claim: Signed<WorkClaim>,
+    /// The submitter's verdict on the worker's output.
+    pub verdict: Verdict,
+    /// Credit granted, in micro-credits (0 unless accepted).
+    pub credit: u64,
+    /// When the submitter countersigned.
+    pub issued_ms: u64,
+}
+
+impl Message for Receipt {
+    const KIND: Kind = Kind::Receipt;
+    const MAX_LEN: usize = 512;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.verdict == Verdict::Rejected && self.credit != 0 {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "a rejected result earns no credit",
+            ));
+        }
+        if self.credit > self.claim.body.claimed_credit {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "credit above the worker's claim",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Signable for Receipt {
+    fn signer(&self) -> NodeId {
+        self.claim.body.submitter
+    }
+
+    fn nested_checks(&self, out: &mut Vec<SignatureCheck>) -> Result<(), VerifyError> {
+        self.claim.checks(out)
+    }
+}
+
+/// Element type of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DType {
+    /// 32-bit float, little-endian.
+    F32,
+    /// Unsigned byte.
+    U8,
+    /// UTF-8 text (the shape gives the most bytes).
+    Utf8,
+}
+
+/// Element type and shape (without the batch dimension) of a model's input or output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions, outermost first.
+    #[serde(deserialize_with = "codec::bounded::shape")]
+    pub shape: Vec<u32>,
+}
+
+/// A model's content-addressed description: its [`ModelId`] is the hash of these canonical bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    /// Short name, e.g. `digits`.
+    pub name: String,
+    /// Version of the model.
+    pub version: u32,
+    /// Architecture name and version the engine must implement, e.g. `digits-cnn-v1`.
+    pub architecture: String,
+    /// blake3 of the whole weights file.
+    pub weights_hash: [u8; 32],
+    /// Length of the weights file in bytes.
+    pub weights_len: u64,
+    /// Size of every chunk but the last.
+    pub chunk_size: u32,
+    /// blake3 of each chunk, in order.
+    #[serde(deserialize_with = "codec::bounded::chunks")]
+    pub chunks: Vec<ChunkId>,
+    /// Input of one item.
+    pub input: TensorSpec,
+    /// Output of one item.
+    pub output: TensorSpec,
+    /// How redundant outputs are compared.
+    pub rule: AgreementRule,
+}
+
+impl ModelManifest {
+    /// The model's id: blake3 of the manifest's canonical bytes.
+    pub fn id(&self) -> ModelId {
+        ModelId::of(&codec::encode(self))
+    }
+}
+
+impl Message for ModelManifest {
+    const KIND: Kind = Kind::ModelManifest;
+    const MAX_LEN: usize = MAX_CHUNKS * 32 + 1024;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        let kind = Self::KIND;
+        check_name(kind, &self.name, "name must be 1-64 printable ASCII bytes")?;
+        check_name(
+            kind,
+            &self.architecture,
+            "architecture must be 1-64 printable ASCII bytes",
+        )?;
+        if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_SIZE {
+            return Err(DecodeError::invalid(kind, "chunk size must be 1..=4 MiB"));
+        }
+        let expected = self.weights_len.div_ceil(u64::from(self.chunk_size));
+        if self.chunks.len() > MAX_CHUNKS || self.chunks.len() as u64 != expected {
+            return Err(DecodeError::invalid(
+                kind,
+                "chunk count does not match weights length",
+            ));
+        }
+        for spec in [&self.input, &self.output] {
+            if spec.shape.is_empty() || spec.shape.len() > MAX_RANK || spec.shape.contains(&0) {
+                return Err(DecodeError::invalid(
+                    kind,
+                    "tensor shape must have 1..=8 non-zero dims",
+                ));
+            }
+        }
+        self.rule.validate(kind)
+    }
+}

@@ -1,0 +1,211 @@
+//! Every decoder fed random, header-prefixed random and truncated bytes (10,000 cases each): it returns
+//! `Err` for anything it does not accept, never panics, and never holds more heap than its kind's size limit.
+#![allow(missing_docs, unsafe_code, clippy::unwrap_used)]
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use common::*;
+use fleetmesh_protocol::codec::{self, Message};
+use fleetmesh_protocol::messages::*;
+use fleetmesh_protocol::{NodeKey, Signed};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, TestRunner};
+
+/// Counts the live heap bytes of the current thread while tracking is on, and their peak.
+struct TrackingAlloc;
+
+thread_local! {
+    static TRACKING: Cell<bool> = const { Cell::new(false) };
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn account(delta: isize) {
+    let _ = TRACKING.try_with(|t| {
+        if t.get() {
+            let live = LIVE.with(|l| {
+                l.set(l.get() + delta);
+                l.get()
+            });
+            PEAK.with(|p| p.set(p.get().max(live)));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for TrackingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        account(layout.size() as isize);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        account(-(layout.size() as isize));
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        account(new_size as isize);
+        let out = unsafe { System.realloc(ptr, layout, new_size) };
+        account(-(layout.size() as isize));
+        out
+    }
+}
+
+#[global_allocator]
+static ALLOC: TrackingAlloc = TrackingAlloc;
+
+/// Runs `decode`, returning whether it accepted and the peak heap it held (the decoded value included).
+fn measured<T: Message>(bytes: &[u8]) -> (Option<T>, usize) {
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    TRACKING.with(|t| t.set(true));
+    let result = codec::decode::<T>(bytes);
+    TRACKING.with(|t| t.set(false));
+    (result.ok(), PEAK.with(|p| p.get()).max(0) as usize)
+}
+
+fn samples<S: Strategy>(s: S, n: usize) -> Vec<S::Value> {
+    let mut runner = TestRunner::deterministic();
+    (0..n)
+        .map(|_| s.new_tree(&mut runner).unwrap().current())
+        .collect()
+}
+
+fn fuzz<T: Message>(valid: Vec<Vec<u8>>) {
+    let max_random = (T::MAX_LEN + 16).min(4096);
+    let header = vec![codec::PROTOCOL_VERSION, T::tag()];
+    let mut runner = TestRunner::new(Config {
+        cases: 10_000,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (
+        0u8..3,
+        proptest::collection::vec(any::<u8>(), 0..max_random),
+        any::<usize>(),
+        any::<usize>(),
+    );
+    runner
+        .run(&strategy, |(mode, random, pick, cut)| {
+            let sample = &valid[pick % valid.len()];
+            let input = match mode {
+                0 => random,
+                1 => [header.as_slice(), &random].concat(),
+                _ => sample[..cut % sample.len()].to_vec(),
+            };
+            let (decoded, peak) = measured::<T>(&input);
+            prop_assert!(
+                peak <= T::MAX_LEN,
+                "{:?}: {} heap bytes for {} input bytes",
+                T::KIND,
+                peak,
+                input.len()
+            );
+            if let Some(value) = decoded {
+                prop_assert!(mode != 2, "{:?}: a truncated encoding was accepted", T::KIND);
+                prop_assert_eq!(codec::encode(&value), input);
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The valid samples themselves decode, and an oversize input is refused before parsing.
+    for sample in &valid {
+        assert!(measured::<T>(sample).0.is_some());
+    }
+    let oversize = [header.as_slice(), &vec![0u8; T::MAX_LEN]].concat();
+    assert!(matches!(
+        codec::decode::<T>(&oversize),
+        Err(codec::DecodeError::Oversize { .. })
+    ));
+}
+
+fn signed_samples<T: fleetmesh_protocol::signing::Signable>(
+    bodies: Vec<T>,
+    key: &NodeKey,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let plain = bodies.iter().map(codec::encode).collect();
+    let signed = bodies
+        .into_iter()
+        .map(|b| codec::encode(&Signed::sign(b, key).unwrap()))
+        .collect();
+    (plain, signed)
+}
+
+macro_rules! fuzz_signed_kind {
+    ($name:ident, $T:ty, $strategy:expr, $key:expr) => {
+        #[test]
+        fn $name() {
+            let (plain, signed) = signed_samples::<$T>(samples($strategy, 8), &$key);
+            fuzz::<$T>(plain);
+            fuzz::<Signed<$T>>(signed);
+        }
+    };
+}
+
+fuzz_signed_kind!(job_offer, JobOffer, arb_offer_for(key(1).node_id()), key(1));
+fuzz_signed_kind!(bid, Bid, arb_bid_for(key(1).node_id()), key(1));
+fuzz_signed_kind!(
+    assignment,
+    Assignment,
+    arb_assignment_for(key(1).node_id()),
+    key(1)
+);
+fuzz_signed_kind!(
+    result_commit,
+    ResultCommit,
+    arb_commit_for(key(1).node_id()),
+    key(1)
+);
+fuzz_signed_kind!(
+    result_reveal,
+    ResultReveal,
+    arb_reveal_for(key(1).node_id()),
+    key(1)
+);
+fuzz_signed_kind!(withdraw, Withdraw, arb_withdraw_for(key(1).node_id()), key(1));
+fuzz_signed_kind!(
+    work_claim,
+    WorkClaim,
+    arb_claim(key(1).node_id(), key(2).node_id()),
+    key(1)
+);
+fuzz_signed_kind!(receipt, Receipt, arb_receipt(key(1), key(2)), key(2));
+
+#[test]
+fn model_manifest() {
+    fuzz::<ModelManifest>(samples(arb_manifest(), 8).iter().map(codec::encode).collect());
+}
+
+#[test]
+fn huge_claimed_lengths_reserve_nothing() {
+    // A manifest whose chunk list claims u32::MAX entries, and a reveal whose output claims 2^60 bytes.
+    let mut manifest = codec::encode(&samples(arb_manifest(), 1).remove(0));
+    manifest.truncate(manifest.len() / 2);
+    manifest.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let (decoded, peak) = measured::<ModelManifest>(&manifest);
+    assert!(decoded.is_none());
+    assert!(peak <= ModelManifest::MAX_LEN);
+    let mut reveal = vec![codec::PROTOCOL_VERSION, ResultReveal::tag()];
+    reveal.extend([0u8; 64]);
+    reveal.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let (decoded, peak) = measured::<ResultReveal>(&reveal);
+    assert!(decoded.is_none());
+    assert!(peak < 1024, "{peak}");
+}
+
+#[test]
+fn the_tracker_sees_the_decoded_heap() {
+    let reveal = ResultReveal {
+        job: fleetmesh_protocol::JobId::of(b"j"),
+        worker: key(1).node_id(),
+        output: vec![7; 10_000],
+        salt: [0; 32],
+        compute_ms: 1,
+        energy_mwh: 1,
+    };
+    let (decoded, peak) = measured::<ResultReveal>(&codec::encode(&reveal));
+    assert_eq!(decoded, Some(reveal));
+    assert!(peak >= 10_000, "{peak}");
+}
