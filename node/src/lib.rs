@@ -1,7 +1,12 @@
 //! # fleetmesh-node
 //!
-//! The node every car runs: identity, (coming) libp2p mesh, burn inference engine, sled storage, vehicle
-//! state and local API. The `fleetmesh` binary is a thin CLI over this library, so that tests can start
-//! nodes in-process.
+//! The node every car runs: identity, libp2p mesh, local HTTP API, and (coming) the burn inference engine,
+//! sled storage and vehicle state. The `fleetmesh` binary is a thin CLI over this library, so that tests can
+//! start nodes in-process.
 
+pub mod api;
+pub mod config;
 pub mod keyfile;
+pub mod metrics;
+pub mod net;
+pub mod node;

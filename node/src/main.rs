@@ -1,13 +1,15 @@
 //! `fleetmesh`: the node binary every car runs.
 
-use fleetmesh_node::keyfile;
-
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fleetmesh_node::config::{ConfigError, KadMode, NodeConfig};
+use fleetmesh_node::{keyfile, net};
 use fleetmesh_protocol::NodeKey;
+use libp2p::Multiaddr;
+use tokio_util::sync::CancellationToken;
 
 /// fleetmesh: idle parked cars as one peer-to-peer inference fleet.
 #[derive(Debug, Parser)]
@@ -16,17 +18,64 @@ struct Cli {
     /// Folder for this node's key and data.
     #[arg(long, global = true, env = "FLEETMESH_HOME", default_value_os_t = default_home())]
     home: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run this car's node: join the mesh and serve the local API until Ctrl-C.
+    Run(RunArgs),
     /// Create or show this node's identity key.
     Keys {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Print the configuration file format with every default.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Configuration file (TOML) [default: HOME/fleetmesh.toml if it exists].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Key file [default: HOME/node.key; created on first run].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Listen address (repeatable; replaces net.listen), e.g. /ip4/0.0.0.0/tcp/4001.
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Bootstrap peer (repeatable; added to net.bootstrap), e.g. /ip4/192.0.2.1/tcp/4001/p2p/12D3Koo...
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// External address others can reach this node at (repeatable).
+    #[arg(long = "external", value_name = "MULTIADDR")]
+    external: Vec<Multiaddr>,
+    /// Local API address (replaces api.listen).
+    #[arg(long, value_name = "IP:PORT")]
+    api: Option<std::net::SocketAddr>,
+    /// Kademlia mode (replaces net.kademlia_mode).
+    #[arg(long, value_enum)]
+    kad_mode: Option<KadMode>,
+    /// Serve as a relay for peers behind NAT (sets net.relay_server).
+    #[arg(long)]
+    relay_server: bool,
+    /// The listen addresses are reachable as they are: advertise them (sets net.public).
+    #[arg(long)]
+    public: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +94,20 @@ enum KeysAction {
         /// Key file to read [default: HOME/node.key].
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Print the libp2p peer id instead of the node id.
+        #[arg(long)]
+        peer_id: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Print a complete, commented default configuration.
+    Example,
+    /// Check a configuration file and print it with defaults filled in.
+    Check {
+        /// The file to check.
+        file: PathBuf,
     },
 }
 
@@ -55,8 +118,87 @@ fn default_home() -> PathBuf {
         .join(".fleetmesh")
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn,libp2p_gossipsub=error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(home: &Path, explicit: Option<&Path>) -> Result<NodeConfig, ConfigError> {
+    match explicit {
+        Some(path) => NodeConfig::load(path),
+        None => {
+            let default = home.join("fleetmesh.toml");
+            if default.exists() {
+                NodeConfig::load(&default)
+            } else {
+                Ok(NodeConfig::default())
+            }
+        }
+    }
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<NodeKey> {
+    match keyfile::load(path) {
+        Ok(key) => Ok(key),
+        Err(keyfile::KeyFileError::Missing(_)) => {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).context("the system random source failed")?;
+            let key = NodeKey::from_seed(seed);
+            keyfile::save(path, &key, false)?;
+            tracing::info!(path = %path.display(), "created a new node key");
+            Ok(key)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn run_node(home: &Path, args: RunArgs) -> anyhow::Result<()> {
+    let mut cfg = load_config(home, args.config.as_deref())?;
+    if !args.listen.is_empty() {
+        cfg.net.listen = args.listen;
+    }
+    cfg.net.bootstrap.extend(args.bootstrap);
+    cfg.net.external_addresses.extend(args.external);
+    if let Some(api) = args.api {
+        cfg.api.listen = api;
+    }
+    if let Some(mode) = args.kad_mode {
+        cfg.net.kademlia_mode = mode;
+    }
+    cfg.net.relay_server |= args.relay_server;
+    cfg.net.public |= args.public;
+    cfg.validate()?;
+    let key = load_or_create_key(&args.key.unwrap_or_else(|| home.join("node.key")))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let cancel = CancellationToken::new();
+        let node = fleetmesh_node::node::start(key, cfg, cancel.clone()).await?;
+        println!("peer_id {}", node.net.peer_id());
+        println!("api http://{}", node.api_addr);
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        tracing::info!("shutting down");
+        cancel.cancel();
+        node.join().await;
+        Ok(())
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => {
+            init_logging(cli.log_format);
+            run_node(&cli.home, args)?;
+        }
         Command::Keys {
             action: KeysAction::Generate { key, force },
         } => {
@@ -69,22 +211,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("wrote {}", path.display());
         }
         Command::Keys {
-            action: KeysAction::Show { key },
+            action: KeysAction::Show { key, peer_id },
         } => {
             let path = key.unwrap_or_else(|| cli.home.join("node.key"));
-            println!("{}", keyfile::load(&path)?.node_id());
+            let node_key = keyfile::load(&path)?;
+            if peer_id {
+                println!("{}", net::peer_id_of(&node_key.node_id()));
+            } else {
+                println!("{}", node_key.node_id());
+            }
+        }
+        Command::Config {
+            action: ConfigAction::Example,
+        } => print!("{}", NodeConfig::example()),
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => {
+            let cfg = NodeConfig::load(&file)?;
+            cfg.validate()?;
+            print!("{}", toml::to_string_pretty(&cfg)?);
         }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: clap's first line names the argument and the problem.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("fleetmesh: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fleetmesh: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

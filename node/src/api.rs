@@ -1,0 +1,115 @@
+//! The local HTTP API (loopback by default): status and metrics for the owner, scripts and dashboards.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use fleetmesh_protocol::NodeId;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::net::NetClient;
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The network task.
+    pub net: NetClient,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// When the node started.
+    pub started: Instant,
+    /// The node's metrics registry.
+    pub registry: Arc<Registry>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Serialize)]
+pub struct StatusResponse {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// fleetmesh node id (the ed25519 public key, hex).
+    pub node_id: String,
+    /// Node software version.
+    pub version: &'static str,
+    /// Listen and external addresses.
+    pub listen_addrs: Vec<String>,
+    /// Peers with an open connection.
+    pub connected_peers: usize,
+    /// Their peer ids.
+    pub peers: Vec<String>,
+    /// Peers in the Kademlia routing table.
+    pub routing_table_peers: usize,
+    /// Seconds since the node started.
+    pub uptime_s: u64,
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+}
+
+async fn status(State(s): State<ApiState>) -> Response {
+    match s.net.status().await {
+        Ok(n) => Json(StatusResponse {
+            peer_id: n.peer_id,
+            node_id: s.node_id.to_string(),
+            version: env!("CARGO_PKG_VERSION"),
+            listen_addrs: n.listen_addrs,
+            connected_peers: n.connected_peers,
+            peers: n.peers,
+            routing_table_peers: n.routing_table_peers,
+            uptime_s: s.started.elapsed().as_secs(),
+        })
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Binds the API and serves it until `cancel` fires. Returns the bound address and the server task.
+pub async fn serve(
+    listen: SocketAddr,
+    state: ApiState,
+    cancel: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the local API on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        let shutdown = async move { cancel.cancelled().await };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "local API stopped");
+        }
+    });
+    Ok((addr, task))
+}

@@ -1,0 +1,284 @@
+//! Node configuration: a TOML file (`--config fleetmesh.toml`) plus command-line overrides, validated at start.
+//!
+//! Every field has a default, so an empty file (or none) gives a working node. Unknown keys are an error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used. Reported as one line; the CLI exits with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The system error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type).
+    #[error("config file {path}{location}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// ` line N` where known.
+        location: String,
+        /// What is wrong, naming the key and the expected type.
+        message: String,
+    },
+    /// A value parses but is not usable.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// How the node takes part in the Kademlia DHT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KadMode {
+    /// Server when the node has a confirmed reachable address (AutoNAT), client otherwise.
+    Auto,
+    /// Always answer DHT queries (reachable nodes, local testnets).
+    Server,
+    /// Never answer DHT queries (nodes behind NAT).
+    Client,
+}
+
+/// The mesh: transports, bootstrap list, DHT and relay settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetConfig {
+    /// Addresses to listen on: TCP and QUIC, IPv4 or IPv6.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join the mesh through (`/ip4/../tcp/../p2p/<peer id>`); ordinary nodes, retried with backoff.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Addresses others can reach this node at, if known (skips AutoNAT for those).
+    pub external_addresses: Vec<Multiaddr>,
+    /// The listen addresses are reachable as they are (public IP, or a local testnet): confirm them as
+    /// external addresses instead of waiting for AutoNAT. Needed by a relay server.
+    pub public: bool,
+    /// Kademlia mode: auto (follow AutoNAT), server or client.
+    pub kademlia_mode: KadMode,
+    /// Serve as a relay for peers that cannot be dialled directly (enable on reachable nodes).
+    pub relay_server: bool,
+    /// Keep dialling peers from the routing table until this many are connected.
+    pub target_peers: usize,
+    /// Seconds between random-walk lookups that keep the routing table fresh.
+    pub random_walk_secs: u64,
+    /// Seconds an idle connection stays open.
+    pub idle_timeout_secs: u64,
+    /// Largest request accepted over request-response, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/0.0.0.0/udp/4001/quic-v1"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+            ],
+            bootstrap: Vec::new(),
+            external_addresses: Vec::new(),
+            public: false,
+            kademlia_mode: KadMode::Auto,
+            relay_server: false,
+            target_peers: 8,
+            random_walk_secs: 30,
+            idle_timeout_secs: 300,
+            max_request_bytes: 512 * 1024,
+        }
+    }
+}
+
+impl NetConfig {
+    /// Interval between random walks.
+    pub fn random_walk(&self) -> Duration {
+        Duration::from_secs(self.random_walk_secs.max(1))
+    }
+}
+
+/// The local HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the local HTTP API (loopback by default; port 0 picks a free port).
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+        }
+    }
+}
+
+/// The dotted key (`section.key`) written on the line holding byte `at` of `text`, if that line is
+/// `key = value`.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Mesh settings.
+    pub net: NetConfig,
+    /// Local API settings.
+    pub api: ApiConfig,
+}
+
+impl NodeConfig {
+    /// Reads a config file; a missing optional file is the caller's decision.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start.min(text.len()));
+            let location = match offset {
+                Some(at) => {
+                    let line = text[..at].matches('\n').count() + 1;
+                    match key_at(text, at) {
+                        Some(key) => format!(" line {line}, key `{key}`"),
+                        None => format!(" line {line}"),
+                    }
+                }
+                None => String::new(),
+            };
+            ConfigError::Parse {
+                path: path.to_owned(),
+                location,
+                message: e.message().lines().next().unwrap_or("invalid").to_string(),
+            }
+        })
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.net.listen.is_empty() {
+            return Err(ConfigError::Invalid(
+                "net.listen needs at least one address".into(),
+            ));
+        }
+        if self.net.max_request_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "net.max_request_bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The complete default configuration as commented TOML.
+    pub fn example() -> String {
+        let d = NodeConfig::default();
+        let list = |v: &[Multiaddr]| {
+            v.iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            r#"# fleetmesh node configuration. Every key is optional; shown are the defaults.
+
+[net]
+# Addresses to listen on (TCP and QUIC; IPv4 or IPv6).
+listen = [{listen}]
+# Peers to join the mesh through, e.g. "/ip4/192.0.2.1/tcp/4001/p2p/12D3Koo...". Ordinary nodes; retried with backoff.
+bootstrap = []
+# Addresses others can reach this node at, if known.
+external_addresses = []
+# The listen addresses are reachable as they are (public IP or local testnet): advertise them without AutoNAT.
+public = {public}
+# Kademlia DHT mode: "auto" (server when AutoNAT finds the node reachable), "server" or "client".
+kademlia_mode = "auto"
+# Relay traffic for peers that cannot be dialled directly (needs a confirmed external address: see public).
+relay_server = {relay}
+# Keep dialling peers from the routing table until this many are connected.
+target_peers = {target}
+# Seconds between random-walk lookups that keep the routing table fresh.
+random_walk_secs = {walk}
+# Seconds an idle connection stays open.
+idle_timeout_secs = {idle}
+# Largest request accepted over request-response, in bytes.
+max_request_bytes = {maxreq}
+
+[api]
+# Local HTTP API; loopback only by default. Port 0 picks a free port.
+listen = "{api}"
+"#,
+            listen = list(&d.net.listen),
+            relay = d.net.relay_server,
+            public = d.net.public,
+            target = d.net.target_peers,
+            walk = d.net.random_walk_secs,
+            idle = d.net.idle_timeout_secs,
+            maxreq = d.net.max_request_bytes,
+            api = d.api.listen,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_parses_to_the_defaults() {
+        let parsed = NodeConfig::parse(&NodeConfig::example(), Path::new("example.toml")).unwrap();
+        let d = NodeConfig::default();
+        assert_eq!(parsed.net.listen, d.net.listen);
+        assert_eq!(parsed.api.listen, d.api.listen);
+        assert_eq!(parsed.net.target_peers, d.net.target_peers);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_key_file_and_line() {
+        let err = NodeConfig::parse("[net]\nlisten = []\nfrobnicate = 1\n", Path::new("f.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("f.toml line 3") && text.contains("frobnicate"),
+            "{text}"
+        );
+        let err = NodeConfig::parse("[net]\ntarget_peers = \"many\"\n", Path::new("f.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("f.toml line 2, key `net.target_peers`") && text.contains("expected usize"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1);
+        let err =
+            NodeConfig::parse("[net]\nbootstrap = [\"not an address\"]\n", Path::new("f.toml")).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,486 @@
+//! The task that owns the swarm: executes commands from [`NetClient`](super::NetClient)s, validates gossip,
+//! keeps the routing table fresh and the peer count up, and retries unreachable bootstrap peers with backoff.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleetmesh_protocol::Signed;
+use fleetmesh_protocol::codec::{self, DecodeError, Message};
+use fleetmesh_protocol::messages::{JobOffer, Receipt};
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, kad};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Behaviour, BehaviourEvent, Command, NetError, NetEvent, NetStatus, Topic};
+use crate::config::NetConfig;
+use crate::metrics::{GossipOutcome, Metrics};
+
+/// gossipsub's own size limit: above every kind's limit, so that oversize messages reach the node's
+/// validator, which counts and rejects them at the first hop.
+pub(super) const GOSSIP_TRANSPORT_LIMIT: usize = 1024 * 1024;
+
+/// Clock skew tolerated for messages that claim a creation time.
+const MAX_SKEW_MS: u64 = 30_000;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn classify(e: DecodeError) -> GossipOutcome {
+    match e {
+        DecodeError::Oversize { .. } => GossipOutcome::Oversize,
+        _ => GossipOutcome::Malformed,
+    }
+}
+
+fn check_signed<T: fleetmesh_protocol::signing::Signable>(data: &[u8]) -> Result<Signed<T>, GossipOutcome> {
+    if data.len() > <Signed<T> as Message>::MAX_LEN {
+        return Err(GossipOutcome::Oversize);
+    }
+    let msg: Signed<T> = codec::decode(data).map_err(classify)?;
+    msg.verify().map_err(|_| GossipOutcome::BadSignature)?;
+    Ok(msg)
+}
+
+/// Decides whether a gossiped message is valid for its topic at `now_ms`: the right kind, canonical,
+/// within its size limit, correctly signed, and (for offers) not expired.
+pub fn validate_gossip(topic: Topic, data: &[u8], now_ms: u64) -> Result<(), GossipOutcome> {
+    match topic {
+        Topic::Offers => {
+            let offer = check_signed::<JobOffer>(data)?;
+            offer
+                .body
+                .check_fresh(now_ms, MAX_SKEW_MS)
+                .map_err(|_| GossipOutcome::Expired)
+        }
+        Topic::Receipts => check_signed::<Receipt>(data).map(|_| ()),
+    }
+}
+
+type LookupReply = oneshot::Sender<Result<Vec<Multiaddr>, NetError>>;
+
+/// A bootstrap peer and when to try it next.
+struct BootstrapPeer {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    next_try: Instant,
+    backoff: Duration,
+    reached: bool,
+}
+
+pub(super) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    metrics: Metrics,
+    bootstrap: Vec<BootstrapPeer>,
+    target_peers: usize,
+    public: bool,
+    random_walk: Duration,
+    next_walk: Instant,
+    last_dial: HashMap<PeerId, Instant>,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    pending_lookups: HashMap<kad::QueryId, (PeerId, LookupReply)>,
+    pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<(), NetError>>>,
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter()
+        .last()
+        .and_then(|p| if let Protocol::P2p(id) = p { Some(id) } else { None })
+}
+
+impl EventLoop {
+    pub(super) fn new(
+        mut swarm: Swarm<Behaviour>,
+        cfg: &NetConfig,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+        metrics: Metrics,
+    ) -> Self {
+        let now = Instant::now();
+        let bootstrap = cfg
+            .bootstrap
+            .iter()
+            .map(|addr| {
+                let peer = peer_of(addr);
+                if let Some(peer) = peer {
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                }
+                BootstrapPeer {
+                    addr: addr.clone(),
+                    peer,
+                    next_try: now,
+                    backoff: Duration::from_secs(1),
+                    reached: false,
+                }
+            })
+            .collect();
+        Self {
+            swarm,
+            commands,
+            events,
+            metrics,
+            bootstrap,
+            target_peers: cfg.target_peers,
+            public: cfg.public,
+            random_walk: cfg.random_walk(),
+            next_walk: now + Duration::from_secs(2),
+            last_dial: HashMap::new(),
+            pending_requests: HashMap::new(),
+            pending_lookups: HashMap::new(),
+            pending_dials: HashMap::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        debug!("network task stopped");
+    }
+
+    fn routing_table_size(&mut self) -> usize {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum()
+    }
+
+    fn routing_table_peers(&mut self) -> Vec<PeerId> {
+        let mut peers = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            peers.extend(bucket.iter().map(|e| *e.node.key.preimage()));
+        }
+        peers
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let connected = self.swarm.connected_peers().count();
+        self.metrics.connected_peers.set(connected as i64);
+        let table = self.routing_table_size();
+        self.metrics.routing_table_peers.set(table as i64);
+
+        // Bootstrap peers: dial until reached once; afterwards only when the node has lost every connection.
+        for i in 0..self.bootstrap.len() {
+            let b = &self.bootstrap[i];
+            let connected_to_it = b.peer.is_some_and(|p| self.swarm.is_connected(&p));
+            if connected_to_it || now < b.next_try || (b.reached && connected > 0) {
+                continue;
+            }
+            let addr = b.addr.clone();
+            let b = &mut self.bootstrap[i];
+            b.next_try = now + b.backoff;
+            b.backoff = (b.backoff * 2).min(Duration::from_secs(60));
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                warn!(%addr, error = %e, "cannot dial bootstrap peer; retrying later");
+            }
+        }
+
+        if now >= self.next_walk {
+            self.next_walk = now + self.random_walk;
+            if table > 0 {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let _ = kad.bootstrap();
+                kad.get_closest_peers(PeerId::random());
+            }
+        }
+
+        // Keep the peer count up from the routing table.
+        if connected < self.target_peers {
+            let candidates = self.routing_table_peers();
+            let mut budget = self.target_peers - connected;
+            for peer in candidates {
+                if budget == 0 {
+                    break;
+                }
+                let recently = self
+                    .last_dial
+                    .get(&peer)
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(10));
+                if self.swarm.is_connected(&peer) || recently {
+                    continue;
+                }
+                self.last_dial.insert(peer, now);
+                if self.swarm.dial(DialOpts::peer_id(peer).build()).is_ok() {
+                    budget -= 1;
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { topic, data, reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .publish(topic.ident(), data)
+                    .map(|_| ())
+                    .map_err(|e| NetError::Publish(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Request { peer, data, reply } => {
+                let id = self.swarm.behaviour_mut().req.send_request(&peer, data);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond { channel, data } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .req
+                    .send_response(channel, data)
+                    .is_err()
+                {
+                    debug!("response dropped: the requesting peer went away");
+                }
+            }
+            Command::Dial { addr, reply } => {
+                let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                let opts = match peer_of(&addr) {
+                    Some(peer) => DialOpts::peer_id(peer).addresses(vec![addr]).build(),
+                    None => opts,
+                };
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.pending_dials.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dial(e.to_string())));
+                    }
+                }
+            }
+            Command::ListenOn { addr, reply } => {
+                let result = self
+                    .swarm
+                    .listen_on(addr)
+                    .map(|_| ())
+                    .map_err(|e| NetError::Listen(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::FindPeer { peer, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.pending_lookups.insert(id, (peer, reply));
+            }
+            Command::Status { reply } => {
+                let mut listen_addrs: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
+                listen_addrs.extend(self.swarm.external_addresses().map(|a| a.to_string()));
+                let peers: Vec<String> = self.swarm.connected_peers().map(|p| p.to_string()).collect();
+                let routing_table = self.routing_table_peers();
+                let status = NetStatus {
+                    peer_id: self.swarm.local_peer_id().to_string(),
+                    listen_addrs,
+                    connected_peers: peers.len(),
+                    peers,
+                    routing_table_peers: routing_table.len(),
+                    routing_table,
+                };
+                let _ = reply.send(status);
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                let circuit = address.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+                if self.public && !circuit {
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                for b in self.bootstrap.iter_mut() {
+                    if b.peer == Some(peer_id)
+                        || (b.peer.is_none() && b.addr == *endpoint.get_remote_address())
+                    {
+                        if !b.reached {
+                            info!(addr = %b.addr, "reached bootstrap peer");
+                        }
+                        b.reached = true;
+                        b.backoff = Duration::from_secs(1);
+                    }
+                }
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                debug!(peer = %peer_id, cause = ?cause, "connection closed");
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NetError::Dial(error.to_string())));
+                }
+                let is_bootstrap = self
+                    .bootstrap
+                    .iter()
+                    .find(|b| peer_id.is_some() && b.peer == peer_id);
+                match is_bootstrap {
+                    Some(b) => {
+                        warn!(addr = %b.addr, error = %error, retry_in_s = b.backoff.as_secs(), "bootstrap peer unreachable")
+                    }
+                    None => debug!(peer = ?peer_id, error = %error, "dial failed"),
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
+                if info.protocols.contains(&super::KAD_PROTOCOL) =>
+            {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                self.on_gossip(propagation_source, message_id, message);
+            }
+            BehaviourEvent::Req(request_response::Event::Message { peer, message, .. }) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let event = NetEvent::Request {
+                        peer,
+                        data: request,
+                        channel,
+                    };
+                    if self.events.try_send(event).is_err() {
+                        warn!(%peer, "node is not keeping up; request dropped");
+                    }
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            BehaviourEvent::Req(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            BehaviourEvent::Req(request_response::Event::InboundFailure { peer, error, .. }) => {
+                debug!(%peer, %error, "inbound request failed");
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => {
+                if let kad::QueryResult::GetClosestPeers(result) = result
+                    && let Some((target, _)) = self.pending_lookups.get(&id)
+                {
+                    let target = *target;
+                    let found = match &result {
+                        Ok(ok) => ok
+                            .peers
+                            .iter()
+                            .find(|p| p.peer_id == target)
+                            .map(|p| p.addrs.clone()),
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers
+                            .iter()
+                            .find(|p| p.peer_id == target)
+                            .map(|p| p.addrs.clone()),
+                    };
+                    if (found.is_some() || step.last)
+                        && let Some((_, reply)) = self.pending_lookups.remove(&id)
+                    {
+                        let _ = reply.send(found.ok_or(NetError::NotFound(target)));
+                    }
+                }
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                info!(?old, ?new, "NAT status changed");
+            }
+            BehaviourEvent::Dcutr(event) => match event.result {
+                Ok(_) => info!(peer = %event.remote_peer_id, "hole punch succeeded: direct connection"),
+                Err(e) => {
+                    info!(peer = %event.remote_peer_id, error = %e, "hole punch failed; staying relayed")
+                }
+            },
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let topic = Topic::from_hash(&message.topic);
+        let outcome = match topic {
+            Some(topic) => validate_gossip(topic, &message.data, now_ms()),
+            None => Err(GossipOutcome::UnknownTopic),
+        };
+        let name = topic.map(Topic::name).unwrap_or("unknown");
+        let counted = outcome.err().unwrap_or(GossipOutcome::Accepted);
+        self.metrics
+            .gossip
+            .get_or_create(&crate::metrics::GossipLabels {
+                topic: name.into(),
+                outcome: counted,
+            })
+            .inc();
+        let acceptance = match outcome {
+            Ok(()) => gossipsub::MessageAcceptance::Accept,
+            // An expired offer may be an honest peer's late forward: drop it without penalty.
+            Err(GossipOutcome::Expired) => gossipsub::MessageAcceptance::Ignore,
+            Err(_) => gossipsub::MessageAcceptance::Reject,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(&id, &source, acceptance);
+        if let (Ok(()), Some(topic)) = (outcome, topic) {
+            let event = NetEvent::Gossip {
+                topic,
+                data: message.data,
+                from: source,
+            };
+            if self.events.try_send(event).is_err() {
+                warn!(topic = name, "node is not keeping up; gossip message dropped");
+            }
+        } else {
+            debug!(peer = %source, topic = name, outcome = ?counted, "gossip message rejected");
+        }
+    }
+}

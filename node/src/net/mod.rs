@@ -1,0 +1,354 @@
+//! The mesh: one libp2p swarm per node, owned by one task ([`event_loop`]); the rest of the node talks to it
+//! through a cloneable [`NetClient`] over bounded channels.
+//!
+//! Behaviours: TCP + QUIC transports with noise and yamux, identify, ping, Kademlia (fleetmesh's own
+//! protocol name), gossipsub (strict, signed, blake3 message ids, every message validated by the node before
+//! it is forwarded), request-response with a size-limited codec, AutoNAT, relay client and (optionally)
+//! server, and DCUtR hole punching.
+
+mod behaviour;
+pub mod codec;
+mod event_loop;
+
+use std::time::Duration;
+
+use fleetmesh_protocol::{NodeId, NodeKey};
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, autonat, dcutr, gossipsub, identify, kad, ping, relay};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{KadMode, NetConfig};
+use crate::metrics::Metrics;
+
+pub use behaviour::{Behaviour, BehaviourEvent};
+pub use event_loop::validate_gossip;
+
+/// Kademlia protocol name: fleetmesh's own DHT, separate from IPFS's.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/fleetmesh/kad/1.0.0");
+/// Identify protocol version string.
+pub const IDENTIFY_VERSION: &str = "/fleetmesh/1.0.0";
+
+/// Gossip topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Topic {
+    /// Signed job offers.
+    Offers,
+    /// Co-signed receipts.
+    Receipts,
+}
+
+impl Topic {
+    /// Every topic a node subscribes to.
+    pub const ALL: [Topic; 2] = [Topic::Offers, Topic::Receipts];
+
+    /// The gossipsub topic name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Offers => "fleetmesh/offers/v1",
+            Topic::Receipts => "fleetmesh/receipts/v1",
+        }
+    }
+
+    fn ident(self) -> gossipsub::IdentTopic {
+        gossipsub::IdentTopic::new(self.name())
+    }
+
+    fn from_hash(hash: &gossipsub::TopicHash) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|t| t.ident().hash() == *hash)
+    }
+}
+
+/// The libp2p key of a node key (the same ed25519 key).
+pub fn keypair_of(key: &NodeKey) -> libp2p::identity::Keypair {
+    let mut seed = key.seed();
+    match libp2p::identity::Keypair::ed25519_from_bytes(&mut seed) {
+        Ok(k) => k,
+        // Any 32 bytes are a valid ed25519 secret seed.
+        Err(e) => unreachable!("ed25519 seed rejected: {e}"),
+    }
+}
+
+/// The libp2p peer id of a node id.
+pub fn peer_id_of(node: &NodeId) -> PeerId {
+    match libp2p::identity::ed25519::PublicKey::try_from_bytes(node.as_bytes()) {
+        Ok(pk) => libp2p::identity::PublicKey::from(pk).to_peer_id(),
+        // NodeId is only ever built from a valid ed25519 public key.
+        Err(e) => unreachable!("node id is not an ed25519 key: {e}"),
+    }
+}
+
+/// The node id of a peer id, if the peer id embeds an ed25519 key (every fleetmesh peer's does).
+pub fn node_id_of(peer: &PeerId) -> Option<NodeId> {
+    let pk = libp2p::identity::PublicKey::try_decode_protobuf(&peer_public_key_bytes(peer)?).ok()?;
+    let ed = pk.try_into_ed25519().ok()?;
+    NodeId::from_public_key_bytes(ed.to_bytes()).ok()
+}
+
+fn peer_public_key_bytes(peer: &PeerId) -> Option<Vec<u8>> {
+    // An identity multihash (code 0x00) holds the protobuf-encoded public key itself.
+    let mh = libp2p::multihash::Multihash::<64>::from_bytes(&peer.to_bytes()).ok()?;
+    (mh.code() == 0).then(|| mh.digest().to_vec())
+}
+
+/// Why a network operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    /// The event loop has stopped (the node is shutting down).
+    #[error("the network task has stopped")]
+    Stopped,
+    /// Publishing to a topic failed (no peers subscribed, queues full, duplicate).
+    #[error("publish failed: {0}")]
+    Publish(String),
+    /// A request did not get a response.
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer asked.
+        peer: PeerId,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Dialling failed.
+    #[error("dial failed: {0}")]
+    Dial(String),
+    /// A Kademlia lookup did not find the peer.
+    #[error("peer {0} not found in the DHT")]
+    NotFound(PeerId),
+    /// Listening on an address failed.
+    #[error("listen failed: {0}")]
+    Listen(String),
+}
+
+/// A snapshot of the mesh as seen by one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetStatus {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// Addresses the node listens on, and its external addresses.
+    pub listen_addrs: Vec<String>,
+    /// Peers with an open connection.
+    pub connected_peers: usize,
+    /// Peer ids of connected peers.
+    pub peers: Vec<String>,
+    /// Peers in the Kademlia routing table.
+    pub routing_table_peers: usize,
+    /// Their peer ids.
+    pub routing_table: Vec<PeerId>,
+}
+
+/// Something the mesh delivers to the node.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A validated gossip message.
+    Gossip {
+        /// Its topic.
+        topic: Topic,
+        /// The fleetmesh message bytes.
+        data: Vec<u8>,
+        /// The peer that forwarded it to us.
+        from: PeerId,
+    },
+    /// A request from a peer; answer it with [`NetClient::respond`].
+    Request {
+        /// The asking peer.
+        peer: PeerId,
+        /// The request bytes (a fleetmesh message).
+        data: Vec<u8>,
+        /// Where the answer goes.
+        channel: ResponseChannel<Vec<u8>>,
+    },
+}
+
+enum Command {
+    Publish {
+        topic: Topic,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Request {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+    Respond {
+        channel: ResponseChannel<Vec<u8>>,
+        data: Vec<u8>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    ListenOn {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    FindPeer {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Vec<Multiaddr>, NetError>>,
+    },
+    Status {
+        reply: oneshot::Sender<NetStatus>,
+    },
+}
+
+/// A cloneable handle to the node's network task.
+#[derive(Clone)]
+pub struct NetClient {
+    tx: mpsc::Sender<Command>,
+    peer_id: PeerId,
+}
+
+impl NetClient {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Publishes a message to a topic.
+    pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<(), NetError> {
+        self.call(|reply| Command::Publish { topic, data, reply }).await?
+    }
+
+    /// Sends a request to a peer and waits for its response.
+    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        self.call(|reply| Command::Request { peer, data, reply }).await?
+    }
+
+    /// Answers a request delivered as [`NetEvent::Request`].
+    pub async fn respond(&self, channel: ResponseChannel<Vec<u8>>, data: Vec<u8>) -> Result<(), NetError> {
+        self.tx
+            .send(Command::Respond { channel, data })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Dials an address (with `/p2p/<peer id>` to reach a specific peer, or a relayed circuit address).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Starts listening on another address (e.g. a `/p2p-circuit` address through a relay).
+    pub async fn listen_on(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.call(|reply| Command::ListenOn { addr, reply }).await?
+    }
+
+    /// Looks a peer up in the DHT, returning its known addresses.
+    pub async fn find_peer(&self, peer: PeerId) -> Result<Vec<Multiaddr>, NetError> {
+        self.call(|reply| Command::FindPeer { peer, reply }).await?
+    }
+
+    /// A snapshot of the node's view of the mesh.
+    pub async fn status(&self) -> Result<NetStatus, NetError> {
+        self.call(|reply| Command::Status { reply }).await
+    }
+}
+
+/// Builds the swarm, starts listening and spawns the event loop. Returns the client, the stream of
+/// events for the node, and the task (which ends when `cancel` fires).
+pub fn start(
+    cfg: &NetConfig,
+    key: &NodeKey,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> anyhow::Result<(NetClient, mpsc::Receiver<NetEvent>, tokio::task::JoinHandle<()>)> {
+    let keypair = keypair_of(key);
+    let peer_id = keypair.public().to_peer_id();
+    let relay_server = cfg.relay_server;
+    let max_request = cfg.max_request_bytes;
+    let kad_mode = cfg.kademlia_mode;
+
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )?
+        .with_quic()
+        .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)?
+        .with_behaviour(
+            |key, relay_client| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let peer_id = key.public().to_peer_id();
+                let identify = identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                        .with_agent_version(format!("fleetmesh/{}", env!("CARGO_PKG_VERSION")))
+                        .with_push_listen_addr_updates(true),
+                );
+                let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+                kad_cfg.set_query_timeout(Duration::from_secs(10));
+                kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+                let mut kad =
+                    kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
+                kad.set_mode(match kad_mode {
+                    KadMode::Auto => None,
+                    KadMode::Server => Some(kad::Mode::Server),
+                    KadMode::Client => Some(kad::Mode::Client),
+                });
+                let gossip_cfg = gossipsub::ConfigBuilder::default()
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .validate_messages()
+                    .message_id_fn(|m: &gossipsub::Message| {
+                        gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                    })
+                    // Let oversize messages through gossipsub's own limit so the node counts and rejects them.
+                    .max_transmit_size(event_loop::GOSSIP_TRANSPORT_LIMIT)
+                    .heartbeat_interval(Duration::from_millis(500))
+                    .build()
+                    .map_err(|e| format!("gossipsub config: {e}"))?;
+                let gossip = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_cfg,
+                )
+                .map_err(|e| format!("gossipsub: {e}"))?;
+                let req = request_response::Behaviour::with_codec(
+                    codec::FrameCodec {
+                        max_request,
+                        max_response: 2 * 1024 * 1024,
+                    },
+                    [(codec::REQUEST_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+                );
+                Ok(Behaviour {
+                    identify,
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    kad,
+                    gossip,
+                    req,
+                    autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+                    relay_client,
+                    relay_server: Toggle::from(
+                        relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default())),
+                    ),
+                    dcutr: dcutr::Behaviour::new(peer_id),
+                })
+            },
+        )?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(cfg.idle_timeout_secs)))
+        .build();
+
+    for topic in Topic::ALL {
+        swarm.behaviour_mut().gossip.subscribe(&topic.ident())?;
+    }
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    }
+    for addr in &cfg.external_addresses {
+        swarm.add_external_address(addr.clone());
+    }
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (event_tx, event_rx) = mpsc::channel(1024);
+    let event_loop = event_loop::EventLoop::new(swarm, cfg, cmd_rx, event_tx, metrics);
+    let task = tokio::spawn(event_loop.run(cancel));
+    Ok((NetClient { tx: cmd_tx, peer_id }, event_rx, task))
+}

@@ -1,0 +1,349 @@
+//! In-process mesh tests over real libp2p TCP on loopback: discovery, gossip validation, request-response,
+//! relay.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleetmesh_node::config::{KadMode, NetConfig};
+use fleetmesh_node::metrics::{GossipOutcome, Metrics};
+use fleetmesh_node::net::{self, NetClient, NetEvent, Topic};
+use fleetmesh_protocol::messages::{AgreementRule, JobInput, JobOffer, MAX_INLINE_INPUT};
+use fleetmesh_protocol::{ModelId, NodeKey, Signed, codec};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+struct TestNode {
+    client: NetClient,
+    events: mpsc::Receiver<NetEvent>,
+    metrics: Metrics,
+    key: NodeKey,
+    addr: Multiaddr,
+}
+
+fn net_config(bootstrap: Vec<Multiaddr>, mode: KadMode, target_peers: usize) -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap,
+        kademlia_mode: mode,
+        target_peers,
+        random_walk_secs: 2,
+        ..NetConfig::default()
+    }
+}
+
+async fn spawn(seed: u8, cfg: NetConfig, cancel: &CancellationToken) -> TestNode {
+    let key = NodeKey::from_seed([seed; 32]);
+    let metrics = Metrics::default();
+    let (client, events, _task) = net::start(&cfg, &key, metrics.clone(), cancel.clone()).unwrap();
+    let addr = wait_for(Duration::from_secs(5), || async {
+        let status = client.status().await.unwrap();
+        status
+            .listen_addrs
+            .first()
+            .map(|a| a.parse::<Multiaddr>().unwrap())
+    })
+    .await
+    .expect("node did not start listening");
+    let addr = if cfg.listen.is_empty() {
+        addr
+    } else {
+        addr.with_p2p(client.peer_id()).unwrap()
+    };
+    TestNode {
+        client,
+        events,
+        metrics,
+        key,
+        addr,
+    }
+}
+
+async fn wait_for<T, F, Fut>(limit: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn offer(key: &NodeKey, nonce: u64, input_len: usize, created_ms: u64, ttl_ms: u64) -> JobOffer {
+    JobOffer {
+        submitter: key.node_id(),
+        nonce,
+        model: ModelId::of(b"digits"),
+        input: JobInput::Inline(vec![7; input_len]),
+        rule: AgreementRule::Exact,
+        replicas: 2,
+        reward: 1_000,
+        created_ms,
+        expires_ms: created_ms + ttl_ms,
+        deadline_ms: created_ms + ttl_ms + 1_000,
+    }
+}
+
+fn signed_offer_bytes(key: &NodeKey, offer: JobOffer) -> Vec<u8> {
+    codec::encode(&Signed::sign(offer, key).unwrap())
+}
+
+/// Drains gossip events for `limit`, returning the data of each.
+async fn gossip_received(node: &mut TestNode, limit: Duration) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, node.events.recv()).await {
+        if let NetEvent::Gossip { data, .. } = event {
+            got.push(data);
+        }
+    }
+    got
+}
+
+async fn start_fleet(n: u8, cancel: &CancellationToken) -> Vec<TestNode> {
+    let first = spawn(1, net_config(vec![], KadMode::Server, 8), cancel).await;
+    let boot = first.addr.clone();
+    let mut nodes = vec![first];
+    for seed in 2..=n {
+        nodes.push(spawn(seed, net_config(vec![boot.clone()], KadMode::Server, 8), cancel).await);
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_nodes_discover_each_other_gossip_and_answer_requests() {
+    let cancel = CancellationToken::new();
+    let mut nodes = start_fleet(10, &cancel).await;
+    let ids: Vec<PeerId> = nodes.iter().map(|n| n.client.peer_id()).collect();
+
+    // Every routing table holds the 9 others within 10 s, knowing only node 1 at start.
+    let started = Instant::now();
+    for (i, node) in nodes.iter().enumerate() {
+        let others: Vec<PeerId> = ids.iter().copied().filter(|p| *p != ids[i]).collect();
+        let full = wait_for(
+            Duration::from_secs(10).saturating_sub(started.elapsed()),
+            || async {
+                let table = node.client.status().await.unwrap().routing_table;
+                others.iter().all(|p| table.contains(p)).then_some(())
+            },
+        )
+        .await;
+        assert!(
+            full.is_some(),
+            "node {} routing table incomplete after 10 s",
+            i + 1
+        );
+    }
+    println!("all 10 routing tables complete after {:?}", started.elapsed());
+
+    // A Kademlia lookup of any node from any node succeeds.
+    for (i, node) in nodes.iter().enumerate() {
+        let target = ids[(i + 3) % ids.len()];
+        let addrs = node.client.find_peer(target).await.unwrap();
+        assert!(
+            !addrs.is_empty(),
+            "lookup of {target} from node {} found no address",
+            i + 1
+        );
+    }
+
+    // Let the gossip mesh form, then a signed offer from any node reaches all 10 within 2 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for publisher in [0usize, 6] {
+        let data = signed_offer_bytes(
+            &nodes[publisher].key,
+            offer(&nodes[publisher].key, publisher as u64, 64, now_ms(), 60_000),
+        );
+        nodes[publisher]
+            .client
+            .publish(Topic::Offers, data.clone())
+            .await
+            .unwrap();
+        let start = Instant::now();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if i == publisher {
+                continue;
+            }
+            let got = gossip_received(node, Duration::from_secs(2).saturating_sub(start.elapsed())).await;
+            assert!(
+                got.contains(&data),
+                "node {} did not get the offer of node {} within 2 s",
+                i + 1,
+                publisher + 1
+            );
+        }
+    }
+
+    // Request-response between any two nodes: the responder echoes with a prefix.
+    for (a, b) in [(0usize, 9usize), (4, 2), (8, 1)] {
+        let client_a = nodes[a].client.clone();
+        let target = ids[b];
+        let ask = tokio::spawn(async move { client_a.request(target, b"ping".to_vec()).await });
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(NetEvent::Request { data, channel, .. }) = nodes[b].events.recv().await {
+                    nodes[b]
+                        .client
+                        .respond(channel, [b"pong:".as_slice(), &data].concat())
+                        .await
+                        .unwrap();
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(answered.is_ok(), "node {} got no request", b + 1);
+        assert_eq!(ask.await.unwrap().unwrap(), b"pong:ping".to_vec());
+    }
+
+    // An oversize request is refused by the receiver's codec: the sender gets an error, the node nothing.
+    let big = vec![0u8; NetConfig::default().max_request_bytes + 1];
+    let err = nodes[0].client.request(ids[1], big).await;
+    assert!(err.is_err(), "oversize request was answered");
+    let leaked = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            if let Some(NetEvent::Request { .. }) = nodes[1].events.recv().await {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(leaked.is_err(), "an oversize request reached the node");
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_gossip_is_rejected_at_the_first_hop_and_not_forwarded() {
+    // A chain A - B - C: A and C are DHT clients, so neither learns of the other and only B links them.
+    let cancel = CancellationToken::new();
+    let b = spawn(21, net_config(vec![], KadMode::Server, 1), &cancel).await;
+    let a = spawn(20, net_config(vec![b.addr.clone()], KadMode::Client, 1), &cancel).await;
+    let mut c = spawn(22, net_config(vec![b.addr.clone()], KadMode::Client, 1), &cancel).await;
+    let mut b = b;
+    let connected = wait_for(Duration::from_secs(10), || async {
+        let (sa, sc) = (a.client.status().await.unwrap(), c.client.status().await.unwrap());
+        (sa.connected_peers == 1 && sc.connected_peers == 1).then_some(())
+    })
+    .await;
+    assert!(connected.is_some(), "chain did not form");
+    tokio::time::sleep(Duration::from_secs(2)).await; // gossip mesh
+
+    // A valid offer crosses B to C.
+    let valid = signed_offer_bytes(&a.key, offer(&a.key, 1, 32, now_ms(), 60_000));
+    a.client.publish(Topic::Offers, valid.clone()).await.unwrap();
+    assert!(
+        gossip_received(&mut c, Duration::from_secs(2))
+            .await
+            .contains(&valid)
+    );
+
+    // Bad signature, expired, oversize.
+    let mut bad_sig = signed_offer_bytes(&a.key, offer(&a.key, 2, 32, now_ms(), 60_000));
+    let last = bad_sig.len() - 1;
+    bad_sig[last] ^= 0x01;
+    let expired = signed_offer_bytes(&a.key, offer(&a.key, 3, 32, now_ms() - 120_000, 60_000));
+    let mut oversize = signed_offer_bytes(&a.key, offer(&a.key, 4, MAX_INLINE_INPUT, now_ms(), 60_000));
+    oversize.extend(vec![0u8; 4096]);
+    for data in [&bad_sig, &expired, &oversize] {
+        a.client.publish(Topic::Offers, data.clone()).await.unwrap();
+    }
+    let at_c = gossip_received(&mut c, Duration::from_secs(2)).await;
+    let at_b = gossip_received(&mut b, Duration::from_millis(100)).await;
+    assert!(
+        at_c.is_empty() && at_b.iter().all(|d| *d == valid),
+        "an invalid offer was delivered"
+    );
+
+    let topic = Topic::Offers.name();
+    for outcome in [
+        GossipOutcome::BadSignature,
+        GossipOutcome::Expired,
+        GossipOutcome::Oversize,
+    ] {
+        assert_eq!(
+            b.metrics.gossip_count(topic, outcome),
+            1,
+            "B should reject one {outcome:?}"
+        );
+        assert_eq!(
+            c.metrics.gossip_count(topic, outcome),
+            0,
+            "{outcome:?} was forwarded to C"
+        );
+    }
+    assert_eq!(c.metrics.gossip_count(topic, GossipOutcome::Accepted), 1);
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_listener_is_reachable_through_a_relay() {
+    let cancel = CancellationToken::new();
+    let relay_cfg = NetConfig {
+        relay_server: true,
+        public: true,
+        ..net_config(vec![], KadMode::Server, 4)
+    };
+    let relay = spawn(30, relay_cfg, &cancel).await;
+
+    // C listens on nothing but a circuit through the relay.
+    let mut c_cfg = net_config(vec![relay.addr.clone()], KadMode::Client, 1);
+    c_cfg.listen.clear();
+    let key_c = NodeKey::from_seed([31; 32]);
+    let (client_c, mut events_c, _t) =
+        net::start(&c_cfg, &key_c, Metrics::default(), cancel.clone()).unwrap();
+    let circuit = relay.addr.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+    let reserved = wait_for(Duration::from_secs(10), || async {
+        if client_c.listen_on(circuit.clone()).await.is_err() {
+            return None;
+        }
+        wait_for(Duration::from_secs(2), || async {
+            let s = client_c.status().await.unwrap();
+            s.listen_addrs
+                .iter()
+                .any(|a| a.contains("p2p-circuit"))
+                .then_some(())
+        })
+        .await
+    })
+    .await;
+    assert!(reserved.is_some(), "C got no relay reservation");
+    let status = client_c.status().await.unwrap();
+    assert!(
+        status.listen_addrs.iter().all(|a| a.contains("p2p-circuit")),
+        "{:?}",
+        status.listen_addrs
+    );
+
+    // A reaches C only by the circuit address.
+    let a = spawn(32, net_config(vec![], KadMode::Client, 1), &cancel).await;
+    let via_relay = circuit.with_p2p(client_c.peer_id()).unwrap();
+    a.client.dial(via_relay).await.expect("dial through the relay");
+    let ask = {
+        let client = a.client.clone();
+        let target = client_c.peer_id();
+        tokio::spawn(async move { client.request(target, b"hello over a relay".to_vec()).await })
+    };
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(NetEvent::Request { data, channel, .. }) = events_c.recv().await {
+                client_c.respond(channel, data).await.unwrap();
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "C got no request through the relay");
+    assert_eq!(ask.await.unwrap().unwrap(), b"hello over a relay".to_vec());
+    cancel.cancel();
+}

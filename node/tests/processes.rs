@@ -1,0 +1,155 @@
+//! Multi-process tests: real `fleetmesh` binaries on loopback, started as a user would.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetmesh");
+
+/// GET a path from a local API, returning the JSON body.
+fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = response.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str(body).ok()
+}
+
+fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Ports unlikely to collide with other tests or runs: derived from the process id.
+fn port_base(range_start: u16) -> u16 {
+    range_start + (std::process::id() % 1_000) as u16 * 10
+}
+
+#[test]
+fn testnet_script_starts_five_connected_nodes_and_stops_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/testnet.sh");
+    let (p2p, api) = (port_base(20_000), port_base(40_000));
+    let run = |args: &[&str]| {
+        Command::new("bash")
+            .arg(script)
+            .args(args)
+            .env("FLEETMESH_BIN", BIN)
+            .env("TESTNET_DIR", dir.path())
+            .env("TESTNET_PORT", p2p.to_string())
+            .env("TESTNET_API_PORT", api.to_string())
+            .output()
+            .unwrap()
+    };
+    let started = run(&["start", "5"]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&started.stdout).into_owned();
+    assert_eq!(stdout.matches("peer_id").count(), 5, "{stdout}");
+    let pids: Vec<String> = std::fs::read_to_string(dir.path().join("pids"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(pids.len(), 5);
+
+    let start = Instant::now();
+    let mut counts = vec![0u64; 5];
+    while start.elapsed() < Duration::from_secs(30) {
+        for (i, count) in counts.iter_mut().enumerate() {
+            if let Some(status) = get_json(api + i as u16, "/v1/status") {
+                *count = status["connected_peers"].as_u64().unwrap_or(0);
+            }
+        }
+        if counts.iter().all(|c| *c == 4) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = run(&["status"]);
+    println!("{}", String::from_utf8_lossy(&status.stdout));
+    let stopped = run(&["stop"]);
+    assert!(stopped.status.success());
+    assert_eq!(counts, vec![4; 5], "every node should see the 4 others");
+    println!("5 nodes fully connected after {:?}", start.elapsed());
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in &pids {
+        assert!(!alive(pid), "process {pid} survived stop");
+    }
+}
+
+fn fleetmesh(home: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .env("FLEETMESH_HOME", home)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_addresses_and_config_fields_are_one_line_and_exit_2() {
+    let home = tempfile::tempdir().unwrap();
+    let out = fleetmesh(home.path(), &["run", "--bootstrap", "/ip4/not-an-ip/tcp/1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--bootstrap"), "{err}");
+
+    let cfg = home.path().join("bad.toml");
+    std::fs::write(&cfg, "[net]\ntarget_peers = \"lots\"\n").unwrap();
+    let out = fleetmesh(home.path(), &["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bad.toml line 2, key `net.target_peers`") && err.contains("expected usize"),
+        "{err}"
+    );
+
+    std::fs::write(&cfg, "[net]\nlisten = []\nsurprise = true\n").unwrap();
+    let out = fleetmesh(home.path(), &["config", "check", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
+}
+
+#[test]
+fn an_unreachable_bootstrap_peer_is_retried_and_the_node_keeps_running() {
+    let home = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let other = tempfile::tempdir().unwrap();
+    assert!(fleetmesh(other.path(), &["keys", "generate"]).status.success());
+    let peer = String::from_utf8(fleetmesh(other.path(), &["keys", "show", "--peer-id"]).stdout).unwrap();
+    let peer = peer.trim();
+    let mut child = Command::new(BIN)
+        .env("FLEETMESH_HOME", home.path())
+        .env("RUST_LOG", "info")
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
+        .args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{closed}/p2p/{peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(child.try_wait().unwrap().is_none(), "the node exited");
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.matches("bootstrap peer unreachable").count() >= 2,
+        "expected retries in the log:\n{log}"
+    );
+}

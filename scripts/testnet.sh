@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# A local fleetmesh testnet on loopback: N node processes, node 1 the bootstrap peer of the others.
+#
+#   scripts/testnet.sh start N     start N nodes (default 5) and print their peer ids and API addresses
+#   scripts/testnet.sh status      peer counts of every node
+#   scripts/testnet.sh stop        stop exactly the processes this script started
+#
+# Environment: FLEETMESH_BIN (binary to run; default: build target/release/fleetmesh),
+# TESTNET_DIR (default ./testnet), TESTNET_PORT (first P2P port, default 4100),
+# TESTNET_API_PORT (first API port, default 7700).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${TESTNET_DIR:-$root/testnet}
+p2p_base=${TESTNET_PORT:-4100}
+api_base=${TESTNET_API_PORT:-7700}
+
+die() { echo "testnet: $*" >&2; exit 1; }
+
+binary() {
+    if [ -n "${FLEETMESH_BIN:-}" ]; then
+        [ -x "$FLEETMESH_BIN" ] || die "FLEETMESH_BIN=$FLEETMESH_BIN is not an executable"
+        echo "$FLEETMESH_BIN"
+        return
+    fi
+    echo "building target/release/fleetmesh ..." >&2
+    (cd "$root" && cargo build --release -q -p fleetmesh-node) >&2
+    echo "$root/target/release/fleetmesh"
+}
+
+api_status() { # port -> JSON or nothing
+    if command -v curl >/dev/null; then
+        curl -sf --max-time 2 "http://127.0.0.1:$1/v1/status" || true
+    else
+        python3 -c "import urllib.request,sys; print(urllib.request.urlopen('http://127.0.0.1:$1/v1/status', timeout=2).read().decode())" 2>/dev/null || true
+    fi
+}
+
+json_field() { # json field -> value
+    python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"
+}
+
+start() {
+    local n=${1:-5}
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "start needs a node count, got '$n'"
+    [ ! -s "$dir/pids" ] || die "a testnet is already running from $dir (run: $0 stop)"
+    local bin
+    bin=$(binary)
+    mkdir -p "$dir"
+    : > "$dir/pids"
+    local bootstrap=""
+    for i in $(seq 1 "$n"); do
+        local home="$dir/node$i" port=$((p2p_base + i - 1)) api=$((api_base + i - 1))
+        mkdir -p "$home"
+        [ -f "$home/node.key" ] || "$bin" --home "$home" keys generate >/dev/null 2>&1
+        local args=(--home "$home" run --listen "/ip4/127.0.0.1/tcp/$port" --listen "/ip4/127.0.0.1/udp/$port/quic-v1"
+            --api "127.0.0.1:$api" --kad-mode server --public)
+        if [ "$i" -eq 1 ]; then
+            args+=(--relay-server)
+        else
+            args+=(--bootstrap "$bootstrap")
+        fi
+        setsid "$bin" "${args[@]}" >"$home/node.log" 2>&1 < /dev/null &
+        echo "$!" >> "$dir/pids"
+        local peer
+        peer=$("$bin" --home "$home" keys show --peer-id)
+        [ "$i" -eq 1 ] && bootstrap="/ip4/127.0.0.1/tcp/$port/p2p/$peer"
+        printf 'node%-3s peer_id %s  p2p /ip4/127.0.0.1/tcp/%s  api http://127.0.0.1:%s\n' "$i" "$peer" "$port" "$api"
+    done
+    echo "bootstrap address: $bootstrap"
+    echo "$bootstrap" > "$dir/bootstrap"
+}
+
+status() {
+    [ -s "$dir/pids" ] || die "no testnet running from $dir"
+    local i=0
+    while read -r pid; do
+        i=$((i + 1))
+        local api=$((api_base + i - 1)) json
+        if ! kill -0 "$pid" 2>/dev/null; then
+            printf 'node%-3s pid %-7s DEAD (see %s)\n' "$i" "$pid" "$dir/node$i/node.log"
+            continue
+        fi
+        json=$(api_status "$api")
+        if [ -z "$json" ]; then
+            printf 'node%-3s pid %-7s api not answering yet\n' "$i" "$pid"
+        else
+            printf 'node%-3s pid %-7s connected_peers %s routing_table_peers %s\n' "$i" "$pid" \
+                "$(json_field "$json" connected_peers)" "$(json_field "$json" routing_table_peers)"
+        fi
+    done < "$dir/pids"
+}
+
+stop() {
+    [ -s "$dir/pids" ] || { echo "no testnet running from $dir"; return 0; }
+    local pids
+    pids=$(cat "$dir/pids")
+    for pid in $pids; do kill -INT "$pid" 2>/dev/null || true; done
+    for _ in $(seq 1 50); do
+        local alive=0
+        for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+    : > "$dir/pids"
+    echo "stopped $(echo "$pids" | wc -w) nodes"
+}
+
+case "${1:-}" in
+    start) start "${2:-5}" ;;
+    status) status ;;
+    stop) stop ;;
+    *) echo "usage: $0 start [N] | status | stop" >&2; exit 2 ;;
+esac
