@@ -1,11 +1,13 @@
 //! # fleetmesh-node
 //!
-//! The node every car runs: identity, libp2p mesh, local HTTP API, and (coming) the burn inference engine,
+//! The node every car runs: identity, libp2p mesh, local HTTP API, burn inference engine, and (coming)
 //! sled storage and vehicle state. The `fleetmesh` binary is a thin CLI over this library, so that tests can
 //! start nodes in-process.
 
 pub mod api;
 pub mod config;
+pub mod inference;
+pub mod input;
 pub mod keyfile;
 pub mod metrics;
 pub mod net;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fleetmesh_node::config::{ConfigError, KadMode, NodeConfig};
-use fleetmesh_node::{keyfile, net};
+use fleetmesh_node::inference::executor::{Executor, ExecutorConfig};
+use fleetmesh_node::inference::{self, Registry, digits, mnist};
+use fleetmesh_node::{input, keyfile, net};
 use fleetmesh_protocol::NodeKey;
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,9 @@ struct Cli {
     /// Folder for this node's key and data.
     #[arg(long, global = true, env = "FLEETMESH_HOME", default_value_os_t = default_home())]
     home: PathBuf,
+    /// Folder of fetched models and data (scripts/fetch-assets.sh).
+    #[arg(long, global = true, env = "FLEETMESH_ASSETS", default_value = "assets")]
+    assets: PathBuf,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
@@ -39,6 +44,29 @@ enum Command {
     Keys {
         #[command(subcommand)]
         action: KeysAction,
+    },
+    /// List the installed models: name, id, weights size, agreement rule.
+    Models,
+    /// Run one local inference and print the result.
+    Infer {
+        /// Model name (see `fleetmesh models`).
+        #[arg(long)]
+        model: String,
+        /// Input file: CSV rows or a PNG image for image models.
+        #[arg(long)]
+        input: PathBuf,
+    },
+    /// Train the embedded digits model from the committed data set and write its weights.
+    TrainDigits {
+        /// Where to write the safetensors weights.
+        #[arg(long, default_value = "node/assets/digits/digits-cnn.safetensors")]
+        out: PathBuf,
+        /// Training epochs.
+        #[arg(long, default_value_t = 30)]
+        epochs: usize,
+        /// Random seed (initialisation and shuffling).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
     },
     /// Print the configuration file format with every default.
     Config {
@@ -193,6 +221,47 @@ fn run_node(home: &Path, args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+fn infer(assets: &Path, name: &str, input: &Path) -> anyhow::Result<()> {
+    let registry = Registry::with_defaults(Some(assets))?;
+    let model = registry.by_name(name).ok_or_else(|| {
+        let known: Vec<String> = registry.models().map(|m| m.manifest().name.clone()).collect();
+        anyhow::anyhow!("unknown model '{name}' (installed: {})", known.join(", "))
+    })?;
+    let rows = match name {
+        "digits" => input::read_images(input, digits::PIXELS, 8, digits::MAX_PIXEL)?,
+        "mnist-cnn" => input::read_images(input, mnist::PIXELS, 28, 255)?,
+        other => anyhow::bail!("no input reader for model '{other}'"),
+    };
+    let executor = Executor::start(registry.clone(), ExecutorConfig::default());
+    let inputs: Vec<Vec<u8>> = rows.iter().map(|(x, _)| x.clone()).collect();
+    let out = executor.run_blocking(&model.id(), inputs)?;
+    let mut correct = 0;
+    for (i, (output, (_, label))) in out.outputs.iter().zip(&rows).enumerate() {
+        let logits = inference::f32s(output);
+        let class = inference::argmax(&logits);
+        let rounded: Vec<String> = logits.iter().map(|v| format!("{v:.3}")).collect();
+        match label {
+            Some(l) => {
+                correct += usize::from(class == usize::from(*l));
+                println!(
+                    "row {i}: class {class} (label {l})  logits [{}]",
+                    rounded.join(", ")
+                );
+            }
+            None => println!("row {i}: class {class}  logits [{}]", rounded.join(", ")),
+        }
+    }
+    if rows.iter().any(|(_, l)| l.is_some()) {
+        println!(
+            "accuracy {}/{} in {:.1} ms",
+            correct,
+            rows.len(),
+            out.compute.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
@@ -220,6 +289,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("{}", node_key.node_id());
             }
+        }
+        Command::Models => {
+            let registry = Registry::with_defaults(Some(&cli.assets))?;
+            println!("{:<10} {:<64} {:>10}  rule", "name", "id", "weights");
+            for m in registry.models() {
+                let man = m.manifest();
+                println!(
+                    "{:<10} {:<64} {:>7} kB  {:?}",
+                    man.name,
+                    m.id(),
+                    man.weights_len / 1024,
+                    man.rule
+                );
+            }
+            if registry.by_name("mnist-cnn").is_none() {
+                eprintln!("(mnist-cnn not installed: run scripts/fetch-assets.sh mnist)");
+            }
+        }
+        Command::Infer { model, input } => infer(&cli.assets, &model, &input)?,
+        Command::TrainDigits { out, epochs, seed } => {
+            let (weights, accuracy) = digits::train(epochs, seed, |epoch, loss, acc| {
+                eprintln!(
+                    "epoch {epoch:>3}/{epochs}  loss {loss:.4}  held-out accuracy {:.2}%",
+                    acc * 100.0
+                );
+            })?;
+            std::fs::write(&out, &weights).with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "wrote {} ({} bytes), held-out accuracy {:.2}%",
+                out.display(),
+                weights.len(),
+                accuracy * 100.0
+            );
         }
         Command::Config {
             action: ConfigAction::Example,

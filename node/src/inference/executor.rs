@@ -1,0 +1,242 @@
+//! The executor: dedicated worker threads fed by a bounded queue. A worker batches queued jobs of the same
+//! model (up to `max_batch` inputs, waiting at most `linger` for more), checks cancellation between chunks so
+//! that a preempted job stops within one chunk, and reports each job's share of the compute time.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleetmesh_protocol::ModelId;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{InferenceError, Model, Registry};
+
+/// Most inputs in one job.
+pub const MAX_JOB_INPUTS: usize = 4096;
+
+/// A flag that cancels a job (cheap to clone; shared by the job and whoever may preempt it).
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// Asks the job to stop; it returns [`InferenceError::Cancelled`] at its next chunk boundary.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the job was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What a finished job returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutput {
+    /// One output per input, in order.
+    pub outputs: Vec<Vec<u8>>,
+    /// The job's share of the compute time of the batches it ran in.
+    pub compute: Duration,
+}
+
+struct Task {
+    model: Arc<dyn Model>,
+    inputs: Vec<Vec<u8>>,
+    cancel: CancelFlag,
+    reply: oneshot::Sender<Result<JobOutput, InferenceError>>,
+}
+
+/// Executor settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutorConfig {
+    /// Worker threads.
+    pub workers: usize,
+    /// Jobs that may wait in the queue.
+    pub queue: usize,
+    /// Most inputs run in one forward pass (also the cancellation granularity).
+    pub max_batch: usize,
+    /// How long a worker waits for more jobs of the same model before running a batch.
+    pub linger: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            queue: 256,
+            max_batch: 64,
+            linger: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Runs inference jobs on worker threads.
+#[derive(Clone)]
+pub struct Executor {
+    tx: mpsc::Sender<Task>,
+    registry: Registry,
+    depth: Arc<AtomicUsize>,
+}
+
+impl Executor {
+    /// Starts the worker threads; they stop when every `Executor` clone is dropped.
+    pub fn start(registry: Registry, cfg: ExecutorConfig) -> Self {
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let depth = Arc::new(AtomicUsize::new(0));
+        for i in 0..cfg.workers.max(1) {
+            let rx = rx.clone();
+            let depth = depth.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("inference-{i}"))
+                .spawn(move || worker(rx, depth, cfg));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an inference worker");
+            }
+        }
+        Self { tx, registry, depth }
+    }
+
+    /// The models this executor runs.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Jobs waiting or running.
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Validates the inputs and queues the job; waits for room in the queue and for the result.
+    pub async fn run(
+        &self,
+        model: &ModelId,
+        inputs: Vec<Vec<u8>>,
+        cancel: CancelFlag,
+    ) -> Result<JobOutput, InferenceError> {
+        let model = self
+            .registry
+            .get(model)
+            .ok_or_else(|| InferenceError::UnknownModel(model.to_string()))?;
+        if inputs.len() > MAX_JOB_INPUTS {
+            return Err(InferenceError::Oversize {
+                got: inputs.len(),
+                max: MAX_JOB_INPUTS,
+            });
+        }
+        for input in &inputs {
+            model.check_input(input)?;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        if self
+            .tx
+            .send(Task {
+                model,
+                inputs,
+                cancel,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(InferenceError::Stopped);
+        }
+        rx.await.map_err(|_| InferenceError::Stopped)?
+    }
+
+    /// [`Executor::run`] for callers outside the async runtime.
+    pub fn run_blocking(&self, model: &ModelId, inputs: Vec<Vec<u8>>) -> Result<JobOutput, InferenceError> {
+        futures::executor::block_on(self.run(model, inputs, CancelFlag::default()))
+    }
+}
+
+fn worker(rx: Arc<Mutex<mpsc::Receiver<Task>>>, depth: Arc<AtomicUsize>, cfg: ExecutorConfig) {
+    let mut held: VecDeque<Task> = VecDeque::new();
+    loop {
+        // Take the first job (one held back from the last round, or the next in the queue).
+        let first = match held.pop_front() {
+            Some(t) => t,
+            None => match rx.lock().ok().and_then(|mut r| r.blocking_recv()) {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        let model_id = first.model.id();
+        let mut batch = vec![first];
+        let mut inputs: usize = batch[0].inputs.len();
+        let deadline = Instant::now() + cfg.linger;
+        // Gather more jobs of the same model while the batch has room and the linger time lasts.
+        while inputs < cfg.max_batch {
+            let next = rx.lock().ok().and_then(|mut r| r.try_recv().ok());
+            match next {
+                Some(t) if t.model.id() == model_id => {
+                    inputs += t.inputs.len();
+                    batch.push(t);
+                }
+                Some(t) => held.push_back(t),
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(100)),
+                None => break,
+            }
+        }
+        let jobs = batch.len();
+        run_batch(batch, cfg.max_batch);
+        depth.fetch_sub(jobs, Ordering::Relaxed);
+    }
+}
+
+fn run_batch(tasks: Vec<Task>, max_batch: usize) {
+    let model = tasks[0].model.clone();
+    let mut live: Vec<Task> = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if t.cancel.is_cancelled() {
+            let _ = t.reply.send(Err(InferenceError::Cancelled));
+        } else {
+            live.push(t);
+        }
+    }
+    // Flatten the inputs of all jobs; remember which job each belongs to.
+    let all: Vec<(usize, &[u8])> = live
+        .iter()
+        .enumerate()
+        .flat_map(|(j, t)| t.inputs.iter().map(move |i| (j, i.as_slice())))
+        .collect();
+    let mut outputs: Vec<Vec<Vec<u8>>> = live.iter().map(|t| Vec::with_capacity(t.inputs.len())).collect();
+    let mut compute = vec![Duration::ZERO; live.len()];
+    let mut failed: Option<InferenceError> = None;
+    for chunk in all.chunks(max_batch.max(1)) {
+        if chunk.iter().all(|(j, _)| live[*j].cancel.is_cancelled()) {
+            continue;
+        }
+        let started = Instant::now();
+        let result = model.run_batch(&chunk.iter().map(|(_, i)| *i).collect::<Vec<_>>());
+        let spent = started.elapsed();
+        match result {
+            Ok(outs) => {
+                for ((j, _), out) in chunk.iter().zip(outs) {
+                    outputs[*j].push(out);
+                    compute[*j] += spent / chunk.len() as u32;
+                }
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    for ((task, outs), compute) in live.into_iter().zip(outputs).zip(compute) {
+        let result = if task.cancel.is_cancelled() {
+            Err(InferenceError::Cancelled)
+        } else if let Some(e) = &failed {
+            Err(e.clone())
+        } else {
+            Ok(JobOutput {
+                outputs: outs,
+                compute,
+            })
+        };
+        let _ = task.reply.send(result);
+    }
+}

@@ -1,0 +1,310 @@
+//! `minilm`: all-MiniLM-L6-v2 sentence embeddings — a 6-layer BERT encoder in burn, weights from the
+//! model's safetensors, the `tokenizers` crate for WordPiece, attention-masked mean pooling and L2
+//! normalisation (fetched by `scripts/fetch-assets.sh minilm`, pinned by hash).
+//!
+//! Input: UTF-8 text (at most [`MAX_TEXT`] bytes; tokens past 128 are truncated as the model was trained).
+//! Output: 384 f32 (little-endian), unit length.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use fleetmesh_protocol::ModelId;
+use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
+
+use super::{InferenceError, Model, check_weights, manifest_for};
+
+const NAME: &str = "minilm";
+/// Longest accepted input text in bytes.
+pub const MAX_TEXT: usize = 2048;
+/// Embedding width.
+pub const DIM: usize = 384;
+const HEADS: usize = 12;
+const LAYERS: usize = 6;
+const INTERMEDIATE: usize = 1536;
+const VOCAB: usize = 30_522;
+const MAX_POSITIONS: usize = 512;
+/// blake3 of `model.safetensors` (its sha256 is pinned in scripts/fetch-assets.sh).
+pub const WEIGHTS_BLAKE3: &str = "8087e9bf97c265f8435ed268733ecf3791825ad24850fd5d84d89e32ee3a589a";
+/// blake3 of `tokenizer.json`.
+pub const TOKENIZER_BLAKE3: &str = "82483bb4f0bdb81779f295ecc5a93285d2156834e994a2169f9800e4c8f250c1";
+
+#[derive(Module, Debug)]
+struct Embeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+}
+
+#[derive(Module, Debug)]
+struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+}
+
+#[derive(Module, Debug)]
+struct DenseNorm {
+    dense: Linear,
+    layer_norm: LayerNorm,
+}
+
+#[derive(Module, Debug)]
+struct Attention {
+    self_attn: SelfAttention,
+    output: DenseNorm,
+}
+
+#[derive(Module, Debug)]
+struct Dense {
+    dense: Linear,
+}
+
+#[derive(Module, Debug)]
+struct Layer {
+    attention: Attention,
+    intermediate: Dense,
+    output: DenseNorm,
+}
+
+#[derive(Module, Debug)]
+struct Encoder {
+    layer: Vec<Layer>,
+}
+
+/// The BERT encoder of all-MiniLM-L6-v2.
+#[derive(Module, Debug)]
+pub struct Bert {
+    embeddings: Embeddings,
+    encoder: Encoder,
+}
+
+fn norm(device: &Device) -> LayerNorm {
+    LayerNormConfig::new(DIM).with_epsilon(1e-12).init(device)
+}
+
+fn dense_norm(d_in: usize, device: &Device) -> DenseNorm {
+    DenseNorm {
+        dense: LinearConfig::new(d_in, DIM).init(device),
+        layer_norm: norm(device),
+    }
+}
+
+impl Bert {
+    fn new(device: &Device) -> Self {
+        let layer = (0..LAYERS)
+            .map(|_| Layer {
+                attention: Attention {
+                    self_attn: SelfAttention {
+                        query: LinearConfig::new(DIM, DIM).init(device),
+                        key: LinearConfig::new(DIM, DIM).init(device),
+                        value: LinearConfig::new(DIM, DIM).init(device),
+                    },
+                    output: dense_norm(DIM, device),
+                },
+                intermediate: Dense {
+                    dense: LinearConfig::new(DIM, INTERMEDIATE).init(device),
+                },
+                output: dense_norm(INTERMEDIATE, device),
+            })
+            .collect();
+        Self {
+            embeddings: Embeddings {
+                word_embeddings: EmbeddingConfig::new(VOCAB, DIM).init(device),
+                position_embeddings: EmbeddingConfig::new(MAX_POSITIONS, DIM).init(device),
+                token_type_embeddings: EmbeddingConfig::new(2, DIM).init(device),
+                layer_norm: norm(device),
+            },
+            encoder: Encoder { layer },
+        }
+    }
+
+    /// Token embeddings `[b, l, 384]` for token ids `[b, l]` with attention mask `[b, l]` (1 = token).
+    fn forward(&self, ids: Tensor<2, Int>, mask: Tensor<2>) -> Tensor<3> {
+        let [b, l] = ids.dims();
+        let device = ids.device();
+        let positions = Tensor::<1, Int>::arange(0..l as i64, &device)
+            .reshape([1, l])
+            .repeat_dim(0, b);
+        let types = Tensor::<2, Int>::zeros([b, l], &device);
+        let e = &self.embeddings;
+        let mut x = e.word_embeddings.forward(ids)
+            + e.position_embeddings.forward(positions)
+            + e.token_type_embeddings.forward(types);
+        x = e.layer_norm.forward(x);
+        // Additive mask: 0 where attended, a large negative number on padding.
+        let bias: Tensor<4> = (mask.ones_like() - mask).mul_scalar(-1e9).reshape([b, 1, 1, l]);
+        let head = DIM / HEADS;
+        let scale = 1.0 / (head as f64).sqrt();
+        for layer in &self.encoder.layer {
+            let a = &layer.attention.self_attn;
+            let split = |t: Tensor<3>| t.reshape([b, l, HEADS, head]).swap_dims(1, 2);
+            let q = split(a.query.forward(x.clone()));
+            let k = split(a.key.forward(x.clone()));
+            let v = split(a.value.forward(x.clone()));
+            let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias.clone();
+            let ctx = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, l, DIM]);
+            let out = &layer.attention.output;
+            let attended = out.layer_norm.forward(out.dense.forward(ctx) + x);
+            let inner = gelu(layer.intermediate.dense.forward(attended.clone()));
+            let out = &layer.output;
+            x = out.layer_norm.forward(out.dense.forward(inner) + attended);
+        }
+        x
+    }
+}
+
+/// The minilm model, ready to run.
+pub struct MiniLm {
+    net: Mutex<Bert>,
+    tokenizer: tokenizers::Tokenizer,
+    device: Device,
+    manifest: ModelManifest,
+    id: ModelId,
+}
+
+impl MiniLm {
+    /// Loads the model from `assets/minilm/`; `None` if it was not fetched.
+    pub fn from_assets(assets: &Path) -> Result<Option<Self>, InferenceError> {
+        let dir = assets.join("minilm");
+        if !dir.join("model.safetensors").exists() {
+            return Ok(None);
+        }
+        Self::from_dir(&dir).map(Some)
+    }
+
+    /// Loads the model from a folder with `model.safetensors` and `tokenizer.json`, both hash-pinned.
+    pub fn from_dir(dir: &Path) -> Result<Self, InferenceError> {
+        let bad = |reason: String| InferenceError::Weights {
+            model: NAME.into(),
+            reason,
+        };
+        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| bad(format!("{name}: {e}")));
+        let weights = read("model.safetensors")?;
+        check_weights(NAME, &weights, WEIGHTS_BLAKE3)?;
+        let tokenizer_json = read("tokenizer.json")?;
+        check_weights(NAME, &tokenizer_json, TOKENIZER_BLAKE3)?;
+        let mut tokenizer =
+            tokenizers::Tokenizer::from_bytes(&tokenizer_json).map_err(|e| bad(e.to_string()))?;
+        // The file pads every input to 128 tokens; pooling uses the mask, so padding is only waste.
+        tokenizer.with_padding(None);
+
+        let device = Device::flex();
+        let mut net = Bert::new(&device);
+        let mut store = SafetensorsStore::from_bytes(Some(weights.clone()))
+            .with_from_adapter(PyTorchToBurnAdapter)
+            .with_key_remapping(r"LayerNorm", "layer_norm")
+            .with_key_remapping(r"\.attention\.self\.", ".attention.self_attn.")
+            .allow_partial(true);
+        let applied = net.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
+        if !applied.missing.is_empty() {
+            return Err(bad(format!(
+                "tensors missing from the weights: {:?}",
+                applied.missing
+            )));
+        }
+        let manifest = manifest_for(
+            NAME,
+            1,
+            "bert-minilm-l6-v2",
+            &weights,
+            TensorSpec {
+                dtype: DType::Utf8,
+                shape: vec![MAX_TEXT as u32],
+            },
+            TensorSpec {
+                dtype: DType::F32,
+                shape: vec![DIM as u32],
+            },
+            AgreementRule::Tolerance {
+                abs: 0.0,
+                rel: 0.0,
+                min_cosine: 0.9999,
+            },
+        );
+        let id = manifest.id();
+        Ok(Self {
+            net: Mutex::new(net),
+            tokenizer,
+            device,
+            manifest,
+            id,
+        })
+    }
+
+    /// The token ids of a text, as the model sees them.
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, InferenceError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| InferenceError::Weights {
+                model: NAME.into(),
+                reason: format!("tokenizer: {e}"),
+            })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+}
+
+impl Model for MiniLm {
+    fn manifest(&self) -> &ModelManifest {
+        &self.manifest
+    }
+
+    fn id(&self) -> ModelId {
+        self.id
+    }
+
+    fn check_input(&self, input: &[u8]) -> Result<(), InferenceError> {
+        if input.is_empty() || input.len() > MAX_TEXT {
+            return Err(InferenceError::WrongInputLength {
+                model: NAME.into(),
+                expected: MAX_TEXT,
+                got: input.len(),
+            });
+        }
+        std::str::from_utf8(input).map_err(|e| InferenceError::OutOfRange {
+            model: NAME.into(),
+            index: e.valid_up_to(),
+            value: "invalid UTF-8".into(),
+        })?;
+        Ok(())
+    }
+
+    fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {
+        let mut tokenised = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            self.check_input(input)?;
+            tokenised.push(self.token_ids(std::str::from_utf8(input).unwrap_or_default())?);
+        }
+        // Each text runs as its own forward pass, duplicated into a batch of two: no padding, and no
+        // lone-row matmul, so a text's output bits do not depend on what else is in the batch.
+        let mut outputs = Vec::with_capacity(inputs.len());
+        for ids in tokenised {
+            let l = ids.len();
+            let ids: Vec<i64> = ids.iter().chain(ids.iter()).map(|i| i64::from(*i)).collect();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, l]), &self.device);
+            let mask = Tensor::<2>::ones([2, l], &self.device);
+            let tokens = {
+                let net = self.net.lock().map_err(|_| InferenceError::Stopped)?;
+                net.forward(ids, mask)
+            };
+            let pooled: Tensor<2> = tokens.mean_dim(1).reshape([2, DIM]);
+            let norm = pooled.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
+            let unit = pooled / norm;
+            let values = unit
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| InferenceError::Weights {
+                    model: NAME.into(),
+                    reason: format!("{e:?}"),
+                })?;
+            outputs.push(values[..DIM].iter().flat_map(|v| v.to_le_bytes()).collect());
+        }
+        Ok(outputs)
+    }
+}

@@ -1,0 +1,215 @@
+//! `mnist-cnn`: the MIT-licensed pretrained 28x28 MNIST classifier of `digit-recognizer-py` 0.1.0, loaded
+//! from its PyTorch checkpoint with burn-store (fetched by `scripts/fetch-assets.sh`, pinned by hash).
+//!
+//! Input: 784 bytes, the 28x28 grayscale image row-major (0..=255). Output: 10 f32 logits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::store::{ModuleSnapshot, PytorchStore};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor, TensorData};
+use fleetmesh_protocol::ModelId;
+use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
+
+use super::{InferenceError, Model, batch_rows, check_weights, manifest_for, rows_to_bytes};
+
+const NAME: &str = "mnist-cnn";
+/// Pixels per image.
+pub const PIXELS: usize = 28 * 28;
+/// Path of the checkpoint under the assets folder.
+pub const WEIGHTS_PATH: &str = "mnist-cnn/handwriting_model.pth";
+/// blake3 of the checkpoint (its sha256 is pinned in scripts/fetch-assets.sh).
+pub const WEIGHTS_BLAKE3: &str = "9edfc5ce203cbc38f6e392704c52735df8c13d83ffef74b75ec6411be71be6d1";
+/// Path of the 5,000 evaluation images under the assets folder.
+pub const EVAL_PATH: &str = "mnist/mnist_5k.csv.gz";
+
+/// The network of the checkpoint: three conv 3x3 + ReLU + max-pool blocks, then two linear layers.
+#[derive(Module, Debug)]
+pub struct MnistNet {
+    conv_layers: Vec<Conv2d>,
+    fc_layers: Vec<Linear>,
+    pool: MaxPool2d,
+}
+
+impl MnistNet {
+    /// An uninitialised network of the checkpoint's shape.
+    pub fn new(device: &Device) -> Self {
+        let conv = |i, o| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        Self {
+            conv_layers: vec![conv(1, 32), conv(32, 64), conv(64, 128)],
+            fc_layers: vec![
+                LinearConfig::new(1152, 256).init(device),
+                LinearConfig::new(256, 10).init(device),
+            ],
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+        }
+    }
+
+    /// Logits `[n, 10]` for normalised images `[n, 1, 28, 28]`.
+    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
+        for conv in &self.conv_layers {
+            x = self.pool.forward(relu(conv.forward(x)));
+        }
+        let x: Tensor<2> = x.flatten(1, 3);
+        self.fc_layers[1].forward(relu(self.fc_layers[0].forward(x)))
+    }
+}
+
+/// The MNIST model, ready to run.
+pub struct MnistCnn {
+    net: Mutex<MnistNet>,
+    device: Device,
+    manifest: ModelManifest,
+    id: ModelId,
+}
+
+impl MnistCnn {
+    /// Loads the model from `assets/mnist-cnn/handwriting_model.pth`; `None` if it was not fetched.
+    pub fn from_assets(assets: &Path) -> Result<Option<Self>, InferenceError> {
+        let path = assets.join(WEIGHTS_PATH);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::from_file(&path).map(Some)
+    }
+
+    /// Loads the model from a checkpoint file, which must hash to the pinned value.
+    pub fn from_file(path: &Path) -> Result<Self, InferenceError> {
+        let bad = |reason: String| InferenceError::Weights {
+            model: NAME.into(),
+            reason,
+        };
+        let weights = std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        check_weights(NAME, &weights, WEIGHTS_BLAKE3)?;
+        let device = Device::flex();
+        let mut net = MnistNet::new(&device);
+        let mut store = PytorchStore::from_file(PathBuf::from(path));
+        let applied = net.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
+        if !applied.missing.is_empty() {
+            return Err(bad(format!(
+                "tensors missing from the checkpoint: {:?}",
+                applied.missing
+            )));
+        }
+        let manifest = manifest_for(
+            NAME,
+            1,
+            "mnist-cnn-v1",
+            &weights,
+            TensorSpec {
+                dtype: DType::U8,
+                shape: vec![1, 28, 28],
+            },
+            TensorSpec {
+                dtype: DType::F32,
+                shape: vec![10],
+            },
+            AgreementRule::Exact,
+        );
+        let id = manifest.id();
+        Ok(Self {
+            net: Mutex::new(net),
+            device,
+            manifest,
+            id,
+        })
+    }
+}
+
+impl Model for MnistCnn {
+    fn manifest(&self) -> &ModelManifest {
+        &self.manifest
+    }
+
+    fn id(&self) -> ModelId {
+        self.id
+    }
+
+    fn check_input(&self, input: &[u8]) -> Result<(), InferenceError> {
+        if input.len() != PIXELS {
+            return Err(InferenceError::WrongInputLength {
+                model: NAME.into(),
+                expected: PIXELS,
+                got: input.len(),
+            });
+        }
+        Ok(())
+    }
+
+    fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        for input in inputs {
+            self.check_input(input)?;
+        }
+        let rows: Vec<Vec<f32>> = inputs
+            .iter()
+            .map(|img| {
+                img.iter()
+                    .map(|p| (f32::from(*p) / 255.0 - 0.1307) / 0.3081)
+                    .collect()
+            })
+            .collect();
+        let (flat, n) = batch_rows(&rows);
+        let x = Tensor::from_data(TensorData::new(flat, [n, 1, 28, 28]), &self.device);
+        let logits = {
+            let net = self.net.lock().map_err(|_| InferenceError::Stopped)?;
+            net.forward(x)
+        };
+        let values = logits
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| InferenceError::Weights {
+                model: NAME.into(),
+                reason: format!("{e:?}"),
+            })?;
+        Ok(rows_to_bytes(&values, 10, inputs.len()))
+    }
+}
+
+/// An evaluation image: 784 pixels and its label.
+pub type LabelledImage = (Vec<u8>, u8);
+
+/// Reads the 5,000 evaluation images; `None` if they were not fetched.
+pub fn eval_images(assets: &Path) -> Result<Option<Vec<LabelledImage>>, InferenceError> {
+    use std::io::Read;
+    let path = assets.join(EVAL_PATH);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bad = |reason: String| InferenceError::Weights {
+        model: NAME.into(),
+        reason,
+    };
+    let file = std::fs::File::open(&path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let mut csv = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut csv)
+        .map_err(|e| bad(e.to_string()))?;
+    let rows = csv
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let v: Vec<u8> = line
+                .split(',')
+                .map(|x| x.trim().parse::<f32>().map(|f| f as u8))
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(format!("evaluation row: {e}")))?;
+            match v.split_last() {
+                Some((&label, pixels)) if pixels.len() == PIXELS => Ok((pixels.to_vec(), label)),
+                _ => Err(bad("evaluation row: expected 785 values".into())),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(rows))
+}

@@ -1,0 +1,235 @@
+//! The inference engine: real models on burn's `flex` CPU backend, a registry keyed by [`ModelId`], and an
+//! executor on dedicated worker threads ([`executor`]).
+//!
+//! Every model takes and returns bytes in the layout its manifest declares (inputs are validated before
+//! any tensor is built), so the same bytes travel in job offers and come back in result reveals.
+
+pub mod digits;
+pub mod executor;
+pub mod minilm;
+pub mod mnist;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fleetmesh_protocol::messages::{AgreementRule, ModelManifest, NumericClass, TensorSpec};
+use fleetmesh_protocol::{ChunkId, ModelId};
+
+/// Chunk size of model weights for P2P distribution.
+pub const CHUNK_SIZE: u32 = 256 * 1024;
+
+/// Why inference could not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InferenceError {
+    /// No model with that name or id is installed.
+    #[error("unknown model {0}")]
+    UnknownModel(String),
+    /// The input does not have the model's input length.
+    #[error("{model}: input has {got} bytes, expected {expected}")]
+    WrongInputLength {
+        /// The model.
+        model: String,
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// An input value is outside the model's range (NaN, infinity, or above the maximum pixel value).
+    #[error("{model}: input value {value} at index {index} is out of range")]
+    OutOfRange {
+        /// The model.
+        model: String,
+        /// Position of the value.
+        index: usize,
+        /// The value, as text.
+        value: String,
+    },
+    /// More inputs than the executor accepts in one job.
+    #[error("job of {got} inputs exceeds the limit of {max}")]
+    Oversize {
+        /// Inputs given.
+        got: usize,
+        /// Most accepted.
+        max: usize,
+    },
+    /// The weights do not hash to the value the manifest pins.
+    #[error("{model}: weights hash {got} does not match the manifest's {expected}")]
+    WeightsMismatch {
+        /// The model.
+        model: String,
+        /// blake3 the manifest pins.
+        expected: String,
+        /// blake3 of the weights found.
+        got: String,
+    },
+    /// The weights file could not be read or applied to the model.
+    #[error("{model}: cannot load weights: {reason}")]
+    Weights {
+        /// The model.
+        model: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The job was cancelled (preemption) before it finished.
+    #[error("cancelled")]
+    Cancelled,
+    /// The executor has shut down.
+    #[error("the inference executor has stopped")]
+    Stopped,
+}
+
+/// A model the engine can run.
+pub trait Model: Send + Sync {
+    /// The model's content-addressed description.
+    fn manifest(&self) -> &ModelManifest;
+
+    /// The model's id (hash of the manifest).
+    fn id(&self) -> ModelId;
+
+    /// Checks one input; inputs that pass never make [`Model::run_batch`] fail.
+    fn check_input(&self, input: &[u8]) -> Result<(), InferenceError>;
+
+    /// Runs a batch of checked inputs, returning one output per input, in order.
+    fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError>;
+}
+
+/// Builds the manifest of a model from its weights: chunk hashes, weights hash, specs and rule.
+pub fn manifest_for(
+    name: &str,
+    version: u32,
+    architecture: &str,
+    weights: &[u8],
+    input: TensorSpec,
+    output: TensorSpec,
+    rule: AgreementRule,
+) -> ModelManifest {
+    ModelManifest {
+        name: name.into(),
+        version,
+        architecture: architecture.into(),
+        weights_hash: *blake3::hash(weights).as_bytes(),
+        weights_len: weights.len() as u64,
+        chunk_size: CHUNK_SIZE,
+        chunks: weights.chunks(CHUNK_SIZE as usize).map(ChunkId::of).collect(),
+        input,
+        output,
+        rule,
+    }
+}
+
+/// Checks that `weights` are the ones `expected_blake3` pins.
+pub fn check_weights(model: &str, weights: &[u8], expected_blake3: &str) -> Result<(), InferenceError> {
+    let got = blake3::hash(weights).to_hex().to_string();
+    if got != expected_blake3 {
+        return Err(InferenceError::WeightsMismatch {
+            model: model.into(),
+            expected: expected_blake3.into(),
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// The numeric class of this node's engine: outputs compared exactly must come from one class.
+pub fn numeric_class() -> NumericClass {
+    let arch = std::env::consts::ARCH;
+    #[cfg(target_arch = "x86_64")]
+    let simd = if std::arch::is_x86_feature_detected!("avx512f") {
+        "avx512"
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        "avx2"
+    } else {
+        "sse2"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = "base";
+    NumericClass {
+        backend: "burn-flex-0.22.1".into(),
+        features: "simd+rayon".into(),
+        arch: format!("{arch}-{simd}"),
+    }
+}
+
+/// The installed models, by id and by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    by_id: BTreeMap<ModelId, Arc<dyn Model>>,
+}
+
+impl Registry {
+    /// The registry with the embedded default model and any fetched models found in `assets`.
+    pub fn with_defaults(assets: Option<&std::path::Path>) -> Result<Self, InferenceError> {
+        let mut registry = Registry::default();
+        registry.insert(Arc::new(digits::Digits::embedded()?));
+        if let Some(dir) = assets {
+            if let Some(mnist) = mnist::MnistCnn::from_assets(dir)? {
+                registry.insert(Arc::new(mnist));
+            }
+            if let Some(minilm) = minilm::MiniLm::from_assets(dir)? {
+                registry.insert(Arc::new(minilm));
+            }
+        }
+        Ok(registry)
+    }
+
+    /// Adds a model.
+    pub fn insert(&mut self, model: Arc<dyn Model>) {
+        self.by_id.insert(model.id(), model);
+    }
+
+    /// The model with this id.
+    pub fn get(&self, id: &ModelId) -> Option<Arc<dyn Model>> {
+        self.by_id.get(id).cloned()
+    }
+
+    /// The model with this name (the highest version if several).
+    pub fn by_name(&self, name: &str) -> Option<Arc<dyn Model>> {
+        self.by_id
+            .values()
+            .filter(|m| m.manifest().name == name)
+            .max_by_key(|m| m.manifest().version)
+            .cloned()
+    }
+
+    /// Every installed model.
+    pub fn models(&self) -> impl Iterator<Item = &Arc<dyn Model>> {
+        self.by_id.values()
+    }
+}
+
+/// Reads an f32 output back (little-endian), e.g. to take the argmax of logits.
+pub fn f32s(output: &[u8]) -> Vec<f32> {
+    output
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Index of the largest value.
+pub fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, v)| if *v > values[best] { i } else { best })
+}
+
+/// Runs `rows` through a burn forward pass as one batch, padding a lone row to a batch of two so that its
+/// output bits are the same as inside any larger batch (flex uses another summation order for one row).
+pub(crate) fn batch_rows(rows: &[Vec<f32>]) -> (Vec<f32>, usize) {
+    let mut flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let mut n = rows.len();
+    if n == 1 {
+        flat.extend_from_slice(&rows[0]);
+        n = 2;
+    }
+    (flat, n)
+}
+
+/// Splits a `[n, width]` float output into per-row little-endian byte strings, keeping the first `keep` rows.
+pub(crate) fn rows_to_bytes(values: &[f32], width: usize, keep: usize) -> Vec<Vec<u8>> {
+    values
+        .chunks_exact(width)
+        .take(keep)
+        .map(|row| row.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect()
+}

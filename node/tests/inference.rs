@@ -1,0 +1,253 @@
+//! Inference on real weights: accuracy, golden outputs, determinism, input validation, executor behaviour.
+//! Tests that need fetched assets (scripts/fetch-assets.sh) print why they skip when the assets are absent.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fleetmesh_node::inference::digits::{self, Digits};
+use fleetmesh_node::inference::executor::{CancelFlag, Executor, ExecutorConfig};
+use fleetmesh_node::inference::mnist::{self, MnistCnn};
+use fleetmesh_node::inference::{InferenceError, Model, Registry, argmax, f32s};
+
+fn assets() -> PathBuf {
+    std::env::var_os("FLEETMESH_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets")))
+}
+
+fn mnist_or_skip() -> Option<(MnistCnn, Vec<mnist::LabelledImage>)> {
+    let dir = assets();
+    match (
+        MnistCnn::from_assets(&dir).unwrap(),
+        mnist::eval_images(&dir).unwrap(),
+    ) {
+        (Some(model), Some(images)) => Some((model, images)),
+        _ => {
+            println!(
+                "SKIPPED: mnist-cnn assets not in {} (run scripts/fetch-assets.sh mnist)",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn digits_held_out_accuracy_is_at_least_95_percent() {
+    let model = Digits::embedded().unwrap();
+    let held_out = digits::held_out().unwrap();
+    assert_eq!(held_out.len(), 359);
+    let accuracy = model.accuracy(&held_out).unwrap();
+    println!(
+        "digits held-out accuracy {:.2}% on {} images",
+        accuracy * 100.0,
+        held_out.len()
+    );
+    assert!(accuracy >= 0.95, "held-out accuracy {accuracy}");
+}
+
+/// Bitwise determinism of a model: repeated runs, batch positions, and rayon thread counts.
+fn assert_deterministic(model: &dyn Model, inputs: &[Vec<u8>]) {
+    let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let batch = model.run_batch(&refs).unwrap();
+    for _ in 0..3 {
+        assert_eq!(model.run_batch(&refs).unwrap(), batch, "repeated run differs");
+    }
+    for pos in [0, 17, refs.len() - 1] {
+        let alone = model.run_batch(&[refs[pos]]).unwrap();
+        assert_eq!(
+            alone[0], batch[pos],
+            "input {pos} alone differs from inside the batch"
+        );
+        let pair = model
+            .run_batch(&[refs[pos], refs[(pos + 5) % refs.len()]])
+            .unwrap();
+        assert_eq!(pair[0], batch[pos], "input {pos} in a batch of 2 differs");
+    }
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let out = pool.install(|| model.run_batch(&refs).unwrap());
+        assert_eq!(out, batch, "{threads} rayon threads give other bits");
+    }
+}
+
+#[test]
+fn digits_outputs_are_bitwise_deterministic() {
+    let model = Digits::embedded().unwrap();
+    let inputs: Vec<Vec<u8>> = digits::held_out()
+        .unwrap()
+        .into_iter()
+        .take(64)
+        .map(|s| s.pixels)
+        .collect();
+    assert_deterministic(&model, &inputs);
+}
+
+#[test]
+fn mnist_cnn_matches_pytorch_accuracy_and_golden_logits() {
+    let Some((model, images)) = mnist_or_skip() else {
+        return;
+    };
+    assert_eq!(images.len(), 5_000);
+    let golden = [
+        20.6561f32, -15.6774, -11.5575, -16.8126, -8.6738, -10.4791, -7.9360, -7.2686, -7.2895, 3.3479,
+    ];
+    let row0 = f32s(&model.run_batch(&[images[0].0.as_slice()]).unwrap()[0]);
+    for (got, want) in row0.iter().zip(golden) {
+        assert!(
+            (got - want).abs() <= 1e-3,
+            "row 0 logits {row0:?} vs golden {golden:?}"
+        );
+    }
+    let mut correct = 0;
+    for chunk in images.chunks(100) {
+        let refs: Vec<&[u8]> = chunk.iter().map(|(x, _)| x.as_slice()).collect();
+        let outs = model.run_batch(&refs).unwrap();
+        correct += outs
+            .iter()
+            .zip(chunk)
+            .filter(|(o, (_, l))| argmax(&f32s(o)) == usize::from(*l))
+            .count();
+    }
+    let accuracy = correct as f64 / images.len() as f64;
+    println!("mnist-cnn accuracy {accuracy:.4} on 5,000 images (PyTorch: 0.9970)");
+    assert!(accuracy >= 0.995, "accuracy {accuracy}");
+}
+
+#[test]
+fn mnist_cnn_outputs_are_bitwise_deterministic() {
+    let Some((model, images)) = mnist_or_skip() else {
+        return;
+    };
+    let inputs: Vec<Vec<u8>> = images
+        .iter()
+        .step_by(79)
+        .take(64)
+        .map(|(x, _)| x.clone())
+        .collect();
+    assert_deterministic(&model, &inputs);
+}
+
+#[test]
+fn bad_inputs_and_weights_are_typed_errors() {
+    let model = Digits::embedded().unwrap();
+    assert!(matches!(
+        model.check_input(&[0; 63]),
+        Err(InferenceError::WrongInputLength {
+            expected: 64,
+            got: 63,
+            ..
+        })
+    ));
+    let mut hot = vec![0u8; 64];
+    hot[10] = 17;
+    assert!(matches!(
+        model.check_input(&hot),
+        Err(InferenceError::OutOfRange { index: 10, .. })
+    ));
+    assert!(matches!(
+        model.run_batch(&[&hot]),
+        Err(InferenceError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        Digits::from_weights(b"not safetensors"),
+        Err(InferenceError::Weights { .. })
+    ));
+
+    let registry = Registry::with_defaults(None).unwrap();
+    let executor = Executor::start(registry, ExecutorConfig::default());
+    let unknown = fleetmesh_protocol::ModelId::of(b"no such model");
+    assert!(matches!(
+        executor.run_blocking(&unknown, vec![vec![0; 64]]),
+        Err(InferenceError::UnknownModel(_))
+    ));
+    assert!(matches!(
+        executor.run_blocking(&model.id(), vec![vec![0; 65]]),
+        Err(InferenceError::WrongInputLength { .. })
+    ));
+    let too_many = vec![vec![0u8; 64]; 4097];
+    assert!(matches!(
+        executor.run_blocking(&model.id(), too_many),
+        Err(InferenceError::Oversize { .. })
+    ));
+
+    // A checkpoint that does not hash to the pinned value is refused before it is parsed.
+    if mnist_or_skip().is_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut weights = std::fs::read(assets().join(mnist::WEIGHTS_PATH)).unwrap();
+        let mid = weights.len() / 2;
+        weights[mid] ^= 0xff;
+        let path = dir.path().join("tampered.pth");
+        std::fs::write(&path, weights).unwrap();
+        assert!(matches!(
+            MnistCnn::from_file(&path),
+            Err(InferenceError::WeightsMismatch { .. })
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_batches_concurrent_jobs_without_changing_outputs() {
+    let model = Digits::embedded().unwrap();
+    let id = model.id();
+    let samples = digits::held_out().unwrap();
+    let executor = Executor::start(
+        Registry::with_defaults(None).unwrap(),
+        ExecutorConfig {
+            linger: Duration::from_millis(5),
+            ..ExecutorConfig::default()
+        },
+    );
+    let jobs: Vec<_> = samples
+        .chunks(7)
+        .take(20)
+        .map(|chunk| {
+            let executor = executor.clone();
+            let inputs: Vec<Vec<u8>> = chunk.iter().map(|s| s.pixels.clone()).collect();
+            tokio::spawn(async move {
+                (
+                    inputs.clone(),
+                    executor.run(&id, inputs, CancelFlag::default()).await,
+                )
+            })
+        })
+        .collect();
+    for job in jobs {
+        let (inputs, result) = job.await.unwrap();
+        let out = result.unwrap();
+        let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+        assert_eq!(out.outputs, model.run_batch(&refs).unwrap());
+        assert!(out.compute > Duration::ZERO);
+    }
+    assert_eq!(executor.queue_depth(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_is_cancelled_within_a_second() {
+    let model = Digits::embedded().unwrap();
+    let executor = Executor::start(
+        Registry::with_defaults(None).unwrap(),
+        ExecutorConfig {
+            max_batch: 16,
+            ..ExecutorConfig::default()
+        },
+    );
+    let cancel = CancelFlag::default();
+    let inputs = vec![vec![3u8; 64]; 4096];
+    let job = {
+        let (executor, cancel, id) = (executor.clone(), cancel.clone(), model.id());
+        tokio::spawn(async move { executor.run(&id, inputs, cancel).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let asked = Instant::now();
+    cancel.cancel();
+    let result = job.await.unwrap();
+    let took = asked.elapsed();
+    println!("cancelled after {took:?}");
+    assert_eq!(result, Err(InferenceError::Cancelled));
+    assert!(took < Duration::from_secs(1), "cancellation took {took:?}");
+}
