@@ -41,12 +41,7 @@ pub type ImageRow = (Vec<u8>, Option<u8>);
 /// Reads image inputs of `pixels` bytes each: a PNG (one image, grayscale, `side` x `side`, scaled to
 /// 0..=`max`) or CSV (one image per line: `pixels` integers, optionally followed by a label, which is
 /// returned).
-pub fn read_images(
-    path: &Path,
-    pixels: usize,
-    side: u32,
-    max: u8,
-) -> Result<Vec<ImageRow>, InputError> {
+pub fn read_images(path: &Path, pixels: usize, side: u32, max: u8) -> Result<Vec<ImageRow>, InputError> {
     let name = path.display().to_string();
     let invalid = |reason: String| InputError::Invalid {
         path: name.clone(),

@@ -1,0 +1,94 @@
+//! Inference throughput on burn (flex + simd + rayon): mnist-cnn images/s at batch 1 and 64, minilm
+//! sentences/s at batch 1 and 32. Prints one `RESULT model batch per_second` line per case for
+//! scripts/bench-inference.sh, which runs PyTorch on the same weights and inputs and prints the ratios.
+//!
+//! `cargo bench -p fleetmesh-node --bench inference` (needs scripts/fetch-assets.sh).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use fleetmesh_node::inference::minilm::MiniLm;
+use fleetmesh_node::inference::mnist::{self, MnistCnn};
+use fleetmesh_node::inference::{Model, digits::Digits};
+
+/// The sentences both sides embed (scripts/bench_torch.py has the same list).
+const SENTENCES: [&str; 8] = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "Parked electric cars can run inference while they charge overnight.",
+    "The fleet accepts a result only when independent cars agree on it.",
+    "Owners are paid per verified job.",
+    "Work prefers off-peak grid hours and never hurts the driver.",
+    "A new car joins a testnet through a bootstrap list of ordinary peers.",
+    "Kademlia keeps the routing table fresh with random walks.",
+];
+
+fn measure(items_per_call: usize, min_secs: f64, mut call: impl FnMut()) -> f64 {
+    call(); // warm-up
+    let start = Instant::now();
+    let mut calls = 0;
+    while start.elapsed().as_secs_f64() < min_secs {
+        call();
+        calls += 1;
+    }
+    (calls * items_per_call) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let assets = std::env::var_os("FLEETMESH_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("assets"));
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+
+    let digits = Digits::embedded().unwrap();
+    let img = vec![8u8; 64];
+    let batch: Vec<&[u8]> = vec![img.as_slice(); 64];
+    println!(
+        "RESULT digits 1 {:.1}",
+        measure(1, secs, || drop(digits.run_batch(&batch[..1]).unwrap()))
+    );
+    println!(
+        "RESULT digits 64 {:.1}",
+        measure(64, secs, || drop(digits.run_batch(&batch).unwrap()))
+    );
+
+    match (
+        MnistCnn::from_assets(&assets).unwrap(),
+        mnist::eval_images(&assets).unwrap(),
+    ) {
+        (Some(model), Some(images)) => {
+            let refs: Vec<&[u8]> = images.iter().take(64).map(|(x, _)| x.as_slice()).collect();
+            println!(
+                "RESULT mnist-cnn 1 {:.1}",
+                measure(1, secs, || drop(model.run_batch(&refs[..1]).unwrap()))
+            );
+            println!(
+                "RESULT mnist-cnn 64 {:.1}",
+                measure(64, secs, || drop(model.run_batch(&refs).unwrap()))
+            );
+        }
+        _ => println!("SKIPPED mnist-cnn: run scripts/fetch-assets.sh mnist"),
+    }
+    match MiniLm::from_assets(&assets).unwrap() {
+        Some(model) => {
+            let texts: Vec<&[u8]> = SENTENCES.iter().cycle().take(32).map(|s| s.as_bytes()).collect();
+            let mut i = 0;
+            println!(
+                "RESULT minilm 1 {:.1}",
+                measure(1, secs, || {
+                    i = (i + 1) % texts.len();
+                    drop(model.run_batch(&texts[i..i + 1]).unwrap())
+                })
+            );
+            println!(
+                "RESULT minilm 32 {:.1}",
+                measure(32, secs, || drop(model.run_batch(&texts).unwrap()))
+            );
+        }
+        None => println!("SKIPPED minilm: run scripts/fetch-assets.sh minilm"),
+    }
+}
