@@ -34,5 +34,6 @@ print(f"{'model':<10} {'batch':>5} {'burn/s':>10} {'torch/s':>10} {'burn/torch':
 for key in sorted(burn, key=lambda k: (k[0], int(k[1]))):
     t = torch.get(key)
     ratio = f"{burn[key] / t:.2f}x" if t else "-"
-    print(f"{key[0]:<10} {key[1]:>5} {burn[key]:>10.1f} {t or 0:>10.1f} {ratio:>10}")
+    ts = f"{t:.1f}" if t else "-"
+    print(f"{key[0]:<10} {key[1]:>5} {burn[key]:>10.1f} {ts:>10} {ratio:>10}")
 PY

@@ -38,7 +38,7 @@ fn measure(items_per_call: usize, min_secs: f64, mut call: impl FnMut()) -> f64 
 fn main() {
     let assets = std::env::var_os("FLEETMESH_ASSETS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("assets"));
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets")));
     let secs: f64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

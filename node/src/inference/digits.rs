@@ -18,7 +18,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
-use super::{InferenceError, Model, batch_rows, manifest_for, rows_to_bytes};
+use super::{InferenceError, Model, head_rows, manifest_for, rows_to_bytes};
 
 /// The data set, gzipped CSV (1,797 rows of 64 pixels and a label).
 pub const DATA_GZ: &[u8] = include_bytes!("../../assets/digits/digits.csv.gz");
@@ -113,7 +113,7 @@ impl DigitsNet {
         let x = relu(self.conv1.forward(x));
         let x = self.pool.forward(relu(self.conv2.forward(x)));
         let x: Tensor<2> = x.flatten(1, 3);
-        self.fc2.forward(relu(self.fc1.forward(x)))
+        head_rows(x, |x| self.fc2.forward(relu(self.fc1.forward(x))))
     }
 }
 
@@ -292,9 +292,8 @@ impl Model for Digits {
         for input in inputs {
             self.check_input(input)?;
         }
-        let rows: Vec<Vec<f32>> = inputs.iter().map(|p| to_floats(p)).collect();
-        let (flat, n) = batch_rows(&rows);
-        let x = Tensor::from_data(TensorData::new(flat, [n, 1, 8, 8]), &self.device);
+        let flat: Vec<f32> = inputs.iter().flat_map(|p| to_floats(p)).collect();
+        let x = Tensor::from_data(TensorData::new(flat, [inputs.len(), 1, 8, 8]), &self.device);
         let logits = {
             let net = self.net.lock().map_err(|_| InferenceError::Stopped)?;
             net.forward(x)

@@ -281,29 +281,39 @@ impl Model for MiniLm {
             self.check_input(input)?;
             tokenised.push(self.token_ids(std::str::from_utf8(input).unwrap_or_default())?);
         }
-        // Each text runs as its own forward pass, duplicated into a batch of two: no padding, and no
-        // lone-row matmul, so a text's output bits do not depend on what else is in the batch.
-        let mut outputs = Vec::with_capacity(inputs.len());
-        for ids in tokenised {
-            let l = ids.len();
-            let ids: Vec<i64> = ids.iter().chain(ids.iter()).map(|i| i64::from(*i)).collect();
-            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, l]), &self.device);
-            let mask = Tensor::<2>::ones([2, l], &self.device);
+        // Texts of equal token length run together as one unpadded batch; every forward pass has at least
+        // two rows in each matmul ([CLS] and [SEP] make two tokens), so a text's output bits do not depend
+        // on what else is in the batch (tested), and no padding is ever computed.
+        let mut outputs = vec![Vec::new(); inputs.len()];
+        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+        for (i, ids) in tokenised.iter().enumerate() {
+            by_len.entry(ids.len()).or_default().push(i);
+        }
+        for (l, members) in by_len {
+            let b = members.len();
+            let ids: Vec<i64> = members
+                .iter()
+                .flat_map(|i| tokenised[*i].iter().map(|t| i64::from(*t)))
+                .collect();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), &self.device);
+            let mask = Tensor::<2>::ones([b, l], &self.device);
             let tokens = {
                 let net = self.net.lock().map_err(|_| InferenceError::Stopped)?;
                 net.forward(ids, mask)
             };
-            let pooled: Tensor<2> = tokens.mean_dim(1).reshape([2, DIM]);
+            let pooled: Tensor<2> = tokens.mean_dim(1).reshape([b, DIM]);
             let norm = pooled.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
-            let unit = pooled / norm;
-            let values = unit
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| InferenceError::Weights {
-                    model: NAME.into(),
-                    reason: format!("{e:?}"),
-                })?;
-            outputs.push(values[..DIM].iter().flat_map(|v| v.to_le_bytes()).collect());
+            let values =
+                (pooled / norm)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| InferenceError::Weights {
+                        model: NAME.into(),
+                        reason: format!("{e:?}"),
+                    })?;
+            for (row, i) in values.chunks_exact(DIM).zip(members) {
+                outputs[i] = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+            }
         }
         Ok(outputs)
     }

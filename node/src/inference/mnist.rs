@@ -16,7 +16,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
-use super::{InferenceError, Model, batch_rows, check_weights, manifest_for, rows_to_bytes};
+use super::{InferenceError, Model, check_weights, head_rows, manifest_for, rows_to_bytes};
 
 const NAME: &str = "mnist-cnn";
 /// Pixels per image.
@@ -60,7 +60,9 @@ impl MnistNet {
             x = self.pool.forward(relu(conv.forward(x)));
         }
         let x: Tensor<2> = x.flatten(1, 3);
-        self.fc_layers[1].forward(relu(self.fc_layers[0].forward(x)))
+        head_rows(x, |x| {
+            self.fc_layers[1].forward(relu(self.fc_layers[0].forward(x)))
+        })
     }
 }
 
@@ -152,16 +154,11 @@ impl Model for MnistCnn {
         for input in inputs {
             self.check_input(input)?;
         }
-        let rows: Vec<Vec<f32>> = inputs
+        let flat: Vec<f32> = inputs
             .iter()
-            .map(|img| {
-                img.iter()
-                    .map(|p| (f32::from(*p) / 255.0 - 0.1307) / 0.3081)
-                    .collect()
-            })
+            .flat_map(|img| img.iter().map(|p| (f32::from(*p) / 255.0 - 0.1307) / 0.3081))
             .collect();
-        let (flat, n) = batch_rows(&rows);
-        let x = Tensor::from_data(TensorData::new(flat, [n, 1, 28, 28]), &self.device);
+        let x = Tensor::from_data(TensorData::new(flat, [inputs.len(), 1, 28, 28]), &self.device);
         let logits = {
             let net = self.net.lock().map_err(|_| InferenceError::Stopped)?;
             net.forward(x)

@@ -213,16 +213,19 @@ pub fn argmax(values: &[f32]) -> usize {
         .fold(0, |best, (i, v)| if *v > values[best] { i } else { best })
 }
 
-/// Runs `rows` through a burn forward pass as one batch, padding a lone row to a batch of two so that its
-/// output bits are the same as inside any larger batch (flex uses another summation order for one row).
-pub(crate) fn batch_rows(rows: &[Vec<f32>]) -> (Vec<f32>, usize) {
-    let mut flat: Vec<f32> = rows.iter().flatten().copied().collect();
-    let mut n = rows.len();
-    if n == 1 {
-        flat.extend_from_slice(&rows[0]);
-        n = 2;
+/// Runs the fully connected head of a classifier on features `[n, d]`. flex multiplies a lone row with
+/// another summation order than rows inside a batch, so a single row is duplicated into a batch of two and
+/// the first result kept: an input's output bits are then the same alone as inside any batch. (Convolutions
+/// need no such care: their matmuls have `n * height * width` rows.)
+pub(crate) fn head_rows(
+    x: burn::tensor::Tensor<2>,
+    head: impl Fn(burn::tensor::Tensor<2>) -> burn::tensor::Tensor<2>,
+) -> burn::tensor::Tensor<2> {
+    if x.dims()[0] == 1 {
+        head(burn::tensor::Tensor::cat(vec![x.clone(), x], 0)).narrow(0, 0, 1)
+    } else {
+        head(x)
     }
-    (flat, n)
 }
 
 /// Splits a `[n, width]` float output into per-row little-endian byte strings, keeping the first `keep` rows.
