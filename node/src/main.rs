@@ -221,6 +221,35 @@ fn run_node(home: &Path, args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `fleetmesh infer --model minilm`: one sentence per line; prints each embedding's first values and the
+/// cosine similarity of consecutive sentences.
+fn embed_texts(registry: &Registry, id: fleetmesh_protocol::ModelId, input: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let lines: Vec<Vec<u8>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    anyhow::ensure!(!lines.is_empty(), "{}: no text lines", input.display());
+    let executor = Executor::start(registry.clone(), ExecutorConfig::default());
+    let out = executor.run_blocking(&id, lines.clone())?;
+    let vectors: Vec<Vec<f32>> = out.outputs.iter().map(|o| inference::f32s(o)).collect();
+    for (i, (line, v)) in lines.iter().zip(&vectors).enumerate() {
+        let head: Vec<String> = v.iter().take(4).map(|x| format!("{x:.4}")).collect();
+        println!(
+            "line {i}: {} dims [{}, ...]  {:?}",
+            v.len(),
+            head.join(", "),
+            String::from_utf8_lossy(line)
+        );
+    }
+    for (i, pair) in vectors.windows(2).enumerate() {
+        let cos: f32 = pair[0].iter().zip(&pair[1]).map(|(a, b)| a * b).sum();
+        println!("cosine(line {i}, line {}) = {cos:.4}", i + 1);
+    }
+    Ok(())
+}
+
 fn infer(assets: &Path, name: &str, input: &Path) -> anyhow::Result<()> {
     let registry = Registry::with_defaults(Some(assets))?;
     let model = registry.by_name(name).ok_or_else(|| {
@@ -230,6 +259,7 @@ fn infer(assets: &Path, name: &str, input: &Path) -> anyhow::Result<()> {
     let rows = match name {
         "digits" => input::read_images(input, digits::PIXELS, 8, digits::MAX_PIXEL)?,
         "mnist-cnn" => input::read_images(input, mnist::PIXELS, 28, 255)?,
+        "minilm" => return embed_texts(&registry, model.id(), input),
         other => anyhow::bail!("no input reader for model '{other}'"),
     };
     let executor = Executor::start(registry.clone(), ExecutorConfig::default());

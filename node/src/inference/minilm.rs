@@ -221,11 +221,7 @@ impl MiniLm {
                 dtype: DType::F32,
                 shape: vec![DIM as u32],
             },
-            AgreementRule::Tolerance {
-                abs: 0.0,
-                rel: 0.0,
-                min_cosine: 0.9999,
-            },
+            AgreementRule::Exact,
         );
         let id = manifest.id();
         Ok(Self {
