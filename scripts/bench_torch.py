@@ -18,16 +18,7 @@ import minilm_reference  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ASSETS = pathlib.Path(os.environ.get("FLEETMESH_ASSETS", ROOT / "assets"))
 SECS = float(os.environ.get("BENCH_SECS", "3"))
-SENTENCES = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "Parked electric cars can run inference while they charge overnight.",
-    "The fleet accepts a result only when independent cars agree on it.",
-    "Owners are paid per verified job.",
-    "Work prefers off-peak grid hours and never hurts the driver.",
-    "A new car joins a testnet through a bootstrap list of ordinary peers.",
-    "Kademlia keeps the routing table fresh with random walks.",
-]
+SENTENCES = (ROOT / "scripts" / "bench-sentences.txt").read_text().splitlines()
 
 
 def measure(items, call):

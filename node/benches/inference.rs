@@ -12,17 +12,8 @@ use fleetmesh_node::inference::minilm::MiniLm;
 use fleetmesh_node::inference::mnist::{self, MnistCnn};
 use fleetmesh_node::inference::{Model, digits::Digits};
 
-/// The sentences both sides embed (scripts/bench_torch.py has the same list).
-const SENTENCES: [&str; 8] = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "Parked electric cars can run inference while they charge overnight.",
-    "The fleet accepts a result only when independent cars agree on it.",
-    "Owners are paid per verified job.",
-    "Work prefers off-peak grid hours and never hurts the driver.",
-    "A new car joins a testnet through a bootstrap list of ordinary peers.",
-    "Kademlia keeps the routing table fresh with random walks.",
-];
+/// The sentences both sides embed (scripts/bench_torch.py reads the same file).
+const SENTENCES: &str = include_str!("../../scripts/bench-sentences.txt");
 
 fn measure(items_per_call: usize, min_secs: f64, mut call: impl FnMut()) -> f64 {
     call(); // warm-up
@@ -75,7 +66,7 @@ fn main() {
     }
     match MiniLm::from_assets(&assets).unwrap() {
         Some(model) => {
-            let texts: Vec<&[u8]> = SENTENCES.iter().cycle().take(32).map(|s| s.as_bytes()).collect();
+            let texts: Vec<&[u8]> = SENTENCES.lines().cycle().take(32).map(str::as_bytes).collect();
             let mut i = 0;
             println!(
                 "RESULT minilm 1 {:.1}",

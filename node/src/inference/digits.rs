@@ -18,7 +18,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
-use super::{InferenceError, Model, head_rows, manifest_for, rows_to_bytes};
+use super::{InferenceError, Model, classify_images, head_rows, manifest_for};
 
 /// The data set, gzipped CSV (1,797 rows of 64 pixels and a label).
 pub const DATA_GZ: &[u8] = include_bytes!("../../assets/digits/digits.csv.gz");
@@ -286,25 +286,17 @@ impl Model for Digits {
     }
 
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {
-        if inputs.is_empty() {
-            return Ok(Vec::new());
-        }
         for input in inputs {
             self.check_input(input)?;
         }
-        let flat: Vec<f32> = inputs.iter().flat_map(|p| to_floats(p)).collect();
-        let x = Tensor::from_data(TensorData::new(flat, [inputs.len(), 1, 8, 8]), &self.device);
-        let logits = {
-            let net = self.net.lock().map_err(|_| InferenceError::Stopped)?;
-            net.forward(x)
-        };
-        let values = logits
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| InferenceError::Weights {
-                model: NAME.into(),
-                reason: format!("{e:?}"),
-            })?;
-        Ok(rows_to_bytes(&values, 10, inputs.len()))
+        classify_images(
+            NAME,
+            &self.net,
+            &self.device,
+            inputs,
+            8,
+            |p| f32::from(p) / f32::from(MAX_PIXEL),
+            DigitsNet::forward,
+        )
     }
 }

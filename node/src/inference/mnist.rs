@@ -12,11 +12,11 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::store::{ModuleSnapshot, PytorchStore};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
-use super::{InferenceError, Model, check_weights, head_rows, manifest_for, rows_to_bytes};
+use super::{InferenceError, Model, check_weights, classify_images, head_rows, manifest_for};
 
 const NAME: &str = "mnist-cnn";
 /// Pixels per image.
@@ -148,29 +148,19 @@ impl Model for MnistCnn {
     }
 
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {
-        if inputs.is_empty() {
-            return Ok(Vec::new());
-        }
         for input in inputs {
             self.check_input(input)?;
         }
-        let flat: Vec<f32> = inputs
-            .iter()
-            .flat_map(|img| img.iter().map(|p| (f32::from(*p) / 255.0 - 0.1307) / 0.3081))
-            .collect();
-        let x = Tensor::from_data(TensorData::new(flat, [inputs.len(), 1, 28, 28]), &self.device);
-        let logits = {
-            let net = self.net.lock().map_err(|_| InferenceError::Stopped)?;
-            net.forward(x)
-        };
-        let values = logits
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| InferenceError::Weights {
-                model: NAME.into(),
-                reason: format!("{e:?}"),
-            })?;
-        Ok(rows_to_bytes(&values, 10, inputs.len()))
+        let normalise = |p: u8| (f32::from(p) / 255.0 - 0.1307) / 0.3081;
+        classify_images(
+            NAME,
+            &self.net,
+            &self.device,
+            inputs,
+            28,
+            normalise,
+            MnistNet::forward,
+        )
     }
 }
 

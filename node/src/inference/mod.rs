@@ -228,6 +228,41 @@ pub(crate) fn head_rows(
     }
 }
 
+/// Runs checked grayscale images `[n, 1, side, side]` (pixels mapped by `scale`) through a classifier and
+/// returns each row of logits as little-endian f32 bytes.
+pub(crate) fn classify_images<N>(
+    model: &str,
+    net: &std::sync::Mutex<N>,
+    device: &burn::tensor::Device,
+    inputs: &[&[u8]],
+    side: usize,
+    scale: impl Fn(u8) -> f32,
+    forward: impl Fn(&N, burn::tensor::Tensor<4>) -> burn::tensor::Tensor<2>,
+) -> Result<Vec<Vec<u8>>, InferenceError> {
+    use burn::tensor::{Tensor, TensorData};
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let flat: Vec<f32> = inputs
+        .iter()
+        .flat_map(|img| img.iter().map(|p| scale(*p)))
+        .collect();
+    let x = Tensor::from_data(TensorData::new(flat, [inputs.len(), 1, side, side]), device);
+    let logits = {
+        let net = net.lock().map_err(|_| InferenceError::Stopped)?;
+        forward(&net, x)
+    };
+    let classes = logits.dims()[1];
+    let values = logits
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| InferenceError::Weights {
+            model: model.into(),
+            reason: format!("{e:?}"),
+        })?;
+    Ok(rows_to_bytes(&values, classes, inputs.len()))
+}
+
 /// Splits a `[n, width]` float output into per-row little-endian byte strings, keeping the first `keep` rows.
 pub(crate) fn rows_to_bytes(values: &[f32], width: usize, keep: usize) -> Vec<Vec<u8>> {
     values
