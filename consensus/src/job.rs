@@ -65,8 +65,8 @@ pub enum SlotState {
         output: Vec<u8>,
         /// Compute time the worker reported.
         compute_ms: u64,
-        /// Energy the worker reported, in mWh.
-        energy_mwh: u64,
+        /// Energy the worker reported, in µWh.
+        energy_uwh: u64,
     },
     /// Missed a deadline.
     TimedOut,
@@ -414,7 +414,7 @@ impl Job {
                     SlotState::Revealed {
                         output: reveal.output.clone(),
                         compute_ms: reveal.compute_ms,
-                        energy_mwh: reveal.energy_mwh,
+                        energy_uwh: reveal.energy_uwh,
                     }
                 } else {
                     self.excluded.insert(reveal.worker);

@@ -65,7 +65,7 @@ fn reveal(job: &Job, worker: u8, output: &[u8]) -> ResultReveal {
         output: output.to_vec(),
         salt: salt(worker),
         compute_ms: 5,
-        energy_mwh: 1,
+        energy_uwh: 1,
     }
 }
 

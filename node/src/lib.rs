@@ -6,8 +6,10 @@
 
 pub mod api;
 pub mod config;
+pub mod demo;
 pub mod inference;
 pub mod input;
+pub mod jobs;
 pub mod keyfile;
 pub mod metrics;
 pub mod net;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use fleetmesh_node::config::{ConfigError, KadMode, NodeConfig};
 use fleetmesh_node::inference::executor::{Executor, ExecutorConfig};
 use fleetmesh_node::inference::{self, Registry, digits, mnist};
-use fleetmesh_node::{input, keyfile, net};
+use fleetmesh_node::{demo, input, keyfile, net};
 use fleetmesh_protocol::NodeKey;
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,24 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a local fleet in this process doing verified inference on the embedded digits model.
+    Demo {
+        /// Nodes in the fleet (the first one submits the jobs).
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Jobs to submit (held-out digits images).
+        #[arg(long, default_value_t = 500)]
+        jobs: usize,
+        /// Agreeing workers required per job.
+        #[arg(long, default_value_t = 2)]
+        replicas: u8,
+        /// Jobs in flight at once.
+        #[arg(long, default_value_t = 32)]
+        in_flight: usize,
+        /// Print the summary as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run this car's node: join the mesh and serve the local API until Ctrl-C.
     Run(RunArgs),
     /// Create or show this node's identity key.
@@ -146,9 +164,10 @@ fn default_home() -> PathBuf {
         .join(".fleetmesh")
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn,libp2p_gossipsub=error"));
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},libp2p=warn,libp2p_gossipsub=error"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -250,6 +269,27 @@ fn embed_texts(registry: &Registry, id: fleetmesh_protocol::ModelId, input: &Pat
     Ok(())
 }
 
+fn print_summary(s: &demo::DemoSummary) {
+    println!(
+        "fleetmesh demo: {} jobs, {} verified, {} failed in {:.1} s",
+        s.jobs, s.verified, s.failed, s.elapsed_s
+    );
+    println!("  accuracy of verified outputs  {:.2}%", s.accuracy * 100.0);
+    println!("  verified jobs/s               {:.1}", s.jobs_per_s);
+    println!("  mean replicas per job         {:.2}", s.mean_replicas);
+    println!("  receipts                      {}", s.receipts);
+    println!(
+        "  {:<10} {:>6} {:>14} {:>12}",
+        "node", "jobs", "credit (uc)", "energy µWh"
+    );
+    for n in &s.credits {
+        println!(
+            "  {:<10} {:>6} {:>14} {:>12}",
+            n.node, n.jobs, n.credit, n.energy_uwh
+        );
+    }
+}
+
 fn infer(assets: &Path, name: &str, input: &Path) -> anyhow::Result<()> {
     let registry = Registry::with_defaults(Some(assets))?;
     let model = registry.by_name(name).ok_or_else(|| {
@@ -295,7 +335,7 @@ fn infer(assets: &Path, name: &str, input: &Path) -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
-            init_logging(cli.log_format);
+            init_logging(cli.log_format, "info");
             run_node(&cli.home, args)?;
         }
         Command::Keys {
@@ -318,6 +358,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", net::peer_id_of(&node_key.node_id()));
             } else {
                 println!("{}", node_key.node_id());
+            }
+        }
+        Command::Demo {
+            nodes,
+            jobs,
+            replicas,
+            in_flight,
+            json,
+        } => {
+            init_logging(cli.log_format, "warn");
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let summary = runtime.block_on(demo::run(demo::DemoConfig {
+                nodes,
+                jobs,
+                replicas,
+                in_flight,
+            }))?;
+            print_summary(&summary);
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
             }
         }
         Command::Models => {

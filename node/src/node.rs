@@ -5,13 +5,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fleetmesh_protocol::NodeKey;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::api::{self, ApiState};
 use crate::config::NodeConfig;
+use crate::inference::Registry;
+use crate::inference::executor::{Executor, ExecutorConfig};
+use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, NetClient, NetEvent};
 
@@ -23,6 +26,8 @@ pub struct Node {
     pub api_addr: SocketAddr,
     /// The node's metrics.
     pub metrics: Metrics,
+    /// The job roles (submit work, run work).
+    pub jobs: Jobs,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -37,38 +42,71 @@ impl Node {
 
 /// Starts a node with `key` and `cfg`; it runs until `cancel` fires.
 pub async fn start(key: NodeKey, cfg: NodeConfig, cancel: CancellationToken) -> anyhow::Result<Node> {
+    start_with(
+        key,
+        cfg,
+        Registry::with_defaults(None)?,
+        JobsConfig::default(),
+        cancel,
+    )
+    .await
+}
+
+/// Starts a node with the given models and job settings.
+pub async fn start_with(
+    key: NodeKey,
+    cfg: NodeConfig,
+    registry: Registry,
+    jobs_cfg: JobsConfig,
+    cancel: CancellationToken,
+) -> anyhow::Result<Node> {
     cfg.validate()?;
-    let mut registry = Registry::with_prefix("");
-    let metrics = Metrics::register(&mut registry);
+    let mut metrics_registry = MetricsRegistry::with_prefix("");
+    let metrics = Metrics::register(&mut metrics_registry);
     let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), cancel.clone())?;
     let state = ApiState {
         net: net.clone(),
         node_id: key.node_id(),
         started: Instant::now(),
-        registry: Arc::new(registry),
+        registry: Arc::new(metrics_registry),
     };
     let (api_addr, api_task) = api::serve(cfg.api.listen, state, cancel.clone()).await?;
     info!(peer_id = %net.peer_id(), node_id = %key.node_id(), api = %api_addr, "node started");
-    let handler = tokio::spawn(handle_events(events, cancel));
+    let executor = Executor::start(registry, ExecutorConfig::default());
+    let jobs = Jobs::new(key, net.clone(), executor, jobs_cfg);
+    let handler = tokio::spawn(handle_events(events, jobs.clone(), net.clone(), cancel));
     Ok(Node {
         net,
         api_addr,
         metrics,
+        jobs,
         tasks: vec![net_task, api_task, handler],
     })
 }
 
-async fn handle_events(mut events: mpsc::Receiver<NetEvent>, cancel: CancellationToken) {
+/// Routes what the mesh delivers to the job roles, and ticks their clocks.
+async fn handle_events(
+    mut events: mpsc::Receiver<NetEvent>,
+    jobs: Jobs,
+    net: NetClient,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = tick.tick() => jobs.tick(),
             event = events.recv() => match event {
                 Some(NetEvent::Gossip { topic, data, from }) => {
                     debug!(?topic, bytes = data.len(), %from, "gossip received");
+                    jobs.on_gossip(topic, &data);
                 }
-                Some(NetEvent::Request { peer, .. }) => {
-                    // The job protocol answers requests; until it is wired in, the request is dropped.
-                    debug!(%peer, "request received");
+                Some(NetEvent::Request { peer, data, channel }) => {
+                    let (jobs, net) = (jobs.clone(), net.clone());
+                    tokio::spawn(async move {
+                        let answer = jobs.on_request(peer, &data).await;
+                        let _ = net.respond(channel, answer).await;
+                    });
                 }
                 None => break,
             }

@@ -153,3 +153,24 @@ fn an_unreachable_bootstrap_peer_is_retried_and_the_node_keeps_running() {
         "expected retries in the log:\n{log}"
     );
 }
+
+#[test]
+fn demo_verifies_every_job_and_ends_with_a_json_summary() {
+    let home = tempfile::tempdir().unwrap();
+    let out = fleetmesh(home.path(), &["demo", "--jobs", "60", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    let summary: serde_json::Value = serde_json::from_str(last).unwrap();
+    for key in ["jobs", "verified", "failed", "accuracy", "jobs_per_s", "mean_replicas", "receipts"] {
+        assert!(summary.get(key).is_some(), "summary lacks {key}: {last}");
+    }
+    assert_eq!(summary["jobs"], 60);
+    assert_eq!(summary["verified"], 60);
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(summary["receipts"], 120);
+    assert!(summary["accuracy"].as_f64().unwrap() >= 0.9);
+    let credits = summary["credits"].as_array().unwrap();
+    let jobs_done: u64 = credits.iter().map(|c| c["jobs"].as_u64().unwrap()).sum();
+    assert_eq!(jobs_done, 120, "two accepted replicas per job");
+}

@@ -15,7 +15,7 @@ fn receipt(i: u64, worker: &NodeKey, submitter: &NodeKey) -> Signed<Receipt> {
         submitter: submitter.node_id(),
         output_digest: *blake3::hash(&i.to_be_bytes()).as_bytes(),
         compute_ms: 17,
-        energy_mwh: 4,
+        energy_uwh: 4,
         claimed_credit: 1_000,
         claimed_ms: 1_764_000_000_000 + i,
     };

@@ -37,11 +37,17 @@ pub enum Kind {
     Receipt = 8,
     /// [`ModelManifest`](crate::messages::ModelManifest)
     ModelManifest = 9,
+    /// [`RevealRequest`](crate::messages::RevealRequest)
+    RevealRequest = 10,
+    /// [`WorkReport`](crate::messages::WorkReport)
+    WorkReport = 11,
+    /// [`Reply`](crate::messages::Reply)
+    Reply = 12,
 }
 
 impl Kind {
     /// All kinds, in tag order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 12] = [
         Kind::JobOffer,
         Kind::Bid,
         Kind::Assignment,
@@ -51,6 +57,9 @@ impl Kind {
         Kind::WorkClaim,
         Kind::Receipt,
         Kind::ModelManifest,
+        Kind::RevealRequest,
+        Kind::WorkReport,
+        Kind::Reply,
     ];
 
     /// The kind with this tag (signed flag cleared), if any.
@@ -70,6 +79,9 @@ impl Kind {
             Kind::WorkClaim => b"fleetmesh/work-claim/v1",
             Kind::Receipt => b"fleetmesh/receipt/v1",
             Kind::ModelManifest => b"fleetmesh/model-manifest/v1",
+            Kind::RevealRequest => b"fleetmesh/reveal-request/v1",
+            Kind::WorkReport => b"fleetmesh/work-report/v1",
+            Kind::Reply => b"fleetmesh/reply/v1",
         }
     }
 }

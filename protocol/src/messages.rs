@@ -5,13 +5,14 @@
 //! worker    --Bid------------------------------------> submitter
 //! submitter --Assignment----------------------------> r workers
 //! worker    --ResultCommit  blake3(output || salt)--> submitter   (before anyone reveals)
-//! worker    --ResultReveal  output, salt-------------> submitter
+//! submitter --RevealRequest (every worker committed)-> worker
+//! worker    <-WorkReport: ResultReveal + WorkClaim---- (the answer to the RevealRequest)
 //! worker    --Withdraw (hands the job back)----------> submitter
 //! submitter --Receipt (co-signs the worker's WorkClaim with the verdict, gossip)--> every car
 //! ```
 //!
 //! No message carries a location or anything that identifies the owner beyond the node key. Amounts of
-//! credit are integers in micro-credits; energy in milliwatt-hours; times in milliseconds since the Unix
+//! credit are integers in micro-credits; energy in microwatt-hours; times in milliseconds since the Unix
 //! epoch.
 
 use serde::{Deserialize, Serialize};
@@ -321,8 +322,8 @@ pub struct ResultReveal {
     pub salt: [u8; 32],
     /// Compute time the worker spent.
     pub compute_ms: u64,
-    /// Energy the worker spent, in milliwatt-hours.
-    pub energy_mwh: u64,
+    /// Energy the worker spent, in microwatt-hours.
+    pub energy_uwh: u64,
 }
 
 impl ResultReveal {
@@ -414,8 +415,8 @@ pub struct WorkClaim {
     pub output_digest: [u8; 32],
     /// Compute time spent.
     pub compute_ms: u64,
-    /// Energy spent, in milliwatt-hours.
-    pub energy_mwh: u64,
+    /// Energy spent, in microwatt-hours.
+    pub energy_uwh: u64,
     /// Credit the worker claims, in micro-credits.
     pub claimed_credit: u64,
     /// When the claim was made.
@@ -565,5 +566,110 @@ impl Message for ModelManifest {
             }
         }
         self.rule.validate(kind)
+    }
+}
+
+/// The submitter asks a worker to reveal its output: every active worker has committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevealRequest {
+    /// The job.
+    pub job: JobId,
+    /// The asking submitter.
+    pub submitter: NodeId,
+    /// The worker asked.
+    pub worker: NodeId,
+}
+
+impl Message for RevealRequest {
+    const KIND: Kind = Kind::RevealRequest;
+    const MAX_LEN: usize = 128;
+}
+
+impl Signable for RevealRequest {
+    fn signer(&self) -> NodeId {
+        self.submitter
+    }
+}
+
+/// A worker's answer to a [`RevealRequest`]: its output and its signed claim for the work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkReport {
+    /// The revealed output.
+    pub reveal: Signed<ResultReveal>,
+    /// What the worker claims for it (digest of the same output).
+    pub claim: Signed<WorkClaim>,
+}
+
+impl Message for WorkReport {
+    const KIND: Kind = Kind::WorkReport;
+    const MAX_LEN: usize = ResultReveal::MAX_LEN + WorkClaim::MAX_LEN + 256;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        self.reveal.validate()?;
+        self.claim.validate()?;
+        let (r, c) = (&self.reveal.body, &self.claim.body);
+        if r.job != c.job || r.worker != c.worker || *blake3::hash(&r.output).as_bytes() != c.output_digest {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "claim does not describe the revealed output",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Outcome of a request that carries no other answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyCode {
+    /// Taken.
+    Accepted,
+    /// Refused (stale, unknown job, not the right sender, bad signature, ...).
+    Refused,
+    /// No capacity now.
+    Busy,
+}
+
+/// The answer to a bid, assignment, commit or withdrawal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// What happened.
+    pub code: ReplyCode,
+    /// Why, for logs (at most 256 bytes).
+    pub detail: String,
+}
+
+impl Reply {
+    /// An acceptance.
+    pub fn accepted() -> Self {
+        Self {
+            code: ReplyCode::Accepted,
+            detail: String::new(),
+        }
+    }
+
+    /// A refusal with a reason.
+    pub fn refused(detail: impl Into<String>) -> Self {
+        let mut detail = detail.into();
+        let mut end = detail.len().min(256);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        Self {
+            code: ReplyCode::Refused,
+            detail,
+        }
+    }
+}
+
+impl Message for Reply {
+    const KIND: Kind = Kind::Reply;
+    const MAX_LEN: usize = 320;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.detail.len() > 256 {
+            return Err(DecodeError::invalid(Self::KIND, "detail over 256 bytes"));
+        }
+        Ok(())
     }
 }

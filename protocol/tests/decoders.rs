@@ -173,6 +173,28 @@ fuzz_signed_kind!(
 );
 fuzz_signed_kind!(receipt, Receipt, arb_receipt(key(1), key(2)), key(2));
 
+fuzz_signed_kind!(
+    reveal_request,
+    RevealRequest,
+    arb_reveal_request_for(key(1).node_id()),
+    key(1)
+);
+
+#[test]
+fn work_report() {
+    fuzz::<WorkReport>(
+        samples(arb_work_report(key(1), key(2).node_id()), 8)
+            .iter()
+            .map(codec::encode)
+            .collect(),
+    );
+}
+
+#[test]
+fn reply() {
+    fuzz::<Reply>(samples(arb_reply(), 8).iter().map(codec::encode).collect());
+}
+
 #[test]
 fn model_manifest() {
     fuzz::<ModelManifest>(samples(arb_manifest(), 8).iter().map(codec::encode).collect());
@@ -203,7 +225,7 @@ fn the_tracker_sees_the_decoded_heap() {
         output: vec![7; 10_000],
         salt: [0; 32],
         compute_ms: 1,
-        energy_mwh: 1,
+        energy_uwh: 1,
     };
     let (decoded, peak) = measured::<ResultReveal>(&codec::encode(&reveal));
     assert_eq!(decoded, Some(reveal));

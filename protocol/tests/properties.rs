@@ -122,6 +122,27 @@ proptest! {
     }
 
     #[test]
+    fn reveal_request_signed((key, r) in arb_key().prop_flat_map(|k| { let id = k.node_id(); (Just(k), arb_reveal_request_for(id)) }),
+                             at in any::<usize>(), mask in 1u8..) {
+        check_signed_kind(r, &key, at, mask);
+    }
+
+    #[test]
+    fn work_report_round_trips_and_any_flipped_byte_is_caught(report in arb_work_report(key(4), key(5).node_id()),
+                                                               at in any::<usize>(), mask in 1u8..) {
+        assert_round_trip(&report);
+        let bytes = codec::encode(&report);
+        let accepted = |b: &[u8]| codec::decode::<WorkReport>(b).ok().filter(|r| r.reveal.verify().is_ok() && r.claim.verify().is_ok());
+        prop_assert!(accepted(&bytes).is_some());
+        prop_assert!(accepted(&flip(&bytes, at, mask)).is_none());
+    }
+
+    #[test]
+    fn reply_round_trips(reply in arb_reply()) {
+        assert_round_trip(&reply);
+    }
+
+    #[test]
     fn manifest_round_trips_and_its_id_is_its_hash(m in arb_manifest()) {
         assert_round_trip(&m);
         prop_assert_eq!(m.id(), fleetmesh_protocol::ModelId::of(&codec::encode(&m)));
@@ -146,6 +167,39 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_work_report_must_describe_its_own_output() {
+    let worker = key(4);
+    let reveal = ResultReveal {
+        job: fleetmesh_protocol::JobId::of(b"j"),
+        worker: worker.node_id(),
+        output: b"out".to_vec(),
+        salt: [1; 32],
+        compute_ms: 1,
+        energy_uwh: 1,
+    };
+    let claim = WorkClaim {
+        job: reveal.job,
+        model: fleetmesh_protocol::ModelId::of(b"m"),
+        worker: worker.node_id(),
+        submitter: key(5).node_id(),
+        output_digest: *blake3::hash(b"another output").as_bytes(),
+        compute_ms: 1,
+        energy_uwh: 1,
+        claimed_credit: 1,
+        claimed_ms: 1,
+    };
+    let report = WorkReport {
+        reveal: Signed::sign(reveal, &worker).unwrap(),
+        claim: Signed::sign(claim, &worker).unwrap(),
+    };
+    assert!(matches!(
+        codec::decode::<WorkReport>(&codec::encode(&report)),
+        Err(codec::DecodeError::Invalid { .. })
+    ));
+    assert_eq!(Reply::refused("é".repeat(200)).detail.len(), 256);
 }
 
 #[test]
@@ -283,7 +337,7 @@ fn reveal_opens_only_its_commit() {
         output: b"out".to_vec(),
         salt,
         compute_ms: 1,
-        energy_mwh: 1,
+        energy_uwh: 1,
     };
     assert!(reveal.opens(&commit));
     let copied = ResultReveal {
@@ -312,7 +366,7 @@ fn batch_verification_finds_a_bad_receipt() {
                 submitter: key(1).node_id(),
                 output_digest: [i; 32],
                 compute_ms: 1,
-                energy_mwh: 1,
+                energy_uwh: 1,
                 claimed_credit: 5,
                 claimed_ms: 1,
             };
@@ -330,7 +384,7 @@ fn batch_verification_finds_a_bad_receipt() {
         })
         .collect();
     assert_eq!(Signed::verify_batch(&receipts), Ok(()));
-    receipts[5].body.claim.body.energy_mwh = 2; // tamper with the inner claim
+    receipts[5].body.claim.body.energy_uwh = 2; // tamper with the inner claim
     assert!(Signed::verify_batch(&receipts).is_err());
     assert!(receipts[5].verify().is_err());
     assert!(receipts[4].verify().is_ok());

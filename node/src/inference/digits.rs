@@ -142,7 +142,7 @@ pub fn train(
     let train: Vec<Sample> = train.into_iter().map(|(_, s)| s).collect();
     let test: Vec<Sample> = test.into_iter().map(|(_, s)| s).collect();
 
-    let device = Device::flex().autodiff();
+    let device = Device::flex().autodiff(); // training always on flex
     device.seed(seed);
     let mut model = DigitsNet::new(&device);
     let mut optim = AdamConfig::new().init();
@@ -172,7 +172,7 @@ pub fn train(
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(1e-3, model, grads);
         }
-        let inference = Digits::from_net(model.clone().valid(), Vec::new());
+        let inference = Digits::from_net(model.clone().valid(), Vec::new(), Device::flex());
         accuracy = inference.accuracy(&test)?;
         progress(epoch, total / steps as f32, accuracy);
     }
@@ -207,17 +207,17 @@ impl Digits {
 
     /// The model with these safetensors weights.
     pub fn from_weights(weights: &[u8]) -> Result<Self, InferenceError> {
-        let device = Device::flex();
+        let device = super::Backend::from_env().device();
         let mut net = DigitsNet::new(&device);
         let mut store = SafetensorsStore::from_bytes(Some(weights.to_vec()));
         net.load_from(&mut store).map_err(|e| InferenceError::Weights {
             model: NAME.into(),
             reason: e.to_string(),
         })?;
-        Ok(Self::from_net(net, weights.to_vec()))
+        Ok(Self::from_net(net, weights.to_vec(), device))
     }
 
-    fn from_net(net: DigitsNet, weights: Vec<u8>) -> Self {
+    fn from_net(net: DigitsNet, weights: Vec<u8>, device: Device) -> Self {
         let manifest = manifest_for(
             NAME,
             1,
@@ -236,7 +236,7 @@ impl Digits {
         let id = manifest.id();
         Self {
             net: Mutex::new(net),
-            device: Device::flex(),
+            device,
             manifest,
             id,
         }

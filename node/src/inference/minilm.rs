@@ -194,7 +194,7 @@ impl MiniLm {
         // The file pads every input to 128 tokens; pooling uses the mask, so padding is only waste.
         tokenizer.with_padding(None);
 
-        let device = Device::flex();
+        let device = super::Backend::from_env().device();
         let mut net = Bert::new(&device);
         let mut store = SafetensorsStore::from_bytes(Some(weights.clone()))
             .with_from_adapter(PyTorchToBurnAdapter)

@@ -92,7 +92,7 @@ impl MnistCnn {
         };
         let weights = std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
         check_weights(NAME, &weights, WEIGHTS_BLAKE3)?;
-        let device = Device::flex();
+        let device = super::Backend::from_env().device();
         let mut net = MnistNet::new(&device);
         let mut store = PytorchStore::from_file(PathBuf::from(path));
         let applied = net.load_from(&mut store).map_err(|e| bad(e.to_string()))?;

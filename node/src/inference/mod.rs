@@ -130,6 +130,41 @@ pub fn check_weights(model: &str, weights: &[u8], expected_blake3: &str) -> Resu
     Ok(())
 }
 
+/// The burn CPU backend inference runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// burn's `flex` CPU backend (default; fastest measured here).
+    Flex,
+    /// burn's NdArray backend (deprecated in burn 0.22; with BLAS when built with the `blas` feature).
+    NdArray,
+}
+
+impl Backend {
+    /// The backend chosen by `FLEETMESH_BURN_BACKEND` (`flex` or `ndarray`); flex when unset or unknown.
+    pub fn from_env() -> Self {
+        match std::env::var("FLEETMESH_BURN_BACKEND").as_deref() {
+            Ok("ndarray") => Backend::NdArray,
+            _ => Backend::Flex,
+        }
+    }
+
+    /// A device of this backend.
+    #[allow(deprecated)]
+    pub fn device(self) -> burn::tensor::Device {
+        match self {
+            Backend::Flex => burn::tensor::Device::flex(),
+            Backend::NdArray => burn::tensor::Device::ndarray(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Flex => "burn-flex-0.22.1",
+            Backend::NdArray => "burn-ndarray-0.22.1",
+        }
+    }
+}
+
 /// The numeric class of this node's engine: outputs compared exactly must come from one class.
 pub fn numeric_class() -> NumericClass {
     let arch = std::env::consts::ARCH;
@@ -143,9 +178,14 @@ pub fn numeric_class() -> NumericClass {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let simd = "base";
+    let features = if cfg!(feature = "blas") {
+        "simd+rayon+openblas"
+    } else {
+        "simd+rayon"
+    };
     NumericClass {
-        backend: "burn-flex-0.22.1".into(),
-        features: "simd+rayon".into(),
+        backend: Backend::from_env().name().into(),
+        features: features.into(),
         arch: format!("{arch}-{simd}"),
     }
 }

@@ -129,13 +129,13 @@ pub fn arb_reveal_for(worker: NodeId) -> impl Strategy<Value = ResultReveal> {
         any::<u64>(),
         any::<u64>(),
     )
-        .prop_map(move |(job, output, salt, compute_ms, energy_mwh)| ResultReveal {
+        .prop_map(move |(job, output, salt, compute_ms, energy_uwh)| ResultReveal {
             job,
             worker,
             output,
             salt,
             compute_ms,
-            energy_mwh,
+            energy_uwh,
         })
 }
 
@@ -163,7 +163,7 @@ pub fn arb_claim(worker: NodeId, submitter: NodeId) -> impl Strategy<Value = Wor
             submitter,
             output_digest: digest,
             compute_ms: n[0],
-            energy_mwh: n[1],
+            energy_uwh: n[1],
             claimed_credit: n[2],
             claimed_ms: n[3],
         }
@@ -242,4 +242,37 @@ pub type Checker = fn(&[u8]) -> Result<(), String>;
 pub fn decode_verify<T: fleetmesh_protocol::signing::Signable>(bytes: &[u8]) -> Result<(), String> {
     let signed: Signed<T> = fleetmesh_protocol::codec::decode(bytes).map_err(|e| e.to_string())?;
     signed.verify().map_err(|e| e.to_string())
+}
+
+pub fn arb_reveal_request_for(submitter: NodeId) -> impl Strategy<Value = RevealRequest> {
+    (arb_job(), arb_node()).prop_map(move |(job, worker)| RevealRequest {
+        job,
+        submitter,
+        worker,
+    })
+}
+
+/// A consistent work report: a reveal and a claim over the same output, both signed by `worker`.
+pub fn arb_work_report(worker: NodeKey, submitter: NodeId) -> impl Strategy<Value = WorkReport> {
+    (
+        arb_reveal_for(worker.node_id()),
+        arb_claim(worker.node_id(), submitter),
+    )
+        .prop_map(move |(reveal, mut claim)| {
+            claim.job = reveal.job;
+            claim.output_digest = *blake3::hash(&reveal.output).as_bytes();
+            WorkReport {
+                reveal: Signed::sign(reveal, &worker).unwrap(),
+                claim: Signed::sign(claim, &worker).unwrap(),
+            }
+        })
+}
+
+pub fn arb_reply() -> impl Strategy<Value = Reply> {
+    let code = prop_oneof![
+        Just(ReplyCode::Accepted),
+        Just(ReplyCode::Refused),
+        Just(ReplyCode::Busy)
+    ];
+    (code, "\\PC{0,64}").prop_map(|(code, detail)| Reply { code, detail })
 }

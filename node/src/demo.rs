@@ -1,0 +1,266 @@
+//! `fleetmesh demo`: a local fleet in one process — real libp2p nodes on loopback TCP, each with its own key,
+//! executor and job roles — doing verified inference on the embedded digits model.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetmesh_consensus::job::Outcome;
+use fleetmesh_protocol::NodeKey;
+use libp2p::Multiaddr;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{KadMode, NodeConfig};
+use crate::inference::{self, Registry, digits};
+use crate::jobs::JobsConfig;
+use crate::node::{self, Node};
+
+/// What the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Nodes in the fleet (the first one submits).
+    pub nodes: usize,
+    /// Jobs submitted (held-out digits images, cycled).
+    pub jobs: usize,
+    /// Agreeing workers required per job.
+    pub replicas: u8,
+    /// Jobs in flight at once.
+    pub in_flight: usize,
+}
+
+/// One node's line in the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeLine {
+    /// Short node id.
+    pub node: String,
+    /// Accepted jobs.
+    pub jobs: u64,
+    /// Credit earned (micro-credits).
+    pub credit: u64,
+    /// Energy spent on accepted jobs (µWh).
+    pub energy_uwh: u64,
+}
+
+/// The demo's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoSummary {
+    /// Jobs submitted.
+    pub jobs: usize,
+    /// Jobs with an accepted (quorum-verified) output.
+    pub verified: usize,
+    /// Jobs that failed.
+    pub failed: usize,
+    /// Fraction of verified outputs whose predicted digit is the label.
+    pub accuracy: f64,
+    /// Verified jobs per second, offer to verdict, whole batch.
+    pub jobs_per_s: f64,
+    /// Workers assigned per job, on average.
+    pub mean_replicas: f64,
+    /// Receipts the submitter holds (issued and gossiped).
+    pub receipts: usize,
+    /// Seconds from the first offer to the last verdict.
+    pub elapsed_s: f64,
+    /// Per worker: accepted jobs, credit and energy, from the receipts the submitter saw.
+    pub credits: Vec<NodeLine>,
+}
+
+async fn listen_addr(node: &Node) -> anyhow::Result<Multiaddr> {
+    for _ in 0..100 {
+        if let Some(addr) = node.net.status().await?.listen_addrs.first() {
+            return addr
+                .parse::<Multiaddr>()?
+                .with_p2p(node.net.peer_id())
+                .map_err(|_| anyhow::anyhow!("bad address"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("the first node did not start listening")
+}
+
+fn node_config(bootstrap: Option<&Multiaddr>, peers: usize) -> NodeConfig {
+    let mut cfg = NodeConfig::default();
+    cfg.net.listen =
+        vec![Multiaddr::from(std::net::Ipv4Addr::LOCALHOST).with(libp2p::multiaddr::Protocol::Tcp(0))];
+    cfg.net.bootstrap = bootstrap.cloned().into_iter().collect();
+    cfg.net.kademlia_mode = KadMode::Server;
+    cfg.net.public = true;
+    cfg.net.target_peers = peers;
+    cfg.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg
+}
+
+fn random_key() -> anyhow::Result<NodeKey> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)?;
+    Ok(NodeKey::from_seed(seed))
+}
+
+/// Runs the demo; progress goes to stderr.
+pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
+    anyhow::ensure!(
+        cfg.nodes > usize::from(cfg.replicas),
+        "need at least replicas + 1 nodes (one submits)"
+    );
+    let cancel = CancellationToken::new();
+    let registry = Registry::with_defaults(None)?;
+    let model = registry
+        .by_name("digits")
+        .ok_or_else(|| anyhow::anyhow!("digits model missing"))?
+        .id();
+    let start_node = |bootstrap: Option<Multiaddr>| {
+        let (registry, cancel) = (registry.clone(), cancel.clone());
+        let peers = cfg.nodes;
+        async move {
+            let key = random_key()?;
+            node::start_with(
+                key,
+                node_config(bootstrap.as_ref(), peers),
+                registry,
+                JobsConfig::default(),
+                cancel,
+            )
+            .await
+        }
+    };
+    eprintln!("starting {} nodes on 127.0.0.1 ...", cfg.nodes);
+    let first = start_node(None).await?;
+    let boot = listen_addr(&first).await?;
+    let mut nodes = vec![first];
+    for _ in 1..cfg.nodes {
+        nodes.push(start_node(Some(boot.clone())).await?);
+    }
+    let started = Instant::now();
+    loop {
+        let mut connected = 0;
+        for n in &nodes {
+            connected += usize::from(n.net.status().await?.connected_peers + 1 >= cfg.nodes);
+        }
+        if connected == nodes.len() {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the fleet did not connect within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let gossipsub build its mesh before the first offer.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eprintln!(
+        "fleet connected in {:.1} s; submitting {} digits jobs from node {} (replicas {})",
+        started.elapsed().as_secs_f64(),
+        cfg.jobs,
+        nodes[0].jobs.node_id().short(),
+        cfg.replicas
+    );
+
+    let images = digits::held_out()?;
+    let submitter = nodes[0].jobs.clone();
+    let gate = Arc::new(Semaphore::new(cfg.in_flight.max(1)));
+    let begun = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..cfg.jobs {
+        let sample = images[i % images.len()].clone();
+        let (jobs, gate, tx) = (submitter.clone(), gate.clone(), tx.clone());
+        let replicas = cfg.replicas;
+        tokio::spawn(async move {
+            let Ok(_permit) = gate.acquire_owned().await else {
+                return;
+            };
+            let result = async {
+                let id = jobs.submit(model, sample.pixels.clone(), replicas).await?;
+                jobs.wait(id).await
+            }
+            .await;
+            let _ = tx.send((sample.label, result));
+        });
+    }
+    drop(tx);
+
+    let (mut verified, mut failed, mut correct, mut assigned) = (0usize, 0usize, 0usize, 0usize);
+    let mut done = 0;
+    let mut last_print = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    while let Some((label, result)) = rx.recv().await {
+        done += 1;
+        match result {
+            Ok(r) => {
+                assigned += r.workers_assigned;
+                match r.outcome {
+                    Outcome::Accepted { output, .. } => {
+                        verified += 1;
+                        correct +=
+                            usize::from(inference::argmax(&inference::f32s(&output)) == usize::from(label));
+                    }
+                    Outcome::Failed(_) => failed += 1,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "job could not be submitted");
+                failed += 1;
+            }
+        }
+        // Live progress: redrawn in place on a terminal, a line a second otherwise.
+        let every = if tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(1)
+        };
+        if last_print.elapsed() > every || done == cfg.jobs {
+            last_print = Instant::now();
+            let rate = verified as f64 / begun.elapsed().as_secs_f64().max(1e-9);
+            let line = format!(
+                "  jobs {done:>5}/{}  verified {verified:>5}  failed {failed:>3}  {rate:>7.1} verified jobs/s",
+                cfg.jobs
+            );
+            if tty {
+                eprint!("\r{line}");
+                let _ = std::io::stderr().flush();
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    let elapsed = begun.elapsed().as_secs_f64();
+    // Give the last receipts a moment to be gossiped.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let earnings = submitter.earnings();
+    let credits = earnings
+        .iter()
+        .map(|(id, e)| NodeLine {
+            node: id.short(),
+            jobs: e.jobs,
+            credit: e.credit,
+            energy_uwh: e.energy_uwh,
+        })
+        .collect();
+    let summary = DemoSummary {
+        jobs: cfg.jobs,
+        verified,
+        failed,
+        accuracy: if verified > 0 {
+            correct as f64 / verified as f64
+        } else {
+            0.0
+        },
+        jobs_per_s: verified as f64 / elapsed.max(1e-9),
+        mean_replicas: if done > 0 {
+            assigned as f64 / done as f64
+        } else {
+            0.0
+        },
+        receipts: submitter.receipt_count(),
+        elapsed_s: elapsed,
+        credits,
+    };
+    cancel.cancel();
+    for n in nodes {
+        n.join().await;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,759 @@
+//! Verified jobs over the mesh: the submitter role (offer, assignment, commit-reveal, verdict, receipts)
+//! driven by the sans-IO [`fleetmesh_consensus::job::Job`], and the worker role (bid, run, commit, reveal).
+//!
+//! Offers and receipts travel by gossip; bids, assignments, commits, reveal requests and withdrawals by
+//! request-response. Every request must come from the peer whose key signed it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fleetmesh_consensus::job::{Action, Job, JobConfig, Outcome};
+use fleetmesh_protocol::codec::{self, Kind};
+use fleetmesh_protocol::messages::{
+    Assignment, Bid, JobInput, JobOffer, Receipt, Reply, ReplyCode, ResultCommit, ResultReveal,
+    RevealRequest, Verdict, Withdraw, WithdrawReason, WorkClaim, WorkReport,
+};
+use fleetmesh_protocol::signing::Signable;
+use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
+use libp2p::PeerId;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::inference::executor::{CancelFlag, Executor};
+use crate::inference::numeric_class;
+use crate::net::{self, NetClient, Topic};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Settings of the job roles.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Credit this worker claims per job, in micro-credits.
+    pub price: u64,
+    /// Extra workers a submitted job may draw on disagreement or dropouts.
+    pub max_extra: usize,
+    /// How long an offer takes bids.
+    pub offer_ttl_ms: u64,
+    /// How long a job may take from offer to verdict.
+    pub deadline_ms: u64,
+    /// Jobs this worker runs at once; it does not bid beyond.
+    pub max_active_work: usize,
+    /// Power drawn while computing, for the energy a worker reports.
+    pub active_watts: f64,
+    /// Time an assigned worker has to commit, and later to reveal.
+    pub step_timeout_ms: u64,
+    /// How this node behaves as a worker. Only tests and `fleetmesh demo` set anything but
+    /// [`WorkerBehaviour::Honest`]; `fleetmesh run` cannot.
+    pub behaviour: WorkerBehaviour,
+}
+
+/// How a worker behaves (adversarial behaviours exist to test the fleet's defences).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerBehaviour {
+    /// Runs the model and reports the true output.
+    #[default]
+    Honest,
+    /// Reports a wrong output for every job (flips the bits of the first byte).
+    AlwaysWrong,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            price: 1_000,
+            max_extra: 2,
+            offer_ttl_ms: 10_000,
+            deadline_ms: 60_000,
+            max_active_work: 64,
+            active_watts: 15.0,
+            step_timeout_ms: 10_000,
+            behaviour: WorkerBehaviour::Honest,
+        }
+    }
+}
+
+/// The verdict of a submitted job, as its submitter saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobResult {
+    /// The job.
+    pub job: JobId,
+    /// Accepted output and agreeing workers, or the failure reason.
+    pub outcome: Outcome,
+    /// Workers assigned over the job's life.
+    pub workers_assigned: usize,
+    /// Receipts issued (one per revealing worker).
+    pub receipts: usize,
+}
+
+struct Submitted {
+    offer: JobOffer,
+    job: Job,
+    claims: HashMap<NodeId, Signed<WorkClaim>>,
+    waiters: Vec<oneshot::Sender<JobResult>>,
+    result: Option<JobResult>,
+}
+
+struct Work {
+    offer: JobOffer,
+    done: Option<Done>,
+    cancel: CancelFlag,
+    /// The output was revealed: the job no longer takes this worker's capacity.
+    revealed: bool,
+}
+
+struct Done {
+    output: Vec<u8>,
+    salt: [u8; 32],
+    compute_ms: u64,
+    energy_uwh: u64,
+}
+
+#[derive(Default)]
+struct State {
+    submitted: HashMap<JobId, Submitted>,
+    offers: HashMap<JobId, JobOffer>,
+    work: HashMap<JobId, Work>,
+    receipts: BTreeMap<(JobId, NodeId), Signed<Receipt>>,
+}
+
+/// Per-node totals from the receipts this node has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Earnings {
+    /// Accepted jobs.
+    pub jobs: u64,
+    /// Credit earned, in micro-credits.
+    pub credit: u64,
+    /// Energy spent on accepted jobs, in µWh.
+    pub energy_uwh: u64,
+}
+
+struct Inner {
+    key: NodeKey,
+    me: NodeId,
+    net: NetClient,
+    executor: Executor,
+    cfg: JobsConfig,
+    state: Mutex<State>,
+}
+
+/// The job roles of one node (cheap to clone).
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<Inner>,
+}
+
+fn reply(r: Reply) -> Vec<u8> {
+    codec::encode(&r)
+}
+
+fn refuse(why: &str) -> Vec<u8> {
+    reply(Reply::refused(why))
+}
+
+fn random_salt() -> [u8; 32] {
+    let mut salt = [0u8; 32];
+    if getrandom::fill(&mut salt).is_err() {
+        // No system randomness: a per-call hash of time and address still differs between jobs.
+        salt = *blake3::hash(&now_ms().to_le_bytes()).as_bytes();
+    }
+    salt
+}
+
+/// Decodes a signed request and checks that its author is the peer that sent it.
+fn authored<T: Signable>(peer: &PeerId, data: &[u8]) -> Result<Signed<T>, &'static str> {
+    let msg: Signed<T> = codec::decode(data).map_err(|_| "malformed message")?;
+    if net::peer_id_of(&msg.signer()) != *peer {
+        return Err("message not signed by the sending peer");
+    }
+    msg.verify().map_err(|_| "bad signature")?;
+    Ok(msg)
+}
+
+impl Jobs {
+    /// The job roles of the node with `key`, using `net` and running inference on `executor`.
+    pub fn new(key: NodeKey, net: NetClient, executor: Executor, cfg: JobsConfig) -> Self {
+        let me = key.node_id();
+        Self {
+            inner: Arc::new(Inner {
+                key,
+                me,
+                net,
+                executor,
+                cfg,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.inner.state.lock() {
+            Ok(g) => g,
+            // A panic while holding the lock leaves plain data behind; keep serving.
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.me
+    }
+
+    // ---------------------------------------------------------------- submitter
+
+    /// Offers a job to the fleet: signs and gossips the offer. Returns its id; see [`Jobs::wait`].
+    pub async fn submit(&self, model: ModelId, input: Vec<u8>, replicas: u8) -> anyhow::Result<JobId> {
+        let now = now_ms();
+        let cfg = &self.inner.cfg;
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce)?;
+        let offer = JobOffer {
+            submitter: self.inner.me,
+            nonce: u64::from_le_bytes(nonce),
+            model,
+            input: JobInput::Inline(input),
+            rule: self
+                .inner
+                .executor
+                .registry()
+                .get(&model)
+                .map_or(fleetmesh_protocol::messages::AgreementRule::Exact, |m| {
+                    m.manifest().rule
+                }),
+            replicas: replicas.max(1),
+            reward: cfg.price,
+            created_ms: now,
+            expires_ms: now + cfg.offer_ttl_ms,
+            deadline_ms: now + cfg.deadline_ms,
+        };
+        codec::encode_checked(&offer)?;
+        let id = offer.id();
+        let job_cfg = JobConfig {
+            commit_timeout_ms: cfg.step_timeout_ms,
+            reveal_timeout_ms: cfg.step_timeout_ms,
+            ..JobConfig::for_offer(&offer, cfg.max_extra)
+        };
+        let job = Job::new(&offer, job_cfg);
+        let signed = Signed::sign(offer.clone(), &self.inner.key)?;
+        self.state().submitted.insert(
+            id,
+            Submitted {
+                offer,
+                job,
+                claims: HashMap::new(),
+                waiters: Vec::new(),
+                result: None,
+            },
+        );
+        self.inner
+            .net
+            .publish(Topic::Offers, codec::encode(&signed))
+            .await?;
+        Ok(id)
+    }
+
+    /// Waits for the verdict of a job this node submitted.
+    pub async fn wait(&self, job: JobId) -> anyhow::Result<JobResult> {
+        let rx = {
+            let mut state = self.state();
+            let sub = state
+                .submitted
+                .get_mut(&job)
+                .ok_or_else(|| anyhow::anyhow!("unknown job {job}"))?;
+            if let Some(result) = &sub.result {
+                return Ok(result.clone());
+            }
+            let (tx, rx) = oneshot::channel();
+            sub.waiters.push(tx);
+            rx
+        };
+        Ok(rx.await?)
+    }
+
+    /// Feeds an input to a submitted job's state machine and carries out the resulting actions.
+    fn drive(&self, job: JobId, input: impl FnOnce(&mut Job) -> Vec<Action>) {
+        let actions = {
+            let mut state = self.state();
+            match state.submitted.get_mut(&job) {
+                Some(sub) => input(&mut sub.job),
+                None => return,
+            }
+        };
+        for action in actions {
+            self.act(job, action);
+        }
+    }
+
+    fn act(&self, job: JobId, action: Action) {
+        match action {
+            Action::Assign { worker, commit_by_ms } => {
+                let assignment = Assignment {
+                    job,
+                    submitter: self.inner.me,
+                    worker,
+                    commit_by_ms,
+                };
+                let Ok(signed) = Signed::sign(assignment, &self.inner.key) else {
+                    return;
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let answer = this
+                        .inner
+                        .net
+                        .request(net::peer_id_of(&worker), codec::encode(&signed))
+                        .await;
+                    let accepted = matches!(
+                        answer.as_deref().map(codec::decode::<Reply>),
+                        Ok(Ok(Reply {
+                            code: ReplyCode::Accepted,
+                            ..
+                        }))
+                    );
+                    if !accepted {
+                        debug!(job = %job.short(), worker = %worker.short(), "assignment not taken; replacing the worker");
+                        let w = Withdraw {
+                            job,
+                            worker,
+                            reason: WithdrawReason::Overloaded,
+                            at_ms: now_ms(),
+                        };
+                        this.drive(job, |j| j.on_withdraw(&w, now_ms()).unwrap_or_default());
+                    }
+                });
+            }
+            Action::RequestReveal { worker } => {
+                let request = RevealRequest {
+                    job,
+                    submitter: self.inner.me,
+                    worker,
+                };
+                let Ok(signed) = Signed::sign(request, &self.inner.key) else {
+                    return;
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    match this
+                        .inner
+                        .net
+                        .request(net::peer_id_of(&worker), codec::encode(&signed))
+                        .await
+                    {
+                        Ok(bytes) => this.on_work_report(job, worker, &bytes),
+                        Err(e) => {
+                            debug!(job = %job.short(), worker = %worker.short(), error = %e, "reveal request failed")
+                        }
+                    }
+                });
+            }
+            Action::Decide(outcome) => self.finish(job, outcome),
+        }
+    }
+
+    fn on_work_report(&self, job: JobId, worker: NodeId, bytes: &[u8]) {
+        let report = match codec::decode::<WorkReport>(bytes) {
+            Ok(r)
+                if r.reveal.body.job == job
+                    && r.reveal.body.worker == worker
+                    && r.claim.body.submitter == self.inner.me =>
+            {
+                r
+            }
+            _ => {
+                warn!(job = %job.short(), worker = %worker.short(), "invalid work report");
+                return;
+            }
+        };
+        if report.reveal.verify().is_err() || report.claim.verify().is_err() {
+            warn!(job = %job.short(), worker = %worker.short(), "work report with a bad signature");
+            return;
+        }
+        if let Some(sub) = self.state().submitted.get_mut(&job) {
+            sub.claims.insert(worker, report.claim.clone());
+        }
+        self.drive(job, |j| {
+            j.on_reveal(&report.reveal.body, now_ms()).unwrap_or_default()
+        });
+    }
+
+    /// Countersigns the claims of every revealing worker, gossips the receipts, wakes the waiters.
+    fn finish(&self, job: JobId, outcome: Outcome) {
+        let (receipts, result, waiters) = {
+            let mut state = self.state();
+            let Some(sub) = state.submitted.get_mut(&job) else {
+                return;
+            };
+            let agreeing: &[NodeId] = match &outcome {
+                Outcome::Accepted { agreeing, .. } => agreeing,
+                Outcome::Failed(_) => &[],
+            };
+            // BOINC's rule: every validated replica earns the least credit any of them claimed.
+            let credit = agreeing
+                .iter()
+                .filter_map(|w| sub.claims.get(w).map(|c| c.body.claimed_credit))
+                .min()
+                .unwrap_or(0)
+                .min(sub.offer.reward);
+            let mut receipts = Vec::new();
+            for (worker, claim) in &sub.claims {
+                let accepted = agreeing.contains(worker);
+                let body = Receipt {
+                    claim: claim.clone(),
+                    verdict: if accepted {
+                        Verdict::Accepted
+                    } else {
+                        Verdict::Rejected
+                    },
+                    credit: if accepted {
+                        credit.min(claim.body.claimed_credit)
+                    } else {
+                        0
+                    },
+                    issued_ms: now_ms(),
+                };
+                if let Ok(signed) = Signed::sign(body, &self.inner.key) {
+                    receipts.push(signed);
+                }
+            }
+            let result = JobResult {
+                job,
+                outcome,
+                workers_assigned: sub.job.slots().count(),
+                receipts: receipts.len(),
+            };
+            sub.result = Some(result.clone());
+            let waiters = std::mem::take(&mut sub.waiters);
+            for r in &receipts {
+                state.receipts.insert((job, r.body.claim.body.worker), r.clone());
+            }
+            (receipts, result, waiters)
+        };
+        for tx in waiters {
+            let _ = tx.send(result.clone());
+        }
+        let net = self.inner.net.clone();
+        tokio::spawn(async move {
+            for r in receipts {
+                if let Err(e) = net.publish(Topic::Receipts, codec::encode(&r)).await {
+                    debug!(error = %e, "receipt not gossiped");
+                }
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------- gossip and requests
+
+    /// Handles a validated gossip message.
+    pub fn on_gossip(&self, topic: Topic, data: &[u8]) {
+        match topic {
+            Topic::Offers => {
+                if let Ok(offer) = codec::decode::<Signed<JobOffer>>(data) {
+                    self.on_offer(offer.body);
+                }
+            }
+            Topic::Receipts => {
+                if let Ok(receipt) = codec::decode::<Signed<Receipt>>(data) {
+                    let key = (receipt.body.claim.body.job, receipt.body.claim.body.worker);
+                    self.state().receipts.entry(key).or_insert(receipt);
+                }
+            }
+        }
+    }
+
+    fn on_offer(&self, offer: JobOffer) {
+        if offer.submitter == self.inner.me || self.inner.executor.registry().get(&offer.model).is_none() {
+            return;
+        }
+        let id = offer.id();
+        {
+            let mut state = self.state();
+            let busy = state.work.values().filter(|w| !w.revealed).count();
+            if busy >= self.inner.cfg.max_active_work || state.offers.contains_key(&id) {
+                return;
+            }
+            state.offers.insert(id, offer.clone());
+        }
+        let bid = Bid {
+            job: id,
+            worker: self.inner.me,
+            class: numeric_class(),
+            price: self.inner.cfg.price,
+            energy_cost: 0,
+            est_ms: 10,
+            expires_ms: offer.expires_ms,
+        };
+        let Ok(signed) = Signed::sign(bid, &self.inner.key) else {
+            return;
+        };
+        let net = self.inner.net.clone();
+        tokio::spawn(async move {
+            if let Err(e) = net
+                .request(net::peer_id_of(&offer.submitter), codec::encode(&signed))
+                .await
+            {
+                debug!(job = %id.short(), error = %e, "bid not delivered");
+            }
+        });
+    }
+
+    /// Answers a request from `peer`: a bid, assignment, commit, reveal request or withdrawal.
+    pub async fn on_request(&self, peer: PeerId, data: &[u8]) -> Vec<u8> {
+        let kind = match codec::peek_kind(data) {
+            Ok((kind, true)) => kind,
+            _ => return refuse("expected a signed fleetmesh message"),
+        };
+        let now = now_ms();
+        match kind {
+            Kind::Bid => match authored::<Bid>(&peer, data) {
+                Ok(bid) => {
+                    let job = bid.body.job;
+                    if !self.state().submitted.contains_key(&job) {
+                        return refuse("unknown job");
+                    }
+                    self.drive(job, |j| j.on_bid(bid.body, now).unwrap_or_default());
+                    reply(Reply::accepted())
+                }
+                Err(why) => refuse(why),
+            },
+            Kind::ResultCommit => match authored::<ResultCommit>(&peer, data) {
+                Ok(c) => {
+                    let job = c.body.job;
+                    let mut ok = false;
+                    self.drive(job, |j| match j.on_commit(&c.body, now) {
+                        Ok(actions) => {
+                            ok = true;
+                            actions
+                        }
+                        Err(_) => Vec::new(),
+                    });
+                    if ok {
+                        reply(Reply::accepted())
+                    } else {
+                        refuse("commit not expected")
+                    }
+                }
+                Err(why) => refuse(why),
+            },
+            Kind::Withdraw => match authored::<Withdraw>(&peer, data) {
+                Ok(w) => {
+                    self.drive(w.body.job, |j| j.on_withdraw(&w.body, now).unwrap_or_default());
+                    reply(Reply::accepted())
+                }
+                Err(why) => refuse(why),
+            },
+            Kind::Assignment => match authored::<Assignment>(&peer, data) {
+                Ok(a) => self.on_assignment(a.body),
+                Err(why) => refuse(why),
+            },
+            Kind::RevealRequest => match authored::<RevealRequest>(&peer, data) {
+                Ok(r) => self.on_reveal_request(r.body),
+                Err(why) => refuse(why),
+            },
+            _ => refuse("unexpected message kind"),
+        }
+    }
+
+    // ---------------------------------------------------------------- worker
+
+    fn on_assignment(&self, a: Assignment) -> Vec<u8> {
+        if a.worker != self.inner.me {
+            return refuse("assignment for another worker");
+        }
+        let offer = {
+            let mut state = self.state();
+            let Some(offer) = state.offers.get(&a.job).cloned() else {
+                return refuse("unknown job");
+            };
+            if offer.submitter != a.submitter {
+                return refuse("assignment not from the job's submitter");
+            }
+            if state.work.contains_key(&a.job) {
+                return refuse("already assigned");
+            }
+            state.work.insert(
+                a.job,
+                Work {
+                    offer: offer.clone(),
+                    done: None,
+                    cancel: CancelFlag::default(),
+                    revealed: false,
+                },
+            );
+            offer
+        };
+        let JobInput::Inline(input) = offer.input.clone() else {
+            return refuse("inputs by content id are not supported yet");
+        };
+        let this = self.clone();
+        let cancel = self
+            .state()
+            .work
+            .get(&a.job)
+            .map(|w| w.cancel.clone())
+            .unwrap_or_default();
+        tokio::spawn(async move { this.compute(a.job, offer, input, cancel).await });
+        reply(Reply::accepted())
+    }
+
+    async fn compute(&self, job: JobId, offer: JobOffer, input: Vec<u8>, cancel: CancelFlag) {
+        let result = self.inner.executor.run(&offer.model, vec![input], cancel).await;
+        let mut out = match result {
+            Ok(out) if out.outputs.len() == 1 => out,
+            Ok(_) | Err(_) => {
+                self.withdraw(job, &offer, WithdrawReason::ModelUnavailable).await;
+                return;
+            }
+        };
+        let mut output = out.outputs.remove(0);
+        if self.inner.cfg.behaviour == WorkerBehaviour::AlwaysWrong
+            && let Some(first) = output.first_mut()
+        {
+            *first ^= 0xff;
+        }
+        let compute_ms = (out.compute.as_micros() as u64).div_ceil(1000);
+        // Energy = active power x compute time, in microwatt-hours (at least 1 for any work done).
+        let energy_uwh =
+            ((self.inner.cfg.active_watts * out.compute.as_secs_f64() / 3600.0 * 1e6).round() as u64).max(1);
+        let salt = random_salt();
+        let commitment = ResultCommit::commitment_for(&job, &self.inner.me, &output, &salt);
+        if let Some(w) = self.state().work.get_mut(&job) {
+            w.done = Some(Done {
+                output,
+                salt,
+                compute_ms,
+                energy_uwh,
+            });
+        }
+        let commit = ResultCommit {
+            job,
+            worker: self.inner.me,
+            commitment,
+        };
+        let Ok(signed) = Signed::sign(commit, &self.inner.key) else {
+            return;
+        };
+        if let Err(e) = self
+            .inner
+            .net
+            .request(net::peer_id_of(&offer.submitter), codec::encode(&signed))
+            .await
+        {
+            debug!(job = %job.short(), error = %e, "commit not delivered");
+        }
+    }
+
+    /// Hands a job back to its submitter (preemption, failure) with a signed [`Withdraw`].
+    pub async fn withdraw(&self, job: JobId, offer: &JobOffer, reason: WithdrawReason) {
+        if let Some(w) = self.state().work.remove(&job) {
+            w.cancel.cancel();
+        }
+        let w = Withdraw {
+            job,
+            worker: self.inner.me,
+            reason,
+            at_ms: now_ms(),
+        };
+        if let Ok(signed) = Signed::sign(w, &self.inner.key) {
+            let _ = self
+                .inner
+                .net
+                .request(net::peer_id_of(&offer.submitter), codec::encode(&signed))
+                .await;
+        }
+    }
+
+    fn on_reveal_request(&self, r: RevealRequest) -> Vec<u8> {
+        if r.worker != self.inner.me {
+            return refuse("reveal request for another worker");
+        }
+        let mut state = self.state();
+        let Some(work) = state.work.get_mut(&r.job) else {
+            return refuse("unknown job");
+        };
+        if work.offer.submitter != r.submitter {
+            return refuse("reveal request not from the job's submitter");
+        }
+        let Some(done) = &work.done else {
+            return refuse("not computed yet");
+        };
+        work.revealed = true;
+        let reveal = ResultReveal {
+            job: r.job,
+            worker: self.inner.me,
+            output: done.output.clone(),
+            salt: done.salt,
+            compute_ms: done.compute_ms,
+            energy_uwh: done.energy_uwh,
+        };
+        let claim = WorkClaim {
+            job: r.job,
+            model: work.offer.model,
+            worker: self.inner.me,
+            submitter: r.submitter,
+            output_digest: *blake3::hash(&done.output).as_bytes(),
+            compute_ms: done.compute_ms,
+            energy_uwh: done.energy_uwh,
+            claimed_credit: self.inner.cfg.price,
+            claimed_ms: now_ms(),
+        };
+        match (
+            Signed::sign(reveal, &self.inner.key),
+            Signed::sign(claim, &self.inner.key),
+        ) {
+            (Ok(reveal), Ok(claim)) => codec::encode(&WorkReport { reveal, claim }),
+            _ => refuse("cannot sign"),
+        }
+    }
+
+    // ---------------------------------------------------------------- time and views
+
+    /// Time passes: deadlines of submitted jobs; forgets stale offers and finished work.
+    pub fn tick(&self) {
+        let now = now_ms();
+        let jobs: Vec<JobId> = {
+            let mut state = self.state();
+            state.offers.retain(|_, o| o.deadline_ms + 60_000 > now);
+            state.work.retain(|_, w| w.offer.deadline_ms + 60_000 > now);
+            state
+                .submitted
+                .iter()
+                .filter(|(_, s)| s.result.is_none())
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for job in jobs {
+            self.drive(job, |j| j.on_tick(now));
+        }
+    }
+
+    /// Credit, energy and accepted jobs per worker, from every receipt this node has seen.
+    pub fn earnings(&self) -> BTreeMap<NodeId, Earnings> {
+        let mut out: BTreeMap<NodeId, Earnings> = BTreeMap::new();
+        for r in self.state().receipts.values() {
+            if r.body.verdict == Verdict::Accepted {
+                let e = out.entry(r.body.claim.body.worker).or_default();
+                e.jobs += 1;
+                e.credit += r.body.credit;
+                e.energy_uwh += r.body.claim.body.energy_uwh;
+            }
+        }
+        out
+    }
+
+    /// Receipts this node has seen.
+    pub fn receipt_count(&self) -> usize {
+        self.state().receipts.len()
+    }
+}
+
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Jobs({})", self.inner.me.short())
+    }
+}

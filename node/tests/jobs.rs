@@ -1,0 +1,188 @@
+//! Verified jobs end to end over real libp2p (TCP loopback), nodes in one process, each with its own key,
+//! executor and job roles.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use fleetmesh_consensus::job::Outcome;
+use fleetmesh_node::config::{KadMode, NodeConfig};
+use fleetmesh_node::inference::{Model, Registry, digits};
+use fleetmesh_node::jobs::{JobsConfig, WorkerBehaviour};
+use fleetmesh_node::node::{self, Node};
+use fleetmesh_protocol::NodeKey;
+use libp2p::Multiaddr;
+use tokio_util::sync::CancellationToken;
+
+fn config(bootstrap: Option<&Multiaddr>, peers: usize) -> NodeConfig {
+    let mut cfg = NodeConfig::default();
+    cfg.net.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    cfg.net.bootstrap = bootstrap.cloned().into_iter().collect();
+    cfg.net.kademlia_mode = KadMode::Server;
+    cfg.net.public = true;
+    cfg.net.target_peers = peers;
+    cfg.api.listen = "127.0.0.1:0".parse().unwrap();
+    cfg
+}
+
+fn jobs_config(behaviour: WorkerBehaviour) -> JobsConfig {
+    JobsConfig {
+        step_timeout_ms: 2_000,
+        behaviour,
+        ..JobsConfig::default()
+    }
+}
+
+/// Starts `behaviours.len()` nodes, each with its own cancellation token, and waits for a full mesh.
+async fn fleet(behaviours: &[WorkerBehaviour]) -> Vec<(Node, CancellationToken)> {
+    let registry = Registry::with_defaults(None).unwrap();
+    let n = behaviours.len();
+    let mut nodes: Vec<(Node, CancellationToken)> = Vec::new();
+    let mut boot: Option<Multiaddr> = None;
+    for (i, b) in behaviours.iter().enumerate() {
+        let cancel = CancellationToken::new();
+        let key = NodeKey::from_seed([i as u8 + 60; 32]);
+        let node = node::start_with(
+            key,
+            config(boot.as_ref(), n),
+            registry.clone(),
+            jobs_config(*b),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        if boot.is_none() {
+            let addr = loop {
+                if let Some(a) = node.net.status().await.unwrap().listen_addrs.first() {
+                    break a.parse::<Multiaddr>().unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            boot = Some(addr.with_p2p(node.net.peer_id()).unwrap());
+        }
+        nodes.push((node, cancel));
+    }
+    let start = Instant::now();
+    loop {
+        let mut full = true;
+        for (node, _) in &nodes {
+            full &= node.net.status().await.unwrap().connected_peers + 1 >= n;
+        }
+        if full {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "fleet did not connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // gossip mesh
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_jobs_are_verified_and_equal_local_inference() {
+    let nodes = fleet(&[WorkerBehaviour::Honest; 5]).await;
+    let local = digits::Digits::embedded().unwrap();
+    let images = digits::held_out().unwrap();
+    let submitter = nodes[0].0.jobs.clone();
+    let mut tasks = Vec::new();
+    for sample in images.iter().take(100).cloned() {
+        let jobs = submitter.clone();
+        let id = local.id();
+        tasks.push(tokio::spawn(async move {
+            let job = jobs.submit(id, sample.pixels.clone(), 2).await.unwrap();
+            (sample, jobs.wait(job).await.unwrap())
+        }));
+    }
+    for task in tasks {
+        let (sample, result) = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .unwrap()
+            .unwrap();
+        match result.outcome {
+            Outcome::Accepted {
+                output,
+                agreeing,
+                disagreeing,
+            } => {
+                assert_eq!(
+                    output,
+                    local.run_batch(&[&sample.pixels]).unwrap()[0],
+                    "verified output differs from local inference"
+                );
+                assert!(agreeing.len() >= 2 && disagreeing.is_empty());
+            }
+            Outcome::Failed(reason) => panic!("job failed: {reason:?}"),
+        }
+        assert_eq!(result.receipts, 2);
+    }
+    // Receipts are gossiped: every node ends up with the same balances.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reference = nodes[0].0.jobs.earnings();
+    assert_eq!(reference.values().map(|e| e.jobs).sum::<u64>(), 200);
+    for (node, _) in &nodes[1..] {
+        assert_eq!(node.jobs.earnings(), reference, "balances differ between nodes");
+    }
+    for (_, cancel) in &nodes {
+        cancel.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_worker_is_outvoted_and_a_stopped_worker_replaced() {
+    let nodes = fleet(&[
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::AlwaysWrong,
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+    ])
+    .await;
+    let liar = nodes[1].0.jobs.node_id();
+    let local = digits::Digits::embedded().unwrap();
+    let images = digits::held_out().unwrap();
+    let submitter = nodes[0].0.jobs.clone();
+    let mut tasks = Vec::new();
+    for (i, sample) in images.iter().take(40).cloned().enumerate() {
+        let jobs = submitter.clone();
+        let id = local.id();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i as u64 * 25)).await;
+            let job = jobs.submit(id, sample.pixels.clone(), 2).await.unwrap();
+            (sample, jobs.wait(job).await.unwrap())
+        }));
+    }
+    // Stop one honest worker in the middle of the batch: its jobs time out and are reassigned.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    nodes[4].1.cancel();
+    let mut outvoted = 0;
+    for task in tasks {
+        let (sample, result) = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .unwrap()
+            .unwrap();
+        match result.outcome {
+            Outcome::Accepted {
+                output,
+                agreeing,
+                disagreeing,
+            } => {
+                assert_eq!(
+                    output,
+                    local.run_batch(&[&sample.pixels]).unwrap()[0],
+                    "a wrong output was accepted"
+                );
+                assert!(!agreeing.contains(&liar));
+                outvoted += usize::from(disagreeing.contains(&liar));
+            }
+            Outcome::Failed(reason) => panic!("job failed: {reason:?}"),
+        }
+    }
+    assert!(outvoted > 0, "the liar was never drawn: the test proves nothing");
+    let earnings = submitter.earnings();
+    assert!(
+        earnings.get(&liar).is_none_or(|e| e.credit == 0),
+        "the liar earned credit"
+    );
+    for (_, cancel) in &nodes {
+        cancel.cancel();
+    }
+}
