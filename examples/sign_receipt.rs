@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         worker: worker.node_id(),
         submitter: submitter.node_id(),
         output_digest: *blake3::hash(output).as_bytes(),
-        compute_ms: 12,
+        compute_us: 12,
         energy_uwh: 3,
         claimed_credit: 1_000,
         claimed_ms: 1_764_000_000_000,

@@ -63,8 +63,8 @@ pub enum SlotState {
     Revealed {
         /// The output.
         output: Vec<u8>,
-        /// Compute time the worker reported.
-        compute_ms: u64,
+        /// Compute time the worker reported, in microseconds.
+        compute_us: u64,
         /// Energy the worker reported, in µWh.
         energy_uwh: u64,
     },
@@ -413,7 +413,7 @@ impl Job {
                 *slot = if reveal.opens(&commit) {
                     SlotState::Revealed {
                         output: reveal.output.clone(),
-                        compute_ms: reveal.compute_ms,
+                        compute_us: reveal.compute_us,
                         energy_uwh: reveal.energy_uwh,
                     }
                 } else {

@@ -64,7 +64,7 @@ fn reveal(job: &Job, worker: u8, output: &[u8]) -> ResultReveal {
         worker: node(worker),
         output: output.to_vec(),
         salt: salt(worker),
-        compute_ms: 5,
+        compute_us: 5,
         energy_uwh: 1,
     }
 }

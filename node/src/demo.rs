@@ -97,67 +97,89 @@ fn random_key() -> anyhow::Result<NodeKey> {
     Ok(NodeKey::from_seed(seed))
 }
 
+/// A local fleet of nodes in this process, fully connected, with a formed gossip mesh.
+pub struct Fleet {
+    nodes: Vec<Node>,
+    cancel: CancellationToken,
+}
+
+impl Fleet {
+    /// Starts `n` nodes with fresh keys on loopback (node 1 is everyone's bootstrap peer) and waits until
+    /// each is connected to all others.
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let cancel = CancellationToken::new();
+        let registry = Registry::with_defaults(None)?;
+        let start_node = |bootstrap: Option<Multiaddr>| {
+            let (registry, cancel) = (registry.clone(), cancel.clone());
+            async move {
+                let key = random_key()?;
+                let cfg = node_config(bootstrap.as_ref(), n);
+                node::start_with(key, cfg, registry, JobsConfig::default(), cancel).await
+            }
+        };
+        let first = start_node(None).await?;
+        let boot = listen_addr(&first).await?;
+        let mut nodes = vec![first];
+        for _ in 1..n {
+            nodes.push(start_node(Some(boot.clone())).await?);
+        }
+        let started = Instant::now();
+        loop {
+            let mut connected = 0;
+            for node in &nodes {
+                connected += usize::from(node.net.status().await?.connected_peers + 1 >= n);
+            }
+            if connected == nodes.len() {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "the fleet did not connect within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let gossipsub build its mesh before the first offer.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Ok(Self { nodes, cancel })
+    }
+
+    /// The job roles of node 1, which submits.
+    pub fn submitter(&self) -> crate::jobs::Jobs {
+        self.nodes[0].jobs.clone()
+    }
+
+    /// Stops every node and waits for their tasks.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for n in self.nodes {
+            n.join().await;
+        }
+    }
+}
+
 /// Runs the demo; progress goes to stderr.
 pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
     anyhow::ensure!(
         cfg.nodes > usize::from(cfg.replicas),
         "need at least replicas + 1 nodes (one submits)"
     );
-    let cancel = CancellationToken::new();
-    let registry = Registry::with_defaults(None)?;
-    let model = registry
+    let model = Registry::with_defaults(None)?
         .by_name("digits")
         .ok_or_else(|| anyhow::anyhow!("digits model missing"))?
         .id();
-    let start_node = |bootstrap: Option<Multiaddr>| {
-        let (registry, cancel) = (registry.clone(), cancel.clone());
-        let peers = cfg.nodes;
-        async move {
-            let key = random_key()?;
-            node::start_with(
-                key,
-                node_config(bootstrap.as_ref(), peers),
-                registry,
-                JobsConfig::default(),
-                cancel,
-            )
-            .await
-        }
-    };
     eprintln!("starting {} nodes on 127.0.0.1 ...", cfg.nodes);
-    let first = start_node(None).await?;
-    let boot = listen_addr(&first).await?;
-    let mut nodes = vec![first];
-    for _ in 1..cfg.nodes {
-        nodes.push(start_node(Some(boot.clone())).await?);
-    }
     let started = Instant::now();
-    loop {
-        let mut connected = 0;
-        for n in &nodes {
-            connected += usize::from(n.net.status().await?.connected_peers + 1 >= cfg.nodes);
-        }
-        if connected == nodes.len() {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "the fleet did not connect within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Let gossipsub build its mesh before the first offer.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fleet = Fleet::start(cfg.nodes).await?;
+    let submitter = fleet.submitter();
     eprintln!(
         "fleet connected in {:.1} s; submitting {} digits jobs from node {} (replicas {})",
         started.elapsed().as_secs_f64(),
         cfg.jobs,
-        nodes[0].jobs.node_id().short(),
+        submitter.node_id().short(),
         cfg.replicas
     );
 
     let images = digits::held_out()?;
-    let submitter = nodes[0].jobs.clone();
     let gate = Arc::new(Semaphore::new(cfg.in_flight.max(1)));
     let begun = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -258,9 +280,6 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         elapsed_s: elapsed,
         credits,
     };
-    cancel.cancel();
-    for n in nodes {
-        n.join().await;
-    }
+    fleet.stop().await;
     Ok(summary)
 }

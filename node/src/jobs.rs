@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fleetmesh_consensus::job::{Action, Job, JobConfig, Outcome};
+use fleetmesh_consensus::job::{Action, Job, JobConfig, Outcome, SlotState};
 use fleetmesh_protocol::codec::{self, Kind};
 use fleetmesh_protocol::messages::{
     Assignment, Bid, JobInput, JobOffer, Receipt, Reply, ReplyCode, ResultCommit, ResultReveal,
@@ -90,6 +90,8 @@ pub struct JobResult {
     pub workers_assigned: usize,
     /// Receipts issued (one per revealing worker).
     pub receipts: usize,
+    /// The longest compute time a revealing worker reported, in microseconds (workers run in parallel).
+    pub compute_us_max: u64,
 }
 
 struct Submitted {
@@ -111,7 +113,7 @@ struct Work {
 struct Done {
     output: Vec<u8>,
     salt: [u8; 32],
-    compute_ms: u64,
+    compute_us: u64,
     energy_uwh: u64,
 }
 
@@ -421,11 +423,21 @@ impl Jobs {
                     receipts.push(signed);
                 }
             }
+            let compute_us_max = sub
+                .job
+                .slots()
+                .filter_map(|(_, s)| match s {
+                    SlotState::Revealed { compute_us, .. } => Some(*compute_us),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
             let result = JobResult {
                 job,
                 outcome,
                 workers_assigned: sub.job.slots().count(),
                 receipts: receipts.len(),
+                compute_us_max,
             };
             sub.result = Some(result.clone());
             let waiters = std::mem::take(&mut sub.waiters);
@@ -616,7 +628,7 @@ impl Jobs {
         {
             *first ^= 0xff;
         }
-        let compute_ms = (out.compute.as_micros() as u64).div_ceil(1000);
+        let compute_us = out.compute.as_micros() as u64;
         // Energy = active power x compute time, in microwatt-hours (at least 1 for any work done).
         let energy_uwh =
             ((self.inner.cfg.active_watts * out.compute.as_secs_f64() / 3600.0 * 1e6).round() as u64).max(1);
@@ -626,7 +638,7 @@ impl Jobs {
             w.done = Some(Done {
                 output,
                 salt,
-                compute_ms,
+                compute_us,
                 energy_uwh,
             });
         }
@@ -688,7 +700,7 @@ impl Jobs {
             worker: self.inner.me,
             output: done.output.clone(),
             salt: done.salt,
-            compute_ms: done.compute_ms,
+            compute_us: done.compute_us,
             energy_uwh: done.energy_uwh,
         };
         let claim = WorkClaim {
@@ -697,7 +709,7 @@ impl Jobs {
             worker: self.inner.me,
             submitter: r.submitter,
             output_digest: *blake3::hash(&done.output).as_bytes(),
-            compute_ms: done.compute_ms,
+            compute_us: done.compute_us,
             energy_uwh: done.energy_uwh,
             claimed_credit: self.inner.cfg.price,
             claimed_ms: now_ms(),

@@ -162,7 +162,15 @@ fn demo_verifies_every_job_and_ends_with_a_json_summary() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last = stdout.lines().last().unwrap();
     let summary: serde_json::Value = serde_json::from_str(last).unwrap();
-    for key in ["jobs", "verified", "failed", "accuracy", "jobs_per_s", "mean_replicas", "receipts"] {
+    for key in [
+        "jobs",
+        "verified",
+        "failed",
+        "accuracy",
+        "jobs_per_s",
+        "mean_replicas",
+        "receipts",
+    ] {
         assert!(summary.get(key).is_some(), "summary lacks {key}: {last}");
     }
     assert_eq!(summary["jobs"], 60);

@@ -14,7 +14,7 @@ fn receipt(i: u64, worker: &NodeKey, submitter: &NodeKey) -> Signed<Receipt> {
         worker: worker.node_id(),
         submitter: submitter.node_id(),
         output_digest: *blake3::hash(&i.to_be_bytes()).as_bytes(),
-        compute_ms: 17,
+        compute_us: 17,
         energy_uwh: 4,
         claimed_credit: 1_000,
         claimed_ms: 1_764_000_000_000 + i,

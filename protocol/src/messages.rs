@@ -320,8 +320,8 @@ pub struct ResultReveal {
     pub output: Vec<u8>,
     /// The salt of the earlier commit.
     pub salt: [u8; 32],
-    /// Compute time the worker spent.
-    pub compute_ms: u64,
+    /// Compute time the worker spent, in microseconds.
+    pub compute_us: u64,
     /// Energy the worker spent, in microwatt-hours.
     pub energy_uwh: u64,
 }
@@ -413,8 +413,8 @@ pub struct WorkClaim {
     pub submitter: NodeId,
     /// blake3 of the output bytes.
     pub output_digest: [u8; 32],
-    /// Compute time spent.
-    pub compute_ms: u64,
+    /// Compute time spent, in microseconds.
+    pub compute_us: u64,
     /// Energy spent, in microwatt-hours.
     pub energy_uwh: u64,
     /// Credit the worker claims, in micro-credits.

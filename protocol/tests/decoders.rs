@@ -224,7 +224,7 @@ fn the_tracker_sees_the_decoded_heap() {
         worker: key(1).node_id(),
         output: vec![7; 10_000],
         salt: [0; 32],
-        compute_ms: 1,
+        compute_us: 1,
         energy_uwh: 1,
     };
     let (decoded, peak) = measured::<ResultReveal>(&codec::encode(&reveal));

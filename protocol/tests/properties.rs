@@ -177,7 +177,7 @@ fn a_work_report_must_describe_its_own_output() {
         worker: worker.node_id(),
         output: b"out".to_vec(),
         salt: [1; 32],
-        compute_ms: 1,
+        compute_us: 1,
         energy_uwh: 1,
     };
     let claim = WorkClaim {
@@ -186,7 +186,7 @@ fn a_work_report_must_describe_its_own_output() {
         worker: worker.node_id(),
         submitter: key(5).node_id(),
         output_digest: *blake3::hash(b"another output").as_bytes(),
-        compute_ms: 1,
+        compute_us: 1,
         energy_uwh: 1,
         claimed_credit: 1,
         claimed_ms: 1,
@@ -336,7 +336,7 @@ fn reveal_opens_only_its_commit() {
         worker,
         output: b"out".to_vec(),
         salt,
-        compute_ms: 1,
+        compute_us: 1,
         energy_uwh: 1,
     };
     assert!(reveal.opens(&commit));
@@ -365,7 +365,7 @@ fn batch_verification_finds_a_bad_receipt() {
                 worker: key(i + 10).node_id(),
                 submitter: key(1).node_id(),
                 output_digest: [i; 32],
-                compute_ms: 1,
+                compute_us: 1,
                 energy_uwh: 1,
                 claimed_credit: 5,
                 claimed_ms: 1,

@@ -18,7 +18,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
-use super::{InferenceError, Model, classify_images, head_rows, manifest_for};
+use super::{InferenceError, Model, check_len, classify_images, head_rows, manifest_for};
 
 /// The data set, gzipped CSV (1,797 rows of 64 pixels and a label).
 pub const DATA_GZ: &[u8] = include_bytes!("../../assets/digits/digits.csv.gz");
@@ -268,13 +268,7 @@ impl Model for Digits {
     }
 
     fn check_input(&self, input: &[u8]) -> Result<(), InferenceError> {
-        if input.len() != PIXELS {
-            return Err(InferenceError::WrongInputLength {
-                model: NAME.into(),
-                expected: PIXELS,
-                got: input.len(),
-            });
-        }
+        check_len(NAME, input, PIXELS)?;
         match input.iter().position(|p| *p > MAX_PIXEL) {
             Some(index) => Err(InferenceError::OutOfRange {
                 model: NAME.into(),

@@ -16,7 +16,7 @@ use burn::tensor::{Device, Tensor};
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
-use super::{InferenceError, Model, check_weights, classify_images, head_rows, manifest_for};
+use super::{InferenceError, Model, check_len, check_weights, classify_images, head_rows, manifest_for};
 
 const NAME: &str = "mnist-cnn";
 /// Pixels per image.
@@ -137,14 +137,7 @@ impl Model for MnistCnn {
     }
 
     fn check_input(&self, input: &[u8]) -> Result<(), InferenceError> {
-        if input.len() != PIXELS {
-            return Err(InferenceError::WrongInputLength {
-                model: NAME.into(),
-                expected: PIXELS,
-                got: input.len(),
-            });
-        }
-        Ok(())
+        check_len(NAME, input, PIXELS)
     }
 
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {

@@ -117,6 +117,18 @@ pub fn manifest_for(
     }
 }
 
+/// Checks that an input has exactly `expected` bytes.
+pub(crate) fn check_len(model: &str, input: &[u8], expected: usize) -> Result<(), InferenceError> {
+    if input.len() != expected {
+        return Err(InferenceError::WrongInputLength {
+            model: model.into(),
+            expected,
+            got: input.len(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks that `weights` are the ones `expected_blake3` pins.
 pub fn check_weights(model: &str, weights: &[u8], expected_blake3: &str) -> Result<(), InferenceError> {
     let got = blake3::hash(weights).to_hex().to_string();

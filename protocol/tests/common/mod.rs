@@ -129,12 +129,12 @@ pub fn arb_reveal_for(worker: NodeId) -> impl Strategy<Value = ResultReveal> {
         any::<u64>(),
         any::<u64>(),
     )
-        .prop_map(move |(job, output, salt, compute_ms, energy_uwh)| ResultReveal {
+        .prop_map(move |(job, output, salt, compute_us, energy_uwh)| ResultReveal {
             job,
             worker,
             output,
             salt,
-            compute_ms,
+            compute_us,
             energy_uwh,
         })
 }
@@ -162,7 +162,7 @@ pub fn arb_claim(worker: NodeId, submitter: NodeId) -> impl Strategy<Value = Wor
             worker,
             submitter,
             output_digest: digest,
-            compute_ms: n[0],
+            compute_us: n[0],
             energy_uwh: n[1],
             claimed_credit: n[2],
             claimed_ms: n[3],
