@@ -48,16 +48,7 @@ async fn node(
         cancel.clone(),
     )
     .unwrap();
-    let addr = loop {
-        if let Some(a) = client.status().await.unwrap().listen_addrs.first() {
-            break a
-                .parse::<Multiaddr>()
-                .unwrap()
-                .with_p2p(client.peer_id())
-                .unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let addr = client.dialable_addr(Duration::from_secs(2)).await.unwrap();
     (client, events, addr)
 }
 

@@ -66,19 +66,6 @@ pub struct DemoSummary {
     pub credits: Vec<NodeLine>,
 }
 
-async fn listen_addr(node: &Node) -> anyhow::Result<Multiaddr> {
-    for _ in 0..100 {
-        if let Some(addr) = node.net.status().await?.listen_addrs.first() {
-            return addr
-                .parse::<Multiaddr>()?
-                .with_p2p(node.net.peer_id())
-                .map_err(|_| anyhow::anyhow!("bad address"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("the first node did not start listening")
-}
-
 fn node_config(bootstrap: Option<&Multiaddr>, peers: usize) -> NodeConfig {
     let mut cfg = NodeConfig::default();
     cfg.net.listen =
@@ -118,7 +105,7 @@ impl Fleet {
             }
         };
         let first = start_node(None).await?;
-        let boot = listen_addr(&first).await?;
+        let boot = first.net.dialable_addr(Duration::from_secs(2)).await?;
         let mut nodes = vec![first];
         for _ in 1..n {
             nodes.push(start_node(Some(boot.clone())).await?);

@@ -577,7 +577,8 @@ impl Jobs {
         if a.worker != self.inner.me {
             return refuse("assignment for another worker");
         }
-        let offer = {
+        let cancel = CancelFlag::default();
+        let (offer, input) = {
             let mut state = self.state();
             let Some(offer) = state.offers.get(&a.job).cloned() else {
                 return refuse("unknown job");
@@ -588,27 +589,19 @@ impl Jobs {
             if state.work.contains_key(&a.job) {
                 return refuse("already assigned");
             }
-            state.work.insert(
-                a.job,
-                Work {
-                    offer: offer.clone(),
-                    done: None,
-                    cancel: CancelFlag::default(),
-                    revealed: false,
-                },
-            );
-            offer
-        };
-        let JobInput::Inline(input) = offer.input.clone() else {
-            return refuse("inputs by content id are not supported yet");
+            let JobInput::Inline(input) = offer.input.clone() else {
+                return refuse("inputs by content id are not supported yet");
+            };
+            let work = Work {
+                offer: offer.clone(),
+                done: None,
+                cancel: cancel.clone(),
+                revealed: false,
+            };
+            state.work.insert(a.job, work);
+            (offer, input)
         };
         let this = self.clone();
-        let cancel = self
-            .state()
-            .work
-            .get(&a.job)
-            .map(|w| w.cancel.clone())
-            .unwrap_or_default();
         tokio::spawn(async move { this.compute(a.job, offer, input, cancel).await });
         reply(Reply::accepted())
     }

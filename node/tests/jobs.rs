@@ -51,13 +51,7 @@ async fn fleet(behaviours: &[WorkerBehaviour]) -> Vec<(Node, CancellationToken)>
         .await
         .unwrap();
         if boot.is_none() {
-            let addr = loop {
-                if let Some(a) = node.net.status().await.unwrap().listen_addrs.first() {
-                    break a.parse::<Multiaddr>().unwrap();
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
-            boot = Some(addr.with_p2p(node.net.peer_id()).unwrap());
+            boot = Some(node.net.dialable_addr(Duration::from_secs(2)).await.unwrap());
         }
         nodes.push((node, cancel));
     }

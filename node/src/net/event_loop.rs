@@ -2,7 +2,7 @@
 //! keeps the routing table fresh and the peer count up, and retries unreachable bootstrap peers with backoff.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fleetmesh_protocol::Signed;
 use fleetmesh_protocol::codec::{self, DecodeError, Message};
@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{Behaviour, BehaviourEvent, Command, NetError, NetEvent, NetStatus, Topic};
 use crate::config::NetConfig;
+use crate::jobs::now_ms;
 use crate::metrics::{GossipOutcome, Metrics};
 
 /// gossipsub's own size limit: above every kind's limit, so that oversize messages reach the node's
@@ -26,13 +27,6 @@ pub(super) const GOSSIP_TRANSPORT_LIMIT: usize = 1024 * 1024;
 
 /// Clock skew tolerated for messages that claim a creation time.
 const MAX_SKEW_MS: u64 = 30_000;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn classify(e: DecodeError) -> GossipOutcome {
     match e {

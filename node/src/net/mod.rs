@@ -249,6 +249,26 @@ impl NetClient {
     pub async fn status(&self) -> Result<NetStatus, NetError> {
         self.call(|reply| Command::Status { reply }).await
     }
+
+    /// The node's first listen address with `/p2p/<peer id>` (what others bootstrap from), waiting up to
+    /// `limit` for the listener to come up.
+    pub async fn dialable_addr(&self, limit: std::time::Duration) -> Result<Multiaddr, NetError> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(addr) = self.status().await?.listen_addrs.first() {
+                let addr: Multiaddr = addr
+                    .parse()
+                    .map_err(|e| NetError::Listen(format!("{addr}: {e}")))?;
+                return addr
+                    .with_p2p(self.peer_id)
+                    .map_err(|a| NetError::Listen(format!("{a}: has another peer id")));
+            }
+            if start.elapsed() > limit {
+                return Err(NetError::Listen("no listen address".into()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Builds the swarm, starts listening and spawns the event loop. Returns the client, the stream of
