@@ -9,7 +9,7 @@ use fleetmesh_node::config::{KadMode, NodeConfig};
 use fleetmesh_node::inference::{Model, Registry, digits};
 use fleetmesh_node::jobs::{JobsConfig, WorkerBehaviour};
 use fleetmesh_node::node::{self, Node};
-use fleetmesh_protocol::NodeKey;
+use fleetmesh_protocol::{NodeId, NodeKey};
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
 
@@ -71,41 +71,57 @@ async fn fleet(behaviours: &[WorkerBehaviour]) -> Vec<(Node, CancellationToken)>
     nodes
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_jobs_are_verified_and_equal_local_inference() {
-    let nodes = fleet(&[WorkerBehaviour::Honest; 5]).await;
+/// Submits one job per sample from `jobs` (the i-th after `i * spacing`) and returns, per job, the sample, its
+/// accepted output (checked against local inference) and the agreeing and disagreeing workers.
+async fn run_jobs(
+    jobs: &fleetmesh_node::jobs::Jobs,
+    samples: Vec<digits::Sample>,
+    spacing: Duration,
+    midway: impl FnOnce(),
+) -> Vec<(fleetmesh_node::jobs::JobResult, Vec<NodeId>, Vec<NodeId>)> {
     let local = digits::Digits::embedded().unwrap();
-    let images = digits::held_out().unwrap();
-    let submitter = nodes[0].0.jobs.clone();
     let mut tasks = Vec::new();
-    for sample in images.iter().take(100).cloned() {
-        let jobs = submitter.clone();
-        let id = local.id();
+    for (i, sample) in samples.into_iter().enumerate() {
+        let (jobs, id) = (jobs.clone(), local.id());
         tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(spacing * i as u32).await;
             let job = jobs.submit(id, sample.pixels.clone(), 2).await.unwrap();
             (sample, jobs.wait(job).await.unwrap())
         }));
     }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    midway();
+    let mut results = Vec::new();
     for task in tasks {
         let (sample, result) = tokio::time::timeout(Duration::from_secs(60), task)
             .await
             .unwrap()
             .unwrap();
-        match result.outcome {
-            Outcome::Accepted {
-                output,
-                agreeing,
-                disagreeing,
-            } => {
-                assert_eq!(
-                    output,
-                    local.run_batch(&[&sample.pixels]).unwrap()[0],
-                    "verified output differs from local inference"
-                );
-                assert!(agreeing.len() >= 2 && disagreeing.is_empty());
-            }
-            Outcome::Failed(reason) => panic!("job failed: {reason:?}"),
-        }
+        let Outcome::Accepted {
+            output,
+            agreeing,
+            disagreeing,
+        } = result.outcome.clone()
+        else {
+            panic!("job failed: {:?}", result.outcome);
+        };
+        assert_eq!(
+            output,
+            local.run_batch(&[&sample.pixels]).unwrap()[0],
+            "accepted output differs from local inference"
+        );
+        results.push((result, agreeing, disagreeing));
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_jobs_are_verified_and_equal_local_inference() {
+    let nodes = fleet(&[WorkerBehaviour::Honest; 5]).await;
+    let images = digits::held_out().unwrap();
+    let results = run_jobs(&nodes[0].0.jobs, images[..100].to_vec(), Duration::ZERO, || ()).await;
+    for (result, agreeing, disagreeing) in results {
+        assert!(agreeing.len() >= 2 && disagreeing.is_empty());
         assert_eq!(result.receipts, 2);
     }
     // Receipts are gossiped: every node ends up with the same balances.
@@ -131,44 +147,21 @@ async fn a_lying_worker_is_outvoted_and_a_stopped_worker_replaced() {
     ])
     .await;
     let liar = nodes[1].0.jobs.node_id();
-    let local = digits::Digits::embedded().unwrap();
     let images = digits::held_out().unwrap();
     let submitter = nodes[0].0.jobs.clone();
-    let mut tasks = Vec::new();
-    for (i, sample) in images.iter().take(40).cloned().enumerate() {
-        let jobs = submitter.clone();
-        let id = local.id();
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(i as u64 * 25)).await;
-            let job = jobs.submit(id, sample.pixels.clone(), 2).await.unwrap();
-            (sample, jobs.wait(job).await.unwrap())
-        }));
-    }
-    // Stop one honest worker in the middle of the batch: its jobs time out and are reassigned.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    nodes[4].1.cancel();
+    // One honest worker stops in the middle of the batch: its jobs time out and are reassigned.
+    let stop = nodes[4].1.clone();
+    let results = run_jobs(
+        &submitter,
+        images[..40].to_vec(),
+        Duration::from_millis(25),
+        move || stop.cancel(),
+    )
+    .await;
     let mut outvoted = 0;
-    for task in tasks {
-        let (sample, result) = tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .unwrap()
-            .unwrap();
-        match result.outcome {
-            Outcome::Accepted {
-                output,
-                agreeing,
-                disagreeing,
-            } => {
-                assert_eq!(
-                    output,
-                    local.run_batch(&[&sample.pixels]).unwrap()[0],
-                    "a wrong output was accepted"
-                );
-                assert!(!agreeing.contains(&liar));
-                outvoted += usize::from(disagreeing.contains(&liar));
-            }
-            Outcome::Failed(reason) => panic!("job failed: {reason:?}"),
-        }
+    for (_, agreeing, disagreeing) in results {
+        assert!(!agreeing.contains(&liar), "a wrong output was accepted");
+        outvoted += usize::from(disagreeing.contains(&liar));
     }
     assert!(outvoted > 0, "the liar was never drawn: the test proves nothing");
     let earnings = submitter.earnings();
