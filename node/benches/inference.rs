@@ -15,6 +15,11 @@ use fleetmesh_node::inference::{Model, digits::Digits};
 /// The sentences both sides embed (scripts/bench_torch.py reads the same file).
 const SENTENCES: &str = include_str!("../../scripts/bench-sentences.txt");
 
+/// `BENCH_ONLY=model/batch` (e.g. `mnist-cnn/1`) runs one case only, for profiling.
+fn selected(model: &str, batch: usize) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only == format!("{model}/{batch}"))
+}
+
 fn measure(items_per_call: usize, min_secs: f64, mut call: impl FnMut()) -> f64 {
     call(); // warm-up
     let start = Instant::now();
@@ -24,6 +29,13 @@ fn measure(items_per_call: usize, min_secs: f64, mut call: impl FnMut()) -> f64 
         calls += 1;
     }
     (calls * items_per_call) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Prints one result line, if the case is selected.
+fn case(model: &str, batch: usize, secs: f64, call: impl FnMut()) {
+    if selected(model, batch) {
+        println!("RESULT {model} {batch} {:.1}", measure(batch, secs, call));
+    }
 }
 
 fn main() {
@@ -38,14 +50,8 @@ fn main() {
     let digits = Digits::embedded().unwrap();
     let img = vec![8u8; 64];
     let batch: Vec<&[u8]> = vec![img.as_slice(); 64];
-    println!(
-        "RESULT digits 1 {:.1}",
-        measure(1, secs, || drop(digits.run_batch(&batch[..1]).unwrap()))
-    );
-    println!(
-        "RESULT digits 64 {:.1}",
-        measure(64, secs, || drop(digits.run_batch(&batch).unwrap()))
-    );
+    case("digits", 1, secs, || drop(digits.run_batch(&batch[..1]).unwrap()));
+    case("digits", 64, secs, || drop(digits.run_batch(&batch).unwrap()));
 
     match (
         MnistCnn::from_assets(&assets).unwrap(),
@@ -53,14 +59,10 @@ fn main() {
     ) {
         (Some(model), Some(images)) => {
             let refs: Vec<&[u8]> = images.iter().take(64).map(|(x, _)| x.as_slice()).collect();
-            println!(
-                "RESULT mnist-cnn 1 {:.1}",
-                measure(1, secs, || drop(model.run_batch(&refs[..1]).unwrap()))
-            );
-            println!(
-                "RESULT mnist-cnn 64 {:.1}",
-                measure(64, secs, || drop(model.run_batch(&refs).unwrap()))
-            );
+            case("mnist-cnn", 1, secs, || {
+                drop(model.run_batch(&refs[..1]).unwrap())
+            });
+            case("mnist-cnn", 64, secs, || drop(model.run_batch(&refs).unwrap()));
         }
         _ => println!("SKIPPED mnist-cnn: run scripts/fetch-assets.sh mnist"),
     }
@@ -68,17 +70,11 @@ fn main() {
         Some(model) => {
             let texts: Vec<&[u8]> = SENTENCES.lines().cycle().take(32).map(str::as_bytes).collect();
             let mut i = 0;
-            println!(
-                "RESULT minilm 1 {:.1}",
-                measure(1, secs, || {
-                    i = (i + 1) % texts.len();
-                    drop(model.run_batch(&texts[i..i + 1]).unwrap())
-                })
-            );
-            println!(
-                "RESULT minilm 32 {:.1}",
-                measure(32, secs, || drop(model.run_batch(&texts).unwrap()))
-            );
+            case("minilm", 1, secs, || {
+                i = (i + 1) % texts.len();
+                drop(model.run_batch(&texts[i..i + 1]).unwrap())
+            });
+            case("minilm", 32, secs, || drop(model.run_batch(&texts).unwrap()));
         }
         None => println!("SKIPPED minilm: run scripts/fetch-assets.sh minilm"),
     }
