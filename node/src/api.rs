@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::jobs::Jobs;
 use crate::net::NetClient;
 
 /// What the API handlers share.
@@ -21,6 +22,8 @@ use crate::net::NetClient;
 pub struct ApiState {
     /// The network task.
     pub net: NetClient,
+    /// The job roles (submit and inspect jobs).
+    pub jobs: Jobs,
     /// This node's id.
     pub node_id: NodeId,
     /// When the node started.
@@ -86,10 +89,103 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     }
 }
 
+/// `POST /v1/jobs` body: a model name and one input (bytes, or text for text models).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// Model name, as `fleetmesh models` lists it.
+    #[serde(default)]
+    pub model: String,
+    /// The input bytes (e.g. 64 pixels 0..=16 for digits).
+    #[serde(default)]
+    pub input: Option<Vec<u8>>,
+    /// The input as text (for minilm).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Agreeing workers required (default 2).
+    #[serde(default)]
+    pub replicas: Option<u8>,
+    /// Wait for the verdict before answering.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+async fn submit(
+    State(s): State<ApiState>,
+    body: Result<Json<SubmitRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let Some(model) = s.jobs.registry().by_name(&req.model) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown model '{}'", req.model));
+    };
+    let input = match (req.input, req.text) {
+        (Some(bytes), None) => bytes,
+        (None, Some(text)) => text.into_bytes(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of 'input' (bytes) or 'text'",
+            );
+        }
+    };
+    if let Err(e) = model.check_input(&input) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let job = match s.jobs.submit(model.id(), input, req.replicas.unwrap_or(2)).await {
+        Ok(job) => job,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    };
+    if req.wait
+        && let Err(e) = s.jobs.wait(job).await
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+    }
+    match s.jobs.view(&job) {
+        Some(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "job vanished"),
+    }
+}
+
+async fn job(State(s): State<ApiState>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    let Ok(id) = id.parse::<fleetmesh_protocol::JobId>() else {
+        return error(StatusCode::BAD_REQUEST, "a job id is 64 hex digits");
+    };
+    match s.jobs.view(&id) {
+        Some(view) => Json(view).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no job {id} submitted from this node"),
+        ),
+    }
+}
+
+async fn earnings(State(s): State<ApiState>) -> Response {
+    let rows: Vec<serde_json::Value> = s
+        .jobs
+        .earnings()
+        .into_iter()
+        .map(|(node, e)| {
+            serde_json::json!({
+                "node": node.to_string(),
+                "jobs": e.jobs,
+                "credit": e.credit,
+                "energy_uwh": e.energy_uwh,
+            })
+        })
+        .collect();
+    Json(rows).into_response()
+}
+
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/jobs", axum::routing::post(submit))
+        .route("/v1/jobs/{id}", get(job))
+        .route("/v1/earnings", get(earnings))
         .route("/metrics", get(metrics))
         .with_state(state)
 }

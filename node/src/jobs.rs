@@ -125,6 +125,29 @@ struct State {
     receipts: BTreeMap<(JobId, NodeId), Signed<Receipt>>,
 }
 
+/// A submitted job as the local API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobView {
+    /// Job id (hex).
+    pub job: String,
+    /// Model id (hex).
+    pub model: String,
+    /// `pending`, `accepted` or `failed`.
+    pub state: &'static str,
+    /// Accepted output, hex.
+    pub output_hex: Option<String>,
+    /// Accepted output read as little-endian f32 (when its length allows).
+    pub values: Option<Vec<f32>>,
+    /// Workers whose outputs agreed (node ids).
+    pub agreeing: Vec<String>,
+    /// Workers assigned so far.
+    pub workers_assigned: usize,
+    /// Receipts issued.
+    pub receipts: usize,
+    /// Why the job failed.
+    pub reason: Option<String>,
+}
+
 /// Per-node totals from the receipts this node has seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Earnings {
@@ -749,6 +772,47 @@ impl Jobs {
             }
         }
         out
+    }
+
+    /// The models this node runs (and can submit jobs for).
+    pub fn registry(&self) -> &crate::inference::Registry {
+        self.inner.executor.registry()
+    }
+
+    /// A job this node submitted, as the local API shows it.
+    pub fn view(&self, job: &JobId) -> Option<JobView> {
+        let state = self.state();
+        let sub = state.submitted.get(job)?;
+        let mut view = JobView {
+            job: job.to_string(),
+            model: sub.offer.model.to_string(),
+            state: "pending",
+            output_hex: None,
+            values: None,
+            agreeing: Vec::new(),
+            workers_assigned: sub.job.slots().count(),
+            receipts: 0,
+            reason: None,
+        };
+        if let Some(result) = &sub.result {
+            view.receipts = result.receipts;
+            match &result.outcome {
+                Outcome::Accepted { output, agreeing, .. } => {
+                    view.state = "accepted";
+                    view.output_hex = Some(hex::encode(output));
+                    view.values = output
+                        .len()
+                        .is_multiple_of(4)
+                        .then(|| crate::inference::f32s(output));
+                    view.agreeing = agreeing.iter().map(NodeId::to_string).collect();
+                }
+                Outcome::Failed(reason) => {
+                    view.state = "failed";
+                    view.reason = Some(format!("{reason:?}"));
+                }
+            }
+        }
+        Some(view)
     }
 
     /// Receipts this node has seen.

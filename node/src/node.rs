@@ -64,16 +64,18 @@ pub async fn start_with(
     let mut metrics_registry = MetricsRegistry::with_prefix("");
     let metrics = Metrics::register(&mut metrics_registry);
     let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), cancel.clone())?;
+    let executor = Executor::start(registry, ExecutorConfig::default());
+    let node_id = key.node_id();
+    let jobs = Jobs::new(key, net.clone(), executor, jobs_cfg);
     let state = ApiState {
         net: net.clone(),
-        node_id: key.node_id(),
+        jobs: jobs.clone(),
+        node_id,
         started: Instant::now(),
         registry: Arc::new(metrics_registry),
     };
     let (api_addr, api_task) = api::serve(cfg.api.listen, state, cancel.clone()).await?;
-    info!(peer_id = %net.peer_id(), node_id = %key.node_id(), api = %api_addr, "node started");
-    let executor = Executor::start(registry, ExecutorConfig::default());
-    let jobs = Jobs::new(key, net.clone(), executor, jobs_cfg);
+    info!(peer_id = %net.peer_id(), node_id = %node_id, api = %api_addr, "node started");
     let handler = tokio::spawn(handle_events(events, jobs.clone(), net.clone(), cancel));
     Ok(Node {
         net,

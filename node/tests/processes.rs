@@ -9,15 +9,26 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetmesh");
 
-/// GET a path from a local API, returning the JSON body.
-fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+/// Sends one HTTP/1.0 request to a local API, returning the status code and the JSON body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, serde_json::Value)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    let body = response.split("\r\n\r\n").nth(1)?;
-    serde_json::from_str(body).ok()
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let json = serde_json::from_str(response.split("\r\n\r\n").nth(1)?).ok()?;
+    Some((code, json))
+}
+
+/// GET a path from a local API, returning the JSON body.
+fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    http(port, "GET", path, "").map(|(_, json)| json)
 }
 
 fn alive(pid: &str) -> bool {
@@ -30,6 +41,83 @@ fn alive(pid: &str) -> bool {
 /// Ports unlikely to collide with other tests or runs: derived from the process id.
 fn port_base(range_start: u16) -> u16 {
     range_start + (std::process::id() % 1_000) as u16 * 10
+}
+
+/// Runs scripts/testnet.sh with this test's binary, folder and ports.
+fn testnet(dir: &Path, p2p: u16, api: u16, args: &[&str]) -> std::process::Output {
+    Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/testnet.sh"))
+        .args(args)
+        .env("FLEETMESH_BIN", BIN)
+        .env("TESTNET_DIR", dir)
+        .env("TESTNET_PORT", p2p.to_string())
+        .env("TESTNET_API_PORT", api.to_string())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn jobs_submitted_over_the_local_api_are_verified_by_other_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p2p, api) = (port_base(21_000), port_base(41_000));
+    assert!(testnet(dir.path(), p2p, api, &["start", "3"]).status.success());
+    let result = std::panic::catch_unwind(|| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let peers: Vec<u64> = (0..3)
+                .map(|i| {
+                    get_json(api + i, "/v1/status").map_or(0, |s| s["connected_peers"].as_u64().unwrap_or(0))
+                })
+                .collect();
+            if peers.iter().all(|p| *p == 2) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_millis(1500)); // gossip mesh
+        // Digit 0 from the held-out set: node 1 submits, the two other processes compute and agree.
+        let pixels = "[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]";
+        let body = format!(r#"{{"model":"digits","input":{pixels},"replicas":2,"wait":true}}"#);
+        let (code, view) = http(api, "POST", "/v1/jobs", &body).expect("POST /v1/jobs");
+        assert_eq!(code, 202, "{view}");
+        assert_eq!(view["state"], "accepted", "{view}");
+        assert_eq!(view["agreeing"].as_array().unwrap().len(), 2);
+        let values: Vec<f64> = view["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let class = (0..10).max_by(|a, b| values[*a].total_cmp(&values[*b])).unwrap();
+        assert_eq!(class, 0);
+        let again = get_json(api, &format!("/v1/jobs/{}", view["job"].as_str().unwrap())).unwrap();
+        assert_eq!(again["state"], "accepted");
+        let (code, err) = http(api, "POST", "/v1/jobs", r#"{"model":"nope","input":[1]}"#).unwrap();
+        assert_eq!(code, 404, "{err}");
+        let (code, err) = http(api, "POST", "/v1/jobs", r#"{"model":"digits","input":[1,2,3]}"#).unwrap();
+        assert_eq!(code, 400);
+        assert!(err["error"].as_str().unwrap().contains("expected 64"), "{err}");
+        let earnings = get_json(api, "/v1/earnings").unwrap();
+        assert_eq!(earnings.as_array().unwrap().len(), 2, "{earnings}");
+
+        // The CLI submits a batch file through the same API, one job per row.
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/digits/sample.csv");
+        let home = tempfile::tempdir().unwrap();
+        let api_addr = format!("127.0.0.1:{api}");
+        let out = fleetmesh(
+            home.path(),
+            &[
+                "submit", "--model", "digits", "--input", sample, "--wait", "--api", &api_addr,
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.matches(" accepted class ").count(), 5, "{stdout}");
+    });
+    assert!(testnet(dir.path(), p2p, api, &["stop"]).status.success());
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[test]
@@ -94,6 +182,32 @@ fn fleetmesh(home: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+#[test]
+fn submitting_to_an_unreachable_node_is_one_clear_line() {
+    let home = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/digits/sample.csv");
+    let out = fleetmesh(
+        home.path(),
+        &[
+            "submit",
+            "--model",
+            "digits",
+            "--input",
+            sample,
+            "--api",
+            &closed.to_string(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no fleetmesh node answers"), "{err}");
 }
 
 #[test]
