@@ -182,13 +182,12 @@ fn refuse(why: &str) -> Vec<u8> {
     reply(Reply::refused(why))
 }
 
-fn random_salt() -> [u8; 32] {
+/// A secret salt for a commitment; `None` if the system has no randomness (the job is then handed back:
+/// a guessable salt would let the commitment leak the output).
+fn random_salt() -> Option<[u8; 32]> {
     let mut salt = [0u8; 32];
-    if getrandom::fill(&mut salt).is_err() {
-        // No system randomness: a per-call hash of time and address still differs between jobs.
-        salt = *blake3::hash(&now_ms().to_le_bytes()).as_bytes();
-    }
-    salt
+    getrandom::fill(&mut salt).ok()?;
+    Some(salt)
 }
 
 /// Decodes a signed request and checks that its author is the peer that sent it.
@@ -276,10 +275,15 @@ impl Jobs {
                 result: None,
             },
         );
-        self.inner
+        if let Err(e) = self
+            .inner
             .net
             .publish(Topic::Offers, codec::encode(&signed))
-            .await?;
+            .await
+        {
+            self.state().submitted.remove(&id);
+            return Err(e.into());
+        }
         Ok(id)
     }
 
@@ -648,7 +652,10 @@ impl Jobs {
         // Energy = active power x compute time, in microwatt-hours (at least 1 for any work done).
         let energy_uwh =
             ((self.inner.cfg.active_watts * out.compute.as_secs_f64() / 3600.0 * 1e6).round() as u64).max(1);
-        let salt = random_salt();
+        let Some(salt) = random_salt() else {
+            self.withdraw(job, &offer, WithdrawReason::Overloaded).await;
+            return;
+        };
         let commitment = ResultCommit::commitment_for(&job, &self.inner.me, &output, &salt);
         if let Some(w) = self.state().work.get_mut(&job) {
             w.done = Some(Done {
