@@ -66,7 +66,9 @@ pub struct DemoSummary {
     pub credits: Vec<NodeLine>,
 }
 
-fn node_config(bootstrap: Option<&Multiaddr>, peers: usize) -> NodeConfig {
+/// The configuration of a local-fleet node: loopback TCP on a free port, DHT server, listen address
+/// advertised as is, API on a free loopback port, `bootstrap` as its only known peer.
+pub fn node_config(bootstrap: Option<&Multiaddr>, peers: usize) -> NodeConfig {
     let mut cfg = NodeConfig::default();
     cfg.net.listen =
         vec![Multiaddr::from(std::net::Ipv4Addr::LOCALHOST).with(libp2p::multiaddr::Protocol::Tcp(0))];
@@ -150,14 +152,15 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         cfg.nodes > usize::from(cfg.replicas),
         "need at least replicas + 1 nodes (one submits)"
     );
-    let model = Registry::with_defaults(None)?
-        .by_name("digits")
-        .ok_or_else(|| anyhow::anyhow!("digits model missing"))?
-        .id();
     eprintln!("starting {} nodes on 127.0.0.1 ...", cfg.nodes);
     let started = Instant::now();
     let fleet = Fleet::start(cfg.nodes).await?;
     let submitter = fleet.submitter();
+    let model = submitter
+        .registry()
+        .by_name("digits")
+        .ok_or_else(|| anyhow::anyhow!("digits model missing"))?
+        .id();
     eprintln!(
         "fleet connected in {:.1} s; submitting {} digits jobs from node {} (replicas {})",
         started.elapsed().as_secs_f64(),

@@ -5,24 +5,13 @@
 use std::time::{Duration, Instant};
 
 use fleetmesh_consensus::job::Outcome;
-use fleetmesh_node::config::{KadMode, NodeConfig};
+use fleetmesh_node::demo;
 use fleetmesh_node::inference::{Model, Registry, digits};
 use fleetmesh_node::jobs::{JobsConfig, WorkerBehaviour};
 use fleetmesh_node::node::{self, Node};
 use fleetmesh_protocol::{NodeId, NodeKey};
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
-
-fn config(bootstrap: Option<&Multiaddr>, peers: usize) -> NodeConfig {
-    let mut cfg = NodeConfig::default();
-    cfg.net.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    cfg.net.bootstrap = bootstrap.cloned().into_iter().collect();
-    cfg.net.kademlia_mode = KadMode::Server;
-    cfg.net.public = true;
-    cfg.net.target_peers = peers;
-    cfg.api.listen = "127.0.0.1:0".parse().unwrap();
-    cfg
-}
 
 fn jobs_config(behaviour: WorkerBehaviour) -> JobsConfig {
     JobsConfig {
@@ -43,7 +32,7 @@ async fn fleet(behaviours: &[WorkerBehaviour]) -> Vec<(Node, CancellationToken)>
         let key = NodeKey::from_seed([i as u8 + 60; 32]);
         let node = node::start_with(
             key,
-            config(boot.as_ref(), n),
+            demo::node_config(boot.as_ref(), n),
             registry.clone(),
             jobs_config(*b),
             cancel.clone(),
