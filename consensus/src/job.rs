@@ -86,7 +86,7 @@ impl SlotState {
 }
 
 /// The final outcome of a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// A quorum agreed: the accepted output and the workers whose outputs agree with it.
     Accepted {
@@ -103,7 +103,7 @@ pub enum Outcome {
 }
 
 /// Why a job failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FailReason {
     /// Every allowed worker was drawn and no group agreed by quorum or strict majority.
     NoAgreement,

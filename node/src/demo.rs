@@ -16,6 +16,7 @@ use crate::config::{KadMode, NodeConfig};
 use crate::inference::{self, Registry, digits};
 use crate::jobs::JobsConfig;
 use crate::node::{self, Node};
+use crate::store::Store;
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -103,7 +104,17 @@ impl Fleet {
             async move {
                 let key = random_key()?;
                 let cfg = node_config(bootstrap.as_ref(), n);
-                node::start_with(key, cfg, registry, JobsConfig::default(), cancel).await
+                let store = Store::temporary()?;
+                node::start_with(
+                    key,
+                    cfg,
+                    registry,
+                    JobsConfig::default(),
+                    Default::default(),
+                    store,
+                    cancel,
+                )
+                .await
             }
         };
         let first = start_node(None).await?;

@@ -23,6 +23,8 @@ use tracing::{debug, warn};
 use crate::inference::executor::{CancelFlag, Executor};
 use crate::inference::numeric_class;
 use crate::net::{self, NetClient, Topic};
+use crate::share::Share;
+use crate::store::{DoneRecord, Store, SubmittedRecord, WorkRecord};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -80,9 +82,9 @@ impl Default for JobsConfig {
 }
 
 /// The verdict of a submitted job, as its submitter saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobResult {
-    /// The job.
+    /// The job (the id its submitter was given, even if it was re-offered under another).
     pub job: JobId,
     /// Accepted output and agreeing workers, or the failure reason.
     pub outcome: Outcome,
@@ -95,8 +97,12 @@ pub struct JobResult {
 }
 
 struct Submitted {
+    /// The id the job's user knows (the first offer's id).
+    original: JobId,
     offer: JobOffer,
     job: Job,
+    /// Found unfinished at start; waits to be offered again (its old offer is ignored meanwhile).
+    stale: bool,
     claims: HashMap<NodeId, Signed<WorkClaim>>,
     waiters: Vec<oneshot::Sender<JobResult>>,
     result: Option<JobResult>,
@@ -104,22 +110,31 @@ struct Submitted {
 
 struct Work {
     offer: JobOffer,
-    done: Option<Done>,
+    done: Option<DoneRecord>,
     cancel: CancelFlag,
     /// The output was revealed: the job no longer takes this worker's capacity.
     revealed: bool,
 }
 
-struct Done {
-    output: Vec<u8>,
-    salt: [u8; 32],
-    compute_us: u64,
-    energy_uwh: u64,
+impl Work {
+    fn record(&self) -> WorkRecord {
+        WorkRecord {
+            offer: self.offer.clone(),
+            done: self.done.clone(),
+            revealed: self.revealed,
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
+    /// Submitted jobs by the id of the offer in force.
     submitted: HashMap<JobId, Submitted>,
+    /// The id a user knows -> the id of the offer in force.
+    aliases: HashMap<JobId, JobId>,
+    /// Unfinished jobs found at start, to offer again once the mesh takes offers.
+    to_reoffer: Vec<(JobId, JobOffer)>,
+    reoffering: bool,
     offers: HashMap<JobId, JobOffer>,
     work: HashMap<JobId, Work>,
     receipts: BTreeMap<(JobId, NodeId), Signed<Receipt>>,
@@ -165,6 +180,8 @@ struct Inner {
     net: NetClient,
     executor: Executor,
     cfg: JobsConfig,
+    store: Store,
+    share: Share,
     state: Mutex<State>,
 }
 
@@ -201,8 +218,17 @@ fn authored<T: Signable>(peer: &PeerId, data: &[u8]) -> Result<Signed<T>, &'stat
 }
 
 impl Jobs {
-    /// The job roles of the node with `key`, using `net` and running inference on `executor`.
-    pub fn new(key: NodeKey, net: NetClient, executor: Executor, cfg: JobsConfig) -> Self {
+    /// The job roles of the node with `key`, using `net`, running inference on `executor` and keeping
+    /// its state in `store`. Call [`Jobs::resume`] once to pick up what the store holds.
+    /// Models it lacks are fetched from peers through `share`.
+    pub fn new(
+        key: NodeKey,
+        net: NetClient,
+        executor: Executor,
+        cfg: JobsConfig,
+        store: Store,
+        share: Share,
+    ) -> Self {
         let me = key.node_id();
         Self {
             inner: Arc::new(Inner {
@@ -211,8 +237,108 @@ impl Jobs {
                 net,
                 executor,
                 cfg,
+                store,
+                share,
                 state: Mutex::new(State::default()),
             }),
+        }
+    }
+
+    /// Picks up what the store holds after a restart: receipts; verdicts of submitted jobs; unfinished
+    /// submitted jobs, which are offered again (under a fresh offer, keeping the id the user knows);
+    /// finished but unrevealed work, whose commitment is sent again; and unfinished work, which is run
+    /// again if its deadline allows.
+    pub fn resume(&self) {
+        let store = &self.inner.store;
+        let receipts = store.receipts();
+        let submitted = store.submitted();
+        let work = store.work();
+        let now = now_ms();
+        let (mut pending, mut decided, mut recommit, mut rerun) = (0, 0, 0, 0);
+        let mut state = self.state();
+        for r in receipts {
+            let key = (r.body.claim.body.job, r.body.claim.body.worker);
+            state.receipts.insert(key, r);
+        }
+        for (original, record) in submitted {
+            match record.result {
+                Some(result) => {
+                    decided += 1;
+                    let id = record.offer.id();
+                    let job = Job::new(&record.offer, JobConfig::for_offer(&record.offer, 0));
+                    state.aliases.insert(original, id);
+                    state.submitted.insert(
+                        id,
+                        Submitted {
+                            original,
+                            offer: record.offer,
+                            job,
+                            stale: false,
+                            claims: HashMap::new(),
+                            waiters: Vec::new(),
+                            result: Some(result),
+                        },
+                    );
+                }
+                None => {
+                    pending += 1;
+                    let id = record.offer.id();
+                    let job = Job::new(&record.offer, JobConfig::for_offer(&record.offer, 0));
+                    state.aliases.insert(original, id);
+                    state.to_reoffer.push((original, record.offer.clone()));
+                    state.submitted.insert(
+                        id,
+                        Submitted {
+                            original,
+                            offer: record.offer,
+                            job,
+                            stale: true,
+                            claims: HashMap::new(),
+                            waiters: Vec::new(),
+                            result: None,
+                        },
+                    );
+                }
+            }
+        }
+        for (job, record) in work {
+            if record.offer.deadline_ms <= now || record.revealed {
+                let _ = store.remove_work(&job);
+                continue;
+            }
+            state.offers.insert(job, record.offer.clone());
+            let cancel = CancelFlag::default();
+            let w = Work {
+                offer: record.offer.clone(),
+                done: record.done.clone(),
+                cancel: cancel.clone(),
+                revealed: false,
+            };
+            state.work.insert(job, w);
+            let this = self.clone();
+            match (record.done, record.offer.input.clone()) {
+                (Some(done), _) => {
+                    recommit += 1;
+                    let submitter = record.offer.submitter;
+                    tokio::spawn(async move { this.send_commit(job, submitter, &done).await });
+                }
+                (None, JobInput::Inline(input)) => {
+                    rerun += 1;
+                    let offer = record.offer;
+                    tokio::spawn(async move { this.compute(job, offer, input, cancel).await });
+                }
+                (None, JobInput::Content { .. }) => {}
+            }
+        }
+        if pending + decided + recommit + rerun > 0 {
+            tracing::info!(
+                pending,
+                decided,
+                recommit,
+                rerun,
+                receipts = state.receipts.len(),
+                "resumed from the store"
+            );
         }
     }
 
@@ -232,7 +358,34 @@ impl Jobs {
     // ---------------------------------------------------------------- submitter
 
     /// Offers a job to the fleet: signs and gossips the offer. Returns its id; see [`Jobs::wait`].
+    ///
+    /// The job is on disk before this returns: a restart after `kill -9` offers it again.
     pub async fn submit(&self, model: ModelId, input: Vec<u8>, replicas: u8) -> anyhow::Result<JobId> {
+        let rule = self
+            .inner
+            .executor
+            .registry()
+            .get(&model)
+            .map_or(fleetmesh_protocol::messages::AgreementRule::Exact, |m| {
+                m.manifest().rule
+            });
+        let offer = self.new_offer(model, JobInput::Inline(input), rule, replicas.max(1))?;
+        let id = offer.id();
+        if let Err(e) = self.offer(id, offer).await {
+            self.forget(id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// A fresh offer (new nonce and times) signed by this node.
+    fn new_offer(
+        &self,
+        model: ModelId,
+        input: JobInput,
+        rule: fleetmesh_protocol::messages::AgreementRule,
+        replicas: u8,
+    ) -> anyhow::Result<JobOffer> {
         let now = now_ms();
         let cfg = &self.inner.cfg;
         let mut nonce = [0u8; 8];
@@ -241,22 +394,22 @@ impl Jobs {
             submitter: self.inner.me,
             nonce: u64::from_le_bytes(nonce),
             model,
-            input: JobInput::Inline(input),
-            rule: self
-                .inner
-                .executor
-                .registry()
-                .get(&model)
-                .map_or(fleetmesh_protocol::messages::AgreementRule::Exact, |m| {
-                    m.manifest().rule
-                }),
-            replicas: replicas.max(1),
+            input,
+            rule,
+            replicas,
             reward: cfg.price,
             created_ms: now,
             expires_ms: now + cfg.offer_ttl_ms,
             deadline_ms: now + cfg.deadline_ms,
         };
         codec::encode_checked(&offer)?;
+        Ok(offer)
+    }
+
+    /// Records `offer` as the one in force for the job its user knows as `original`, makes that durable,
+    /// then gossips it.
+    async fn offer(&self, original: JobId, offer: JobOffer) -> anyhow::Result<()> {
+        let cfg = &self.inner.cfg;
         let id = offer.id();
         let job_cfg = JobConfig {
             commit_timeout_ms: cfg.step_timeout_ms,
@@ -265,35 +418,101 @@ impl Jobs {
         };
         let job = Job::new(&offer, job_cfg);
         let signed = Signed::sign(offer.clone(), &self.inner.key)?;
-        self.state().submitted.insert(
-            id,
-            Submitted {
-                offer,
-                job,
-                claims: HashMap::new(),
-                waiters: Vec::new(),
+        self.inner.store.put_submitted(
+            &original,
+            &SubmittedRecord {
+                offer: offer.clone(),
                 result: None,
             },
-        );
-        if let Err(e) = self
-            .inner
+        )?;
+        {
+            let mut state = self.state();
+            let waiters = match state.aliases.insert(original, id) {
+                Some(old) => state
+                    .submitted
+                    .remove(&old)
+                    .map(|s| s.waiters)
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            state.submitted.insert(
+                id,
+                Submitted {
+                    original,
+                    offer,
+                    job,
+                    stale: false,
+                    claims: HashMap::new(),
+                    waiters,
+                    result: None,
+                },
+            );
+        }
+        self.inner.store.flush().await?;
+        self.inner
             .net
             .publish(Topic::Offers, codec::encode(&signed))
-            .await
-        {
-            self.state().submitted.remove(&id);
-            return Err(e.into());
+            .await?;
+        Ok(())
+    }
+
+    /// Drops a job whose offer could not be published.
+    fn forget(&self, original: JobId) {
+        let mut state = self.state();
+        if let Some(id) = state.aliases.remove(&original) {
+            state.submitted.remove(&id);
         }
-        Ok(id)
+        drop(state);
+        let _ = self.inner.store.remove_submitted(&original);
+    }
+
+    /// Offers the unfinished jobs found at start again, once the mesh has peers to take them.
+    fn reoffer(&self) {
+        let todo = {
+            let mut state = self.state();
+            if state.to_reoffer.is_empty() || state.reoffering {
+                return;
+            }
+            state.reoffering = true;
+            std::mem::take(&mut state.to_reoffer)
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut left = Vec::new();
+            let mut done = 0usize;
+            for (original, old) in todo {
+                let fresh = match this.new_offer(old.model, old.input.clone(), old.rule, old.replicas) {
+                    Ok(offer) => offer,
+                    Err(_) => {
+                        left.push((original, old));
+                        continue;
+                    }
+                };
+                match this.offer(original, fresh).await {
+                    Ok(()) => done += 1,
+                    Err(e) => {
+                        debug!(job = %original.short(), error = %e, "cannot offer the job again yet");
+                        left.push((original, old));
+                    }
+                }
+            }
+            if done > 0 {
+                tracing::info!(jobs = done, "unfinished jobs offered again");
+            }
+            let mut state = this.state();
+            state.to_reoffer.extend(left);
+            state.reoffering = false;
+        });
     }
 
     /// Waits for the verdict of a job this node submitted.
     pub async fn wait(&self, job: JobId) -> anyhow::Result<JobResult> {
         let rx = {
             let mut state = self.state();
+            let current = state.aliases.get(&job).copied().unwrap_or(job);
             let sub = state
                 .submitted
-                .get_mut(&job)
+                .get_mut(&current)
                 .ok_or_else(|| anyhow::anyhow!("unknown job {job}"))?;
             if let Some(result) = &sub.result {
                 return Ok(result.clone());
@@ -310,8 +529,8 @@ impl Jobs {
         let actions = {
             let mut state = self.state();
             match state.submitted.get_mut(&job) {
-                Some(sub) => input(&mut sub.job),
-                None => return,
+                Some(sub) if !sub.stale => input(&mut sub.job),
+                _ => return,
             }
         };
         for action in actions {
@@ -460,7 +679,7 @@ impl Jobs {
                 .max()
                 .unwrap_or(0);
             let result = JobResult {
-                job,
+                job: sub.original,
                 outcome,
                 workers_assigned: sub.job.slots().count(),
                 receipts: receipts.len(),
@@ -468,16 +687,32 @@ impl Jobs {
             };
             sub.result = Some(result.clone());
             let waiters = std::mem::take(&mut sub.waiters);
+            let record = SubmittedRecord {
+                offer: sub.offer.clone(),
+                result: Some(result.clone()),
+            };
+            let store = &self.inner.store;
+            if let Err(e) = store.put_submitted(&sub.original, &record) {
+                warn!(job = %job.short(), error = %e, "cannot store the verdict");
+            }
             for r in &receipts {
+                if let Err(e) = store.put_receipt(r) {
+                    warn!(job = %job.short(), error = %e, "cannot store a receipt");
+                }
                 state.receipts.insert((job, r.body.claim.body.worker), r.clone());
             }
             (receipts, result, waiters)
         };
-        for tx in waiters {
-            let _ = tx.send(result.clone());
-        }
-        let net = self.inner.net.clone();
+        let this = self.clone();
         tokio::spawn(async move {
+            // Durable before anyone hears of it: a verdict a user saw survives a crash.
+            if let Err(e) = this.inner.store.flush().await {
+                warn!(job = %job.short(), error = %e, "cannot flush the verdict");
+            }
+            for tx in waiters {
+                let _ = tx.send(result.clone());
+            }
+            let net = &this.inner.net;
             for r in receipts {
                 if let Err(e) = net.publish(Topic::Receipts, codec::encode(&r)).await {
                     debug!(error = %e, "receipt not gossiped");
@@ -499,6 +734,9 @@ impl Jobs {
             Topic::Receipts => {
                 if let Ok(receipt) = codec::decode::<Signed<Receipt>>(data) {
                     let key = (receipt.body.claim.body.job, receipt.body.claim.body.worker);
+                    if let Err(e) = self.inner.store.put_receipt(&receipt) {
+                        warn!(error = %e, "cannot store a receipt");
+                    }
                     self.state().receipts.entry(key).or_insert(receipt);
                 }
             }
@@ -506,7 +744,16 @@ impl Jobs {
     }
 
     fn on_offer(&self, offer: JobOffer) {
-        if offer.submitter == self.inner.me || self.inner.executor.registry().get(&offer.model).is_none() {
+        if offer.submitter == self.inner.me || now_ms() >= offer.expires_ms {
+            return;
+        }
+        if self.inner.executor.registry().get(&offer.model).is_none() {
+            // Fetch the model from peers (the submitter runs it), then bid if the offer is still open.
+            let this = self.clone();
+            let (model, submitter) = (offer.model, net::peer_id_of(&offer.submitter));
+            self.inner
+                .share
+                .want(model, Some(submitter), move || this.on_offer(offer));
             return;
         }
         let id = offer.id();
@@ -625,6 +872,10 @@ impl Jobs {
                 cancel: cancel.clone(),
                 revealed: false,
             };
+            if let Err(e) = self.inner.store.put_work(&a.job, &work.record()) {
+                warn!(job = %a.job.short(), error = %e, "cannot store the assignment");
+                return refuse("cannot store the assignment");
+            }
             state.work.insert(a.job, work);
             (offer, input)
         };
@@ -656,19 +907,39 @@ impl Jobs {
             self.withdraw(job, &offer, WithdrawReason::Overloaded).await;
             return;
         };
-        let commitment = ResultCommit::commitment_for(&job, &self.inner.me, &output, &salt);
-        if let Some(w) = self.state().work.get_mut(&job) {
-            w.done = Some(Done {
-                output,
-                salt,
-                compute_us,
-                energy_uwh,
-            });
+        let done = DoneRecord {
+            output,
+            salt,
+            compute_us,
+            energy_uwh,
+        };
+        let record = {
+            let mut state = self.state();
+            let Some(w) = state.work.get_mut(&job) else {
+                return; // handed back meanwhile
+            };
+            w.done = Some(done.clone());
+            w.record()
+        };
+        // The salt must survive a crash before the commitment leaves, or the output could never be revealed.
+        let stored = match self.inner.store.put_work(&job, &record) {
+            Ok(()) => self.inner.store.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            warn!(job = %job.short(), error = %e, "cannot store the result; handing the job back");
+            self.withdraw(job, &offer, WithdrawReason::Overloaded).await;
+            return;
         }
+        self.send_commit(job, offer.submitter, &done).await;
+    }
+
+    /// Sends the signed commitment to a computed result to the job's submitter.
+    async fn send_commit(&self, job: JobId, submitter: NodeId, done: &DoneRecord) {
         let commit = ResultCommit {
             job,
             worker: self.inner.me,
-            commitment,
+            commitment: ResultCommit::commitment_for(&job, &self.inner.me, &done.output, &done.salt),
         };
         let Ok(signed) = Signed::sign(commit, &self.inner.key) else {
             return;
@@ -676,7 +947,7 @@ impl Jobs {
         if let Err(e) = self
             .inner
             .net
-            .request(net::peer_id_of(&offer.submitter), codec::encode(&signed))
+            .request(net::peer_id_of(&submitter), codec::encode(&signed))
             .await
         {
             debug!(job = %job.short(), error = %e, "commit not delivered");
@@ -687,6 +958,9 @@ impl Jobs {
     pub async fn withdraw(&self, job: JobId, offer: &JobOffer, reason: WithdrawReason) {
         if let Some(w) = self.state().work.remove(&job) {
             w.cancel.cancel();
+        }
+        if let Err(e) = self.inner.store.remove_work(&job) {
+            warn!(job = %job.short(), error = %e, "cannot forget handed-back work");
         }
         let w = Withdraw {
             job,
@@ -718,6 +992,9 @@ impl Jobs {
             return refuse("not computed yet");
         };
         work.revealed = true;
+        if let Err(e) = self.inner.store.put_work(&r.job, &work.record()) {
+            warn!(job = %r.job.short(), error = %e, "cannot store the reveal");
+        }
         let reveal = ResultReveal {
             job: r.job,
             worker: self.inner.me,
@@ -754,14 +1031,26 @@ impl Jobs {
         let jobs: Vec<JobId> = {
             let mut state = self.state();
             state.offers.retain(|_, o| o.deadline_ms + 60_000 > now);
-            state.work.retain(|_, w| w.offer.deadline_ms + 60_000 > now);
+            let expired: Vec<JobId> = state
+                .work
+                .iter()
+                .filter(|(_, w)| w.offer.deadline_ms + 60_000 <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                state.work.remove(&id);
+                if let Err(e) = self.inner.store.remove_work(&id) {
+                    warn!(job = %id.short(), error = %e, "cannot forget old work");
+                }
+            }
             state
                 .submitted
                 .iter()
-                .filter(|(_, s)| s.result.is_none())
+                .filter(|(_, s)| s.result.is_none() && !s.stale)
                 .map(|(id, _)| *id)
                 .collect()
         };
+        self.reoffer();
         for job in jobs {
             self.drive(job, |j| j.on_tick(now));
         }
@@ -789,7 +1078,8 @@ impl Jobs {
     /// A job this node submitted, as the local API shows it.
     pub fn view(&self, job: &JobId) -> Option<JobView> {
         let state = self.state();
-        let sub = state.submitted.get(job)?;
+        let current = state.aliases.get(job).unwrap_or(job);
+        let sub = state.submitted.get(current)?;
         let mut view = JobView {
             job: job.to_string(),
             model: sub.offer.model.to_string(),
@@ -803,6 +1093,7 @@ impl Jobs {
         };
         if let Some(result) = &sub.result {
             view.receipts = result.receipts;
+            view.workers_assigned = result.workers_assigned;
             match &result.outcome {
                 Outcome::Accepted { output, agreeing, .. } => {
                     view.state = "accepted";

@@ -1,7 +1,7 @@
 //! # fleetmesh-node
 //!
-//! The node every car runs: identity, libp2p mesh, local HTTP API, burn inference engine, and (coming)
-//! sled storage and vehicle state. The `fleetmesh` binary is a thin CLI over this library, so that tests can
+//! The node every car runs: identity, libp2p mesh, local HTTP API, burn inference engine, sled storage,
+//! and (coming) vehicle state. The `fleetmesh` binary is a thin CLI over this library, so that tests can
 //! start nodes in-process.
 
 pub mod api;
@@ -15,3 +15,5 @@ pub mod keyfile;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod share;
+pub mod store;

@@ -224,7 +224,7 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<NodeKey> {
     }
 }
 
-fn run_node(home: &Path, args: RunArgs) -> anyhow::Result<()> {
+fn run_node(home: &Path, assets: &Path, args: RunArgs) -> anyhow::Result<()> {
     let mut cfg = load_config(home, args.config.as_deref())?;
     if !args.listen.is_empty() {
         cfg.net.listen = args.listen;
@@ -245,7 +245,9 @@ fn run_node(home: &Path, args: RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let cancel = CancellationToken::new();
-        let node = fleetmesh_node::node::start(key, cfg, cancel.clone()).await?;
+        let home = home.to_path_buf();
+        let assets = assets.is_dir().then(|| assets.to_path_buf());
+        let node = fleetmesh_node::node::start(key, cfg, &home, assets.as_deref(), cancel.clone()).await?;
         println!("peer_id {}", node.net.peer_id());
         println!("api http://{}", node.api_addr);
         tokio::signal::ctrl_c()
@@ -364,7 +366,11 @@ fn print_summary(s: &demo::DemoSummary) {
 fn infer(assets: &Path, name: &str, input: &Path) -> anyhow::Result<()> {
     let registry = Registry::with_defaults(Some(assets))?;
     let model = registry.by_name(name).ok_or_else(|| {
-        let known: Vec<String> = registry.models().map(|m| m.manifest().name.clone()).collect();
+        let known: Vec<String> = registry
+            .models()
+            .iter()
+            .map(|m| m.manifest().name.clone())
+            .collect();
         anyhow::anyhow!("unknown model '{name}' (installed: {})", known.join(", "))
     })?;
     let rows = match name {
@@ -407,7 +413,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             init_logging(cli.log_format, "info");
-            run_node(&cli.home, args)?;
+            run_node(&cli.home, &cli.assets, args)?;
         }
         Command::Keys {
             action: KeysAction::Generate { key, force },

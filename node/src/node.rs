@@ -17,6 +17,9 @@ use crate::inference::executor::{Executor, ExecutorConfig};
 use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, NetClient, NetEvent};
+use crate::share::{Share, ShareConfig};
+use crate::store::Store;
+use fleetmesh_protocol::codec::{self, Kind};
 
 /// A started node. Dropping it does not stop it: cancel the token given to [`start`], then [`Node::join`].
 pub struct Node {
@@ -28,6 +31,8 @@ pub struct Node {
     pub metrics: Metrics,
     /// The job roles (submit work, run work).
     pub jobs: Jobs,
+    /// Model distribution (serve and fetch models).
+    pub share: Share,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -40,24 +45,38 @@ impl Node {
     }
 }
 
-/// Starts a node with `key` and `cfg`; it runs until `cancel` fires.
-pub async fn start(key: NodeKey, cfg: NodeConfig, cancel: CancellationToken) -> anyhow::Result<Node> {
+/// Starts a node with `key` and `cfg`, keeping its database in `home/db` and loading fetched models from
+/// `assets` (if given); it runs until `cancel` fires.
+pub async fn start(
+    key: NodeKey,
+    cfg: NodeConfig,
+    home: &std::path::Path,
+    assets: Option<&std::path::Path>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Node> {
+    let store = Store::open(&home.join("db"))?;
+    let registry = Registry::with_defaults(assets)?;
     start_with(
         key,
         cfg,
-        Registry::with_defaults(None)?,
+        registry,
         JobsConfig::default(),
+        ShareConfig::default(),
+        store,
         cancel,
     )
     .await
 }
 
-/// Starts a node with the given models and job settings.
+/// Starts a node with the given models, job settings and store. What the store holds from an earlier run
+/// (unfinished jobs, unrevealed results, receipts) is picked up.
 pub async fn start_with(
     key: NodeKey,
     cfg: NodeConfig,
     registry: Registry,
     jobs_cfg: JobsConfig,
+    share_cfg: ShareConfig,
+    store: Store,
     cancel: CancellationToken,
 ) -> anyhow::Result<Node> {
     cfg.validate()?;
@@ -66,7 +85,10 @@ pub async fn start_with(
     let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), cancel.clone())?;
     let executor = Executor::start(registry, ExecutorConfig::default());
     let node_id = key.node_id();
-    let jobs = Jobs::new(key, net.clone(), executor, jobs_cfg);
+    let share = Share::new(net.clone(), store.clone(), executor.clone(), share_cfg);
+    share.start().await;
+    let jobs = Jobs::new(key, net.clone(), executor, jobs_cfg, store, share.clone());
+    jobs.resume();
     let state = ApiState {
         net: net.clone(),
         jobs: jobs.clone(),
@@ -76,12 +98,19 @@ pub async fn start_with(
     };
     let (api_addr, api_task) = api::serve(cfg.api.listen, state, cancel.clone()).await?;
     info!(peer_id = %net.peer_id(), node_id = %node_id, api = %api_addr, "node started");
-    let handler = tokio::spawn(handle_events(events, jobs.clone(), net.clone(), cancel));
+    let handler = tokio::spawn(handle_events(
+        events,
+        jobs.clone(),
+        share.clone(),
+        net.clone(),
+        cancel,
+    ));
     Ok(Node {
         net,
         api_addr,
         metrics,
         jobs,
+        share,
         tasks: vec![net_task, api_task, handler],
     })
 }
@@ -90,6 +119,7 @@ pub async fn start_with(
 async fn handle_events(
     mut events: mpsc::Receiver<NetEvent>,
     jobs: Jobs,
+    share: Share,
     net: NetClient,
     cancel: CancellationToken,
 ) {
@@ -104,9 +134,12 @@ async fn handle_events(
                     jobs.on_gossip(topic, &data);
                 }
                 Some(NetEvent::Request { peer, data, channel }) => {
-                    let (jobs, net) = (jobs.clone(), net.clone());
+                    let (jobs, share, net) = (jobs.clone(), share.clone(), net.clone());
                     tokio::spawn(async move {
-                        let answer = jobs.on_request(peer, &data).await;
+                        let answer = match codec::peek_kind(&data) {
+                            Ok((Kind::ManifestRequest | Kind::ChunkRequest, false)) => share.on_request(&data),
+                            _ => jobs.on_request(peer, &data).await,
+                        };
                         let _ = net.respond(channel, answer).await;
                     });
                 }

@@ -2,16 +2,16 @@
 //! executor and job roles.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleetmesh_consensus::job::Outcome;
-use fleetmesh_node::demo;
 use fleetmesh_node::inference::{Model, Registry, digits};
 use fleetmesh_node::jobs::{JobsConfig, WorkerBehaviour};
-use fleetmesh_node::node::{self, Node};
-use fleetmesh_protocol::{NodeId, NodeKey};
-use libp2p::Multiaddr;
+use fleetmesh_node::node::Node;
+use fleetmesh_protocol::NodeId;
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 fn jobs_config(behaviour: WorkerBehaviour) -> JobsConfig {
     JobsConfig {
@@ -21,43 +21,14 @@ fn jobs_config(behaviour: WorkerBehaviour) -> JobsConfig {
     }
 }
 
-/// Starts `behaviours.len()` nodes, each with its own cancellation token, and waits for a full mesh.
+/// Starts one node per behaviour, each with the digits model, and waits for a full mesh.
 async fn fleet(behaviours: &[WorkerBehaviour]) -> Vec<(Node, CancellationToken)> {
     let registry = Registry::with_defaults(None).unwrap();
-    let n = behaviours.len();
-    let mut nodes: Vec<(Node, CancellationToken)> = Vec::new();
-    let mut boot: Option<Multiaddr> = None;
-    for (i, b) in behaviours.iter().enumerate() {
-        let cancel = CancellationToken::new();
-        let key = NodeKey::from_seed([i as u8 + 60; 32]);
-        let node = node::start_with(
-            key,
-            demo::node_config(boot.as_ref(), n),
-            registry.clone(),
-            jobs_config(*b),
-            cancel.clone(),
-        )
-        .await
-        .unwrap();
-        if boot.is_none() {
-            boot = Some(node.net.dialable_addr(Duration::from_secs(2)).await.unwrap());
-        }
-        nodes.push((node, cancel));
-    }
-    let start = Instant::now();
-    loop {
-        let mut full = true;
-        for (node, _) in &nodes {
-            full &= node.net.status().await.unwrap().connected_peers + 1 >= n;
-        }
-        if full {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "fleet did not connect");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await; // gossip mesh
-    nodes
+    let specs = behaviours
+        .iter()
+        .map(|b| common::Spec::new(registry.clone(), jobs_config(*b)))
+        .collect();
+    common::fleet(specs, 60, None, 0).await
 }
 
 /// Submits one job per sample from `jobs` (the i-th after `i * spacing`) and returns, per job, the sample, its

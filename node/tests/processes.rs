@@ -296,3 +296,138 @@ fn demo_verifies_every_job_and_ends_with_a_json_summary() {
     let jobs_done: u64 = credits.iter().map(|c| c["jobs"].as_u64().unwrap()).sum();
     assert_eq!(jobs_done, 120, "two accepted replicas per job");
 }
+
+/// Polls every node's `/v1/status` until each sees `n - 1` peers (or 30 s pass).
+fn wait_connected(api: u16, n: u16) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let full = (0..n).all(|i| {
+            get_json(api + i, "/v1/status")
+                .is_some_and(|s| s["connected_peers"].as_u64() == Some(u64::from(n - 1)))
+        });
+        if full {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the testnet did not connect within 30 s");
+}
+
+/// Accepted jobs over every worker in `/v1/earnings` (one per accepted receipt).
+fn accepted_receipts(api: u16) -> u64 {
+    get_json(api, "/v1/earnings")
+        .and_then(|e| {
+            e.as_array()
+                .map(|rows| rows.iter().filter_map(|r| r["jobs"].as_u64()).sum())
+        })
+        .unwrap_or(0)
+}
+
+fn signal(pid: &str, sig: &str) {
+    assert!(Command::new("kill").args([sig, pid]).status().unwrap().success());
+}
+
+#[test]
+fn a_submitter_killed_with_sigkill_restarts_with_every_job_and_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p2p, api) = (port_base(22_000), port_base(42_000));
+    assert!(testnet(dir.path(), p2p, api, &["start", "3"]).status.success());
+    let pids_file = dir.path().join("pids");
+    let result = std::panic::catch_unwind(|| {
+        wait_connected(api, 3);
+        std::thread::sleep(Duration::from_millis(1500)); // gossip mesh
+        let submitter = api + 2; // node 3; nodes 1 and 2 work
+        let pixels = "[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]";
+        let submit = |wait: bool| {
+            let body = format!(r#"{{"model":"digits","input":{pixels},"replicas":2,"wait":{wait}}}"#);
+            let (code, view) = http(submitter, "POST", "/v1/jobs", &body).expect("POST /v1/jobs");
+            assert_eq!(code, 202, "{view}");
+            view
+        };
+        // Five jobs verified before the crash.
+        let mut done = Vec::new();
+        for _ in 0..5 {
+            let view = submit(true);
+            assert_eq!(view["state"], "accepted", "{view}");
+            done.push(view["job"].as_str().unwrap().to_string());
+        }
+        let receipts_before = accepted_receipts(submitter);
+        assert_eq!(receipts_before, 10);
+
+        // Freeze the workers so that the next jobs stay pending, submit them, and kill the submitter.
+        let pids: Vec<String> = std::fs::read_to_string(&pids_file)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        signal(&pids[0], "-STOP");
+        signal(&pids[1], "-STOP");
+        let pending: Vec<String> = (0..10)
+            .map(|_| {
+                let view = submit(false);
+                assert_eq!(view["state"], "pending", "{view}");
+                view["job"].as_str().unwrap().to_string()
+            })
+            .collect();
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[2])).unwrap();
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        signal(&pids[2], "-KILL");
+        let start = Instant::now();
+        while alive(&pids[2]) {
+            assert!(start.elapsed() < Duration::from_secs(5), "kill -9 did not kill");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        // Restart it exactly as the script started it, and let the workers go on.
+        let log = std::fs::File::create(dir.path().join("node3-restarted.log")).unwrap();
+        let restarted_child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let restarted = restarted_child.id().to_string();
+        std::fs::write(&pids_file, format!("{}\n{}\n{restarted}\n", pids[0], pids[1])).unwrap();
+        signal(&pids[0], "-CONT");
+        signal(&pids[1], "-CONT");
+
+        let start = Instant::now();
+        let mut states = Vec::new();
+        while start.elapsed() < Duration::from_secs(90) {
+            states = done
+                .iter()
+                .chain(&pending)
+                .map(|id| {
+                    get_json(submitter, &format!("/v1/jobs/{id}"))
+                        .map(|v| v["state"].as_str().unwrap_or("?").to_string())
+                        .unwrap_or_else(|| "unreachable".into())
+                })
+                .collect::<Vec<_>>();
+            if states.iter().all(|s| s == "accepted") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let log = std::fs::read_to_string(dir.path().join("node3-restarted.log")).unwrap_or_default();
+        assert!(
+            states.iter().all(|s| s == "accepted"),
+            "after the restart: {states:?}\n{log}"
+        );
+        // The five earlier verdicts' receipts were on disk; the ten re-offered jobs added their own.
+        assert_eq!(accepted_receipts(submitter), receipts_before + 20, "{log}");
+        assert!(log.contains("resumed from the store"), "{log}");
+        restarted_child
+    });
+    assert!(testnet(dir.path(), p2p, api, &["stop"]).status.success());
+    match result {
+        Ok(mut child) => {
+            child.wait().unwrap();
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}

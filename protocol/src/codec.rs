@@ -43,11 +43,17 @@ pub enum Kind {
     WorkReport = 11,
     /// [`Reply`](crate::messages::Reply)
     Reply = 12,
+    /// [`ManifestRequest`](crate::messages::ManifestRequest)
+    ManifestRequest = 13,
+    /// [`ChunkRequest`](crate::messages::ChunkRequest)
+    ChunkRequest = 14,
+    /// [`Chunk`](crate::messages::Chunk)
+    Chunk = 15,
 }
 
 impl Kind {
     /// All kinds, in tag order.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 15] = [
         Kind::JobOffer,
         Kind::Bid,
         Kind::Assignment,
@@ -60,6 +66,9 @@ impl Kind {
         Kind::RevealRequest,
         Kind::WorkReport,
         Kind::Reply,
+        Kind::ManifestRequest,
+        Kind::ChunkRequest,
+        Kind::Chunk,
     ];
 
     /// The kind with this tag (signed flag cleared), if any.
@@ -82,6 +91,9 @@ impl Kind {
             Kind::RevealRequest => b"fleetmesh/reveal-request/v1",
             Kind::WorkReport => b"fleetmesh/work-report/v1",
             Kind::Reply => b"fleetmesh/reply/v1",
+            Kind::ManifestRequest => b"fleetmesh/manifest-request/v1",
+            Kind::ChunkRequest => b"fleetmesh/chunk-request/v1",
+            Kind::Chunk => b"fleetmesh/chunk/v1",
         }
     }
 }

@@ -673,3 +673,74 @@ impl Message for Reply {
         Ok(())
     }
 }
+
+/// Asks a provider for a model's manifest; answered with the [`ModelManifest`] (whose id the asker checks)
+/// or a refusal [`Reply`]. Unsigned: the answer is checked by its content id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRequest {
+    /// The model wanted.
+    pub model: ModelId,
+}
+
+impl Message for ManifestRequest {
+    const KIND: Kind = Kind::ManifestRequest;
+    const MAX_LEN: usize = 64;
+}
+
+/// Asks a provider for one chunk of a model's weights; answered with a [`Chunk`] or a refusal [`Reply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    /// The model.
+    pub model: ModelId,
+    /// Position of the chunk in the manifest's list.
+    pub index: u32,
+}
+
+impl Message for ChunkRequest {
+    const KIND: Kind = Kind::ChunkRequest;
+    const MAX_LEN: usize = 64;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.index as usize >= MAX_CHUNKS {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "chunk index beyond the largest manifest",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One chunk of a model's weights. The receiver accepts it only if its blake3 is the manifest's entry at
+/// `index`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// The model.
+    pub model: ModelId,
+    /// Position of the chunk in the manifest's list.
+    pub index: u32,
+    /// The chunk's bytes (at most [`MAX_CHUNK_SIZE`]).
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl Message for Chunk {
+    const KIND: Kind = Kind::Chunk;
+    const MAX_LEN: usize = MAX_CHUNK_SIZE as usize + 64;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.index as usize >= MAX_CHUNKS {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "chunk index beyond the largest manifest",
+            ));
+        }
+        if self.data.is_empty() || self.data.len() > MAX_CHUNK_SIZE as usize {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "chunk must hold 1 byte to 4 MiB",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -231,3 +231,30 @@ fn the_tracker_sees_the_decoded_heap() {
     assert_eq!(decoded, Some(reveal));
     assert!(peak >= 10_000, "{peak}");
 }
+
+#[test]
+fn model_distribution_messages() {
+    fuzz::<ManifestRequest>(
+        samples(arb_manifest_request(), 8)
+            .iter()
+            .map(codec::encode)
+            .collect(),
+    );
+    fuzz::<ChunkRequest>(
+        samples(arb_chunk_request(), 8)
+            .iter()
+            .map(codec::encode)
+            .collect(),
+    );
+    fuzz::<Chunk>(samples(arb_chunk(), 8).iter().map(codec::encode).collect());
+    // A chunk claiming more bytes than the message holds, or an index past the largest manifest.
+    let mut lying = vec![codec::PROTOCOL_VERSION, Chunk::tag()];
+    lying.extend_from_slice(&[0u8; 32]);
+    lying.extend_from_slice(&[0, 0xff, 0xff, 0xff, 0x0f]);
+    assert!(codec::decode::<Chunk>(&lying).is_err());
+    let far = ChunkRequest {
+        model: fleetmesh_protocol::ModelId::of(b"m"),
+        index: MAX_CHUNKS as u32,
+    };
+    assert!(codec::decode::<ChunkRequest>(&codec::encode(&far)).is_err());
+}

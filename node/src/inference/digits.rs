@@ -197,6 +197,7 @@ pub struct Digits {
     device: Device,
     manifest: ModelManifest,
     id: ModelId,
+    weights: std::sync::Arc<[u8]>,
 }
 
 impl Digits {
@@ -239,6 +240,7 @@ impl Digits {
             device,
             manifest,
             id,
+            weights: weights.into(),
         }
     }
 
@@ -265,6 +267,10 @@ impl Model for Digits {
 
     fn id(&self) -> ModelId {
         self.id
+    }
+
+    fn weights_source(&self) -> Option<super::WeightsSource> {
+        Some(super::WeightsSource::Memory(self.weights.clone()))
     }
 
     fn check_input(&self, input: &[u8]) -> Result<(), InferenceError> {

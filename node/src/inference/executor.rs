@@ -75,7 +75,7 @@ impl Default for ExecutorConfig {
 #[derive(Clone)]
 pub struct Executor {
     tx: mpsc::Sender<Task>,
-    registry: Registry,
+    registry: Arc<Registry>,
     depth: Arc<AtomicUsize>,
 }
 
@@ -95,7 +95,11 @@ impl Executor {
                 tracing::error!(error = %e, "cannot start an inference worker");
             }
         }
-        Self { tx, registry, depth }
+        Self {
+            tx,
+            registry: Arc::new(registry),
+            depth,
+        }
     }
 
     /// The models this executor runs.

@@ -72,6 +72,8 @@ pub struct MnistCnn {
     device: Device,
     manifest: ModelManifest,
     id: ModelId,
+    /// The checkpoint it was loaded from (served to peers), if it is still there.
+    path: Option<PathBuf>,
 }
 
 impl MnistCnn {
@@ -86,12 +88,38 @@ impl MnistCnn {
 
     /// Loads the model from a checkpoint file, which must hash to the pinned value.
     pub fn from_file(path: &Path) -> Result<Self, InferenceError> {
+        let weights = std::fs::read(path).map_err(|e| InferenceError::Weights {
+            model: NAME.into(),
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        let mut model = Self::load(path, &weights)?;
+        model.path = Some(path.to_path_buf());
+        Ok(model)
+    }
+
+    /// Loads the model from checkpoint bytes (fetched from peers), which must hash to the pinned value.
+    /// burn reads PyTorch checkpoints from files, so the bytes pass through a private temporary file.
+    pub fn from_bytes(weights: &[u8]) -> Result<Self, InferenceError> {
         let bad = |reason: String| InferenceError::Weights {
             model: NAME.into(),
             reason,
         };
-        let weights = std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        check_weights(NAME, &weights, WEIGHTS_BLAKE3)?;
+        check_weights(NAME, weights, WEIGHTS_BLAKE3)?;
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| bad(e.to_string()))?;
+        let path = std::env::temp_dir().join(format!("fleetmesh-mnist-{}.pth", hex::encode(nonce)));
+        std::fs::write(&path, weights).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let model = Self::load(&path, weights);
+        let _ = std::fs::remove_file(&path);
+        model
+    }
+
+    fn load(path: &Path, weights: &[u8]) -> Result<Self, InferenceError> {
+        let bad = |reason: String| InferenceError::Weights {
+            model: NAME.into(),
+            reason,
+        };
+        check_weights(NAME, weights, WEIGHTS_BLAKE3)?;
         let device = super::Backend::from_env().device();
         let mut net = MnistNet::new(&device);
         let mut store = PytorchStore::from_file(PathBuf::from(path));
@@ -106,7 +134,7 @@ impl MnistCnn {
             NAME,
             1,
             "mnist-cnn-v1",
-            &weights,
+            weights,
             TensorSpec {
                 dtype: DType::U8,
                 shape: vec![1, 28, 28],
@@ -123,6 +151,7 @@ impl MnistCnn {
             device,
             manifest,
             id,
+            path: None,
         })
     }
 }
@@ -138,6 +167,10 @@ impl Model for MnistCnn {
 
     fn check_input(&self, input: &[u8]) -> Result<(), InferenceError> {
         check_len(NAME, input, PIXELS)
+    }
+
+    fn weights_source(&self) -> Option<super::WeightsSource> {
+        self.path.clone().map(super::WeightsSource::File)
     }
 
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {

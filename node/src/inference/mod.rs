@@ -91,6 +91,46 @@ pub trait Model: Send + Sync {
 
     /// Runs a batch of checked inputs, returning one output per input, in order.
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError>;
+
+    /// Where the weights can be read back to serve them to peers; `None` for a model that peers could
+    /// not build from its weights alone.
+    fn weights_source(&self) -> Option<WeightsSource> {
+        None
+    }
+}
+
+/// Where a model's weights (the bytes its manifest's chunks cover) can be read.
+#[derive(Debug, Clone)]
+pub enum WeightsSource {
+    /// In memory.
+    Memory(Arc<[u8]>),
+    /// In a file.
+    File(std::path::PathBuf),
+}
+
+/// Architectures a node can build from weights fetched from peers.
+pub const FETCHABLE_ARCHITECTURES: [&str; 2] = ["digits-cnn-v1", "mnist-cnn-v1"];
+
+/// Builds the model a manifest describes from its weights (already checked against the manifest's hash),
+/// and checks that the result is exactly the model the manifest names.
+pub fn build(manifest: &ModelManifest, weights: &[u8]) -> Result<Arc<dyn Model>, InferenceError> {
+    let model: Arc<dyn Model> = match manifest.architecture.as_str() {
+        "digits-cnn-v1" => Arc::new(digits::Digits::from_weights(weights)?),
+        "mnist-cnn-v1" => Arc::new(mnist::MnistCnn::from_bytes(weights)?),
+        other => {
+            return Err(InferenceError::Weights {
+                model: manifest.name.clone(),
+                reason: format!("architecture {other} cannot be built from fetched weights"),
+            });
+        }
+    };
+    if model.id() != manifest.id() {
+        return Err(InferenceError::Weights {
+            model: manifest.name.clone(),
+            reason: "the weights build a model other than the manifest describes".into(),
+        });
+    }
+    Ok(model)
 }
 
 /// Builds the manifest of a model from its weights: chunk hashes, weights hash, specs and rule.
@@ -202,16 +242,32 @@ pub fn numeric_class() -> NumericClass {
     }
 }
 
-/// The installed models, by id and by name.
-#[derive(Clone, Default)]
+/// The installed models, by id and by name. Models fetched from peers are added while the node runs.
+/// Cloning copies the current set (each node of an in-process fleet has its own).
+#[derive(Default)]
 pub struct Registry {
-    by_id: BTreeMap<ModelId, Arc<dyn Model>>,
+    by_id: std::sync::RwLock<BTreeMap<ModelId, Arc<dyn Model>>>,
+}
+
+impl Clone for Registry {
+    fn clone(&self) -> Self {
+        Self {
+            by_id: std::sync::RwLock::new(self.read().clone()),
+        }
+    }
 }
 
 impl Registry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ModelId, Arc<dyn Model>>> {
+        // The map is never left half-updated, so a poisoned lock still holds a valid map.
+        self.by_id
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The registry with the embedded default model and any fetched models found in `assets`.
     pub fn with_defaults(assets: Option<&std::path::Path>) -> Result<Self, InferenceError> {
-        let mut registry = Registry::default();
+        let registry = Registry::default();
         registry.insert(Arc::new(digits::Digits::embedded()?));
         if let Some(dir) = assets {
             if let Some(mnist) = mnist::MnistCnn::from_assets(dir)? {
@@ -225,18 +281,22 @@ impl Registry {
     }
 
     /// Adds a model.
-    pub fn insert(&mut self, model: Arc<dyn Model>) {
-        self.by_id.insert(model.id(), model);
+    pub fn insert(&self, model: Arc<dyn Model>) {
+        let mut map = self
+            .by_id
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(model.id(), model);
     }
 
     /// The model with this id.
     pub fn get(&self, id: &ModelId) -> Option<Arc<dyn Model>> {
-        self.by_id.get(id).cloned()
+        self.read().get(id).cloned()
     }
 
     /// The model with this name (the highest version if several).
     pub fn by_name(&self, name: &str) -> Option<Arc<dyn Model>> {
-        self.by_id
+        self.read()
             .values()
             .filter(|m| m.manifest().name == name)
             .max_by_key(|m| m.manifest().version)
@@ -244,8 +304,8 @@ impl Registry {
     }
 
     /// Every installed model.
-    pub fn models(&self) -> impl Iterator<Item = &Arc<dyn Model>> {
-        self.by_id.values()
+    pub fn models(&self) -> Vec<Arc<dyn Model>> {
+        self.read().values().cloned().collect()
     }
 }
 

@@ -84,7 +84,27 @@ pub(super) struct EventLoop {
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     pending_lookups: HashMap<kad::QueryId, (PeerId, LookupReply)>,
     pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<(), NetError>>>,
+    pending_providers:
+        HashMap<kad::QueryId, (std::collections::HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    /// Content this node provides, announced again every [`REPROVIDE`].
+    provided: Vec<kad::RecordKey>,
+    next_provide: Instant,
+    /// Listeners on relay circuits, which close when the relay connection or reservation is lost.
+    circuits: HashMap<libp2p::core::transport::ListenerId, Multiaddr>,
+    /// Circuit addresses to listen on again, and when.
+    relisten: Vec<(Instant, Multiaddr)>,
 }
+
+/// Whether an address is a relay circuit (`.../p2p-circuit`).
+pub(super) fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// Wait before listening again on a relay circuit whose listener closed.
+const RELISTEN_AFTER: Duration = Duration::from_secs(2);
+
+/// How often provider records are announced again (they also go out as soon as the node has peers).
+const REPROVIDE: Duration = Duration::from_secs(60);
 
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter()
@@ -96,6 +116,7 @@ impl EventLoop {
     pub(super) fn new(
         mut swarm: Swarm<Behaviour>,
         cfg: &NetConfig,
+        circuits: HashMap<libp2p::core::transport::ListenerId, Multiaddr>,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<NetEvent>,
         metrics: Metrics,
@@ -132,6 +153,11 @@ impl EventLoop {
             pending_requests: HashMap::new(),
             pending_lookups: HashMap::new(),
             pending_dials: HashMap::new(),
+            pending_providers: HashMap::new(),
+            provided: Vec::new(),
+            next_provide: now,
+            circuits,
+            relisten: Vec::new(),
         }
     }
 
@@ -191,6 +217,23 @@ impl EventLoop {
             }
         }
 
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.relisten)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.relisten = later;
+        for (_, addr) in due {
+            self.listen_circuit(addr);
+        }
+
+        if connected > 0 && now >= self.next_provide && !self.provided.is_empty() {
+            self.next_provide = now + REPROVIDE;
+            for key in self.provided.clone() {
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                    warn!(error = %e, "cannot announce provided content");
+                }
+            }
+        }
+
         if now >= self.next_walk {
             self.next_walk = now + self.random_walk;
             if table > 0 {
@@ -219,6 +262,18 @@ impl EventLoop {
                 if self.swarm.dial(DialOpts::peer_id(peer).build()).is_ok() {
                     budget -= 1;
                 }
+            }
+        }
+    }
+
+    fn listen_circuit(&mut self, addr: Multiaddr) {
+        match self.swarm.listen_on(addr.clone()) {
+            Ok(id) => {
+                self.circuits.insert(id, addr);
+            }
+            Err(e) => {
+                warn!(%addr, error = %e, "cannot listen on the relay circuit; retrying");
+                self.relisten.push((Instant::now() + RELISTEN_AFTER, addr));
             }
         }
     }
@@ -267,16 +322,37 @@ impl EventLoop {
                 }
             }
             Command::ListenOn { addr, reply } => {
-                let result = self
-                    .swarm
-                    .listen_on(addr)
-                    .map(|_| ())
-                    .map_err(|e| NetError::Listen(e.to_string()));
+                let result = match self.swarm.listen_on(addr.clone()) {
+                    Ok(id) => {
+                        if is_circuit(&addr) {
+                            self.circuits.insert(id, addr);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(NetError::Listen(e.to_string())),
+                };
                 let _ = reply.send(result);
             }
             Command::FindPeer { peer, reply } => {
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 self.pending_lookups.insert(id, (peer, reply));
+            }
+            Command::Provide { key } => {
+                let key = kad::RecordKey::new(&key);
+                if !self.provided.contains(&key) {
+                    self.provided.push(key.clone());
+                }
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                    warn!(error = %e, "cannot announce provided content");
+                }
+            }
+            Command::GetProviders { key, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&key));
+                self.pending_providers.insert(id, (Default::default(), reply));
             }
             Command::Status { reply } => {
                 let mut listen_addrs: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
@@ -349,6 +425,20 @@ impl EventLoop {
                     None => debug!(peer = ?peer_id, error = %error, "dial failed"),
                 }
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => match self.circuits.remove(&listener_id) {
+                Some(addr) => {
+                    info!(%addr, ?reason, retry_in_s = RELISTEN_AFTER.as_secs(), "relay circuit listener closed; listening again");
+                    self.relisten.push((Instant::now() + RELISTEN_AFTER, addr));
+                }
+                None => warn!(?listener_id, ?addresses, ?reason, "listener closed"),
+            },
+            SwarmEvent::ListenerError { listener_id, error } => {
+                warn!(?listener_id, %error, "listener error");
+            }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }
@@ -402,6 +492,26 @@ impl EventLoop {
             }
             BehaviourEvent::Req(request_response::Event::InboundFailure { peer, error, .. }) => {
                 debug!(%peer, %error, "inbound request failed");
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            }) => {
+                let me = *self.swarm.local_peer_id();
+                let finished = match result {
+                    Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                        if let Some((found, _)) = self.pending_providers.get_mut(&id) {
+                            found.extend(providers.into_iter().filter(|p| *p != me));
+                        }
+                        step.last
+                    }
+                    Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => true,
+                };
+                if finished && let Some((found, reply)) = self.pending_providers.remove(&id) {
+                    let _ = reply.send(found.into_iter().collect());
+                }
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => {
                 if let kad::QueryResult::GetClosestPeers(result) = result

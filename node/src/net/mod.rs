@@ -191,6 +191,13 @@ enum Command {
     Status {
         reply: oneshot::Sender<NetStatus>,
     },
+    Provide {
+        key: Vec<u8>,
+    },
+    GetProviders {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
 }
 
 /// A cloneable handle to the node's network task.
@@ -243,6 +250,20 @@ impl NetClient {
     /// Looks a peer up in the DHT, returning its known addresses.
     pub async fn find_peer(&self, peer: PeerId) -> Result<Vec<Multiaddr>, NetError> {
         self.call(|reply| Command::FindPeer { peer, reply }).await?
+    }
+
+    /// Announces in the DHT that this node provides the content with this key (re-announced periodically
+    /// while the node runs).
+    pub async fn provide(&self, key: Vec<u8>) -> Result<(), NetError> {
+        self.tx
+            .send(Command::Provide { key })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Looks up the peers that provide the content with this key (other than this node).
+    pub async fn get_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetError> {
+        self.call(|reply| Command::GetProviders { key, reply }).await
     }
 
     /// A snapshot of the node's view of the mesh.
@@ -357,10 +378,14 @@ pub fn start(
     for topic in Topic::ALL {
         swarm.behaviour_mut().gossip.subscribe(&topic.ident())?;
     }
+    let mut circuits = std::collections::HashMap::new();
     for addr in &cfg.listen {
-        swarm
+        let id = swarm
             .listen_on(addr.clone())
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        if event_loop::is_circuit(addr) {
+            circuits.insert(id, addr.clone());
+        }
     }
     for addr in &cfg.external_addresses {
         swarm.add_external_address(addr.clone());
@@ -368,7 +393,7 @@ pub fn start(
 
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
-    let event_loop = event_loop::EventLoop::new(swarm, cfg, cmd_rx, event_tx, metrics);
+    let event_loop = event_loop::EventLoop::new(swarm, cfg, circuits, cmd_rx, event_tx, metrics);
     let task = tokio::spawn(event_loop.run(cancel));
     Ok((NetClient { tx: cmd_tx, peer_id }, event_rx, task))
 }

@@ -276,3 +276,20 @@ pub fn arb_reply() -> impl Strategy<Value = Reply> {
     ];
     (code, "\\PC{0,64}").prop_map(|(code, detail)| Reply { code, detail })
 }
+
+pub fn arb_manifest_request() -> impl Strategy<Value = ManifestRequest> {
+    arb_model().prop_map(|model| ManifestRequest { model })
+}
+
+pub fn arb_chunk_request() -> impl Strategy<Value = ChunkRequest> {
+    (arb_model(), 0u32..MAX_CHUNKS as u32).prop_map(|(model, index)| ChunkRequest { model, index })
+}
+
+pub fn arb_chunk() -> impl Strategy<Value = Chunk> {
+    (
+        arb_model(),
+        0u32..MAX_CHUNKS as u32,
+        proptest::collection::vec(any::<u8>(), 1..2048),
+    )
+        .prop_map(|(model, index, data)| Chunk { model, index, data })
+}

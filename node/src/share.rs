@@ -1,0 +1,545 @@
+//! P2P model distribution: a node that lacks the model of a job fetches it from peers.
+//!
+//! A model is its content-addressed [`ModelManifest`] (the [`ModelId`] is the manifest's hash) plus the
+//! weights the manifest's chunk list covers. Nodes announce the models they can serve as Kademlia
+//! providers (key: the model id). A fetcher looks the providers up (and also asks the job's submitter,
+//! which runs the model), takes the manifest from whichever provider answers with one that hashes to the
+//! id, then fetches the missing chunks from several providers in parallel. Every chunk is checked against
+//! its blake3 in the manifest: a corrupted chunk is refused, its provider is dropped for this fetch, and the
+//! chunk is fetched from another. Verified chunks go straight to sled, so a fetch cut short (even by
+//! `kill -9`) resumes with what it already has; a complete model is rebuilt from the store at start.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleetmesh_protocol::codec::{self, Kind};
+use fleetmesh_protocol::messages::{Chunk, ChunkRequest, ManifestRequest, ModelManifest, Reply};
+use fleetmesh_protocol::{ChunkId, ModelId};
+use futures::StreamExt;
+use libp2p::PeerId;
+use tracing::{debug, info, warn};
+
+use crate::inference::executor::Executor;
+use crate::inference::{self, FETCHABLE_ARCHITECTURES, InferenceError, Model, WeightsSource};
+use crate::net::NetClient;
+use crate::store::{Store, StoreError};
+
+/// How a node serves chunks. Only tests set anything but [`ServeBehaviour::Honest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServeBehaviour {
+    /// Serves the true bytes.
+    #[default]
+    Honest,
+    /// Flips a byte in every chunk it serves (to test that fetchers refuse corrupted chunks).
+    CorruptChunks,
+}
+
+/// Settings of model distribution.
+#[derive(Debug, Clone)]
+pub struct ShareConfig {
+    /// Chunk requests in flight at once during a fetch.
+    pub parallel: usize,
+    /// Largest model (weights bytes) this node downloads.
+    pub max_download_bytes: u64,
+    /// How this node serves chunks.
+    pub behaviour: ServeBehaviour,
+    /// After a failed fetch, how long before the same model is tried again.
+    pub retry_after: Duration,
+}
+
+impl Default for ShareConfig {
+    fn default() -> Self {
+        Self {
+            parallel: 4,
+            max_download_bytes: 512 * 1024 * 1024,
+            behaviour: ServeBehaviour::Honest,
+            retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a model could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Nobody announced the model and no hinted peer has it.
+    #[error("no peer provides model {0}")]
+    NoProviders(String),
+    /// No provider answered with a manifest that hashes to the model id.
+    #[error("no provider gave a valid manifest for model {0}")]
+    NoManifest(String),
+    /// This node cannot build the model's architecture from its weights.
+    #[error("model {model}: architecture {architecture} cannot be built from fetched weights")]
+    Unsupported {
+        /// The model.
+        model: String,
+        /// Its architecture.
+        architecture: String,
+    },
+    /// The model is larger than this node downloads.
+    #[error("model {model} has {bytes} bytes of weights, over the {limit}-byte download limit")]
+    TooLarge {
+        /// The model.
+        model: String,
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Every provider failed or served a corrupted copy of a chunk.
+    #[error("chunk {index} of model {model}: no provider served a valid copy")]
+    ChunkUnavailable {
+        /// The model.
+        model: String,
+        /// The chunk's position.
+        index: usize,
+    },
+    /// The assembled weights do not match the manifest, or do not build the model.
+    #[error(transparent)]
+    Build(#[from] InferenceError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a completed fetch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchReport {
+    /// Chunks downloaded now.
+    pub fetched: usize,
+    /// Chunks already in the store (an earlier, interrupted fetch).
+    pub reused: usize,
+    /// Chunks refused because their hash did not match.
+    pub corrupt_refused: usize,
+    /// Providers asked.
+    pub providers: usize,
+}
+
+enum Source {
+    Weights(WeightsSource),
+    Store,
+}
+
+struct Served {
+    manifest: ModelManifest,
+    source: Source,
+}
+
+struct Inner {
+    net: NetClient,
+    store: Store,
+    executor: Executor,
+    cfg: ShareConfig,
+    served: Mutex<HashMap<ModelId, Arc<Served>>>,
+    /// Fetches in progress, and when recent ones failed.
+    fetching: Mutex<HashMap<ModelId, Option<Instant>>>,
+}
+
+/// Model distribution for one node (cheap to clone).
+#[derive(Clone)]
+pub struct Share {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn refuse(why: &str) -> Vec<u8> {
+    codec::encode(&Reply::refused(why))
+}
+
+impl Share {
+    /// Model distribution over `net`, storing fetched models in `store` and installing them in the
+    /// `executor`'s registry.
+    pub fn new(net: NetClient, store: Store, executor: Executor, cfg: ShareConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                net,
+                store,
+                executor,
+                cfg,
+                served: Mutex::new(HashMap::new()),
+                fetching: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Installs the models fetched in earlier runs (complete in the store), and announces every model this
+    /// node can serve.
+    pub async fn start(&self) {
+        let registry = self.inner.executor.registry();
+        for manifest in self.inner.store.manifests() {
+            let id = manifest.id();
+            if registry.get(&id).is_some() {
+                continue;
+            }
+            match self.assemble(&manifest) {
+                Ok(Some(weights)) => match inference::build(&manifest, &weights) {
+                    Ok(model) => {
+                        info!(model = %manifest.name, id = %id.short(), "installed a model fetched earlier");
+                        registry.insert(model);
+                    }
+                    Err(e) => warn!(model = %manifest.name, error = %e, "a stored model does not build"),
+                },
+                Ok(None) => debug!(model = %manifest.name, "partly fetched model; resumes when needed"),
+                Err(e) => warn!(model = %manifest.name, error = %e, "cannot read a stored model"),
+            }
+        }
+        for model in registry.models() {
+            self.serve(model.as_ref()).await;
+        }
+    }
+
+    /// Serves `model` to peers, if its weights can be read back and peers could build it.
+    async fn serve(&self, model: &dyn Model) {
+        let manifest = model.manifest().clone();
+        if !FETCHABLE_ARCHITECTURES.contains(&manifest.architecture.as_str()) {
+            return;
+        }
+        let source = match model.weights_source() {
+            Some(source) => Source::Weights(source),
+            None if self.inner.store.manifest(&model.id()).is_some() => Source::Store,
+            None => return,
+        };
+        let id = model.id();
+        lock(&self.inner.served).insert(id, Arc::new(Served { manifest, source }));
+        if let Err(e) = self.inner.net.provide(id.as_bytes().to_vec()).await {
+            debug!(error = %e, "cannot announce a model");
+        }
+    }
+
+    /// The weights of a stored manifest, if every chunk is in the store (checked against the manifest).
+    fn assemble(&self, manifest: &ModelManifest) -> Result<Option<Vec<u8>>, FetchError> {
+        let mut weights = Vec::with_capacity(manifest.weights_len as usize);
+        for id in &manifest.chunks {
+            match self.inner.store.chunk(id) {
+                Some(bytes) => weights.extend_from_slice(&bytes),
+                None => return Ok(None),
+            }
+        }
+        let hash = blake3::hash(&weights);
+        if weights.len() as u64 != manifest.weights_len || hash.as_bytes() != &manifest.weights_hash {
+            return Err(InferenceError::WeightsMismatch {
+                model: manifest.name.clone(),
+                expected: hex::encode(manifest.weights_hash),
+                got: hash.to_hex().to_string(),
+            }
+            .into());
+        }
+        Ok(Some(weights))
+    }
+
+    // ---------------------------------------------------------------- serving
+
+    /// Answers a [`ManifestRequest`] or [`ChunkRequest`].
+    pub fn on_request(&self, data: &[u8]) -> Vec<u8> {
+        match codec::peek_kind(data) {
+            Ok((Kind::ManifestRequest, false)) => match codec::decode::<ManifestRequest>(data) {
+                Ok(req) => match lock(&self.inner.served).get(&req.model) {
+                    Some(served) => codec::encode(&served.manifest),
+                    None => refuse("model not served here"),
+                },
+                Err(_) => refuse("malformed manifest request"),
+            },
+            Ok((Kind::ChunkRequest, false)) => match codec::decode::<ChunkRequest>(data) {
+                Ok(req) => self.chunk_answer(&req),
+                Err(_) => refuse("malformed chunk request"),
+            },
+            _ => refuse("expected a manifest or chunk request"),
+        }
+    }
+
+    fn chunk_answer(&self, req: &ChunkRequest) -> Vec<u8> {
+        let Some(served) = lock(&self.inner.served).get(&req.model).cloned() else {
+            return refuse("model not served here");
+        };
+        let m = &served.manifest;
+        let index = req.index as usize;
+        let Some(id) = m.chunks.get(index) else {
+            return refuse("no such chunk");
+        };
+        let offset = index as u64 * u64::from(m.chunk_size);
+        let len = (m.weights_len - offset).min(u64::from(m.chunk_size)) as usize;
+        let data = match &served.source {
+            Source::Weights(WeightsSource::Memory(bytes)) => bytes
+                .get(offset as usize..offset as usize + len)
+                .map(<[u8]>::to_vec),
+            Source::Weights(WeightsSource::File(path)) => read_range(path, offset, len).ok(),
+            Source::Store => self.inner.store.chunk(id),
+        };
+        let Some(mut data) = data else {
+            return refuse("chunk unavailable");
+        };
+        if self.inner.cfg.behaviour == ServeBehaviour::CorruptChunks
+            && let Some(b) = data.first_mut()
+        {
+            *b ^= 0x5a;
+        }
+        codec::encode(&Chunk {
+            model: req.model,
+            index: req.index,
+            data,
+        })
+    }
+
+    // ---------------------------------------------------------------- fetching
+
+    /// Starts fetching `model` in the background unless it is installed, already being fetched, or failed
+    /// recently; `then` runs once it is installed. `hint` is a peer known to run the model (a job's
+    /// submitter).
+    pub fn want(&self, model: ModelId, hint: Option<PeerId>, then: impl FnOnce() + Send + 'static) {
+        if self.inner.executor.registry().get(&model).is_some() {
+            return;
+        }
+        {
+            let mut fetching = lock(&self.inner.fetching);
+            match fetching.get(&model) {
+                Some(None) => return,
+                Some(Some(failed)) if failed.elapsed() < self.inner.cfg.retry_after => return,
+                _ => {}
+            }
+            fetching.insert(model, None);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.fetch(model, hint).await;
+            let mut fetching = lock(&this.inner.fetching);
+            match result {
+                Ok(_) => {
+                    fetching.remove(&model);
+                    drop(fetching);
+                    then();
+                }
+                Err(e) => {
+                    warn!(model = %model.short(), error = %e, "model fetch failed");
+                    fetching.insert(model, Some(Instant::now()));
+                }
+            }
+        });
+    }
+
+    /// Fetches `model` from its providers (and `hint`), installs it, and serves it from now on.
+    pub async fn fetch(&self, model: ModelId, hint: Option<PeerId>) -> Result<FetchReport, FetchError> {
+        let net = &self.inner.net;
+        let mut providers = net
+            .get_providers(model.as_bytes().to_vec())
+            .await
+            .unwrap_or_default();
+        if let Some(h) = hint
+            && h != net.peer_id()
+            && !providers.contains(&h)
+        {
+            providers.push(h);
+        }
+        if providers.is_empty() {
+            return Err(FetchError::NoProviders(model.to_string()));
+        }
+        let manifest = match self.inner.store.manifest(&model) {
+            Some(m) => m,
+            None => self.fetch_manifest(model, &providers).await?,
+        };
+        let name = manifest.name.clone();
+        if !FETCHABLE_ARCHITECTURES.contains(&manifest.architecture.as_str()) {
+            return Err(FetchError::Unsupported {
+                model: name,
+                architecture: manifest.architecture.clone(),
+            });
+        }
+        if manifest.weights_len > self.inner.cfg.max_download_bytes {
+            return Err(FetchError::TooLarge {
+                model: name,
+                bytes: manifest.weights_len,
+                limit: self.inner.cfg.max_download_bytes,
+            });
+        }
+        self.inner.store.put_manifest(&manifest)?;
+
+        let missing: Vec<usize> = (0..manifest.chunks.len())
+            .filter(|i| self.inner.store.chunk(&manifest.chunks[*i]).is_none())
+            .collect();
+        let mut report = FetchReport {
+            reused: manifest.chunks.len() - missing.len(),
+            providers: providers.len(),
+            ..FetchReport::default()
+        };
+        info!(model = %name, id = %model.short(), chunks = manifest.chunks.len(), have = report.reused,
+              providers = providers.len(), "fetching model from peers");
+        let progress = Progress::new(&name, manifest.chunks.len(), report.reused);
+        let bad: Mutex<HashSet<PeerId>> = Mutex::new(HashSet::new());
+        let corrupt = std::sync::atomic::AtomicUsize::new(0);
+        let mut results = futures::stream::iter(missing)
+            .map(|index| self.fetch_chunk(&manifest, index, &providers, &bad, &corrupt))
+            .buffer_unordered(self.inner.cfg.parallel.max(1));
+        let mut first_error = None;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(()) => {
+                    report.fetched += 1;
+                    progress.step();
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        drop(results);
+        progress.finish();
+        report.corrupt_refused = corrupt.into_inner();
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        self.inner.store.flush().await?;
+        let weights = self
+            .assemble(&manifest)?
+            .ok_or_else(|| FetchError::ChunkUnavailable {
+                model: name.clone(),
+                index: 0,
+            })?;
+        let built = {
+            let manifest = manifest.clone();
+            tokio::task::spawn_blocking(move || inference::build(&manifest, &weights))
+                .await
+                .map_err(|e| InferenceError::Weights {
+                    model: name.clone(),
+                    reason: e.to_string(),
+                })??
+        };
+        self.inner.executor.registry().insert(built.clone());
+        self.serve(built.as_ref()).await;
+        info!(model = %name, id = %model.short(), fetched = report.fetched, reused = report.reused,
+              corrupt_refused = report.corrupt_refused, "model installed");
+        Ok(report)
+    }
+
+    async fn fetch_manifest(
+        &self,
+        model: ModelId,
+        providers: &[PeerId],
+    ) -> Result<ModelManifest, FetchError> {
+        let request = codec::encode(&ManifestRequest { model });
+        for peer in providers {
+            match self.inner.net.request(*peer, request.clone()).await {
+                Ok(bytes) => match codec::decode::<ModelManifest>(&bytes) {
+                    Ok(m) if m.id() == model => return Ok(m),
+                    Ok(_) => {
+                        warn!(%peer, model = %model.short(), "provider sent a manifest for another model")
+                    }
+                    Err(_) => debug!(%peer, model = %model.short(), "provider has no manifest"),
+                },
+                Err(e) => debug!(%peer, error = %e, "manifest request failed"),
+            }
+        }
+        Err(FetchError::NoManifest(model.to_string()))
+    }
+
+    /// Fetches chunk `index`, starting with a provider chosen by the index (spreading chunks over the
+    /// providers) and moving on to the next on failure or corruption.
+    async fn fetch_chunk(
+        &self,
+        manifest: &ModelManifest,
+        index: usize,
+        providers: &[PeerId],
+        bad: &Mutex<HashSet<PeerId>>,
+        corrupt: &std::sync::atomic::AtomicUsize,
+    ) -> Result<(), FetchError> {
+        let model = manifest.id();
+        let want: ChunkId = manifest.chunks[index];
+        let request = codec::encode(&ChunkRequest {
+            model,
+            index: index as u32,
+        });
+        for attempt in 0..providers.len() {
+            let peer = providers[(index + attempt) % providers.len()];
+            if lock(bad).contains(&peer) {
+                continue;
+            }
+            let answer = match self.inner.net.request(peer, request.clone()).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    debug!(%peer, index, error = %e, "chunk request failed");
+                    continue;
+                }
+            };
+            match codec::decode::<Chunk>(&answer) {
+                Ok(c) if c.model == model && c.index as usize == index && ChunkId::of(&c.data) == want => {
+                    self.inner.store.put_chunk(&want, &c.data)?;
+                    return Ok(());
+                }
+                Ok(_) => {
+                    warn!(%peer, model = %manifest.name, index, "refused a corrupted chunk; dropping this provider");
+                    corrupt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    lock(bad).insert(peer);
+                }
+                Err(_) => debug!(%peer, index, "provider did not send the chunk"),
+            }
+        }
+        Err(FetchError::ChunkUnavailable {
+            model: manifest.name.clone(),
+            index,
+        })
+    }
+}
+
+fn read_range(path: &std::path::Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; len];
+    file.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// A progress bar on a terminal's stderr; nothing otherwise (logs say when a fetch starts and ends).
+struct Progress {
+    name: String,
+    total: usize,
+    done: std::sync::atomic::AtomicUsize,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(name: &str, total: usize, done: usize) -> Self {
+        let p = Self {
+            name: name.into(),
+            total,
+            done: done.into(),
+            tty: std::io::stderr().is_terminal(),
+        };
+        p.draw();
+        p
+    }
+
+    fn step(&self) {
+        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.draw();
+    }
+
+    fn draw(&self) {
+        if !self.tty || self.total == 0 {
+            return;
+        }
+        let done = self.done.load(std::sync::atomic::Ordering::Relaxed);
+        let filled = done * 30 / self.total;
+        let _ = write!(
+            std::io::stderr(),
+            "\rfetching {} [{}{}] {done}/{} chunks",
+            self.name,
+            "#".repeat(filled),
+            " ".repeat(30 - filled),
+            self.total
+        );
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+impl std::fmt::Debug for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Share({} models served)", lock(&self.inner.served).len())
+    }
+}

@@ -1,0 +1,309 @@
+//! The node's durable state in sled: submitted jobs and their verdicts, assigned work and its results,
+//! receipts, model manifests and downloaded chunks.
+//!
+//! Everything a node must not lose to `kill -9` goes through here, and a write that others will rely on
+//! (a job id handed to a user, a commitment sent to a submitter) is flushed to disk first. Protocol
+//! messages are stored in their canonical encoding and checked again when read back; node-local records
+//! are postcard. A record that no longer decodes is skipped with a warning, never a panic.
+
+use std::path::Path;
+
+use fleetmesh_protocol::codec::{self, Message};
+use fleetmesh_protocol::messages::{JobOffer, ModelManifest, Receipt};
+use fleetmesh_protocol::{ChunkId, JobId, ModelId, NodeId, Signed};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tracing::warn;
+
+use crate::jobs::JobResult;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an error (I/O, corruption, or another process holds the database).
+    #[error("database {path}: {source}")]
+    Sled {
+        /// The database folder (or `temporary`).
+        path: String,
+        /// The sled error.
+        source: sled::Error,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode a {0} record")]
+    Encode(&'static str),
+}
+
+/// A job this node submitted: the offer now in force (a job re-offered after a restart gets a fresh offer)
+/// and, once decided, its verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmittedRecord {
+    /// The offer the fleet is working on.
+    pub offer: JobOffer,
+    /// The verdict, once reached.
+    pub result: Option<JobResult>,
+}
+
+/// Work this node accepted as a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkRecord {
+    /// The job's offer (input included).
+    pub offer: JobOffer,
+    /// The computed result, once there is one.
+    pub done: Option<DoneRecord>,
+    /// The output has been revealed to the submitter.
+    pub revealed: bool,
+}
+
+/// A computed result waiting to be revealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DoneRecord {
+    /// The output.
+    pub output: Vec<u8>,
+    /// The commitment's secret salt.
+    pub salt: [u8; 32],
+    /// Compute time in microseconds.
+    pub compute_us: u64,
+    /// Energy in µWh.
+    pub energy_uwh: u64,
+}
+
+/// The node's sled database (cheap to clone).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: String,
+    submitted: sled::Tree,
+    work: sled::Tree,
+    receipts: sled::Tree,
+    manifests: sled::Tree,
+    chunks: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.path)
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`. Fails if another process has it open.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.display().to_string();
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|source| StoreError::Sled {
+                path: path.clone(),
+                source,
+            })?;
+        Self::with_db(db, path)
+    }
+
+    /// A database that lives only as long as this value (in-process fleets, tests).
+    pub fn temporary() -> Result<Self, StoreError> {
+        let path = "temporary".to_string();
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .map_err(|source| StoreError::Sled {
+                path: path.clone(),
+                source,
+            })?;
+        Self::with_db(db, path)
+    }
+
+    fn with_db(db: sled::Db, path: String) -> Result<Self, StoreError> {
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|source| StoreError::Sled {
+                path: path.clone(),
+                source,
+            })
+        };
+        Ok(Self {
+            submitted: tree("submitted")?,
+            work: tree("work")?,
+            receipts: tree("receipts")?,
+            manifests: tree("manifests")?,
+            chunks: tree("chunks")?,
+            db,
+            path,
+        })
+    }
+
+    fn err(&self, source: sled::Error) -> StoreError {
+        StoreError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Writes everything so far to disk; returns once it is durable.
+    ///
+    /// (sled's own `flush_async` never completed in our in-process fleet tests, several databases in one
+    /// process; the blocking flush on tokio's blocking pool does.)
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(result) => result.map(|_| ()).map_err(|e| self.err(e)),
+            Err(e) => Err(self.err(sled::Error::ReportableBug(format!("flush task failed: {e}")))),
+        }
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        tree: &sled::Tree,
+        what: &'static str,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = postcard::to_allocvec(value).map_err(|_| StoreError::Encode(what))?;
+        tree.insert(key, bytes).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    fn all<T: DeserializeOwned>(&self, tree: &sled::Tree, what: &'static str) -> Vec<(sled::IVec, T)> {
+        let mut out = Vec::new();
+        for entry in tree.iter() {
+            match entry {
+                Ok((key, value)) => match postcard::from_bytes(&value) {
+                    Ok(record) => out.push((key, record)),
+                    Err(e) => {
+                        warn!(store = %self.path, what, error = %e, "skipping a record that does not decode")
+                    }
+                },
+                Err(e) => warn!(store = %self.path, what, error = %e, "cannot read the store"),
+            }
+        }
+        out
+    }
+
+    // ------------------------------------------------------------ submitted jobs
+
+    /// Records a submitted job under the id its user knows (`original`).
+    pub fn put_submitted(&self, original: &JobId, record: &SubmittedRecord) -> Result<(), StoreError> {
+        self.put(&self.submitted, "submitted job", original.as_bytes(), record)
+    }
+
+    /// Forgets a submitted job (its offer could not be published).
+    pub fn remove_submitted(&self, original: &JobId) -> Result<(), StoreError> {
+        self.submitted
+            .remove(original.as_bytes())
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every submitted job: (id the user knows, record).
+    pub fn submitted(&self) -> Vec<(JobId, SubmittedRecord)> {
+        self.all(&self.submitted, "submitted job")
+            .into_iter()
+            .filter_map(|(k, v)| Some((JobId::from_bytes(k.as_ref().try_into().ok()?), v)))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ work
+
+    /// Records work accepted as a worker.
+    pub fn put_work(&self, job: &JobId, record: &WorkRecord) -> Result<(), StoreError> {
+        self.put(&self.work, "work", job.as_bytes(), record)
+    }
+
+    /// Forgets finished work.
+    pub fn remove_work(&self, job: &JobId) -> Result<(), StoreError> {
+        self.work
+            .remove(job.as_bytes())
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every piece of work this node holds.
+    pub fn work(&self) -> Vec<(JobId, WorkRecord)> {
+        self.all(&self.work, "work")
+            .into_iter()
+            .filter_map(|(k, v)| Some((JobId::from_bytes(k.as_ref().try_into().ok()?), v)))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ receipts
+
+    /// Stores a receipt (key: job and worker, so a replayed receipt overwrites nothing new).
+    /// Returns whether it was new.
+    pub fn put_receipt(&self, receipt: &Signed<Receipt>) -> Result<bool, StoreError> {
+        let claim = &receipt.body.claim.body;
+        let key = receipt_key(&claim.job, &claim.worker);
+        let bytes = codec::encode(receipt);
+        self.receipts
+            .compare_and_swap(key, None as Option<&[u8]>, Some(bytes))
+            .map(|r| r.is_ok())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every stored receipt, each decoded and its signatures checked again.
+    pub fn receipts(&self) -> Vec<Signed<Receipt>> {
+        self.decoded(&self.receipts, |r: &Signed<Receipt>| r.verify().is_ok())
+    }
+
+    // ------------------------------------------------------------ models
+
+    /// Stores a model manifest (keyed by its id).
+    pub fn put_manifest(&self, manifest: &ModelManifest) -> Result<(), StoreError> {
+        self.manifests
+            .insert(manifest.id().as_bytes(), codec::encode(manifest))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The manifest with this id, if stored.
+    pub fn manifest(&self, id: &ModelId) -> Option<ModelManifest> {
+        let bytes = self.manifests.get(id.as_bytes()).ok()??;
+        codec::decode::<ModelManifest>(&bytes)
+            .ok()
+            .filter(|m| m.id() == *id)
+    }
+
+    /// Every stored manifest.
+    pub fn manifests(&self) -> Vec<ModelManifest> {
+        self.decoded(&self.manifests, |_: &ModelManifest| true)
+    }
+
+    /// Stores a verified chunk.
+    pub fn put_chunk(&self, id: &ChunkId, bytes: &[u8]) -> Result<(), StoreError> {
+        self.chunks
+            .insert(id.as_bytes(), bytes)
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// A stored chunk, if it is there and still matches its id.
+    pub fn chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        let bytes = self.chunks.get(id.as_bytes()).ok()??;
+        (ChunkId::of(&bytes) == *id).then(|| bytes.to_vec())
+    }
+
+    /// Forgets a chunk.
+    pub fn remove_chunk(&self, id: &ChunkId) -> Result<(), StoreError> {
+        self.chunks
+            .remove(id.as_bytes())
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn decoded<T: Message>(&self, tree: &sled::Tree, keep: impl Fn(&T) -> bool) -> Vec<T> {
+        let mut out = Vec::new();
+        for entry in tree.iter() {
+            match entry.map(|(_, v)| codec::decode::<T>(&v)) {
+                Ok(Ok(msg)) if keep(&msg) => out.push(msg),
+                Ok(_) => {
+                    warn!(store = %self.path, kind = ?T::KIND, "skipping a stored message that no longer checks")
+                }
+                Err(e) => warn!(store = %self.path, error = %e, "cannot read the store"),
+            }
+        }
+        out
+    }
+}
+
+fn receipt_key(job: &JobId, worker: &NodeId) -> [u8; 64] {
+    let mut key = [0u8; 64];
+    key[..32].copy_from_slice(job.as_bytes());
+    key[32..].copy_from_slice(worker.as_bytes());
+    key
+}

@@ -1,0 +1,81 @@
+//! Helpers shared by the in-process fleet tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::{Duration, Instant};
+
+use fleetmesh_node::demo;
+use fleetmesh_node::inference::Registry;
+use fleetmesh_node::jobs::JobsConfig;
+use fleetmesh_node::node::{self, Node};
+use fleetmesh_node::share::ShareConfig;
+use fleetmesh_node::store::Store;
+use fleetmesh_protocol::NodeKey;
+use libp2p::Multiaddr;
+use tokio_util::sync::CancellationToken;
+
+/// One node of a test fleet.
+pub struct Spec {
+    pub registry: Registry,
+    pub jobs: JobsConfig,
+    pub share: ShareConfig,
+    pub store: Store,
+}
+
+impl Spec {
+    /// A node with these models and job settings, default sharing and a fresh temporary store.
+    pub fn new(registry: Registry, jobs: JobsConfig) -> Self {
+        Self {
+            registry,
+            jobs,
+            share: ShareConfig::default(),
+            store: Store::temporary().unwrap(),
+        }
+    }
+}
+
+/// Starts one node per spec (key seeds from `seed`; the first node is everyone's bootstrap peer, or
+/// `boot` if given), each with its own cancellation token, and waits until each sees all the others
+/// plus `others` already running, then lets gossipsub form its mesh.
+pub async fn fleet(
+    specs: Vec<Spec>,
+    seed: u8,
+    boot: Option<Multiaddr>,
+    others: usize,
+) -> Vec<(Node, CancellationToken)> {
+    let n = specs.len() + others;
+    let mut nodes: Vec<(Node, CancellationToken)> = Vec::new();
+    let mut boot = boot;
+    for (i, spec) in specs.into_iter().enumerate() {
+        let cancel = CancellationToken::new();
+        let key = NodeKey::from_seed([seed.wrapping_add(i as u8); 32]);
+        let node = node::start_with(
+            key,
+            demo::node_config(boot.as_ref(), n),
+            spec.registry,
+            spec.jobs,
+            spec.share,
+            spec.store,
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        if boot.is_none() {
+            boot = Some(node.net.dialable_addr(Duration::from_secs(2)).await.unwrap());
+        }
+        nodes.push((node, cancel));
+    }
+    let start = Instant::now();
+    loop {
+        let mut full = true;
+        for (node, _) in &nodes {
+            full &= node.net.status().await.unwrap().connected_peers + 1 >= n;
+        }
+        if full {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "fleet did not connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // gossip mesh
+    nodes
+}

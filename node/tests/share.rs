@@ -1,0 +1,179 @@
+//! P2P model distribution over real libp2p: a node without a model fetches it from peers (Kademlia
+//! providers, manifest, blake3-checked chunks from several providers in parallel), refuses corrupted
+//! chunks, and keeps the model across a restart. Needs the mnist-cnn weights (scripts/fetch-assets.sh
+//! mnist); skips with a message without them.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetmesh_consensus::job::Outcome;
+use fleetmesh_node::inference::mnist::{self, MnistCnn};
+use fleetmesh_node::inference::{Model, Registry};
+use fleetmesh_node::jobs::JobsConfig;
+use fleetmesh_node::share::{FetchError, ServeBehaviour, ShareConfig};
+use fleetmesh_node::store::Store;
+
+mod common;
+use common::Spec;
+
+fn mnist_or_skip() -> Option<(Arc<MnistCnn>, Vec<mnist::LabelledImage>)> {
+    let dir = std::env::var_os("FLEETMESH_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets")));
+    match (
+        MnistCnn::from_assets(&dir).unwrap(),
+        mnist::eval_images(&dir).unwrap(),
+    ) {
+        (Some(model), Some(images)) => Some((Arc::new(model), images)),
+        _ => {
+            println!(
+                "SKIPPED: mnist-cnn assets not in {} (run scripts/fetch-assets.sh mnist)",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+fn with_mnist(model: &Arc<MnistCnn>) -> Registry {
+    let registry = Registry::with_defaults(None).unwrap();
+    registry.insert(model.clone());
+    registry
+}
+
+fn jobs_config() -> JobsConfig {
+    JobsConfig {
+        step_timeout_ms: 5_000,
+        ..JobsConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_the_model_fetch_it_from_peers_and_verify_its_jobs() {
+    let Some((model, images)) = mnist_or_skip() else {
+        return;
+    };
+    let id = model.id();
+    let bare = Registry::with_defaults(None).unwrap();
+    // Node 0 submits, node 1 runs mnist from the start, nodes 2 and 3 have only the embedded model.
+    let nodes = common::fleet(
+        vec![
+            Spec::new(with_mnist(&model), jobs_config()),
+            Spec::new(with_mnist(&model), jobs_config()),
+            Spec::new(bare.clone(), jobs_config()),
+            Spec::new(bare, jobs_config()),
+        ],
+        120,
+        None,
+        0,
+    )
+    .await;
+    assert!(nodes[2].0.jobs.registry().get(&id).is_none());
+    let submitter = nodes[0].0.jobs.clone();
+    let mut jobs = Vec::new();
+    for (pixels, _) in &images[..12] {
+        jobs.push(submitter.submit(id, pixels.clone(), 2).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut accepted_by = std::collections::HashSet::new();
+    for (job, (pixels, _)) in jobs.into_iter().zip(&images) {
+        let result = tokio::time::timeout(Duration::from_secs(60), submitter.wait(job))
+            .await
+            .unwrap()
+            .unwrap();
+        let Outcome::Accepted { output, agreeing, .. } = result.outcome else {
+            panic!("job failed: {:?}", result.outcome);
+        };
+        assert_eq!(output, model.run_batch(&[pixels]).unwrap()[0]);
+        accepted_by.extend(agreeing);
+    }
+    for (node, _) in &nodes[2..] {
+        assert!(
+            node.jobs.registry().get(&id).is_some(),
+            "node {} did not fetch the model",
+            node.jobs.node_id().short()
+        );
+    }
+    // With replicas 2 and only node 1 holding the model at first, the fetchers did verified work.
+    let fetchers = [nodes[2].0.jobs.node_id(), nodes[3].0.jobs.node_id()];
+    assert!(
+        fetchers.iter().any(|f| accepted_by.contains(f)),
+        "no fetching node took part in a verdict"
+    );
+    for (_, cancel) in &nodes {
+        cancel.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_chunk_is_refused_and_fetched_from_another_provider() {
+    let Some((model, _)) = mnist_or_skip() else {
+        return;
+    };
+    let id = model.id();
+    let corrupt = Spec {
+        share: ShareConfig {
+            behaviour: ServeBehaviour::CorruptChunks,
+            ..ShareConfig::default()
+        },
+        ..Spec::new(with_mnist(&model), jobs_config())
+    };
+    let fetcher_store = Store::temporary().unwrap();
+    let fetcher = Spec {
+        store: fetcher_store.clone(),
+        ..Spec::new(Registry::with_defaults(None).unwrap(), jobs_config())
+    };
+    let mut nodes = common::fleet(vec![corrupt, fetcher], 140, None, 0).await;
+
+    // The only provider serves corrupted chunks: every one is refused, nothing is installed or kept.
+    let err = nodes[1].0.share.fetch(id, None).await.unwrap_err();
+    assert!(matches!(err, FetchError::ChunkUnavailable { .. }), "{err}");
+    assert!(nodes[1].0.jobs.registry().get(&id).is_none());
+    for chunk in &model.manifest().chunks {
+        assert!(
+            fetcher_store.chunk(chunk).is_none(),
+            "a corrupted chunk was stored"
+        );
+    }
+
+    // An honest provider joins: each chunk the corrupt one serves is refused and fetched from it.
+    let boot = nodes[0]
+        .0
+        .net
+        .dialable_addr(Duration::from_secs(2))
+        .await
+        .unwrap();
+    let honest = common::fleet(
+        vec![Spec::new(with_mnist(&model), jobs_config())],
+        142,
+        Some(boot),
+        2,
+    )
+    .await;
+    nodes.extend(honest);
+    tokio::time::sleep(Duration::from_millis(500)).await; // provider record
+    let report = nodes[1].0.share.fetch(id, None).await.unwrap();
+    assert_eq!(report.providers, 2, "{report:?}");
+    assert_eq!(report.fetched, model.manifest().chunks.len(), "{report:?}");
+    assert!(report.corrupt_refused >= 1, "{report:?}");
+    assert!(nodes[1].0.jobs.registry().get(&id).is_some());
+
+    // The fetched model is in the store: a restarted node installs it without the network.
+    let (fetcher, cancel) = nodes.remove(1);
+    cancel.cancel();
+    fetcher.join().await;
+    let restarted = Spec {
+        store: fetcher_store,
+        ..Spec::new(Registry::with_defaults(None).unwrap(), jobs_config())
+    };
+    let again = common::fleet(vec![restarted], 141, None, 0).await;
+    assert!(
+        again[0].0.jobs.registry().get(&id).is_some(),
+        "fetched model lost on restart"
+    );
+    for (_, cancel) in nodes.iter().chain(&again) {
+        cancel.cancel();
+    }
+}
