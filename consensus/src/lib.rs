@@ -6,6 +6,12 @@
 //! - [`job`]: the submitter's state machine of one job, from bids to a verdict.
 //! - [`quorum`]: whether redundant outputs of one job agree under the model's agreement rule, and which
 //!   group of workers forms a quorum.
+//! - [`trust`]: reputation from verdicts, and adaptive replication (how many replicas a job gets).
+//! - [`ledger`]: credit balances as a pure function of a set of co-signed receipts.
+//! - [`simulation`]: a large simulated fleet with adversaries, driven through all of the above.
 
 pub mod job;
+pub mod ledger;
 pub mod quorum;
+pub mod simulation;
+pub mod trust;

@@ -51,6 +51,7 @@ fn main() {
             jobs: n,
             replicas: 2,
             in_flight: 32,
+            malicious: 0,
         })
         .await
         .unwrap();

@@ -13,8 +13,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KadMode, NodeConfig};
+use crate::inference::Model;
 use crate::inference::{self, Registry, digits};
-use crate::jobs::JobsConfig;
+use crate::jobs::{JobsConfig, WorkerBehaviour};
 use crate::node::{self, Node};
 use crate::store::Store;
 
@@ -29,6 +30,8 @@ pub struct DemoConfig {
     pub replicas: u8,
     /// Jobs in flight at once.
     pub in_flight: usize,
+    /// Nodes (after the submitter) that return wrong outputs, to show they are out-voted.
+    pub malicious: usize,
 }
 
 /// One node's line in the summary.
@@ -59,6 +62,10 @@ pub struct DemoSummary {
     pub jobs_per_s: f64,
     /// Workers assigned per job, on average.
     pub mean_replicas: f64,
+    /// Verified outputs that differ from local inference of the same input (must be 0).
+    pub accepted_wrong: usize,
+    /// Adversarial nodes in the fleet.
+    pub malicious: usize,
     /// Receipts the submitter holds (issued and gossiped).
     pub receipts: usize,
     /// Seconds from the first offer to the last verdict.
@@ -97,31 +104,36 @@ impl Fleet {
     /// Starts `n` nodes with fresh keys on loopback (node 1 is everyone's bootstrap peer) and waits until
     /// each is connected to all others.
     pub async fn start(n: usize) -> anyhow::Result<Self> {
+        Self::start_with_malicious(n, 0).await
+    }
+
+    /// Like [`Fleet::start`], with nodes 2 to `malicious + 1` returning wrong outputs.
+    pub async fn start_with_malicious(n: usize, malicious: usize) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
         let registry = Registry::with_defaults(None)?;
-        let start_node = |bootstrap: Option<Multiaddr>| {
+        let start_node = |bootstrap: Option<Multiaddr>, behaviour: WorkerBehaviour| {
             let (registry, cancel) = (registry.clone(), cancel.clone());
             async move {
                 let key = random_key()?;
                 let cfg = node_config(bootstrap.as_ref(), n);
                 let store = Store::temporary()?;
-                node::start_with(
-                    key,
-                    cfg,
-                    registry,
-                    JobsConfig::default(),
-                    Default::default(),
-                    store,
-                    cancel,
-                )
-                .await
+                let jobs = JobsConfig {
+                    behaviour,
+                    ..JobsConfig::default()
+                };
+                node::start_with(key, cfg, registry, jobs, Default::default(), store, cancel).await
             }
         };
-        let first = start_node(None).await?;
+        let first = start_node(None, WorkerBehaviour::Honest).await?;
         let boot = first.net.dialable_addr(Duration::from_secs(2)).await?;
         let mut nodes = vec![first];
-        for _ in 1..n {
-            nodes.push(start_node(Some(boot.clone())).await?);
+        for i in 1..n {
+            let behaviour = if i <= malicious {
+                WorkerBehaviour::AlwaysWrong
+            } else {
+                WorkerBehaviour::Honest
+            };
+            nodes.push(start_node(Some(boot.clone()), behaviour).await?);
         }
         let started = Instant::now();
         loop {
@@ -163,9 +175,18 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         cfg.nodes > usize::from(cfg.replicas),
         "need at least replicas + 1 nodes (one submits)"
     );
-    eprintln!("starting {} nodes on 127.0.0.1 ...", cfg.nodes);
+    let honest = cfg.nodes - 1 - cfg.malicious.min(cfg.nodes - 1);
+    anyhow::ensure!(
+        honest > cfg.malicious,
+        "--malicious {} leaves {honest} honest workers: honest workers must outnumber adversaries",
+        cfg.malicious
+    );
+    eprintln!(
+        "starting {} nodes on 127.0.0.1 ({} returning wrong outputs) ...",
+        cfg.nodes, cfg.malicious
+    );
     let started = Instant::now();
-    let fleet = Fleet::start(cfg.nodes).await?;
+    let fleet = Fleet::start_with_malicious(cfg.nodes, cfg.malicious).await?;
     let submitter = fleet.submitter();
     let model = submitter
         .registry()
@@ -181,6 +202,7 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
     );
 
     let images = digits::held_out()?;
+    let reference = digits::Digits::embedded()?;
     let gate = Arc::new(Semaphore::new(cfg.in_flight.max(1)));
     let begun = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -197,16 +219,18 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
                 jobs.wait(id).await
             }
             .await;
-            let _ = tx.send((sample.label, result));
+            let _ = tx.send((sample, result));
         });
     }
     drop(tx);
 
     let (mut verified, mut failed, mut correct, mut assigned) = (0usize, 0usize, 0usize, 0usize);
+    let mut accepted_wrong = 0usize;
     let mut done = 0;
     let mut last_print = Instant::now();
     let tty = std::io::stderr().is_terminal();
-    while let Some((label, result)) = rx.recv().await {
+    while let Some((sample, result)) = rx.recv().await {
+        let label = sample.label;
         done += 1;
         match result {
             Ok(r) => {
@@ -214,6 +238,8 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
                 match r.outcome {
                     Outcome::Accepted { output, .. } => {
                         verified += 1;
+                        let truth = reference.run_batch(&[&sample.pixels])?;
+                        accepted_wrong += usize::from(truth.first() != Some(&output));
                         correct +=
                             usize::from(inference::argmax(&inference::f32s(&output)) == usize::from(label));
                     }
@@ -277,6 +303,8 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         } else {
             0.0
         },
+        accepted_wrong,
+        malicious: cfg.malicious,
         receipts: submitter.receipt_count(),
         elapsed_s: elapsed,
         credits,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleetmesh_consensus::job::{Action, Job, JobConfig, Outcome, SlotState};
+use fleetmesh_consensus::ledger::Ledger;
 use fleetmesh_protocol::codec::{self, Kind};
 use fleetmesh_protocol::messages::{
     Assignment, Bid, JobInput, JobOffer, Receipt, Reply, ReplyCode, ResultCommit, ResultReveal,
@@ -1056,18 +1057,22 @@ impl Jobs {
         }
     }
 
-    /// Credit, energy and accepted jobs per worker, from every receipt this node has seen.
+    /// Credit, energy and accepted jobs per worker: the ledger computed from every receipt this node has
+    /// seen (signatures checked one by one, duplicates counted once, BOINC's least-claim credit).
     pub fn earnings(&self) -> BTreeMap<NodeId, Earnings> {
-        let mut out: BTreeMap<NodeId, Earnings> = BTreeMap::new();
-        for r in self.state().receipts.values() {
-            if r.body.verdict == Verdict::Accepted {
-                let e = out.entry(r.body.claim.body.worker).or_default();
-                e.jobs += 1;
-                e.credit += r.body.credit;
-                e.energy_uwh += r.body.claim.body.energy_uwh;
-            }
-        }
-        out
+        let receipts: Vec<Signed<Receipt>> = self.state().receipts.values().cloned().collect();
+        Ledger::from_receipts(&receipts)
+            .balances
+            .into_iter()
+            .map(|(node, b)| {
+                let e = Earnings {
+                    jobs: b.jobs,
+                    credit: b.credit,
+                    energy_uwh: b.energy_uwh,
+                };
+                (node, e)
+            })
+            .collect()
     }
 
     /// The models this node runs (and can submit jobs for).

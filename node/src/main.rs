@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use fleetmesh_node::config::{ConfigError, KadMode, NodeConfig};
 use fleetmesh_node::inference::executor::{Executor, ExecutorConfig};
 use fleetmesh_node::inference::{self, Registry, digits, mnist};
-use fleetmesh_node::{demo, input, keyfile, net};
+use fleetmesh_node::{client, demo, input, keyfile, net};
 use fleetmesh_protocol::NodeKey;
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,9 @@ enum Command {
         /// Jobs in flight at once.
         #[arg(long, default_value_t = 32)]
         in_flight: usize,
+        /// Nodes that return wrong outputs (adversaries the quorum must out-vote; demo only).
+        #[arg(long, default_value_t = 0)]
+        malicious: usize,
         /// Print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -80,6 +83,15 @@ enum Command {
         /// The node's local API.
         #[arg(long, default_value = "127.0.0.1:7700")]
         api: std::net::SocketAddr,
+    },
+    /// Show credit, jobs and energy per node, from the receipts a running node has seen.
+    Earnings {
+        /// The node's local API.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        api: std::net::SocketAddr,
+        /// Print the JSON the node returned.
+        #[arg(long)]
+        json: bool,
     },
     /// List the installed models: name, id, weights size, agreement rule.
     Models,
@@ -317,7 +329,7 @@ fn submit(
     };
     anyhow::ensure!(!bodies.is_empty(), "{}: no inputs", input.display());
     for (i, body) in bodies.iter().enumerate() {
-        let (_, view) = fleetmesh_node::client::call(
+        let (_, view) = client::call(
             api,
             "POST",
             "/v1/jobs",
@@ -342,6 +354,40 @@ fn submit(
     Ok(())
 }
 
+/// `fleetmesh earnings`: the ledger a running node computes from the receipts it holds.
+fn earnings(api: std::net::SocketAddr, json: bool) -> anyhow::Result<()> {
+    let (code, body) = client::call(
+        api,
+        "GET",
+        "/v1/earnings",
+        None,
+        std::time::Duration::from_secs(10),
+    )?;
+    anyhow::ensure!(code == 200, "the node answered {code}: {body}");
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let rows = body.as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<66} {:>8} {:>14} {:>12}",
+        "node", "jobs", "credit (uc)", "energy µWh"
+    );
+    for r in &rows {
+        println!(
+            "{:<66} {:>8} {:>14} {:>12}",
+            r["node"].as_str().unwrap_or("?"),
+            r["jobs"],
+            r["credit"],
+            r["energy_uwh"]
+        );
+    }
+    if rows.is_empty() {
+        println!("(no receipts yet)");
+    }
+    Ok(())
+}
+
 fn print_summary(s: &demo::DemoSummary) {
     println!(
         "fleetmesh demo: {} jobs, {} verified, {} failed in {:.1} s",
@@ -350,6 +396,10 @@ fn print_summary(s: &demo::DemoSummary) {
     println!("  accuracy of verified outputs  {:.2}%", s.accuracy * 100.0);
     println!("  verified jobs/s               {:.1}", s.jobs_per_s);
     println!("  mean replicas per job         {:.2}", s.mean_replicas);
+    println!(
+        "  wrong outputs accepted        {} ({} adversarial nodes)",
+        s.accepted_wrong, s.malicious
+    );
     println!("  receipts                      {}", s.receipts);
     println!(
         "  {:<10} {:>6} {:>14} {:>12}",
@@ -442,6 +492,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             jobs,
             replicas,
             in_flight,
+            malicious,
             json,
         } => {
             init_logging(cli.log_format, "warn");
@@ -451,6 +502,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 jobs,
                 replicas,
                 in_flight,
+                malicious,
             }))?;
             print_summary(&summary);
             if json {
@@ -464,6 +516,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             wait,
             api,
         } => submit(&model, &input, replicas, wait, api)?,
+        Command::Earnings { api, json } => earnings(api, json)?,
         Command::Models => {
             let registry = Registry::with_defaults(Some(&cli.assets))?;
             println!("{:<10} {:<64} {:>10}  rule", "name", "id", "weights");

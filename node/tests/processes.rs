@@ -99,6 +99,11 @@ fn jobs_submitted_over_the_local_api_are_verified_by_other_processes() {
         assert!(err["error"].as_str().unwrap().contains("expected 64"), "{err}");
         let earnings = get_json(api, "/v1/earnings").unwrap();
         assert_eq!(earnings.as_array().unwrap().len(), 2, "{earnings}");
+        let home = tempfile::tempdir().unwrap();
+        let out = fleetmesh(home.path(), &["earnings", "--api", &format!("127.0.0.1:{api}")]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(table.lines().count(), 3, "header and two workers:\n{table}");
 
         // The CLI submits a batch file through the same API, one job per row.
         let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/digits/sample.csv");
@@ -295,6 +300,31 @@ fn demo_verifies_every_job_and_ends_with_a_json_summary() {
     let credits = summary["credits"].as_array().unwrap();
     let jobs_done: u64 = credits.iter().map(|c| c["jobs"].as_u64().unwrap()).sum();
     assert_eq!(jobs_done, 120, "two accepted replicas per job");
+}
+
+#[test]
+fn demo_with_an_adversarial_node_accepts_no_wrong_output() {
+    let home = tempfile::tempdir().unwrap();
+    let out = fleetmesh(
+        home.path(),
+        &["demo", "--jobs", "60", "--malicious", "1", "--json"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["malicious"], 1);
+    assert_eq!(summary["accepted_wrong"], 0, "{summary}");
+    assert_eq!(summary["verified"], 60, "{summary}");
+    // The liar is drawn for some jobs and out-voted there: those jobs needed a third worker.
+    assert!(summary["mean_replicas"].as_f64().unwrap() > 2.0, "{summary}");
+    // Only the three honest workers earned anything.
+    let credits = summary["credits"].as_array().unwrap();
+    assert_eq!(credits.len(), 3, "{summary}");
+
+    let bad = fleetmesh(home.path(), &["demo", "--nodes", "3", "--malicious", "1"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("honest workers must outnumber adversaries"), "{err}");
 }
 
 /// Polls every node's `/v1/status` until each sees `n - 1` peers (or 30 s pass).

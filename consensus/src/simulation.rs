@@ -1,0 +1,471 @@
+//! A fleet simulated over the sans-IO core, no network: many workers with a mix of behaviours, one
+//! submitter drawing workers by [`trust::plan`], every job run through the real [`Job`] state machine
+//! (commit before reveal, quorum, escalation, timeouts), reputation updated from the verdicts, and credit
+//! computed by the real [`Ledger`] from really signed receipts (plus forged and replayed ones).
+//!
+//! `cargo run --release -p fleetmesh-examples --example simulate` prints the table in the README.
+
+use std::collections::BTreeMap;
+
+use fleetmesh_protocol::messages::{
+    AgreementRule, Bid, JobInput, JobOffer, NumericClass, Receipt, ResultCommit, ResultReveal, Verdict,
+    WorkClaim,
+};
+use fleetmesh_protocol::{ModelId, NodeId, NodeKey, Signed};
+
+use crate::job::{Action, Job, JobConfig, Outcome, SlotState};
+use crate::ledger::Ledger;
+use crate::trust::{self, Reputation, TrustConfig};
+
+/// How a simulated worker behaves.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub enum Behaviour {
+    /// Computes and reports the true output.
+    Honest,
+    /// Always reports a wrong output of its own.
+    AlwaysWrong,
+    /// Reports a wrong output with this probability.
+    WrongWithProbability(f64),
+    /// Does not compute: copies its partner's commitment and reveal (which cannot open under its own id).
+    Lazy,
+    /// Member of a group that all report the same wrong output.
+    Colluding,
+    /// Computes honestly, and also forges receipts for jobs it never ran.
+    ReceiptForger,
+    /// Computes honestly, and also replays its receipts many times.
+    ReceiptReplayer,
+    /// Accepts assignments and never answers.
+    Silent,
+}
+
+impl Behaviour {
+    /// Short name for tables.
+    pub fn name(&self) -> String {
+        match self {
+            Behaviour::Honest => "honest".into(),
+            Behaviour::AlwaysWrong => "always-wrong".into(),
+            Behaviour::WrongWithProbability(p) => format!("wrong-p{p}"),
+            Behaviour::Lazy => "lazy".into(),
+            Behaviour::Colluding => "colluding".into(),
+            Behaviour::ReceiptForger => "receipt-forger".into(),
+            Behaviour::ReceiptReplayer => "receipt-replayer".into(),
+            Behaviour::Silent => "silent".into(),
+        }
+    }
+}
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Workers in the fleet.
+    pub workers: usize,
+    /// Fraction of the fleet with `adversary` behaviour (the rest is honest).
+    pub adversary_share: f64,
+    /// The adversaries' behaviour.
+    pub adversary: Behaviour,
+    /// Jobs submitted.
+    pub jobs: usize,
+    /// Bidders per job (drawn at random from the fleet).
+    pub bidders: usize,
+    /// Reputation and replication settings.
+    pub trust: TrustConfig,
+    /// Sign receipts and compute the ledger (slower).
+    pub receipts: bool,
+    /// Seed of all randomness.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1_000,
+            adversary_share: 0.10,
+            adversary: Behaviour::AlwaysWrong,
+            jobs: 100_000,
+            bidders: 20,
+            trust: TrustConfig::default(),
+            receipts: true,
+            seed: 1,
+        }
+    }
+}
+
+/// What the simulation measured.
+#[derive(Debug, Clone, Default)]
+pub struct SimReport {
+    /// Jobs with an accepted output.
+    pub accepted: usize,
+    /// Accepted outputs that were wrong.
+    pub accepted_wrong: usize,
+    /// Jobs that failed.
+    pub failed: usize,
+    /// Workers assigned per job, over the second half of the run (steady state).
+    pub steady_replicas: f64,
+    /// Workers assigned per job over the whole run.
+    pub mean_replicas: f64,
+    /// Jobs after which an honest newcomer, joining at the midpoint, became trusted (`None`: not by the end).
+    pub newcomer_trusted_after: Option<usize>,
+    /// Credit per worker of each behaviour, on average (micro-credits), from the ledger.
+    pub credit_per_worker: BTreeMap<String, f64>,
+    /// Receipts the ledger refused as forged.
+    pub forged_refused: usize,
+    /// Receipts the ledger counted once although repeated.
+    pub duplicates_ignored: usize,
+}
+
+impl SimReport {
+    /// Accepted wrong outputs per accepted job.
+    pub fn wrong_accept_rate(&self) -> f64 {
+        self.accepted_wrong as f64 / self.accepted.max(1) as f64
+    }
+}
+
+/// splitmix64: small, seeded, good enough to draw workers and coin flips.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+struct Worker {
+    key: NodeKey,
+    id: NodeId,
+    behaviour: Behaviour,
+}
+
+/// A worker's output, salt and commitment.
+type Computed = (Vec<u8>, [u8; 32], [u8; 32]);
+
+const STEP_MS: u64 = 1_000;
+const TIMEOUT_MS: u64 = 100;
+const PRICE: u64 = 1_000;
+
+/// Runs the simulation.
+pub fn run(cfg: &SimConfig) -> SimReport {
+    let mut rng = Rng(cfg.seed);
+    let adversaries = (cfg.workers as f64 * cfg.adversary_share).round() as usize;
+    let mut workers: Vec<Worker> = (0..cfg.workers)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            seed[8..16].copy_from_slice(&cfg.seed.to_le_bytes());
+            let key = NodeKey::from_seed(seed);
+            Worker {
+                id: key.node_id(),
+                key,
+                behaviour: if i < adversaries {
+                    cfg.adversary
+                } else {
+                    Behaviour::Honest
+                },
+            }
+        })
+        .collect();
+    let submitter = NodeKey::from_seed([0xAB; 32]);
+    let class = NumericClass {
+        backend: "sim".into(),
+        features: "none".into(),
+        arch: "sim".into(),
+    };
+    let model = ModelId::of(b"simulated model");
+    let mut reputation = Reputation::new(cfg.trust);
+    let mut report = SimReport::default();
+    let mut receipts: Vec<Signed<Receipt>> = Vec::new();
+    let (mut assigned_total, mut assigned_steady) = (0usize, 0usize);
+    let half = cfg.jobs / 2;
+    let mut newcomer: Option<usize> = None;
+    let by_id: BTreeMap<NodeId, usize> = workers.iter().enumerate().map(|(i, w)| (w.id, i)).collect();
+    let mut by_id = by_id;
+
+    for j in 0..cfg.jobs {
+        let now = j as u64 * STEP_MS;
+        if j == half {
+            // An honest newcomer joins at the midpoint.
+            let key = NodeKey::from_seed([0xCD; 32]);
+            by_id.insert(key.node_id(), workers.len());
+            newcomer = Some(workers.len());
+            workers.push(Worker {
+                id: key.node_id(),
+                key,
+                behaviour: Behaviour::Honest,
+            });
+        }
+        let mut candidates: Vec<NodeId> = (0..cfg.bidders)
+            .map(|_| workers[rng.below(workers.len())].id)
+            .collect();
+        if let Some(n) = newcomer
+            && rng.unit() < cfg.bidders as f64 / workers.len() as f64
+        {
+            candidates.push(workers[n].id);
+        }
+        candidates.sort();
+        candidates.dedup();
+        let draws = [rng.unit(), rng.unit(), rng.unit()];
+        let Some(plan) = trust::plan(&candidates, &reputation, now, draws) else {
+            report.failed += 1;
+            continue;
+        };
+        let offer = JobOffer {
+            submitter: submitter.node_id(),
+            nonce: j as u64,
+            model,
+            input: JobInput::Inline(Vec::new()),
+            rule: AgreementRule::Exact,
+            replicas: plan.replicas as u8,
+            reward: PRICE,
+            created_ms: now,
+            expires_ms: now + 10 * TIMEOUT_MS,
+            deadline_ms: now + STEP_MS - 1,
+        };
+        let job_id = offer.id();
+        let mut job = Job::new(
+            &offer,
+            JobConfig {
+                replicas: plan.replicas,
+                max_extra: 2,
+                commit_timeout_ms: TIMEOUT_MS,
+                reveal_timeout_ms: TIMEOUT_MS,
+            },
+        );
+        let truth = blake3::hash(job_id.as_bytes()).as_bytes()[..8].to_vec();
+        let collusion =
+            blake3::hash(&[job_id.as_bytes().as_slice(), b"collude"].concat()).as_bytes()[..8].to_vec();
+
+        // Bids: the plan's workers first, then its backups for replacements and escalation.
+        let order: Vec<NodeId> = plan.workers.iter().chain(&plan.backups).copied().collect();
+        let mut actions = Vec::new();
+        for w in &order {
+            let bid = Bid {
+                job: job_id,
+                worker: *w,
+                class: class.clone(),
+                price: PRICE,
+                energy_cost: 0,
+                est_ms: 1,
+                expires_ms: offer.expires_ms,
+            };
+            actions.extend(job.on_bid(bid, now).unwrap_or_default());
+        }
+
+        // Drive the job: workers answer at once, silent ones never; time jumps past deadlines.
+        let mut t = now;
+        // Per worker: output, salt, commitment.
+        let mut done: BTreeMap<NodeId, Computed> = BTreeMap::new();
+        let mut outcome = None;
+        for _ in 0..64 {
+            if actions.is_empty() {
+                if job.outcome().is_some() {
+                    break;
+                }
+                t += TIMEOUT_MS + 1;
+                actions = job.on_tick(t);
+                if actions.is_empty() && t > offer.deadline_ms {
+                    break;
+                }
+                continue;
+            }
+            let mut next = Vec::new();
+            for action in actions.drain(..) {
+                match action {
+                    Action::Assign { worker, .. } => {
+                        let w = &workers[by_id[&worker]];
+                        let mut salt = [0u8; 32];
+                        salt[..8].copy_from_slice(&rng.next().to_le_bytes());
+                        let (commitment, output) = match w.behaviour {
+                            Behaviour::Silent => continue,
+                            Behaviour::Lazy => {
+                                // Copy someone else's commitment and (later) their reveal.
+                                match done.values().next().cloned() {
+                                    Some((out, s, c)) => {
+                                        salt = s;
+                                        (c, out)
+                                    }
+                                    None => {
+                                        let guess = vec![0u8; truth.len()];
+                                        (
+                                            ResultCommit::commitment_for(&job_id, &worker, &guess, &salt),
+                                            guess,
+                                        )
+                                    }
+                                }
+                            }
+                            b => {
+                                let out = match b {
+                                    // Garbage of its own (a group sharing one wrong output is `Colluding`).
+                                    Behaviour::AlwaysWrong => truth
+                                        .iter()
+                                        .zip(worker.as_bytes())
+                                        .map(|(x, k)| !(x ^ k))
+                                        .collect(),
+                                    Behaviour::WrongWithProbability(p) if rng.unit() < p => {
+                                        truth.iter().map(|x| x ^ 1).collect()
+                                    }
+                                    Behaviour::Colluding => collusion.clone(),
+                                    _ => truth.clone(),
+                                };
+                                (ResultCommit::commitment_for(&job_id, &worker, &out, &salt), out)
+                            }
+                        };
+                        done.insert(worker, (output, salt, commitment));
+                        let commit = ResultCommit {
+                            job: job_id,
+                            worker,
+                            commitment,
+                        };
+                        next.extend(job.on_commit(&commit, t).unwrap_or_default());
+                    }
+                    Action::RequestReveal { worker } => {
+                        if let Some((output, salt, _)) = done.get(&worker).cloned() {
+                            let reveal = ResultReveal {
+                                job: job_id,
+                                worker,
+                                output,
+                                salt,
+                                compute_us: 1_000,
+                                energy_uwh: 5,
+                            };
+                            next.extend(job.on_reveal(&reveal, t).unwrap_or_default());
+                        }
+                    }
+                    Action::Decide(o) => outcome = Some(o),
+                }
+            }
+            actions = next;
+            if outcome.is_some() {
+                break;
+            }
+        }
+        let outcome = outcome.or_else(|| job.outcome().cloned());
+
+        let assigned = job.slots().count();
+        assigned_total += assigned;
+        if j >= half {
+            assigned_steady += assigned;
+        }
+        // Reputation: agreement with an independent replica validates; out-voted, invalid or silent
+        // workers lose their standing.
+        for (w, state) in job.slots() {
+            if matches!(state, SlotState::TimedOut | SlotState::Invalid) {
+                reputation.invalid(*w, t);
+            }
+        }
+        match outcome {
+            Some(Outcome::Accepted {
+                output,
+                agreeing,
+                disagreeing,
+            }) => {
+                report.accepted += 1;
+                if output != truth {
+                    report.accepted_wrong += 1;
+                }
+                if agreeing.len() >= 2 {
+                    for w in &agreeing {
+                        reputation.validated(*w);
+                    }
+                }
+                for w in &disagreeing {
+                    reputation.invalid(*w, t);
+                }
+                if cfg.receipts {
+                    for w in &agreeing {
+                        let worker = &workers[by_id[w]];
+                        if let Some(r) =
+                            receipt(&worker.key, &submitter, job_id, model, &output, Verdict::Accepted)
+                        {
+                            if worker.behaviour == Behaviour::ReceiptReplayer {
+                                receipts.extend(std::iter::repeat_n(r.clone(), 3));
+                            }
+                            receipts.push(r);
+                        }
+                        if worker.behaviour == Behaviour::ReceiptForger {
+                            receipts.push(forged(&worker.key, &submitter, model, j as u64));
+                        }
+                    }
+                }
+            }
+            _ => report.failed += 1,
+        }
+        if let Some(n) = newcomer
+            && report.newcomer_trusted_after.is_none()
+            && reputation.is_trusted(&workers[n].id, t)
+        {
+            report.newcomer_trusted_after = Some(j - half);
+        }
+    }
+    report.mean_replicas = assigned_total as f64 / cfg.jobs.max(1) as f64;
+    report.steady_replicas = assigned_steady as f64 / (cfg.jobs - half).max(1) as f64;
+    if cfg.receipts {
+        let ledger = Ledger::from_receipts(&receipts);
+        report.forged_refused = ledger.forged;
+        report.duplicates_ignored = ledger.duplicates;
+        let mut per: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        for w in &workers {
+            let e = per.entry(w.behaviour.name()).or_default();
+            e.0 += ledger.balance(&w.id).credit as f64;
+            e.1 += 1;
+        }
+        report.credit_per_worker = per.into_iter().map(|(k, (c, n))| (k, c / n as f64)).collect();
+    }
+    report
+}
+
+fn receipt(
+    worker: &NodeKey,
+    submitter: &NodeKey,
+    job: fleetmesh_protocol::JobId,
+    model: ModelId,
+    output: &[u8],
+    verdict: Verdict,
+) -> Option<Signed<Receipt>> {
+    let claim = WorkClaim {
+        job,
+        model,
+        worker: worker.node_id(),
+        submitter: submitter.node_id(),
+        output_digest: *blake3::hash(output).as_bytes(),
+        compute_us: 1_000,
+        energy_uwh: 5,
+        claimed_credit: PRICE,
+        claimed_ms: 0,
+    };
+    let body = Receipt {
+        claim: Signed::sign(claim, worker).ok()?,
+        verdict,
+        credit: PRICE,
+        issued_ms: 0,
+    };
+    Signed::sign(body, submitter).ok()
+}
+
+/// A receipt for a job that never happened: the forger signs its own claim and fakes the submitter's
+/// countersignature (it cannot make a real one).
+fn forged(worker: &NodeKey, submitter: &NodeKey, model: ModelId, n: u64) -> Signed<Receipt> {
+    let job = fleetmesh_protocol::JobId::of(&n.to_le_bytes());
+    let intruder = NodeKey::from_seed([0xEE; 32]);
+    let mut r = match receipt(worker, &intruder, job, model, b"nothing", Verdict::Accepted) {
+        Some(r) => r,
+        None => unreachable!("signing with the claim's own key cannot fail"),
+    };
+    // Claim the real submitter countersigned it.
+    let mut claim = r.body.claim.body.clone();
+    claim.submitter = submitter.node_id();
+    if let Ok(c) = Signed::sign(claim, worker) {
+        r.body.claim = c;
+    }
+    r
+}

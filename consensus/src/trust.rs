@@ -1,0 +1,226 @@
+//! Reputation and adaptive replication, in the spirit of BOINC's adaptive replication, without a central
+//! validator: each submitter keeps its own reputation table from the verdicts it reached (and receipts it
+//! checked), and picks how many replicas each job gets from the trust of the worker it drew.
+//!
+//! - A node starts untrusted: a fresh identity is worth nothing until it has done validated work, so making
+//!   many identities (Sybil) gains nothing.
+//! - Only *validated* results count: a result that agreed with an independent replica. A result that ran
+//!   alone proves nothing and leaves the streak as it is.
+//! - [`TrustConfig::trust_after`] consecutive validated results make a node trusted; one invalid result
+//!   makes it untrusted at once, resets its streak and starts a probation during which it is not drawn to
+//!   earn trust again.
+//! - A trusted worker runs alone except for a random spot-check fraction; an untrusted one always gets an
+//!   independent partner, trusted if any is available. The submitter draws the spot check after the
+//!   assignment, from randomness the worker never sees, and the worker's protocol is identical either way.
+
+use std::collections::BTreeMap;
+
+use fleetmesh_protocol::NodeId;
+
+/// Reputation and replication settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrustConfig {
+    /// Consecutive validated results that make a node trusted.
+    pub trust_after: u32,
+    /// After an invalid result, how long (ms) the node is not drawn to earn trust again.
+    pub probation_ms: u64,
+    /// Fraction of a trusted worker's jobs that get a second replica anyway.
+    pub spot_check: f64,
+    /// Fraction of jobs given to an untrusted worker (with a partner) so newcomers can earn trust.
+    pub explore: f64,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            trust_after: 10,
+            probation_ms: 24 * 3600 * 1000,
+            spot_check: 0.03,
+            explore: 0.06,
+        }
+    }
+}
+
+/// What one submitter knows of one worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Validated results since the last invalid one.
+    pub streak: u32,
+    /// Validated results in total.
+    pub valid: u64,
+    /// Invalid results in total.
+    pub invalid: u64,
+    /// When the last invalid result was seen.
+    pub last_invalid_ms: Option<u64>,
+}
+
+/// How a node stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Enough consecutive validated results, none invalid since.
+    Trusted,
+    /// New, or not yet enough validated results.
+    Untrusted,
+    /// Recently returned an invalid result.
+    Probation,
+}
+
+/// Reputation of every node one submitter has judged.
+#[derive(Debug, Clone, Default)]
+pub struct Reputation {
+    cfg: TrustConfig,
+    records: BTreeMap<NodeId, Record>,
+}
+
+impl Reputation {
+    /// An empty table.
+    pub fn new(cfg: TrustConfig) -> Self {
+        Self {
+            cfg,
+            records: BTreeMap::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &TrustConfig {
+        &self.cfg
+    }
+
+    /// A result of `node` agreed with an independent replica.
+    pub fn validated(&mut self, node: NodeId) {
+        let r = self.records.entry(node).or_default();
+        r.streak = r.streak.saturating_add(1);
+        r.valid += 1;
+    }
+
+    /// A result of `node` was out-voted (or it failed to deliver a committed result).
+    pub fn invalid(&mut self, node: NodeId, now_ms: u64) {
+        let r = self.records.entry(node).or_default();
+        r.streak = 0;
+        r.invalid += 1;
+        r.last_invalid_ms = Some(now_ms);
+    }
+
+    /// The record of `node`.
+    pub fn record(&self, node: &NodeId) -> Record {
+        self.records.get(node).copied().unwrap_or_default()
+    }
+
+    /// How `node` stands at `now_ms`.
+    pub fn standing(&self, node: &NodeId, now_ms: u64) -> Standing {
+        let r = self.record(node);
+        match r.last_invalid_ms {
+            Some(t) if now_ms < t.saturating_add(self.cfg.probation_ms) => Standing::Probation,
+            _ if r.streak >= self.cfg.trust_after => Standing::Trusted,
+            _ => Standing::Untrusted,
+        }
+    }
+
+    /// Whether `node` is trusted at `now_ms`.
+    pub fn is_trusted(&self, node: &NodeId, now_ms: u64) -> bool {
+        self.standing(node, now_ms) == Standing::Trusted
+    }
+}
+
+/// The replication plan for one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Workers to assign first, in order (one or two).
+    pub workers: Vec<NodeId>,
+    /// Agreeing workers required.
+    pub replicas: usize,
+    /// Whether this is a spot check of a trusted worker.
+    pub spot_check: bool,
+    /// Workers to draw from, in order, when a worker drops out or results disagree: trusted ones only,
+    /// unless nobody among the bidders is trusted (then untrusted ones). Two adversaries must never be
+    /// able to form a quorum through escalation.
+    pub backups: Vec<NodeId>,
+}
+
+/// Most backups a plan lists.
+pub const MAX_BACKUPS: usize = 3;
+
+/// Chooses the workers of a job from `candidates` (the bidders, in bid order) given `reputation`.
+///
+/// `draws` are three uniform numbers in `[0, 1)` from the submitter's private randomness: whether to
+/// explore an untrusted worker, which candidate to take, and whether to spot-check. Returns `None` if
+/// there are no candidates.
+pub fn plan(candidates: &[NodeId], reputation: &Reputation, now_ms: u64, draws: [f64; 3]) -> Option<Plan> {
+    let cfg = reputation.config();
+    let (mut trusted, mut fresh) = (Vec::new(), Vec::new());
+    for c in candidates {
+        match reputation.standing(c, now_ms) {
+            Standing::Trusted => trusted.push(*c),
+            Standing::Untrusted => fresh.push(*c),
+            Standing::Probation => {}
+        }
+    }
+    let pick = |from: &[NodeId], u: f64| from[((u * from.len() as f64) as usize).min(from.len() - 1)];
+    let backups = |chosen: &[NodeId]| -> Vec<NodeId> {
+        let pool = if trusted.is_empty() { &fresh } else { &trusted };
+        pool.iter()
+            .copied()
+            .filter(|w| !chosen.contains(w))
+            .take(MAX_BACKUPS)
+            .collect()
+    };
+    let explore = trusted.is_empty() || (!fresh.is_empty() && draws[0] < cfg.explore);
+    if !explore {
+        let primary = pick(&trusted, draws[1]);
+        if draws[2] >= cfg.spot_check {
+            return Some(Plan {
+                backups: backups(&[primary]),
+                workers: vec![primary],
+                replicas: 1,
+                spot_check: false,
+            });
+        }
+        // Spot check: a second, independent worker (another trusted one if there is one).
+        let others: Vec<NodeId> = trusted.iter().copied().filter(|w| *w != primary).collect();
+        let partner = if others.is_empty() {
+            fresh.first().copied()
+        } else {
+            Some(pick(&others, draws[0]))
+        };
+        let workers: Vec<NodeId> = std::iter::once(primary).chain(partner).collect();
+        // (With nobody else among the bidders the check cannot happen; the job runs alone.)
+        return Some(Plan {
+            replicas: workers.len(),
+            backups: backups(&workers),
+            spot_check: workers.len() > 1,
+            workers,
+        });
+    }
+    // An untrusted worker earns trust next to a trusted partner. With nobody trusted among the bidders,
+    // three untrusted workers must all agree: two adversaries that happen to agree (a shared bug, or
+    // collusion) are not enough.
+    if fresh.is_empty() {
+        return None;
+    }
+    let primary = pick(&fresh, draws[1]);
+    if trusted.is_empty() {
+        let start = ((draws[2] * fresh.len() as f64) as usize).min(fresh.len() - 1);
+        let others = fresh
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(fresh.len())
+            .copied()
+            .filter(|w| *w != primary)
+            .take(2);
+        let workers: Vec<NodeId> = std::iter::once(primary).chain(others).collect();
+        return Some(Plan {
+            backups: backups(&workers),
+            workers,
+            replicas: 3,
+            spot_check: false,
+        });
+    }
+    let workers = vec![primary, pick(&trusted, draws[2])];
+    Some(Plan {
+        backups: backups(&workers),
+        workers,
+        replicas: 2,
+        spot_check: false,
+    })
+}
