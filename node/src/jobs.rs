@@ -588,21 +588,44 @@ impl Jobs {
                 };
                 let this = self.clone();
                 tokio::spawn(async move {
-                    match this
-                        .inner
-                        .net
-                        .request(net::peer_id_of(&worker), codec::encode(&signed))
-                        .await
-                    {
-                        Ok(bytes) => this.on_work_report(job, worker, &bytes),
-                        Err(e) => {
-                            debug!(job = %job.short(), worker = %worker.short(), error = %e, "reveal request failed")
+                    // Asked again (until the reveal deadline ends the slot) if the worker cannot be reached
+                    // or has no result at hand: a worker restarting after a crash reveals from its store.
+                    while this.reveal_due(job, worker) {
+                        match this
+                            .inner
+                            .net
+                            .request(net::peer_id_of(&worker), codec::encode(&signed))
+                            .await
+                        {
+                            Ok(bytes) if codec::decode::<WorkReport>(&bytes).is_ok() => {
+                                this.on_work_report(job, worker, &bytes);
+                                return;
+                            }
+                            Ok(_) => {
+                                debug!(job = %job.short(), worker = %worker.short(), "worker could not reveal yet")
+                            }
+                            Err(e) => {
+                                debug!(job = %job.short(), worker = %worker.short(), error = %e, "reveal request failed")
+                            }
                         }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     }
                 });
             }
             Action::Decide(outcome) => self.finish(job, outcome),
         }
+    }
+
+    /// Whether `worker` still owes a reveal for `job`.
+    fn reveal_due(&self, job: JobId, worker: NodeId) -> bool {
+        let state = self.state();
+        state.submitted.get(&job).is_some_and(|sub| {
+            sub.result.is_none()
+                && sub
+                    .job
+                    .slots()
+                    .any(|(w, s)| *w == worker && matches!(s, SlotState::RevealDue { .. }))
+        })
     }
 
     fn on_work_report(&self, job: JobId, worker: NodeId, bytes: &[u8]) {
