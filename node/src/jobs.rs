@@ -262,45 +262,29 @@ impl Jobs {
             state.receipts.insert(key, r);
         }
         for (original, record) in submitted {
-            match record.result {
-                Some(result) => {
-                    decided += 1;
-                    let id = record.offer.id();
-                    let job = Job::new(&record.offer, JobConfig::for_offer(&record.offer, 0));
-                    state.aliases.insert(original, id);
-                    state.submitted.insert(
-                        id,
-                        Submitted {
-                            original,
-                            offer: record.offer,
-                            job,
-                            stale: false,
-                            claims: HashMap::new(),
-                            waiters: Vec::new(),
-                            result: Some(result),
-                        },
-                    );
-                }
-                None => {
-                    pending += 1;
-                    let id = record.offer.id();
-                    let job = Job::new(&record.offer, JobConfig::for_offer(&record.offer, 0));
-                    state.aliases.insert(original, id);
-                    state.to_reoffer.push((original, record.offer.clone()));
-                    state.submitted.insert(
-                        id,
-                        Submitted {
-                            original,
-                            offer: record.offer,
-                            job,
-                            stale: true,
-                            claims: HashMap::new(),
-                            waiters: Vec::new(),
-                            result: None,
-                        },
-                    );
-                }
+            // A decided job keeps its verdict; an unfinished one waits (stale) to be offered again.
+            let stale = record.result.is_none();
+            if stale {
+                pending += 1;
+                state.to_reoffer.push((original, record.offer.clone()));
+            } else {
+                decided += 1;
             }
+            let id = record.offer.id();
+            let job = Job::new(&record.offer, JobConfig::for_offer(&record.offer, 0));
+            state.aliases.insert(original, id);
+            state.submitted.insert(
+                id,
+                Submitted {
+                    original,
+                    offer: record.offer,
+                    job,
+                    stale,
+                    claims: HashMap::new(),
+                    waiters: Vec::new(),
+                    result: record.result,
+                },
+            );
         }
         for (job, record) in work {
             if record.offer.deadline_ms <= now || record.revealed {

@@ -176,6 +176,18 @@ impl Store {
         out
     }
 
+    fn remove(&self, tree: &sled::Tree, key: &[u8]) -> Result<(), StoreError> {
+        tree.remove(key).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// Every record of a tree keyed by job id.
+    fn by_job<T: DeserializeOwned>(&self, tree: &sled::Tree, what: &'static str) -> Vec<(JobId, T)> {
+        self.all(tree, what)
+            .into_iter()
+            .filter_map(|(k, v)| Some((JobId::from_bytes(k.as_ref().try_into().ok()?), v)))
+            .collect()
+    }
+
     // ------------------------------------------------------------ submitted jobs
 
     /// Records a submitted job under the id its user knows (`original`).
@@ -185,18 +197,12 @@ impl Store {
 
     /// Forgets a submitted job (its offer could not be published).
     pub fn remove_submitted(&self, original: &JobId) -> Result<(), StoreError> {
-        self.submitted
-            .remove(original.as_bytes())
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.remove(&self.submitted, original.as_bytes())
     }
 
     /// Every submitted job: (id the user knows, record).
     pub fn submitted(&self) -> Vec<(JobId, SubmittedRecord)> {
-        self.all(&self.submitted, "submitted job")
-            .into_iter()
-            .filter_map(|(k, v)| Some((JobId::from_bytes(k.as_ref().try_into().ok()?), v)))
-            .collect()
+        self.by_job(&self.submitted, "submitted job")
     }
 
     // ------------------------------------------------------------ work
@@ -208,18 +214,12 @@ impl Store {
 
     /// Forgets finished work.
     pub fn remove_work(&self, job: &JobId) -> Result<(), StoreError> {
-        self.work
-            .remove(job.as_bytes())
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.remove(&self.work, job.as_bytes())
     }
 
     /// Every piece of work this node holds.
     pub fn work(&self) -> Vec<(JobId, WorkRecord)> {
-        self.all(&self.work, "work")
-            .into_iter()
-            .filter_map(|(k, v)| Some((JobId::from_bytes(k.as_ref().try_into().ok()?), v)))
-            .collect()
+        self.by_job(&self.work, "work")
     }
 
     // ------------------------------------------------------------ receipts
@@ -280,10 +280,7 @@ impl Store {
 
     /// Forgets a chunk.
     pub fn remove_chunk(&self, id: &ChunkId) -> Result<(), StoreError> {
-        self.chunks
-            .remove(id.as_bytes())
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.remove(&self.chunks, id.as_bytes())
     }
 
     fn decoded<T: Message>(&self, tree: &sled::Tree, keep: impl Fn(&T) -> bool) -> Vec<T> {
