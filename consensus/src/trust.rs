@@ -209,10 +209,11 @@ pub fn plan(candidates: &[NodeId], reputation: &Reputation, now_ms: u64, draws: 
             .filter(|w| *w != primary)
             .take(2);
         let workers: Vec<NodeId> = std::iter::once(primary).chain(others).collect();
+        // (Two when fewer than three bid: a small fleet cannot do better.)
         return Some(Plan {
             backups: backups(&workers),
+            replicas: workers.len().max(2),
             workers,
-            replicas: 3,
             spot_check: false,
         });
     }

@@ -52,6 +52,7 @@ fn main() {
             replicas: 2,
             in_flight: 32,
             malicious: 0,
+            adaptive: false,
         })
         .await
         .unwrap();

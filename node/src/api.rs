@@ -102,7 +102,8 @@ pub struct SubmitRequest {
     /// The input as text (for minilm).
     #[serde(default)]
     pub text: Option<String>,
-    /// Agreeing workers required (default 2).
+    /// Agreeing workers required; absent: the node chooses by the workers' reputation (adaptive
+    /// replication).
     #[serde(default)]
     pub replicas: Option<u8>,
     /// Wait for the verdict before answering.
@@ -134,7 +135,11 @@ async fn submit(
     if let Err(e) = model.check_input(&input) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let job = match s.jobs.submit(model.id(), input, req.replicas.unwrap_or(2)).await {
+    let submitted = match req.replicas {
+        Some(r) => s.jobs.submit(model.id(), input, r).await,
+        None => s.jobs.submit_auto(model.id(), input).await,
+    };
+    let job = match submitted {
         Ok(job) => job,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
     };

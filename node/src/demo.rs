@@ -30,8 +30,11 @@ pub struct DemoConfig {
     pub replicas: u8,
     /// Jobs in flight at once.
     pub in_flight: usize,
-    /// Nodes (after the submitter) that return wrong outputs, to show they are out-voted.
+    /// Nodes (after the submitter) that misbehave (alternately always wrong and lazy), to show they are
+    /// out-voted.
     pub malicious: usize,
+    /// Replicas follow the workers' reputation (adaptive replication) instead of `replicas`.
+    pub adaptive: bool,
 }
 
 /// One node's line in the summary.
@@ -107,7 +110,8 @@ impl Fleet {
         Self::start_with_malicious(n, 0).await
     }
 
-    /// Like [`Fleet::start`], with nodes 2 to `malicious + 1` returning wrong outputs.
+    /// Like [`Fleet::start`], with nodes 2 to `malicious + 1` misbehaving (alternately always wrong and
+    /// lazy).
     pub async fn start_with_malicious(n: usize, malicious: usize) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
         let registry = Registry::with_defaults(None)?;
@@ -128,10 +132,10 @@ impl Fleet {
         let boot = first.net.dialable_addr(Duration::from_secs(2)).await?;
         let mut nodes = vec![first];
         for i in 1..n {
-            let behaviour = if i <= malicious {
-                WorkerBehaviour::AlwaysWrong
-            } else {
-                WorkerBehaviour::Honest
+            let behaviour = match (i <= malicious, i % 2) {
+                (false, _) => WorkerBehaviour::Honest,
+                (true, 1) => WorkerBehaviour::AlwaysWrong,
+                (true, _) => WorkerBehaviour::Lazy,
             };
             nodes.push(start_node(Some(boot.clone()), behaviour).await?);
         }
@@ -193,12 +197,16 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         .by_name("digits")
         .ok_or_else(|| anyhow::anyhow!("digits model missing"))?
         .id();
+    let replication = if cfg.adaptive {
+        "adaptive replication".to_string()
+    } else {
+        format!("replicas {}", cfg.replicas)
+    };
     eprintln!(
-        "fleet connected in {:.1} s; submitting {} digits jobs from node {} (replicas {})",
+        "fleet connected in {:.1} s; submitting {} digits jobs from node {} ({replication})",
         started.elapsed().as_secs_f64(),
         cfg.jobs,
         submitter.node_id().short(),
-        cfg.replicas
     );
 
     let images = digits::held_out()?;
@@ -209,13 +217,17 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
     for i in 0..cfg.jobs {
         let sample = images[i % images.len()].clone();
         let (jobs, gate, tx) = (submitter.clone(), gate.clone(), tx.clone());
-        let replicas = cfg.replicas;
+        let (replicas, adaptive) = (cfg.replicas, cfg.adaptive);
         tokio::spawn(async move {
             let Ok(_permit) = gate.acquire_owned().await else {
                 return;
             };
             let result = async {
-                let id = jobs.submit(model, sample.pixels.clone(), replicas).await?;
+                let id = if adaptive {
+                    jobs.submit_auto(model, sample.pixels.clone()).await?
+                } else {
+                    jobs.submit(model, sample.pixels.clone(), replicas).await?
+                };
                 jobs.wait(id).await
             }
             .await;

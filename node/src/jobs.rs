@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleetmesh_consensus::job::{Action, Job, JobConfig, Outcome, SlotState};
 use fleetmesh_consensus::ledger::Ledger;
+use fleetmesh_consensus::trust::{self, Reputation, TrustConfig};
 use fleetmesh_protocol::codec::{self, Kind};
 use fleetmesh_protocol::messages::{
     Assignment, Bid, JobInput, JobOffer, Receipt, Reply, ReplyCode, ResultCommit, ResultReveal,
@@ -55,6 +56,11 @@ pub struct JobsConfig {
     /// How this node behaves as a worker. Only tests and `fleetmesh demo` set anything but
     /// [`WorkerBehaviour::Honest`]; `fleetmesh run` cannot.
     pub behaviour: WorkerBehaviour,
+    /// Adaptive replication of jobs submitted without a replica count ([`Jobs::submit_auto`]): trusted
+    /// workers run alone except for spot checks. `None`: such jobs get two replicas.
+    pub adaptive: Option<TrustConfig>,
+    /// How long an adaptive job collects bids before its workers are chosen.
+    pub bid_window_ms: u64,
 }
 
 /// How a worker behaves (adversarial behaviours exist to test the fleet's defences).
@@ -63,8 +69,18 @@ pub enum WorkerBehaviour {
     /// Runs the model and reports the true output.
     #[default]
     Honest,
-    /// Reports a wrong output for every job (flips the bits of the first byte).
+    /// Reports a wrong output for every job (flips the bits of the first byte; every such worker
+    /// reports the same wrong output, like a colluding group).
     AlwaysWrong,
+    /// Reports a wrong output for this percentage of jobs.
+    WrongPercent(u8),
+    /// Does not run the model: commits to and reveals an output of zeros.
+    Lazy,
+    /// Accepts assignments and never answers.
+    Silent,
+    /// Runs jobs honestly and also gossips a receipt for each, with a forged countersignature, claiming a
+    /// second job that never happened.
+    ReceiptForger,
 }
 
 impl Default for JobsConfig {
@@ -78,6 +94,8 @@ impl Default for JobsConfig {
             active_watts: 15.0,
             step_timeout_ms: 10_000,
             behaviour: WorkerBehaviour::Honest,
+            adaptive: Some(TrustConfig::default()),
+            bid_window_ms: 25,
         }
     }
 }
@@ -104,9 +122,19 @@ struct Submitted {
     job: Job,
     /// Found unfinished at start; waits to be offered again (its old offer is ignored meanwhile).
     stale: bool,
+    /// For an adaptively replicated job: bids held until its workers are chosen.
+    adaptive: Option<Adaptive>,
     claims: HashMap<NodeId, Signed<WorkClaim>>,
     waiters: Vec<oneshot::Sender<JobResult>>,
     result: Option<JobResult>,
+}
+
+#[derive(Default)]
+struct Adaptive {
+    bids: Vec<Bid>,
+    planned: bool,
+    /// Nobody trusted was among the bidders when the plan was made (later bids may then join).
+    none_trusted: bool,
 }
 
 struct Work {
@@ -136,6 +164,10 @@ struct State {
     /// Unfinished jobs found at start, to offer again once the mesh takes offers.
     to_reoffer: Vec<(JobId, JobOffer)>,
     reoffering: bool,
+    /// What this node, as a submitter, knows of the workers it has judged.
+    reputation: Reputation,
+    /// Jobs being offered that are adaptively replicated.
+    adaptive_pending: std::collections::HashSet<JobId>,
     offers: HashMap<JobId, JobOffer>,
     work: HashMap<JobId, Work>,
     receipts: BTreeMap<(JobId, NodeId), Signed<Receipt>>,
@@ -208,6 +240,16 @@ fn random_salt() -> Option<[u8; 32]> {
     Some(salt)
 }
 
+/// A uniform number in `[0, 1)` from the system's randomness; 0 if there is none, which makes every
+/// adaptive job replicated (safe, if slower).
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) => (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.0,
+    }
+}
+
 /// Decodes a signed request and checks that its author is the peer that sent it.
 fn authored<T: Signable>(peer: &PeerId, data: &[u8]) -> Result<Signed<T>, &'static str> {
     let msg: Signed<T> = codec::decode(data).map_err(|_| "malformed message")?;
@@ -231,6 +273,10 @@ impl Jobs {
         share: Share,
     ) -> Self {
         let me = key.node_id();
+        let state = State {
+            reputation: Reputation::new(cfg.adaptive.unwrap_or_default()),
+            ..State::default()
+        };
         Self {
             inner: Arc::new(Inner {
                 key,
@@ -240,7 +286,7 @@ impl Jobs {
                 cfg,
                 store,
                 share,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(state),
             }),
         }
     }
@@ -261,6 +307,31 @@ impl Jobs {
             let key = (r.body.claim.body.job, r.body.claim.body.worker);
             state.receipts.insert(key, r);
         }
+        // Reputation is a function of the verdicts this node reached, which its own receipts record.
+        let mut own: Vec<&Signed<Receipt>> = state
+            .receipts
+            .values()
+            .filter(|r| r.body.claim.body.submitter == self.inner.me)
+            .collect();
+        own.sort_by_key(|r| r.body.issued_ms);
+        let mut accepted_per_job: HashMap<JobId, usize> = HashMap::new();
+        for r in &own {
+            if r.body.verdict == Verdict::Accepted {
+                *accepted_per_job.entry(r.body.claim.body.job).or_default() += 1;
+            }
+        }
+        let mut reputation = Reputation::new(self.inner.cfg.adaptive.unwrap_or_default());
+        for r in own {
+            let claim = &r.body.claim.body;
+            match r.body.verdict {
+                Verdict::Accepted if accepted_per_job.get(&claim.job).copied().unwrap_or(0) >= 2 => {
+                    reputation.validated(claim.worker)
+                }
+                Verdict::Accepted => {}
+                Verdict::Rejected => reputation.invalid(claim.worker, r.body.issued_ms),
+            }
+        }
+        state.reputation = reputation;
         for (original, record) in submitted {
             // A decided job keeps its verdict; an unfinished one waits (stale) to be offered again.
             let stale = record.result.is_none();
@@ -280,6 +351,7 @@ impl Jobs {
                     offer: record.offer,
                     job,
                     stale,
+                    adaptive: None,
                     claims: HashMap::new(),
                     waiters: Vec::new(),
                     result: record.result,
@@ -363,6 +435,31 @@ impl Jobs {
         Ok(id)
     }
 
+    /// Offers a job whose replication this node chooses: adaptive (see [`JobsConfig::adaptive`]) if
+    /// enabled, two replicas otherwise.
+    pub async fn submit_auto(&self, model: ModelId, input: Vec<u8>) -> anyhow::Result<JobId> {
+        if self.inner.cfg.adaptive.is_none() {
+            return self.submit(model, input, 2).await;
+        }
+        let rule = self
+            .inner
+            .executor
+            .registry()
+            .get(&model)
+            .map_or(fleetmesh_protocol::messages::AgreementRule::Exact, |m| {
+                m.manifest().rule
+            });
+        // The offer asks for one replica: workers cannot tell a job that runs alone from a checked one.
+        let offer = self.new_offer(model, JobInput::Inline(input), rule, 1)?;
+        let id = offer.id();
+        self.state().adaptive_pending.insert(id);
+        if let Err(e) = self.offer(id, offer).await {
+            self.forget(id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
     /// A fresh offer (new nonce and times) signed by this node.
     fn new_offer(
         &self,
@@ -420,6 +517,7 @@ impl Jobs {
                     .unwrap_or_default(),
                 None => Vec::new(),
             };
+            let adaptive = state.adaptive_pending.remove(&original).then(Adaptive::default);
             state.submitted.insert(
                 id,
                 Submitted {
@@ -427,6 +525,7 @@ impl Jobs {
                     offer,
                     job,
                     stale: false,
+                    adaptive,
                     claims: HashMap::new(),
                     waiters,
                     result: None,
@@ -612,6 +711,100 @@ impl Jobs {
         })
     }
 
+    /// A bid for a job this node submitted. Fixed replication: straight to the state machine. Adaptive:
+    /// held for [`JobsConfig::bid_window_ms`], then the workers are chosen by reputation
+    /// ([`trust::plan`]); later bids join only from trusted workers (or anyone, if nobody trusted bid).
+    fn on_bid(&self, bid: Bid, now: u64) {
+        let job = bid.job;
+        {
+            let mut guard = self.state();
+            let State {
+                submitted,
+                reputation,
+                ..
+            } = &mut *guard;
+            let Some(sub) = submitted.get_mut(&job) else {
+                return;
+            };
+            if let Some(a) = sub.adaptive.as_mut() {
+                if !a.planned {
+                    if a.bids.iter().any(|b| b.worker == bid.worker) {
+                        return;
+                    }
+                    let first = a.bids.is_empty();
+                    a.bids.push(bid);
+                    if first {
+                        let this = self.clone();
+                        let window = std::time::Duration::from_millis(self.inner.cfg.bid_window_ms);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(window).await;
+                            this.plan_job(job);
+                        });
+                    }
+                    return;
+                }
+                if !a.none_trusted && !reputation.is_trusted(&bid.worker, now) {
+                    return;
+                }
+            }
+        }
+        self.drive(job, |j| j.on_bid(bid, now).unwrap_or_default());
+    }
+
+    /// Chooses the workers of an adaptive job from the bids it collected, and assigns them.
+    fn plan_job(&self, job: JobId) {
+        let cfg = &self.inner.cfg;
+        let now = now_ms();
+        let draws = [random_unit(), random_unit(), random_unit()];
+        let actions = {
+            let mut guard = self.state();
+            let State {
+                submitted,
+                reputation,
+                ..
+            } = &mut *guard;
+            let Some(sub) = submitted.get_mut(&job) else {
+                return;
+            };
+            let Some(a) = sub.adaptive.as_mut() else {
+                return;
+            };
+            if a.planned || sub.result.is_some() {
+                return;
+            }
+            a.planned = true;
+            let bids = std::mem::take(&mut a.bids);
+            let candidates: Vec<NodeId> = bids.iter().map(|b| b.worker).collect();
+            a.none_trusted = !candidates.iter().any(|c| reputation.is_trusted(c, now));
+            let Some(plan) = trust::plan(&candidates, reputation, now, draws) else {
+                // Every bidder is on probation: the job waits for other bids (or fails at its expiry).
+                debug!(job = %job.short(), bidders = candidates.len(), "no bidder may be drawn; waiting");
+                a.planned = false;
+                return;
+            };
+            debug!(job = %job.short(), replicas = plan.replicas, spot_check = plan.spot_check, "workers chosen");
+            sub.job = Job::new(
+                &sub.offer,
+                JobConfig {
+                    replicas: plan.replicas,
+                    max_extra: cfg.max_extra,
+                    commit_timeout_ms: cfg.step_timeout_ms,
+                    reveal_timeout_ms: cfg.step_timeout_ms,
+                },
+            );
+            let mut actions = Vec::new();
+            for w in plan.workers.iter().chain(&plan.backups) {
+                if let Some(b) = bids.iter().find(|b| b.worker == *w) {
+                    actions.extend(sub.job.on_bid(b.clone(), now).unwrap_or_default());
+                }
+            }
+            actions
+        };
+        for action in actions {
+            self.act(job, action);
+        }
+    }
+
     fn on_work_report(&self, job: JobId, worker: NodeId, bytes: &[u8]) {
         let report = match codec::decode::<WorkReport>(bytes) {
             Ok(r)
@@ -649,6 +842,22 @@ impl Jobs {
                 Outcome::Accepted { agreeing, .. } => agreeing,
                 Outcome::Failed(_) => &[],
             };
+            // Reputation: agreement with an independent replica validates a result; an out-voted,
+            // unopenable or missing one is invalid.
+            let now = now_ms();
+            let mut validated = Vec::new();
+            let mut invalid = Vec::new();
+            if agreeing.len() >= 2 {
+                validated.extend_from_slice(agreeing);
+            }
+            if let Outcome::Accepted { disagreeing, .. } = &outcome {
+                invalid.extend_from_slice(disagreeing);
+            }
+            for (w, slot) in sub.job.slots() {
+                if matches!(slot, SlotState::TimedOut | SlotState::Invalid) {
+                    invalid.push(*w);
+                }
+            }
             // BOINC's rule: every validated replica earns the least credit any of them claimed.
             let credit = agreeing
                 .iter()
@@ -702,6 +911,12 @@ impl Jobs {
             let store = &self.inner.store;
             if let Err(e) = store.put_submitted(&sub.original, &record) {
                 warn!(job = %job.short(), error = %e, "cannot store the verdict");
+            }
+            for w in validated {
+                state.reputation.validated(w);
+            }
+            for w in invalid {
+                state.reputation.invalid(w, now);
             }
             for r in &receipts {
                 if let Err(e) = store.put_receipt(r) {
@@ -810,7 +1025,7 @@ impl Jobs {
                     if !self.state().submitted.contains_key(&job) {
                         return refuse("unknown job");
                     }
-                    self.drive(job, |j| j.on_bid(bid.body, now).unwrap_or_default());
+                    self.on_bid(bid.body, now);
                     reply(Reply::accepted())
                 }
                 Err(why) => refuse(why),
@@ -887,13 +1102,24 @@ impl Jobs {
             state.work.insert(a.job, work);
             (offer, input)
         };
+        if self.inner.cfg.behaviour == WorkerBehaviour::Silent {
+            return reply(Reply::accepted()); // and never heard of again
+        }
         let this = self.clone();
         tokio::spawn(async move { this.compute(a.job, offer, input, cancel).await });
         reply(Reply::accepted())
     }
 
     async fn compute(&self, job: JobId, offer: JobOffer, input: Vec<u8>, cancel: CancelFlag) {
-        let result = self.inner.executor.run(&offer.model, vec![input], cancel).await;
+        let result = if self.inner.cfg.behaviour == WorkerBehaviour::Lazy {
+            // Skips the work and makes up an output of the usual size.
+            Ok(crate::inference::executor::JobOutput {
+                outputs: vec![vec![0u8; 40]],
+                compute: std::time::Duration::from_micros(1),
+            })
+        } else {
+            self.inner.executor.run(&offer.model, vec![input], cancel).await
+        };
         let mut out = match result {
             Ok(out) if out.outputs.len() == 1 => out,
             Ok(_) | Err(_) => {
@@ -902,9 +1128,12 @@ impl Jobs {
             }
         };
         let mut output = out.outputs.remove(0);
-        if self.inner.cfg.behaviour == WorkerBehaviour::AlwaysWrong
-            && let Some(first) = output.first_mut()
-        {
+        let lie = match self.inner.cfg.behaviour {
+            WorkerBehaviour::AlwaysWrong => true,
+            WorkerBehaviour::WrongPercent(p) => random_unit() * 100.0 < f64::from(p),
+            _ => false,
+        };
+        if lie && let Some(first) = output.first_mut() {
             *first ^= 0xff;
         }
         let compute_us = out.compute.as_micros() as u64;
@@ -1022,6 +1251,9 @@ impl Jobs {
             claimed_credit: self.inner.cfg.price,
             claimed_ms: now_ms(),
         };
+        if self.inner.cfg.behaviour == WorkerBehaviour::ReceiptForger {
+            self.forge_receipt(claim.clone());
+        }
         match (
             Signed::sign(reveal, &self.inner.key),
             Signed::sign(claim, &self.inner.key),
@@ -1029,6 +1261,30 @@ impl Jobs {
             (Ok(reveal), Ok(claim)) => codec::encode(&WorkReport { reveal, claim }),
             _ => refuse("cannot sign"),
         }
+    }
+
+    /// Adversarial behaviour for tests and the demo: gossips a receipt for a job that never happened, with
+    /// the real submitter's countersignature faked. Every peer's gossip check refuses it.
+    fn forge_receipt(&self, mut claim: WorkClaim) {
+        claim.job = JobId::of(&[claim.job.as_bytes().as_slice(), b"forged"].concat());
+        let Ok(claim) = Signed::sign(claim, &self.inner.key) else {
+            return;
+        };
+        let body = Receipt {
+            credit: claim.body.claimed_credit,
+            claim,
+            verdict: Verdict::Accepted,
+            issued_ms: now_ms(),
+        };
+        let signature = self
+            .inner
+            .key
+            .sign_digest(&fleetmesh_protocol::signing::signing_digest(&body));
+        let forged = Signed { body, signature };
+        let net = self.inner.net.clone();
+        tokio::spawn(async move {
+            let _ = net.publish(Topic::Receipts, codec::encode(&forged)).await;
+        });
     }
 
     // ---------------------------------------------------------------- time and views

@@ -52,9 +52,12 @@ enum Command {
         /// Jobs in flight at once.
         #[arg(long, default_value_t = 32)]
         in_flight: usize,
-        /// Nodes that return wrong outputs (adversaries the quorum must out-vote; demo only).
+        /// Nodes that misbehave (alternately: wrong outputs, lazy made-up outputs); demo only.
         #[arg(long, default_value_t = 0)]
         malicious: usize,
+        /// Adaptive replication: replicas follow the workers' reputation instead of --replicas.
+        #[arg(long)]
+        adaptive: bool,
         /// Print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -74,9 +77,10 @@ enum Command {
         /// Input file: CSV rows or a PNG for image models, one sentence per line for minilm.
         #[arg(long)]
         input: PathBuf,
-        /// Agreeing workers required per job.
-        #[arg(long, default_value_t = 2)]
-        replicas: u8,
+        /// Agreeing workers required per job [default: the node chooses by the workers' reputation
+        /// (adaptive replication)].
+        #[arg(long)]
+        replicas: Option<u8>,
         /// Wait for each job's verdict and print it.
         #[arg(long)]
         wait: bool,
@@ -304,7 +308,7 @@ fn embed_texts(registry: &Registry, id: fleetmesh_protocol::ModelId, input: &Pat
 fn submit(
     model: &str,
     input: &Path,
-    replicas: u8,
+    replicas: Option<u8>,
     wait: bool,
     api: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
@@ -493,6 +497,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             replicas,
             in_flight,
             malicious,
+            adaptive,
             json,
         } => {
             init_logging(cli.log_format, "warn");
@@ -503,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 replicas,
                 in_flight,
                 malicious,
+                adaptive,
             }))?;
             print_summary(&summary);
             if json {

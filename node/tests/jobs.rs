@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use fleetmesh_consensus::job::Outcome;
+use fleetmesh_consensus::trust::TrustConfig;
 use fleetmesh_node::inference::{Model, Registry, digits};
 use fleetmesh_node::jobs::{JobsConfig, WorkerBehaviour};
 use fleetmesh_node::node::Node;
@@ -17,6 +18,13 @@ fn jobs_config(behaviour: WorkerBehaviour) -> JobsConfig {
     JobsConfig {
         step_timeout_ms: 2_000,
         behaviour,
+        // A small fleet: trust after 3 validated results, frequent spot checks and exploration.
+        adaptive: Some(TrustConfig {
+            trust_after: 3,
+            probation_ms: 3_600_000,
+            spot_check: 0.2,
+            explore: 0.2,
+        }),
         ..JobsConfig::default()
     }
 }
@@ -31,12 +39,14 @@ async fn fleet(behaviours: &[WorkerBehaviour]) -> Vec<(Node, CancellationToken)>
     common::fleet(specs, 60, None, 0).await
 }
 
-/// Submits one job per sample from `jobs` (the i-th after `i * spacing`) and returns, per job, the sample, its
-/// accepted output (checked against local inference) and the agreeing and disagreeing workers.
+/// Submits one job per sample from `jobs` (the i-th after `i * spacing`; `replicas` fixed, or adaptive if
+/// `None`) and returns, per job, the sample, its accepted output (checked against local inference) and the
+/// agreeing and disagreeing workers.
 async fn run_jobs(
     jobs: &fleetmesh_node::jobs::Jobs,
     samples: Vec<digits::Sample>,
     spacing: Duration,
+    replicas: Option<u8>,
     midway: impl FnOnce(),
 ) -> Vec<(fleetmesh_node::jobs::JobResult, Vec<NodeId>, Vec<NodeId>)> {
     let local = digits::Digits::embedded().unwrap();
@@ -45,7 +55,10 @@ async fn run_jobs(
         let (jobs, id) = (jobs.clone(), local.id());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(spacing * i as u32).await;
-            let job = jobs.submit(id, sample.pixels.clone(), 2).await.unwrap();
+            let job = match replicas {
+                Some(r) => jobs.submit(id, sample.pixels.clone(), r).await.unwrap(),
+                None => jobs.submit_auto(id, sample.pixels.clone()).await.unwrap(),
+            };
             (sample, jobs.wait(job).await.unwrap())
         }));
     }
@@ -79,7 +92,14 @@ async fn run_jobs(
 async fn a_hundred_jobs_are_verified_and_equal_local_inference() {
     let nodes = fleet(&[WorkerBehaviour::Honest; 5]).await;
     let images = digits::held_out().unwrap();
-    let results = run_jobs(&nodes[0].0.jobs, images[..100].to_vec(), Duration::ZERO, || ()).await;
+    let results = run_jobs(
+        &nodes[0].0.jobs,
+        images[..100].to_vec(),
+        Duration::ZERO,
+        Some(2),
+        || (),
+    )
+    .await;
     for (result, agreeing, disagreeing) in results {
         assert!(agreeing.len() >= 2 && disagreeing.is_empty());
         assert_eq!(result.receipts, 2);
@@ -115,6 +135,7 @@ async fn a_lying_worker_is_outvoted_and_a_stopped_worker_replaced() {
         &submitter,
         images[..40].to_vec(),
         Duration::from_millis(25),
+        Some(2),
         move || stop.cancel(),
     )
     .await;
@@ -129,6 +150,60 @@ async fn a_lying_worker_is_outvoted_and_a_stopped_worker_replaced() {
         earnings.get(&liar).is_none_or(|e| e.credit == 0),
         "the liar earned credit"
     );
+    for (_, cancel) in &nodes {
+        cancel.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_adaptive_replication_two_adversaries_get_nothing_accepted_and_nothing_paid() {
+    let nodes = fleet(&[
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::AlwaysWrong,
+        WorkerBehaviour::Lazy,
+    ])
+    .await;
+    let adversaries = [nodes[4].0.jobs.node_id(), nodes[5].0.jobs.node_id()];
+    let images = digits::held_out().unwrap();
+    let submitter = nodes[0].0.jobs.clone();
+    let results = run_jobs(
+        &submitter,
+        images[..80].to_vec(),
+        Duration::from_millis(30),
+        None,
+        || (),
+    )
+    .await;
+    let mut assigned = 0;
+    for (result, agreeing, _) in &results {
+        assert!(
+            !agreeing.iter().any(|w| adversaries.contains(w)),
+            "an adversary's output was accepted"
+        );
+        assigned += result.workers_assigned;
+    }
+    // Trusted honest workers ran most jobs alone.
+    assert!(
+        assigned < 2 * results.len(),
+        "{assigned} workers for {} jobs: replication did not adapt",
+        results.len()
+    );
+    // Receipts propagate: every node computes the same ledger, and the adversaries are not in it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ledger = submitter.earnings();
+    for a in &adversaries {
+        assert!(
+            ledger.get(a).is_none_or(|e| e.credit == 0),
+            "an adversary earned credit"
+        );
+    }
+    for (node, _) in &nodes[1..] {
+        assert_eq!(node.jobs.earnings(), ledger, "balances differ between nodes");
+    }
+    println!("80 adaptive jobs: {assigned} workers assigned");
     for (_, cancel) in &nodes {
         cancel.cancel();
     }

@@ -321,6 +321,29 @@ fn demo_with_an_adversarial_node_accepts_no_wrong_output() {
     let credits = summary["credits"].as_array().unwrap();
     assert_eq!(credits.len(), 3, "{summary}");
 
+    // Adaptive replication with a liar and a lazy worker among six workers: still nothing wrong accepted,
+    // and fewer than two workers per job once the honest ones are trusted.
+    let out = fleetmesh(
+        home.path(),
+        &[
+            "demo",
+            "--nodes",
+            "7",
+            "--jobs",
+            "300",
+            "--malicious",
+            "2",
+            "--adaptive",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["accepted_wrong"], 0, "{summary}");
+    assert_eq!(summary["verified"], 300, "{summary}");
+    assert!(summary["mean_replicas"].as_f64().unwrap() < 1.6, "{summary}");
+
     let bad = fleetmesh(home.path(), &["demo", "--nodes", "3", "--malicious", "1"]);
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
