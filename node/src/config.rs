@@ -121,6 +121,62 @@ impl Default for ApiConfig {
     }
 }
 
+/// Work and pay: prices, capacity and adaptive replication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// Credit this node claims per job as a worker, and offers as a submitter, in micro-credits.
+    pub price: u64,
+    /// Price per model name, overriding `price` (e.g. `{ minilm = 5000 }`).
+    pub model_prices: std::collections::BTreeMap<String, u64>,
+    /// Jobs this node runs at once as a worker.
+    pub max_active_work: usize,
+    /// Replicate jobs submitted without a replica count by the workers' reputation.
+    pub adaptive: bool,
+    /// Consecutive validated results that make a worker trusted.
+    pub trust_after: u32,
+    /// Fraction of a trusted worker's jobs that are checked by a second worker anyway.
+    pub spot_check: f64,
+    /// Fraction of jobs given to untrusted workers (with a trusted partner) so newcomers can earn trust.
+    pub explore: f64,
+    /// Hours a worker that returned an invalid result is not drawn again.
+    pub probation_hours: u64,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        let t = fleetmesh_consensus::trust::TrustConfig::default();
+        Self {
+            price: 1_000,
+            model_prices: std::collections::BTreeMap::new(),
+            max_active_work: 64,
+            adaptive: true,
+            trust_after: t.trust_after,
+            spot_check: t.spot_check,
+            explore: t.explore,
+            probation_hours: t.probation_ms / 3_600_000,
+        }
+    }
+}
+
+impl JobsSection {
+    /// The job roles' settings from this section.
+    pub fn jobs_config(&self) -> crate::jobs::JobsConfig {
+        crate::jobs::JobsConfig {
+            price: self.price,
+            model_prices: self.model_prices.clone(),
+            max_active_work: self.max_active_work,
+            adaptive: self.adaptive.then_some(fleetmesh_consensus::trust::TrustConfig {
+                trust_after: self.trust_after,
+                probation_ms: self.probation_hours.saturating_mul(3_600_000),
+                spot_check: self.spot_check,
+                explore: self.explore,
+            }),
+            ..crate::jobs::JobsConfig::default()
+        }
+    }
+}
+
 /// The dotted key (`section.key`) written on the line holding byte `at` of `text`, if that line is
 /// `key = value`.
 fn key_at(text: &str, at: usize) -> Option<String> {
@@ -150,6 +206,8 @@ pub struct NodeConfig {
     pub net: NetConfig,
     /// Local API settings.
     pub api: ApiConfig,
+    /// Work and pay.
+    pub jobs: JobsSection,
 }
 
 impl NodeConfig {
@@ -196,6 +254,19 @@ impl NodeConfig {
                 "net.max_request_bytes must be at least 1024".into(),
             ));
         }
+        let j = &self.jobs;
+        for (key, v) in [("spot_check", j.spot_check), ("explore", j.explore)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(ConfigError::Invalid(format!(
+                    "jobs.{key} must be between 0 and 1, got {v}"
+                )));
+            }
+        }
+        if j.trust_after == 0 {
+            return Err(ConfigError::Invalid(
+                "jobs.trust_after must be at least 1 (0 would trust newcomers)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -236,6 +307,24 @@ max_request_bytes = {maxreq}
 [api]
 # Local HTTP API; loopback only by default. Port 0 picks a free port.
 listen = "{api}"
+
+[jobs]
+# Credit claimed per job as a worker (and offered as a submitter), in micro-credits.
+price = {price}
+# Price per model name, overriding price, e.g. {{ minilm = 5000 }}.
+model_prices = {{}}
+# Jobs run at once as a worker; no bids beyond.
+max_active_work = {maxwork}
+# Jobs submitted without a replica count: replicas follow the workers' reputation.
+adaptive = {adaptive}
+# Consecutive validated results that make a worker trusted.
+trust_after = {trust}
+# Fraction of a trusted worker's jobs checked by a second worker anyway (chosen after assignment).
+spot_check = {spot}
+# Fraction of jobs given to untrusted workers, next to a trusted one, so newcomers can earn trust.
+explore = {explore}
+# Hours a worker that returned an invalid result is not drawn again.
+probation_hours = {probation}
 "#,
             listen = list(&d.net.listen),
             relay = d.net.relay_server,
@@ -245,6 +334,13 @@ listen = "{api}"
             idle = d.net.idle_timeout_secs,
             maxreq = d.net.max_request_bytes,
             api = d.api.listen,
+            price = d.jobs.price,
+            maxwork = d.jobs.max_active_work,
+            adaptive = d.jobs.adaptive,
+            trust = d.jobs.trust_after,
+            spot = d.jobs.spot_check,
+            explore = d.jobs.explore,
+            probation = d.jobs.probation_hours,
         )
     }
 }
@@ -260,6 +356,32 @@ mod tests {
         assert_eq!(parsed.net.listen, d.net.listen);
         assert_eq!(parsed.api.listen, d.api.listen);
         assert_eq!(parsed.net.target_peers, d.net.target_peers);
+        assert_eq!(parsed.jobs.spot_check, d.jobs.spot_check);
+        assert_eq!(parsed.jobs.trust_after, d.jobs.trust_after);
+        assert_eq!(parsed.jobs.probation_hours, 24);
+    }
+
+    #[test]
+    fn jobs_section_sets_prices_per_model_and_replication() {
+        let cfg = NodeConfig::parse(
+            "[jobs]\nprice = 10\nmodel_prices = { minilm = 50 }\nadaptive = false\n",
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        let jobs = cfg.jobs.jobs_config();
+        assert_eq!(jobs.price_of(Some("minilm")), 50);
+        assert_eq!(jobs.price_of(Some("digits")), 10);
+        assert_eq!(jobs.price_of(None), 10);
+        assert!(jobs.adaptive.is_none());
+        let bad = NodeConfig::parse("[jobs]\nspot_check = 1.5\n", Path::new("f.toml")).unwrap();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("jobs.spot_check")
+        );
+        let bad = NodeConfig::parse("[jobs]\ntrust_after = 0\n", Path::new("f.toml")).unwrap();
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -39,8 +39,10 @@ pub fn now_ms() -> u64 {
 /// Settings of the job roles.
 #[derive(Debug, Clone)]
 pub struct JobsConfig {
-    /// Credit this worker claims per job, in micro-credits.
+    /// Credit this worker claims per job (and a submitter offers), in micro-credits.
     pub price: u64,
+    /// Price per model name, overriding `price`.
+    pub model_prices: std::collections::BTreeMap<String, u64>,
     /// Extra workers a submitted job may draw on disagreement or dropouts.
     pub max_extra: usize,
     /// How long an offer takes bids.
@@ -83,10 +85,21 @@ pub enum WorkerBehaviour {
     ReceiptForger,
 }
 
+impl JobsConfig {
+    /// The price of a job for `model` (its name's entry in `model_prices`, else `price`).
+    pub fn price_of(&self, model: Option<&str>) -> u64 {
+        model
+            .and_then(|m| self.model_prices.get(m))
+            .copied()
+            .unwrap_or(self.price)
+    }
+}
+
 impl Default for JobsConfig {
     fn default() -> Self {
         Self {
             price: 1_000,
+            model_prices: std::collections::BTreeMap::new(),
             max_extra: 2,
             offer_ttl_ms: 10_000,
             deadline_ms: 60_000,
@@ -479,7 +492,7 @@ impl Jobs {
             input,
             rule,
             replicas,
-            reward: cfg.price,
+            reward: cfg.price_of(self.model_name(&model).as_deref()),
             created_ms: now,
             expires_ms: now + cfg.offer_ttl_ms,
             deadline_ms: now + cfg.deadline_ms,
@@ -992,7 +1005,7 @@ impl Jobs {
             job: id,
             worker: self.inner.me,
             class: numeric_class(),
-            price: self.inner.cfg.price,
+            price: self.inner.cfg.price_of(self.model_name(&offer.model).as_deref()),
             energy_cost: 0,
             est_ms: 10,
             expires_ms: offer.expires_ms,
@@ -1248,7 +1261,10 @@ impl Jobs {
             output_digest: *blake3::hash(&done.output).as_bytes(),
             compute_us: done.compute_us,
             energy_uwh: done.energy_uwh,
-            claimed_credit: self.inner.cfg.price,
+            claimed_credit: self
+                .inner
+                .cfg
+                .price_of(self.model_name(&work.offer.model).as_deref()),
             claimed_ms: now_ms(),
         };
         if self.inner.cfg.behaviour == WorkerBehaviour::ReceiptForger {
@@ -1336,6 +1352,10 @@ impl Jobs {
                 (node, e)
             })
             .collect()
+    }
+
+    fn model_name(&self, model: &ModelId) -> Option<String> {
+        self.registry().get(model).map(|m| m.manifest().name.clone())
     }
 
     /// The models this node runs (and can submit jobs for).

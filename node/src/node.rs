@@ -56,16 +56,8 @@ pub async fn start(
 ) -> anyhow::Result<Node> {
     let store = Store::open(&home.join("db"))?;
     let registry = Registry::with_defaults(assets)?;
-    start_with(
-        key,
-        cfg,
-        registry,
-        JobsConfig::default(),
-        ShareConfig::default(),
-        store,
-        cancel,
-    )
-    .await
+    let jobs = cfg.jobs.jobs_config();
+    start_with(key, cfg, registry, jobs, ShareConfig::default(), store, cancel).await
 }
 
 /// Starts a node with the given models, job settings and store. What the store holds from an earlier run
