@@ -30,6 +30,28 @@ pub struct ApiState {
     pub started: Instant,
     /// The node's metrics registry.
     pub registry: Arc<Registry>,
+    /// The node's metrics.
+    pub metrics: crate::metrics::Metrics,
+}
+
+/// The dashboard page, embedded in the binary (no network at run time).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Job counts in `GET /v1/status`.
+#[derive(Debug, Serialize)]
+pub struct JobCounts {
+    /// Jobs this node submitted.
+    pub submitted: u64,
+    /// Of those, accepted by quorum.
+    pub accepted: u64,
+    /// Of those, failed.
+    pub failed: u64,
+    /// Of those, still waiting for a verdict.
+    pub pending: i64,
+    /// Jobs this node computed as a worker.
+    pub work_done: u64,
+    /// Receipts this node holds.
+    pub receipts: i64,
 }
 
 /// `GET /v1/status`.
@@ -51,6 +73,12 @@ pub struct StatusResponse {
     pub routing_table_peers: usize,
     /// Seconds since the node started.
     pub uptime_s: u64,
+    /// Job counts.
+    pub jobs: JobCounts,
+    /// Names of the models this node runs.
+    pub models: Vec<String>,
+    /// The node's clock, ms since the Unix epoch (for rates computed by clients).
+    pub now_ms: u64,
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -68,13 +96,64 @@ async fn status(State(s): State<ApiState>) -> Response {
             peers: n.peers,
             routing_table_peers: n.routing_table_peers,
             uptime_s: s.started.elapsed().as_secs(),
+            jobs: job_counts(&s.metrics),
+            now_ms: crate::jobs::now_ms(),
+            models: s
+                .jobs
+                .registry()
+                .models()
+                .iter()
+                .map(|m| m.manifest().name.clone())
+                .collect(),
         })
         .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
+fn job_counts(m: &crate::metrics::Metrics) -> JobCounts {
+    use crate::metrics::{OutcomeLabels, StateLabels};
+    let verdicts = |o: &str| {
+        m.verdicts
+            .get_or_create(&OutcomeLabels { outcome: o.into() })
+            .get()
+    };
+    JobCounts {
+        submitted: m.jobs_submitted.get(),
+        accepted: verdicts("accepted"),
+        failed: verdicts("failed"),
+        pending: m
+            .jobs
+            .get_or_create(&StateLabels {
+                state: "pending".into(),
+            })
+            .get(),
+        work_done: m.work_done.get(),
+        receipts: m.receipts.get(),
+    }
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+async fn recent_jobs(State(s): State<ApiState>) -> Response {
+    Json(s.jobs.recent(20)).into_response()
+}
+
 async fn metrics(State(s): State<ApiState>) -> Response {
+    // This node's balance, from the ledger of the receipts it holds (computed when scraped).
+    let mine = s.jobs.earnings().get(&s.node_id).copied().unwrap_or_default();
+    s.metrics.credit.set(mine.credit as i64);
+    s.metrics.energy_uwh.set(mine.energy_uwh as i64);
+    s.metrics.receipts.set(s.jobs.receipt_count() as i64);
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
         Ok(()) => (
@@ -187,8 +266,9 @@ async fn earnings(State(s): State<ApiState>) -> Response {
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/v1/status", get(status))
-        .route("/v1/jobs", axum::routing::post(submit))
+        .route("/v1/jobs", axum::routing::post(submit).get(recent_jobs))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/earnings", get(earnings))
         .route("/metrics", get(metrics))

@@ -164,6 +164,11 @@ impl Fleet {
         self.nodes[0].jobs.clone()
     }
 
+    /// Where node 1's local API (and dashboard) listens.
+    pub fn submitter_api(&self) -> std::net::SocketAddr {
+        self.nodes[0].api_addr
+    }
+
     /// Stops every node and waits for their tasks.
     pub async fn stop(self) {
         self.cancel.cancel();
@@ -207,6 +212,10 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         started.elapsed().as_secs_f64(),
         cfg.jobs,
         submitter.node_id().short(),
+    );
+    eprintln!(
+        "dashboard of the submitting node: http://{}/",
+        fleet.submitter_api()
     );
 
     let images = digits::held_out()?;

@@ -20,10 +20,11 @@ use fleetmesh_protocol::signing::Signable;
 use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
 use libp2p::PeerId;
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::inference::executor::{CancelFlag, Executor};
 use crate::inference::numeric_class;
+use crate::metrics::{Metrics, ModelLabels, OutcomeLabels, StateLabels};
 use crate::net::{self, NetClient, Topic};
 use crate::share::Share;
 use crate::store::{DoneRecord, Store, SubmittedRecord, WorkRecord};
@@ -137,6 +138,8 @@ struct Submitted {
     stale: bool,
     /// For an adaptively replicated job: bids held until its workers are chosen.
     adaptive: Option<Adaptive>,
+    /// Ids of the receipts issued for it.
+    receipt_ids: Vec<String>,
     claims: HashMap<NodeId, Signed<WorkClaim>>,
     waiters: Vec<oneshot::Sender<JobResult>>,
     result: Option<JobResult>,
@@ -205,6 +208,12 @@ pub struct JobView {
     pub workers_assigned: usize,
     /// Receipts issued.
     pub receipts: usize,
+    /// Ids of those receipts (blake3 of each signed receipt's canonical bytes, hex).
+    pub receipt_ids: Vec<String>,
+    /// Model name, if this node knows the model.
+    pub model_name: Option<String>,
+    /// When the job was (last) offered, ms since the Unix epoch.
+    pub offered_ms: u64,
     /// Why the job failed.
     pub reason: Option<String>,
 }
@@ -228,6 +237,7 @@ struct Inner {
     cfg: JobsConfig,
     store: Store,
     share: Share,
+    metrics: Metrics,
     state: Mutex<State>,
 }
 
@@ -253,6 +263,17 @@ fn random_salt() -> Option<[u8; 32]> {
     Some(salt)
 }
 
+/// The tracing span of one job's work at this node: job id, this node's role, the peer on the other side
+/// and, where known, the model.
+fn job_span(job: JobId, role: &'static str, peer: NodeId, model: Option<String>) -> tracing::Span {
+    tracing::info_span!("job", job = %job.short(), role, peer = %peer.short(), model = model.as_deref().unwrap_or("?"))
+}
+
+/// A receipt's id: blake3 of its canonical bytes, hex.
+pub fn receipt_id(r: &Signed<Receipt>) -> String {
+    blake3::hash(&codec::encode(r)).to_hex().to_string()
+}
+
 /// A uniform number in `[0, 1)` from the system's randomness; 0 if there is none, which makes every
 /// adaptive job replicated (safe, if slower).
 fn random_unit() -> f64 {
@@ -276,7 +297,7 @@ fn authored<T: Signable>(peer: &PeerId, data: &[u8]) -> Result<Signed<T>, &'stat
 impl Jobs {
     /// The job roles of the node with `key`, using `net`, running inference on `executor` and keeping
     /// its state in `store`. Call [`Jobs::resume`] once to pick up what the store holds.
-    /// Models it lacks are fetched from peers through `share`.
+    /// Models it lacks are fetched from peers through `share`; what it does is counted in `metrics`.
     pub fn new(
         key: NodeKey,
         net: NetClient,
@@ -284,6 +305,7 @@ impl Jobs {
         cfg: JobsConfig,
         store: Store,
         share: Share,
+        metrics: Metrics,
     ) -> Self {
         let me = key.node_id();
         let state = State {
@@ -299,6 +321,7 @@ impl Jobs {
                 cfg,
                 store,
                 share,
+                metrics,
                 state: Mutex::new(state),
             }),
         }
@@ -345,6 +368,10 @@ impl Jobs {
             }
         }
         state.reputation = reputation;
+        let mut receipt_ids: HashMap<JobId, Vec<String>> = HashMap::new();
+        for ((job, _), r) in &state.receipts {
+            receipt_ids.entry(*job).or_default().push(receipt_id(r));
+        }
         for (original, record) in submitted {
             // A decided job keeps its verdict; an unfinished one waits (stale) to be offered again.
             let stale = record.result.is_none();
@@ -365,6 +392,7 @@ impl Jobs {
                     job,
                     stale,
                     adaptive: None,
+                    receipt_ids: receipt_ids.remove(&id).unwrap_or_default(),
                     claims: HashMap::new(),
                     waiters: Vec::new(),
                     result: record.result,
@@ -390,12 +418,18 @@ impl Jobs {
                 (Some(done), _) => {
                     recommit += 1;
                     let submitter = record.offer.submitter;
-                    tokio::spawn(async move { this.send_commit(job, submitter, &done).await });
+                    tokio::spawn(
+                        async move { this.send_commit(job, submitter, &done).await }
+                            .instrument(job_span(job, "worker", submitter, None)),
+                    );
                 }
                 (None, JobInput::Inline(input)) => {
                     rerun += 1;
                     let offer = record.offer;
-                    tokio::spawn(async move { this.compute(job, offer, input, cancel).await });
+                    let span = job_span(job, "worker", offer.submitter, None);
+                    tokio::spawn(
+                        async move { this.compute(job, offer, input, cancel).await }.instrument(span),
+                    );
                 }
                 (None, JobInput::Content { .. }) => {}
             }
@@ -445,6 +479,7 @@ impl Jobs {
             self.forget(id);
             return Err(e);
         }
+        self.inner.metrics.jobs_submitted.inc();
         Ok(id)
     }
 
@@ -470,6 +505,7 @@ impl Jobs {
             self.forget(id);
             return Err(e);
         }
+        self.inner.metrics.jobs_submitted.inc();
         Ok(id)
     }
 
@@ -539,6 +575,7 @@ impl Jobs {
                     job,
                     stale: false,
                     adaptive,
+                    receipt_ids: Vec::new(),
                     claims: HashMap::new(),
                     waiters,
                     result: None,
@@ -671,7 +708,7 @@ impl Jobs {
                         };
                         this.drive(job, |j| j.on_withdraw(&w, now_ms()).unwrap_or_default());
                     }
-                });
+                }.instrument(job_span(job, "submitter", worker, None)));
             }
             Action::RequestReveal { worker } => {
                 let request = RevealRequest {
@@ -706,7 +743,7 @@ impl Jobs {
                         }
                         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     }
-                });
+                }.instrument(job_span(job, "submitter", worker, None)));
             }
             Action::Decide(outcome) => self.finish(job, outcome),
         }
@@ -916,6 +953,26 @@ impl Jobs {
                 compute_us_max,
             };
             sub.result = Some(result.clone());
+            sub.receipt_ids = receipts.iter().map(receipt_id).collect();
+            let outcome = match &result.outcome {
+                Outcome::Accepted { .. } => "accepted",
+                Outcome::Failed(_) => "failed",
+            };
+            tracing::info!(
+                job = %sub.original.short(),
+                outcome,
+                reason = ?match &result.outcome { Outcome::Failed(r) => Some(*r), _ => None },
+                workers = result.workers_assigned,
+                receipts = result.receipts,
+                "verdict"
+            );
+            self.inner
+                .metrics
+                .verdicts
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.into(),
+                })
+                .inc();
             let waiters = std::mem::take(&mut sub.waiters);
             let record = SubmittedRecord {
                 offer: sub.offer.clone(),
@@ -1119,7 +1176,8 @@ impl Jobs {
             return reply(Reply::accepted()); // and never heard of again
         }
         let this = self.clone();
-        tokio::spawn(async move { this.compute(a.job, offer, input, cancel).await });
+        let span = job_span(a.job, "worker", a.submitter, self.model_name(&offer.model));
+        tokio::spawn(async move { this.compute(a.job, offer, input, cancel).await }.instrument(span));
         reply(Reply::accepted())
     }
 
@@ -1150,6 +1208,14 @@ impl Jobs {
             *first ^= 0xff;
         }
         let compute_us = out.compute.as_micros() as u64;
+        self.inner.metrics.work_done.inc();
+        if let Some(name) = self.model_name(&offer.model) {
+            self.inner
+                .metrics
+                .inference_seconds
+                .get_or_create(&ModelLabels { model: name })
+                .observe(out.compute.as_secs_f64());
+        }
         // Energy = active power x compute time, in microwatt-hours (at least 1 for any work done).
         let energy_uwh =
             ((self.inner.cfg.active_watts * out.compute.as_secs_f64() / 3600.0 * 1e6).round() as u64).max(1);
@@ -1323,12 +1389,23 @@ impl Jobs {
                     warn!(job = %id.short(), error = %e, "cannot forget old work");
                 }
             }
-            state
+            let pending: Vec<JobId> = state
                 .submitted
                 .iter()
                 .filter(|(_, s)| s.result.is_none() && !s.stale)
                 .map(|(id, _)| *id)
-                .collect()
+                .collect();
+            let m = &self.inner.metrics;
+            let decided = state.submitted.len() - pending.len();
+            for (name, n) in [("pending", pending.len()), ("decided", decided)] {
+                m.jobs
+                    .get_or_create(&StateLabels { state: name.into() })
+                    .set(n as i64);
+            }
+            m.executor_queue_depth
+                .set(self.inner.executor.queue_depth() as i64);
+            m.receipts.set(state.receipts.len() as i64);
+            pending
         };
         self.reoffer();
         for job in jobs {
@@ -1368,6 +1445,21 @@ impl Jobs {
         let state = self.state();
         let current = state.aliases.get(job).unwrap_or(job);
         let sub = state.submitted.get(current)?;
+        Some(self.view_of(job, sub))
+    }
+
+    /// The `n` most recently offered jobs this node submitted, newest first.
+    pub fn recent(&self, n: usize) -> Vec<JobView> {
+        let state = self.state();
+        let mut subs: Vec<(&JobId, &Submitted)> = state.submitted.iter().collect();
+        subs.sort_by_key(|(_, s)| std::cmp::Reverse(s.offer.created_ms));
+        subs.into_iter()
+            .take(n)
+            .map(|(_, sub)| self.view_of(&sub.original, sub))
+            .collect()
+    }
+
+    fn view_of(&self, job: &JobId, sub: &Submitted) -> JobView {
         let mut view = JobView {
             job: job.to_string(),
             model: sub.offer.model.to_string(),
@@ -1377,6 +1469,9 @@ impl Jobs {
             agreeing: Vec::new(),
             workers_assigned: sub.job.slots().count(),
             receipts: 0,
+            receipt_ids: sub.receipt_ids.clone(),
+            model_name: self.model_name(&sub.offer.model),
+            offered_ms: sub.offer.created_ms,
             reason: None,
         };
         if let Some(result) = &sub.result {
@@ -1398,7 +1493,7 @@ impl Jobs {
                 }
             }
         }
-        Some(view)
+        view
     }
 
     /// Receipts this node has seen.

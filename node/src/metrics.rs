@@ -4,6 +4,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// What happened to a gossiped message at this node.
@@ -32,8 +33,34 @@ pub struct GossipLabels {
     pub outcome: GossipOutcome,
 }
 
+/// Labels naming a verdict outcome (`accepted`, `failed`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The outcome.
+    pub outcome: String,
+}
+
+/// Labels naming a model.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// The model's name.
+    pub model: String,
+}
+
+/// Labels naming a job state (`pending`, `decided`) or a worker's state (`running`, `revealed`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The state.
+    pub state: String,
+}
+
+fn inference_histogram() -> Histogram {
+    // 0.1 ms to ~13 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
 /// Every metric the node exports.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Metrics {
     /// Gossip messages received, by topic and outcome.
     pub gossip: Family<GossipLabels, Counter>,
@@ -41,6 +68,43 @@ pub struct Metrics {
     pub connected_peers: Gauge,
     /// Peers in the Kademlia routing table.
     pub routing_table_peers: Gauge,
+    /// Jobs this node submitted.
+    pub jobs_submitted: Counter,
+    /// Verdicts this node reached as a submitter, by outcome.
+    pub verdicts: Family<OutcomeLabels, Counter>,
+    /// Submitted jobs by state, now.
+    pub jobs: Family<StateLabels, Gauge>,
+    /// Work this node computed as a worker.
+    pub work_done: Counter,
+    /// Inference time per job this node computed, by model (seconds).
+    pub inference_seconds: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    /// Inference jobs waiting or running in the executor.
+    pub executor_queue_depth: Gauge,
+    /// Credit this node earned, from the ledger of the receipts it holds (micro-credits).
+    pub credit: Gauge,
+    /// Energy this node spent on accepted jobs, from the same ledger (µWh).
+    pub energy_uwh: Gauge,
+    /// Receipts this node holds.
+    pub receipts: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            gossip: Family::default(),
+            connected_peers: Gauge::default(),
+            routing_table_peers: Gauge::default(),
+            jobs_submitted: Counter::default(),
+            verdicts: Family::default(),
+            jobs: Family::default(),
+            work_done: Counter::default(),
+            inference_seconds: Family::new_with_constructor(inference_histogram),
+            executor_queue_depth: Gauge::default(),
+            credit: Gauge::default(),
+            energy_uwh: Gauge::default(),
+            receipts: Gauge::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -61,6 +125,47 @@ impl Metrics {
             "fleetmesh_routing_table_peers",
             "Peers in the Kademlia routing table",
             m.routing_table_peers.clone(),
+        );
+        registry.register(
+            "fleetmesh_jobs_submitted",
+            "Jobs this node submitted",
+            m.jobs_submitted.clone(),
+        );
+        registry.register(
+            "fleetmesh_verdicts",
+            "Verdicts this node reached as a submitter, by outcome",
+            m.verdicts.clone(),
+        );
+        registry.register("fleetmesh_jobs", "Submitted jobs by state", m.jobs.clone());
+        registry.register(
+            "fleetmesh_work_done",
+            "Jobs this node computed as a worker",
+            m.work_done.clone(),
+        );
+        registry.register(
+            "fleetmesh_inference_seconds",
+            "Inference time per computed job, by model",
+            m.inference_seconds.clone(),
+        );
+        registry.register(
+            "fleetmesh_executor_queue_depth",
+            "Inference jobs waiting or running",
+            m.executor_queue_depth.clone(),
+        );
+        registry.register(
+            "fleetmesh_credit_micro",
+            "Credit this node earned, from the receipts it holds",
+            m.credit.clone(),
+        );
+        registry.register(
+            "fleetmesh_energy_uwh",
+            "Energy spent on accepted jobs, from the receipts this node holds",
+            m.energy_uwh.clone(),
+        );
+        registry.register(
+            "fleetmesh_receipts",
+            "Receipts this node holds",
+            m.receipts.clone(),
         );
         m
     }

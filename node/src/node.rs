@@ -72,14 +72,22 @@ pub async fn start_with(
     cancel: CancellationToken,
 ) -> anyhow::Result<Node> {
     cfg.validate()?;
-    let mut metrics_registry = MetricsRegistry::with_prefix("");
+    let mut metrics_registry = MetricsRegistry::default();
     let metrics = Metrics::register(&mut metrics_registry);
     let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), cancel.clone())?;
     let executor = Executor::start(registry, ExecutorConfig::default());
     let node_id = key.node_id();
     let share = Share::new(net.clone(), store.clone(), executor.clone(), share_cfg);
     share.start().await;
-    let jobs = Jobs::new(key, net.clone(), executor, jobs_cfg, store, share.clone());
+    let jobs = Jobs::new(
+        key,
+        net.clone(),
+        executor,
+        jobs_cfg,
+        store,
+        share.clone(),
+        metrics.clone(),
+    );
     jobs.resume();
     let state = ApiState {
         net: net.clone(),
@@ -87,6 +95,7 @@ pub async fn start_with(
         node_id,
         started: Instant::now(),
         registry: Arc::new(metrics_registry),
+        metrics: metrics.clone(),
     };
     let (api_addr, api_task) = api::serve(cfg.api.listen, state, cancel.clone()).await?;
     info!(peer_id = %net.peer_id(), node_id = %node_id, api = %api_addr, "node started");

@@ -484,3 +484,117 @@ fn a_submitter_killed_with_sigkill_restarts_with_every_job_and_receipt() {
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
+
+/// Chromium's headless DOM of a page after its scripts ran for `budget_ms` of virtual time; `None` if
+/// Debian's chromium is not installed.
+fn rendered_dom(url: &str, budget_ms: u32) -> Option<String> {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .args(["--dump-dom", url])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn each_dashboard_shows_its_node_in_a_real_browser_and_metrics_parse_and_move() {
+    if Command::new("chromium").arg("--version").output().is_err() {
+        println!("SKIPPED: Debian's chromium is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (p2p, api) = (port_base(23_000), port_base(43_000));
+    assert!(testnet(dir.path(), p2p, api, &["start", "3"]).status.success());
+    let result = std::panic::catch_unwind(|| {
+        wait_connected(api, 3);
+        for i in 0..3 {
+            let status = get_json(api + i, "/v1/status").unwrap();
+            let peer_id = status["peer_id"].as_str().unwrap();
+            let dom = rendered_dom(&format!("http://127.0.0.1:{}/", api + i), 3_000).unwrap();
+            assert!(
+                dom.contains(&format!(r#"<span id="peer-id" class="mono">{peer_id}</span>"#)),
+                "node {i}: the page does not show its peer id:\n{dom}"
+            );
+            assert!(
+                dom.contains(&format!(
+                    r#"<span id="peer-count">{}</span>"#,
+                    status["connected_peers"]
+                )),
+                "node {i}: the page's peer count differs from /v1/status:\n{dom}"
+            );
+        }
+
+        // /metrics is valid Prometheus text, and its counters move with work.
+        let scrape = || -> prometheus_parse::Scrape {
+            let mut stream = TcpStream::connect(("127.0.0.1", api)).unwrap();
+            write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            let body = text.split("\r\n\r\n").nth(1).unwrap().to_string();
+            prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap()
+        };
+        let value = |scrape: &prometheus_parse::Scrape, name: &str| -> f64 {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == name)
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => 0.0,
+                })
+                .sum()
+        };
+        let before = scrape();
+        assert_eq!(value(&before, "fleetmesh_connected_peers"), 2.0);
+        let home = tempfile::tempdir().unwrap();
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/digits/sample.csv");
+        let api_addr = format!("127.0.0.1:{api}");
+        let out = fleetmesh(
+            home.path(),
+            &[
+                "submit", "--model", "digits", "--input", sample, "--wait", "--api", &api_addr,
+            ],
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let after = scrape();
+        assert_eq!(
+            value(&after, "fleetmesh_jobs_submitted_total")
+                - value(&before, "fleetmesh_jobs_submitted_total"),
+            5.0
+        );
+        assert_eq!(value(&after, "fleetmesh_verdicts_total"), 5.0);
+        assert!(value(&after, "fleetmesh_receipts") >= 5.0);
+
+        // The dashboard lists the jobs with their verdicts; `fleetmesh status` summarises the same.
+        let dom = rendered_dom(&format!("http://127.0.0.1:{api}/"), 3_000).unwrap();
+        assert_eq!(
+            dom.matches(r#"<td class="accepted">accepted</td>"#).count(),
+            5,
+            "{dom}"
+        );
+        let out = fleetmesh(home.path(), &["status", "--api", &api_addr]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("2 peers connected"), "{text}");
+        assert!(text.contains("5 submitted: 5 accepted"), "{text}");
+    });
+    assert!(testnet(dir.path(), p2p, api, &["stop"]).status.success());
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
