@@ -373,10 +373,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 if output != truth {
                     report.accepted_wrong += 1;
                 }
-                if agreeing.len() >= 2 {
-                    for w in &agreeing {
-                        reputation.validated(*w);
-                    }
+                for w in trust::validated_by(&agreeing, &reputation, t) {
+                    reputation.validated(w);
                 }
                 for w in &disagreeing {
                     reputation.invalid(*w, t);

@@ -3,15 +3,17 @@
 //! checked), and picks how many replicas each job gets from the trust of the worker it drew.
 //!
 //! - A node starts untrusted: a fresh identity is worth nothing until it has done validated work, so making
-//!   many identities (Sybil) gains nothing.
-//! - Only *validated* results count: a result that agreed with an independent replica. A result that ran
-//!   alone proves nothing and leaves the streak as it is.
+//!   many worker identities (Sybil) buys no trust.
+//! - Only *validated* results count ([`validated_by`]): a result that agreed with a trusted worker's, or
+//!   one of three or more agreeing results. A result that ran alone, or agreed with one untrusted worker
+//!   (who may collude), proves nothing and leaves the streak as it is.
 //! - [`TrustConfig::trust_after`] consecutive validated results make a node trusted; one invalid result
 //!   makes it untrusted at once, resets its streak and starts a probation during which it is not drawn to
 //!   earn trust again.
 //! - A trusted worker runs alone except for a random spot-check fraction; an untrusted one always gets an
-//!   independent partner, trusted if any is available. The submitter draws the spot check after the
-//!   assignment, from randomness the worker never sees, and the worker's protocol is identical either way.
+//!   independent partner, trusted if any is available. The submitter draws the spot check once the bids
+//!   are in, from randomness the worker never sees; every offer asks for one replica and the worker's
+//!   protocol is identical either way, so a worker cannot tell a checked job from another.
 
 use std::collections::BTreeMap;
 
@@ -120,6 +122,24 @@ impl Reputation {
     pub fn is_trusted(&self, node: &NodeId, now_ms: u64) -> bool {
         self.standing(node, now_ms) == Standing::Trusted
     }
+}
+
+/// The workers whose results count as validated when `agreeing` agreed on an accepted output: those that
+/// agreed with at least one other worker trusted at the time, or all of them when three or more agreed.
+/// Two untrusted workers agreeing with each other prove nothing (they may collude), so they earn no trust.
+pub fn validated_by(agreeing: &[NodeId], reputation: &Reputation, now_ms: u64) -> Vec<NodeId> {
+    if agreeing.len() >= 3 {
+        return agreeing.to_vec();
+    }
+    let trusted = agreeing
+        .iter()
+        .filter(|w| reputation.is_trusted(w, now_ms))
+        .count();
+    agreeing
+        .iter()
+        .copied()
+        .filter(|w| trusted - usize::from(reputation.is_trusted(w, now_ms)) >= 1)
+        .collect()
 }
 
 /// The replication plan for one job.

@@ -319,7 +319,7 @@ max_active_work = {maxwork}
 adaptive = {adaptive}
 # Consecutive validated results that make a worker trusted.
 trust_after = {trust}
-# Fraction of a trusted worker's jobs checked by a second worker anyway (chosen after assignment).
+# Fraction of a trusted worker's jobs checked by a second worker anyway (drawn by the submitter once bids are in; workers cannot tell).
 spot_check = {spot}
 # Fraction of jobs given to untrusted workers, next to a trusted one, so newcomers can earn trust.
 explore = {explore}

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleetmesh_consensus::job::{Action, Job, JobConfig, Outcome, SlotState};
 use fleetmesh_consensus::ledger::Ledger;
-use fleetmesh_consensus::trust::{self, Reputation, TrustConfig};
+use fleetmesh_consensus::trust::{self, Reputation, Standing, TrustConfig};
 use fleetmesh_protocol::codec::{self, Kind};
 use fleetmesh_protocol::messages::{
     Assignment, Bid, JobInput, JobOffer, Receipt, Reply, ReplyCode, ResultCommit, ResultReveal,
@@ -269,6 +269,18 @@ fn job_span(job: JobId, role: &'static str, peer: NodeId, model: Option<String>)
     tracing::info_span!("job", job = %job.short(), role, peer = %peer.short(), model = model.as_deref().unwrap_or("?"))
 }
 
+/// Keeps `r` unless a receipt for the same (job, worker) with a smaller canonical encoding is already
+/// there: the ledger's rule, so that every node holds the same receipts whatever the arrival order.
+fn keep_receipt(receipts: &mut BTreeMap<(JobId, NodeId), Signed<Receipt>>, r: Signed<Receipt>) {
+    let key = (r.body.claim.body.job, r.body.claim.body.worker);
+    match receipts.get(&key) {
+        Some(old) if codec::encode(old) <= codec::encode(&r) => {}
+        _ => {
+            receipts.insert(key, r);
+        }
+    }
+}
+
 /// A receipt's id: blake3 of its canonical bytes, hex.
 pub fn receipt_id(r: &Signed<Receipt>) -> String {
     blake3::hash(&codec::encode(r)).to_hex().to_string()
@@ -343,28 +355,36 @@ impl Jobs {
             let key = (r.body.claim.body.job, r.body.claim.body.worker);
             state.receipts.insert(key, r);
         }
-        // Reputation is a function of the verdicts this node reached, which its own receipts record.
-        let mut own: Vec<&Signed<Receipt>> = state
-            .receipts
-            .values()
-            .filter(|r| r.body.claim.body.submitter == self.inner.me)
-            .collect();
-        own.sort_by_key(|r| r.body.issued_ms);
-        let mut accepted_per_job: HashMap<JobId, usize> = HashMap::new();
-        for r in &own {
-            if r.body.verdict == Verdict::Accepted {
-                *accepted_per_job.entry(r.body.claim.body.job).or_default() += 1;
+        // Reputation is a function of the verdicts this node reached, which its own receipts record:
+        // replayed job by job in the order they were decided, with the live rules. (Workers that timed out
+        // leave no receipt; their penalty does not survive a restart.)
+        let mut verdicts: BTreeMap<JobId, (u64, Vec<NodeId>, Vec<NodeId>)> = BTreeMap::new();
+        for r in state.receipts.values() {
+            let claim = &r.body.claim.body;
+            if claim.submitter != self.inner.me {
+                continue;
+            }
+            let v = verdicts
+                .entry(claim.job)
+                .or_insert((r.body.issued_ms, Vec::new(), Vec::new()));
+            v.0 = v.0.min(r.body.issued_ms);
+            match r.body.verdict {
+                Verdict::Accepted => v.1.push(claim.worker),
+                Verdict::Rejected => v.2.push(claim.worker),
             }
         }
+        let mut ordered: Vec<(u64, Vec<NodeId>, Vec<NodeId>)> = verdicts.into_values().collect();
+        ordered.sort_by_key(|v| v.0);
         let mut reputation = Reputation::new(self.inner.cfg.adaptive.unwrap_or_default());
-        for r in own {
-            let claim = &r.body.claim.body;
-            match r.body.verdict {
-                Verdict::Accepted if accepted_per_job.get(&claim.job).copied().unwrap_or(0) >= 2 => {
-                    reputation.validated(claim.worker)
+        for (at, agreeing, rejected) in ordered {
+            for w in trust::validated_by(&agreeing, &reputation, at) {
+                reputation.validated(w);
+            }
+            // Out-voted by an accepted output (a failed job's reveals are not judged).
+            if !agreeing.is_empty() {
+                for w in rejected {
+                    reputation.invalid(w, at);
                 }
-                Verdict::Accepted => {}
-                Verdict::Rejected => reputation.invalid(claim.worker, r.body.issued_ms),
             }
         }
         state.reputation = reputation;
@@ -378,6 +398,10 @@ impl Jobs {
             if stale {
                 pending += 1;
                 state.to_reoffer.push((original, record.offer.clone()));
+                if record.adaptive {
+                    // Offered again, it is replicated by reputation again (not by its offer's "1").
+                    state.adaptive_pending.insert(original);
+                }
             } else {
                 decided += 1;
             }
@@ -549,10 +573,12 @@ impl Jobs {
         };
         let job = Job::new(&offer, job_cfg);
         let signed = Signed::sign(offer.clone(), &self.inner.key)?;
+        let adaptive = self.state().adaptive_pending.remove(&original);
         self.inner.store.put_submitted(
             &original,
             &SubmittedRecord {
                 offer: offer.clone(),
+                adaptive,
                 result: None,
             },
         )?;
@@ -566,7 +592,7 @@ impl Jobs {
                     .unwrap_or_default(),
                 None => Vec::new(),
             };
-            let adaptive = state.adaptive_pending.remove(&original).then(Adaptive::default);
+            let adaptive = adaptive.then(Adaptive::default);
             state.submitted.insert(
                 id,
                 Submitted {
@@ -793,7 +819,8 @@ impl Jobs {
                     }
                     return;
                 }
-                if !a.none_trusted && !reputation.is_trusted(&bid.worker, now) {
+                let standing = reputation.standing(&bid.worker, now);
+                if standing == Standing::Probation || (!a.none_trusted && standing != Standing::Trusted) {
                     return;
                 }
             }
@@ -884,7 +911,8 @@ impl Jobs {
     /// Countersigns the claims of every revealing worker, gossips the receipts, wakes the waiters.
     fn finish(&self, job: JobId, outcome: Outcome) {
         let (receipts, result, waiters) = {
-            let mut state = self.state();
+            let mut guard = self.state();
+            let state = &mut *guard;
             let Some(sub) = state.submitted.get_mut(&job) else {
                 return;
             };
@@ -895,11 +923,8 @@ impl Jobs {
             // Reputation: agreement with an independent replica validates a result; an out-voted,
             // unopenable or missing one is invalid.
             let now = now_ms();
-            let mut validated = Vec::new();
+            let validated = trust::validated_by(agreeing, &state.reputation, now);
             let mut invalid = Vec::new();
-            if agreeing.len() >= 2 {
-                validated.extend_from_slice(agreeing);
-            }
             if let Outcome::Accepted { disagreeing, .. } = &outcome {
                 invalid.extend_from_slice(disagreeing);
             }
@@ -976,6 +1001,7 @@ impl Jobs {
             let waiters = std::mem::take(&mut sub.waiters);
             let record = SubmittedRecord {
                 offer: sub.offer.clone(),
+                adaptive: sub.adaptive.is_some(),
                 result: Some(result.clone()),
             };
             let store = &self.inner.store;
@@ -992,7 +1018,7 @@ impl Jobs {
                 if let Err(e) = store.put_receipt(r) {
                     warn!(job = %job.short(), error = %e, "cannot store a receipt");
                 }
-                state.receipts.insert((job, r.body.claim.body.worker), r.clone());
+                keep_receipt(&mut state.receipts, r.clone());
             }
             (receipts, result, waiters)
         };
@@ -1026,11 +1052,10 @@ impl Jobs {
             }
             Topic::Receipts => {
                 if let Ok(receipt) = codec::decode::<Signed<Receipt>>(data) {
-                    let key = (receipt.body.claim.body.job, receipt.body.claim.body.worker);
                     if let Err(e) = self.inner.store.put_receipt(&receipt) {
                         warn!(error = %e, "cannot store a receipt");
                     }
-                    self.state().receipts.entry(key).or_insert(receipt);
+                    keep_receipt(&mut self.state().receipts, receipt);
                 }
             }
         }
@@ -1376,11 +1401,13 @@ impl Jobs {
         let now = now_ms();
         let jobs: Vec<JobId> = {
             let mut state = self.state();
-            state.offers.retain(|_, o| o.deadline_ms + 60_000 > now);
+            state
+                .offers
+                .retain(|_, o| o.deadline_ms.saturating_add(60_000) > now);
             let expired: Vec<JobId> = state
                 .work
                 .iter()
-                .filter(|(_, w)| w.offer.deadline_ms + 60_000 <= now)
+                .filter(|(_, w)| w.offer.deadline_ms.saturating_add(60_000) <= now)
                 .map(|(id, _)| *id)
                 .collect();
             for id in expired {

@@ -132,9 +132,20 @@ struct Inner {
     executor: Executor,
     cfg: ShareConfig,
     served: Mutex<HashMap<ModelId, Arc<Served>>>,
-    /// Fetches in progress, and when recent ones failed.
-    fetching: Mutex<HashMap<ModelId, Option<Instant>>>,
+    /// Fetches in progress (with what to run when each ends well), and when recent ones failed.
+    fetching: Mutex<HashMap<ModelId, Fetching>>,
 }
+
+/// What runs once a wanted model is installed.
+type Then = Box<dyn FnOnce() + Send>;
+
+enum Fetching {
+    Running(Vec<Then>),
+    Failed(Instant),
+}
+
+/// Fetches one node runs at once (offers for more unknown models are not bid on meanwhile).
+pub const MAX_CONCURRENT_FETCHES: usize = 2;
 
 /// Model distribution for one node (cheap to clone).
 #[derive(Clone)]
@@ -286,35 +297,51 @@ impl Share {
 
     // ---------------------------------------------------------------- fetching
 
-    /// Starts fetching `model` in the background unless it is installed, already being fetched, or failed
-    /// recently; `then` runs once it is installed. `hint` is a peer known to run the model (a job's
-    /// submitter).
+    /// Starts fetching `model` in the background unless it is installed, failed recently, or
+    /// [`MAX_CONCURRENT_FETCHES`] other fetches run; `then` runs once it is installed (also when a fetch of
+    /// it was already running). `hint` is a peer known to run the model (a job's submitter).
     pub fn want(&self, model: ModelId, hint: Option<PeerId>, then: impl FnOnce() + Send + 'static) {
         if self.inner.executor.registry().get(&model).is_some() {
             return;
         }
         {
             let mut fetching = lock(&self.inner.fetching);
-            match fetching.get(&model) {
-                Some(None) => return,
-                Some(Some(failed)) if failed.elapsed() < self.inner.cfg.retry_after => return,
+            match fetching.get_mut(&model) {
+                Some(Fetching::Running(waiting)) => {
+                    waiting.push(Box::new(then));
+                    return;
+                }
+                Some(Fetching::Failed(at)) if at.elapsed() < self.inner.cfg.retry_after => return,
                 _ => {}
             }
-            fetching.insert(model, None);
+            let running = fetching
+                .values()
+                .filter(|f| matches!(f, Fetching::Running(_)))
+                .count();
+            if running >= MAX_CONCURRENT_FETCHES {
+                debug!(model = %model.short(), "fetch limit reached; not fetching now");
+                return;
+            }
+            fetching.insert(model, Fetching::Running(vec![Box::new(then)]));
         }
         let this = self.clone();
         tokio::spawn(async move {
             let result = this.fetch(model, hint).await;
-            let mut fetching = lock(&this.inner.fetching);
-            match result {
-                Ok(_) => {
-                    fetching.remove(&model);
-                    drop(fetching);
-                    then();
-                }
-                Err(e) => {
+            let waiting = {
+                let mut fetching = lock(&this.inner.fetching);
+                let waiting = match fetching.remove(&model) {
+                    Some(Fetching::Running(waiting)) => waiting,
+                    _ => Vec::new(),
+                };
+                if let Err(e) = &result {
                     warn!(model = %model.short(), error = %e, "model fetch failed");
-                    fetching.insert(model, Some(Instant::now()));
+                    fetching.insert(model, Fetching::Failed(Instant::now()));
+                }
+                waiting
+            };
+            if result.is_ok() {
+                for then in waiting {
+                    then();
                 }
             }
         });

@@ -38,6 +38,8 @@ pub enum StoreError {
 pub struct SubmittedRecord {
     /// The offer the fleet is working on.
     pub offer: JobOffer,
+    /// Replicated by reputation (adaptive replication) rather than by the offer's replica count.
+    pub adaptive: bool,
     /// The verdict, once reached.
     pub result: Option<JobResult>,
 }
@@ -224,15 +226,23 @@ impl Store {
 
     // ------------------------------------------------------------ receipts
 
-    /// Stores a receipt (key: job and worker, so a replayed receipt overwrites nothing new).
-    /// Returns whether it was new.
+    /// Stores a receipt under (job, worker). A replay changes nothing; of two different receipts for the
+    /// same pair the one with the smaller canonical encoding is kept (the ledger's rule), so the store
+    /// ends the same whatever the arrival order. Returns whether the stored receipt changed.
     pub fn put_receipt(&self, receipt: &Signed<Receipt>) -> Result<bool, StoreError> {
         let claim = &receipt.body.claim.body;
         let key = receipt_key(&claim.job, &claim.worker);
         let bytes = codec::encode(receipt);
+        let mut changed = false;
         self.receipts
-            .compare_and_swap(key, None as Option<&[u8]>, Some(bytes))
-            .map(|r| r.is_ok())
+            .fetch_and_update(key, |old| match old {
+                Some(old) if old <= bytes.as_slice() => Some(old.to_vec()),
+                _ => {
+                    changed = true;
+                    Some(bytes.clone())
+                }
+            })
+            .map(|_| changed)
             .map_err(|e| self.err(e))
     }
 

@@ -352,7 +352,8 @@ pub fn start(
                 let req = request_response::Behaviour::with_codec(
                     codec::FrameCodec {
                         max_request,
-                        max_response: 2 * 1024 * 1024,
+                        // A model chunk (up to 4 MiB) with its header.
+                        max_response: fleetmesh_protocol::messages::MAX_CHUNK_SIZE as usize + 4096,
                     },
                     [(codec::REQUEST_PROTOCOL, request_response::ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
