@@ -17,3 +17,4 @@ pub mod net;
 pub mod node;
 pub mod share;
 pub mod store;
+pub mod vehicle;
