@@ -184,6 +184,10 @@ struct State {
     reputation: Reputation,
     /// Jobs being offered that are adaptively replicated.
     adaptive_pending: std::collections::HashSet<JobId>,
+    /// Bumped whenever `receipts` changes.
+    receipts_generation: u64,
+    /// The last ledger computed, and the receipts generation it was computed from.
+    ledger: Option<(u64, BTreeMap<NodeId, Earnings>)>,
     offers: HashMap<JobId, JobOffer>,
     work: HashMap<JobId, Work>,
     receipts: BTreeMap<(JobId, NodeId), Signed<Receipt>>,
@@ -269,14 +273,17 @@ fn job_span(job: JobId, role: &'static str, peer: NodeId, model: Option<String>)
     tracing::info_span!("job", job = %job.short(), role, peer = %peer.short(), model = model.as_deref().unwrap_or("?"))
 }
 
-/// Keeps `r` unless a receipt for the same (job, worker) with a smaller canonical encoding is already
-/// there: the ledger's rule, so that every node holds the same receipts whatever the arrival order.
-fn keep_receipt(receipts: &mut BTreeMap<(JobId, NodeId), Signed<Receipt>>, r: Signed<Receipt>) {
-    let key = (r.body.claim.body.job, r.body.claim.body.worker);
-    match receipts.get(&key) {
-        Some(old) if codec::encode(old) <= codec::encode(&r) => {}
-        _ => {
-            receipts.insert(key, r);
+impl State {
+    /// Keeps `r` unless a receipt for the same (job, worker) with a smaller canonical encoding is already
+    /// there: the ledger's rule, so that every node holds the same receipts whatever the arrival order.
+    fn keep_receipt(&mut self, r: Signed<Receipt>) {
+        let key = (r.body.claim.body.job, r.body.claim.body.worker);
+        match self.receipts.get(&key) {
+            Some(old) if codec::encode(old) <= codec::encode(&r) => {}
+            _ => {
+                self.receipts.insert(key, r);
+                self.receipts_generation += 1;
+            }
         }
     }
 }
@@ -352,8 +359,7 @@ impl Jobs {
         let (mut pending, mut decided, mut recommit, mut rerun) = (0, 0, 0, 0);
         let mut state = self.state();
         for r in receipts {
-            let key = (r.body.claim.body.job, r.body.claim.body.worker);
-            state.receipts.insert(key, r);
+            state.keep_receipt(r);
         }
         // Reputation is a function of the verdicts this node reached, which its own receipts record:
         // replayed job by job in the order they were decided, with the live rules. (Workers that timed out
@@ -489,30 +495,26 @@ impl Jobs {
     ///
     /// The job is on disk before this returns: a restart after `kill -9` offers it again.
     pub async fn submit(&self, model: ModelId, input: Vec<u8>, replicas: u8) -> anyhow::Result<JobId> {
-        let rule = self
-            .inner
-            .executor
-            .registry()
-            .get(&model)
-            .map_or(fleetmesh_protocol::messages::AgreementRule::Exact, |m| {
-                m.manifest().rule
-            });
-        let offer = self.new_offer(model, JobInput::Inline(input), rule, replicas.max(1))?;
-        let id = offer.id();
-        if let Err(e) = self.offer(id, offer).await {
-            self.forget(id);
-            return Err(e);
-        }
-        self.inner.metrics.jobs_submitted.inc();
-        Ok(id)
+        self.submit_with(model, input, replicas.max(1), false).await
     }
 
     /// Offers a job whose replication this node chooses: adaptive (see [`JobsConfig::adaptive`]) if
     /// enabled, two replicas otherwise.
     pub async fn submit_auto(&self, model: ModelId, input: Vec<u8>) -> anyhow::Result<JobId> {
-        if self.inner.cfg.adaptive.is_none() {
-            return self.submit(model, input, 2).await;
+        match self.inner.cfg.adaptive {
+            // The offer asks for one replica: workers cannot tell a job that runs alone from a checked one.
+            Some(_) => self.submit_with(model, input, 1, true).await,
+            None => self.submit(model, input, 2).await,
         }
+    }
+
+    async fn submit_with(
+        &self,
+        model: ModelId,
+        input: Vec<u8>,
+        replicas: u8,
+        adaptive: bool,
+    ) -> anyhow::Result<JobId> {
         let rule = self
             .inner
             .executor
@@ -521,10 +523,11 @@ impl Jobs {
             .map_or(fleetmesh_protocol::messages::AgreementRule::Exact, |m| {
                 m.manifest().rule
             });
-        // The offer asks for one replica: workers cannot tell a job that runs alone from a checked one.
-        let offer = self.new_offer(model, JobInput::Inline(input), rule, 1)?;
+        let offer = self.new_offer(model, JobInput::Inline(input), rule, replicas)?;
         let id = offer.id();
-        self.state().adaptive_pending.insert(id);
+        if adaptive {
+            self.state().adaptive_pending.insert(id);
+        }
         if let Err(e) = self.offer(id, offer).await {
             self.forget(id);
             return Err(e);
@@ -1018,7 +1021,7 @@ impl Jobs {
                 if let Err(e) = store.put_receipt(r) {
                     warn!(job = %job.short(), error = %e, "cannot store a receipt");
                 }
-                keep_receipt(&mut state.receipts, r.clone());
+                state.keep_receipt(r.clone());
             }
             (receipts, result, waiters)
         };
@@ -1055,7 +1058,7 @@ impl Jobs {
                     if let Err(e) = self.inner.store.put_receipt(&receipt) {
                         warn!(error = %e, "cannot store a receipt");
                     }
-                    keep_receipt(&mut self.state().receipts, receipt);
+                    self.state().keep_receipt(receipt);
                 }
             }
         }
@@ -1442,9 +1445,21 @@ impl Jobs {
 
     /// Credit, energy and accepted jobs per worker: the ledger computed from every receipt this node has
     /// seen (signatures checked one by one, duplicates counted once, BOINC's least-claim credit).
+    ///
+    /// The result is kept until the receipts change: the dashboard, `/metrics` and `/v1/earnings` ask
+    /// often, and each computation checks every receipt's two signatures.
     pub fn earnings(&self) -> BTreeMap<NodeId, Earnings> {
-        let receipts: Vec<Signed<Receipt>> = self.state().receipts.values().cloned().collect();
-        Ledger::from_receipts(&receipts)
+        let (generation, receipts) = {
+            let state = self.state();
+            if let Some((g, ledger)) = &state.ledger
+                && *g == state.receipts_generation
+            {
+                return ledger.clone();
+            }
+            let receipts: Vec<Signed<Receipt>> = state.receipts.values().cloned().collect();
+            (state.receipts_generation, receipts)
+        };
+        let ledger: BTreeMap<NodeId, Earnings> = Ledger::from_receipts(&receipts)
             .balances
             .into_iter()
             .map(|(node, b)| {
@@ -1455,7 +1470,12 @@ impl Jobs {
                 };
                 (node, e)
             })
-            .collect()
+            .collect();
+        let mut state = self.state();
+        if state.ledger.as_ref().is_none_or(|(g, _)| *g < generation) {
+            state.ledger = Some((generation, ledger.clone()));
+        }
+        ledger
     }
 
     fn model_name(&self, model: &ModelId) -> Option<String> {
