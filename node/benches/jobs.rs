@@ -47,12 +47,8 @@ fn main() {
 
         // Verified: the demo fleet (5 nodes, 2 replicas, 32 in flight).
         let summary = demo::run(demo::DemoConfig {
-            nodes: 5,
             jobs: n,
-            replicas: 2,
-            in_flight: 32,
-            malicious: 0,
-            adaptive: false,
+            ..demo::DemoConfig::default()
         })
         .await
         .unwrap();

@@ -32,6 +32,8 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// The node's metrics.
     pub metrics: crate::metrics::Metrics,
+    /// The car this node runs on.
+    pub car: crate::car::Car,
 }
 
 /// The dashboard page, embedded in the binary (no network at run time).
@@ -252,15 +254,47 @@ async fn earnings(State(s): State<ApiState>) -> Response {
         .earnings()
         .into_iter()
         .map(|(node, e)| {
-            serde_json::json!({
+            let mut row = serde_json::json!({
                 "node": node.to_string(),
                 "jobs": e.jobs,
                 "credit": e.credit,
                 "energy_uwh": e.energy_uwh,
-            })
+            });
+            if node == s.node_id {
+                // This car's electricity for those jobs, each at its tariff when it ran.
+                let electricity: f64 = s
+                    .jobs
+                    .receipts_of(&node)
+                    .iter()
+                    .map(|(at_ms, uwh)| s.car.electricity_cost(*uwh, *at_ms))
+                    .sum::<f64>()
+                    + 0.0; // (an empty f64 sum is -0.0)
+                row["this_node"] = true.into();
+                row["electricity"] = electricity.into();
+            }
+            row
         })
         .collect();
     Json(rows).into_response()
+}
+
+async fn vehicle(State(s): State<ApiState>) -> Response {
+    Json(s.car.view()).into_response()
+}
+
+async fn report_vehicle(
+    State(s): State<ApiState>,
+    body: Result<Json<crate::vehicle::VehicleState>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(state) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match s.car.report(state) {
+        Ok(view) => Json(view).into_response(),
+        Err(e @ crate::car::ReportError::NotExternal(_)) => error(StatusCode::CONFLICT, e),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
 }
 
 /// The API's routes.
@@ -271,6 +305,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs", axum::routing::post(submit).get(recent_jobs))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/earnings", get(earnings))
+        .route("/v1/vehicle", get(vehicle).post(report_vehicle))
         .route("/metrics", get(metrics))
         .with_state(state)
 }

@@ -131,6 +131,10 @@ pub struct JobsSection {
     pub model_prices: std::collections::BTreeMap<String, u64>,
     /// Jobs this node runs at once as a worker.
     pub max_active_work: usize,
+    /// Inference threads.
+    pub threads: usize,
+    /// How long an inference thread waits for more jobs of the same model to run them as one batch (ms).
+    pub batch_linger_ms: u64,
     /// Replicate jobs submitted without a replica count by the workers' reputation.
     pub adaptive: bool,
     /// Consecutive validated results that make a worker trusted.
@@ -150,6 +154,8 @@ impl Default for JobsSection {
             price: 1_000,
             model_prices: std::collections::BTreeMap::new(),
             max_active_work: 64,
+            threads: 1,
+            batch_linger_ms: 1,
             adaptive: true,
             trust_after: t.trust_after,
             spot_check: t.spot_check,
@@ -208,6 +214,12 @@ pub struct NodeConfig {
     pub api: ApiConfig,
     /// Work and pay.
     pub jobs: JobsSection,
+    /// The vehicle source and the local clock.
+    pub car: crate::car::CarSection,
+    /// The owner's rules for lending the car's computer.
+    pub owner: crate::vehicle::OwnerPolicy,
+    /// Power model and electricity tariff.
+    pub energy: crate::car::EnergySection,
 }
 
 impl NodeConfig {
@@ -262,12 +274,27 @@ impl NodeConfig {
                 )));
             }
         }
+        if j.threads == 0 || j.threads > 256 {
+            return Err(ConfigError::Invalid(format!(
+                "jobs.threads must be 1 to 256, got {}",
+                j.threads
+            )));
+        }
         if j.trust_after == 0 {
             return Err(ConfigError::Invalid(
                 "jobs.trust_after must be at least 1 (0 would trust newcomers)".into(),
             ));
         }
-        Ok(())
+        self.car_config().validate().map_err(ConfigError::Invalid)
+    }
+
+    /// The car's settings: `[car]`, `[owner]` and `[energy]`.
+    pub fn car_config(&self) -> crate::car::CarConfig {
+        crate::car::CarConfig {
+            car: self.car.clone(),
+            owner: self.owner.clone(),
+            energy: self.energy.clone(),
+        }
     }
 
     /// The complete default configuration as commented TOML.
@@ -315,6 +342,9 @@ price = {price}
 model_prices = {{}}
 # Jobs run at once as a worker; no bids beyond.
 max_active_work = {maxwork}
+# Inference threads, and how long one waits for more jobs of the same model to run them as one batch (ms).
+threads = {threads}
+batch_linger_ms = {linger}
 # Jobs submitted without a replica count: replicas follow the workers' reputation.
 adaptive = {adaptive}
 # Consecutive validated results that make a worker trusted.
@@ -325,6 +355,53 @@ spot_check = {spot}
 explore = {explore}
 # Hours a worker that returned an invalid result is not drawn again.
 probation_hours = {probation}
+
+[car]
+# Where the vehicle state comes from: "none" (not a car: always admitted), "simulated" (a commuter car on a
+# simulated clock) or "external" (a vehicle integration POSTs JSON to /v1/vehicle; no work until it does,
+# none once it is silent for stale_after_s).
+source = "none"
+# Seed of the simulated car.
+seed = {seed}
+# Where the simulated clock starts, "ddd hh:mm".
+sim_start = "{sim_start}"
+# Simulated seconds per real second.
+sim_speed = {sim_speed:?}
+# Local time = UTC + this many minutes (owner's hours, tariff windows, departure history).
+utc_offset_min = {offset}
+# Seconds an external feed may be silent before work stops.
+stale_after_s = {stale}
+
+[owner]
+# No work below this state of charge (%) while plugged in, and while unplugged.
+soc_floor_plugged_pct = {floor_p:?}
+soc_floor_unplugged_pct = {floor_u:?}
+# Work resumes only this far above a floor or below a temperature limit (% or °C).
+hysteresis = {hyst:?}
+# No work above these temperatures (°C).
+max_battery_temp_c = {bat:?}
+max_cabin_temp_c = {cabin:?}
+# Minutes between two admission changes for charge, temperature or hours (a driver stops work at once).
+min_dwell_min = {dwell}
+# Local hours (0-23) in which work may run; [] means any hour.
+allowed_hours = []
+# No bid on a job expected to outlast the predicted parked time; a departure slot counts once this
+# fraction of the observed weeks left then.
+departure_confidence = {conf:?}
+# On a metered link, no model larger than this (MiB) is downloaded; models already here still run.
+metered_max_download_mib = {metered}
+
+[energy]
+# Power of the awake car computer with nothing to do (W), and extra power per busy inference thread (W).
+awake_w = {awake:?}
+active_w_per_thread = {active:?}
+# Energy to wake the computer (Wh); it sleeps again after idle_after_s without work.
+wake_wh = {wake:?}
+idle_after_s = {idle_after}
+# Electricity prices in micro-credits per kWh, and the local hours of the off-peak tariff.
+peak_price = {peak}
+offpeak_price = {offpeak}
+offpeak_hours = {offpeak_hours:?}
 "#,
             listen = list(&d.net.listen),
             relay = d.net.relay_server,
@@ -336,11 +413,33 @@ probation_hours = {probation}
             api = d.api.listen,
             price = d.jobs.price,
             maxwork = d.jobs.max_active_work,
+            threads = d.jobs.threads,
+            linger = d.jobs.batch_linger_ms,
             adaptive = d.jobs.adaptive,
             trust = d.jobs.trust_after,
             spot = d.jobs.spot_check,
             explore = d.jobs.explore,
             probation = d.jobs.probation_hours,
+            seed = d.car.seed,
+            sim_start = d.car.sim_start,
+            sim_speed = d.car.sim_speed,
+            offset = d.car.utc_offset_min,
+            stale = d.car.stale_after_s,
+            floor_p = d.owner.soc_floor_plugged_pct,
+            floor_u = d.owner.soc_floor_unplugged_pct,
+            hyst = d.owner.hysteresis,
+            bat = d.owner.max_battery_temp_c,
+            cabin = d.owner.max_cabin_temp_c,
+            dwell = d.owner.min_dwell_min,
+            conf = d.owner.departure_confidence,
+            metered = d.owner.metered_max_download_mib,
+            awake = d.energy.awake_w,
+            active = d.energy.active_w_per_thread,
+            wake = d.energy.wake_wh,
+            idle_after = d.energy.idle_after_s,
+            peak = d.energy.peak_price,
+            offpeak = d.energy.offpeak_price,
+            offpeak_hours = d.energy.offpeak_hours,
         )
     }
 }
@@ -359,6 +458,32 @@ mod tests {
         assert_eq!(parsed.jobs.spot_check, d.jobs.spot_check);
         assert_eq!(parsed.jobs.trust_after, d.jobs.trust_after);
         assert_eq!(parsed.jobs.probation_hours, 24);
+        assert_eq!(parsed.car_config(), d.car_config());
+    }
+
+    #[test]
+    fn car_sections_are_checked() {
+        let cfg = NodeConfig::parse(
+            "[car]\nsource = \"simulated\"\nsim_start = \"sat 09:30\"\n[owner]\nallowed_hours = [0, 1]\n",
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        assert!(cfg.validate().is_ok());
+        for (text, key) in [
+            ("[car]\nsim_start = \"someday\"\n", "car.sim_start"),
+            ("[owner]\nallowed_hours = [25]\n", "owner.allowed_hours"),
+            ("[energy]\nawake_w = -1.0\n", "energy.awake_w"),
+            (
+                "[owner]\ndeparture_confidence = 2.0\n",
+                "owner.departure_confidence",
+            ),
+        ] {
+            let cfg = NodeConfig::parse(text, Path::new("f.toml")).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let err = NodeConfig::parse("[car]\nsource = \"bus\"\n", Path::new("f.toml")).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
     }
 
     #[test]

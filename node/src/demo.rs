@@ -35,19 +35,55 @@ pub struct DemoConfig {
     pub malicious: usize,
     /// Replicas follow the workers' reputation (adaptive replication) instead of `replicas`.
     pub adaptive: bool,
+    /// Where every car's simulated clock starts (`"ddd hh:mm"`).
+    pub clock: String,
+    /// Simulated seconds per real second.
+    pub speed: f64,
+    /// Workers whose driver gets in once half the jobs are done (their running work is preempted).
+    pub drivers_return: usize,
 }
 
-/// One node's line in the summary.
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            nodes: 5,
+            jobs: 500,
+            replicas: 2,
+            in_flight: 32,
+            malicious: 0,
+            adaptive: false,
+            clock: "tue 01:00".into(),
+            speed: 60.0,
+            drivers_return: 0,
+        }
+    }
+}
+
+/// One car's line in the summary.
 #[derive(Debug, Clone, Serialize)]
-pub struct NodeLine {
+pub struct CarLine {
     /// Short node id.
     pub node: String,
-    /// Accepted jobs.
+    /// `submitter`, `worker` or `adversary`.
+    pub role: &'static str,
+    /// The car's state at the end, in words.
+    pub state: String,
+    /// Its admission at the end: `admitted`, or why not.
+    pub admission: String,
+    /// Seconds the car admitted work.
+    pub admitted_s: f64,
+    /// Times its computer was woken for work.
+    pub wakes: u64,
+    /// Running jobs it handed back when its driver got in.
+    pub preempted: u64,
+    /// Accepted jobs, from the receipts the submitter holds.
     pub jobs: u64,
+    /// Energy of those jobs as the receipts record it (µWh).
+    pub energy_uwh: u64,
     /// Credit earned (micro-credits).
     pub credit: u64,
-    /// Energy spent on accepted jobs (µWh).
-    pub energy_uwh: u64,
+    /// Estimated electricity cost of that energy at the car's tariff (micro-credits).
+    pub electricity: f64,
 }
 
 /// The demo's result.
@@ -73,8 +109,15 @@ pub struct DemoSummary {
     pub receipts: usize,
     /// Seconds from the first offer to the last verdict.
     pub elapsed_s: f64,
-    /// Per worker: accepted jobs, credit and energy, from the receipts the submitter saw.
-    pub credits: Vec<NodeLine>,
+    /// Per car: state, admitted time, accepted jobs, energy and credit (from the receipts the submitter
+    /// holds); the node lines add up to the totals below.
+    pub cars: Vec<CarLine>,
+    /// Energy of all accepted jobs, from the ledger (µWh).
+    pub total_energy_uwh: u64,
+    /// Credit paid for all accepted jobs, from the ledger (micro-credits).
+    pub total_credit: u64,
+    /// Jobs handed back because a driver got in.
+    pub preempted: u64,
 }
 
 /// The configuration of a local-fleet node: loopback TCP on a free port, DHT server, listen address
@@ -97,6 +140,15 @@ fn random_key() -> anyhow::Result<NodeKey> {
     Ok(NodeKey::from_seed(seed))
 }
 
+/// The simulated cars of a local fleet: each node's car gets its own seed.
+#[derive(Debug, Clone)]
+pub struct FleetCars {
+    /// Where the simulated clocks start (`"ddd hh:mm"`).
+    pub clock: String,
+    /// Simulated seconds per real second.
+    pub speed: f64,
+}
+
 /// A local fleet of nodes in this process, fully connected, with a formed gossip mesh.
 pub struct Fleet {
     nodes: Vec<Node>,
@@ -107,19 +159,25 @@ impl Fleet {
     /// Starts `n` nodes with fresh keys on loopback (node 1 is everyone's bootstrap peer) and waits until
     /// each is connected to all others.
     pub async fn start(n: usize) -> anyhow::Result<Self> {
-        Self::start_with_malicious(n, 0).await
+        Self::start_with(n, 0, None).await
     }
 
     /// Like [`Fleet::start`], with nodes 2 to `malicious + 1` misbehaving (alternately always wrong and
-    /// lazy).
-    pub async fn start_with_malicious(n: usize, malicious: usize) -> anyhow::Result<Self> {
+    /// lazy), and each node on a simulated car if `cars` is given (stationary otherwise).
+    pub async fn start_with(n: usize, malicious: usize, cars: Option<FleetCars>) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
         let registry = Registry::with_defaults(None)?;
-        let start_node = |bootstrap: Option<Multiaddr>, behaviour: WorkerBehaviour| {
-            let (registry, cancel) = (registry.clone(), cancel.clone());
+        let start_node = |i: usize, bootstrap: Option<Multiaddr>, behaviour: WorkerBehaviour| {
+            let (registry, cancel, cars) = (registry.clone(), cancel.clone(), cars.clone());
             async move {
                 let key = random_key()?;
-                let cfg = node_config(bootstrap.as_ref(), n);
+                let mut cfg = node_config(bootstrap.as_ref(), n);
+                if let Some(cars) = cars {
+                    cfg.car.source = crate::car::SourceKind::Simulated;
+                    cfg.car.seed = i as u64 + 1;
+                    cfg.car.sim_start = cars.clock;
+                    cfg.car.sim_speed = cars.speed;
+                }
                 let store = Store::temporary()?;
                 let jobs = JobsConfig {
                     behaviour,
@@ -128,7 +186,7 @@ impl Fleet {
                 node::start_with(key, cfg, registry, jobs, Default::default(), store, cancel).await
             }
         };
-        let first = start_node(None, WorkerBehaviour::Honest).await?;
+        let first = start_node(0, None, WorkerBehaviour::Honest).await?;
         let boot = first.net.dialable_addr(Duration::from_secs(2)).await?;
         let mut nodes = vec![first];
         for i in 1..n {
@@ -137,7 +195,7 @@ impl Fleet {
                 (true, 1) => WorkerBehaviour::AlwaysWrong,
                 (true, _) => WorkerBehaviour::Lazy,
             };
-            nodes.push(start_node(Some(boot.clone()), behaviour).await?);
+            nodes.push(start_node(i, Some(boot.clone()), behaviour).await?);
         }
         let started = Instant::now();
         loop {
@@ -195,7 +253,11 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         cfg.nodes, cfg.malicious
     );
     let started = Instant::now();
-    let fleet = Fleet::start_with_malicious(cfg.nodes, cfg.malicious).await?;
+    let cars = FleetCars {
+        clock: cfg.clock.clone(),
+        speed: cfg.speed,
+    };
+    let fleet = Fleet::start_with(cfg.nodes, cfg.malicious, Some(cars)).await?;
     let submitter = fleet.submitter();
     let model = submitter
         .registry()
@@ -214,9 +276,28 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         submitter.node_id().short(),
     );
     eprintln!(
-        "dashboard of the submitting node: http://{}/",
+        "every node runs on a simulated car (clock from {}, {}x); dashboard of the submitting node: http://{}/",
+        cfg.clock,
+        cfg.speed,
         fleet.submitter_api()
     );
+
+    let workers: Vec<crate::car::CarView> = fleet.nodes[1..].iter().map(|n| n.car.view()).collect();
+    let admitted = workers.iter().filter(|v| v.admitted).count();
+    eprintln!(
+        "worker cars admitted now: {admitted} of {} ({})",
+        workers.len(),
+        workers
+            .iter()
+            .map(|v| format!("{}: {}", describe(v), admission(v)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    if admitted < usize::from(cfg.replicas) {
+        eprintln!(
+            "fewer cars admitted than replicas: jobs wait for parked cars and fail at their deadline (60 s)"
+        );
+    }
 
     let images = digits::held_out()?;
     let reference = digits::Digits::embedded()?;
@@ -253,6 +334,16 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
     while let Some((sample, result)) = rx.recv().await {
         let label = sample.label;
         done += 1;
+        if done == cfg.jobs / 2 && cfg.drivers_return > 0 {
+            // Drivers get into the last workers' cars: their running work is handed back and reassigned.
+            for node in fleet.nodes.iter().rev().take(cfg.drivers_return) {
+                node.car.set_driver_in(true)?;
+            }
+            eprintln!(
+                "  {} driver(s) got in: their cars' running jobs are preempted and handed back",
+                cfg.drivers_return
+            );
+        }
         match result {
             Ok(r) => {
                 assigned += r.workers_assigned;
@@ -300,15 +391,41 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
     // Give the last receipts a moment to be gossiped.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let earnings = submitter.earnings();
-    let credits = earnings
+    let cars: Vec<CarLine> = fleet
+        .nodes
         .iter()
-        .map(|(id, e)| NodeLine {
-            node: id.short(),
-            jobs: e.jobs,
-            credit: e.credit,
-            energy_uwh: e.energy_uwh,
+        .enumerate()
+        .map(|(i, node)| {
+            let id = node.jobs.node_id();
+            let e = earnings.get(&id).copied().unwrap_or_default();
+            let v = node.car.view();
+            // Each receipt's energy at the car's tariff at the time of its claim.
+            let electricity = submitter
+                .receipts_of(&id)
+                .iter()
+                .map(|(at_ms, uwh)| node.car.electricity_cost(*uwh, *at_ms))
+                .sum::<f64>()
+                + 0.0; // (an empty f64 sum is -0.0)
+            CarLine {
+                node: id.short(),
+                role: match i {
+                    0 => "submitter",
+                    _ if i <= cfg.malicious => "adversary",
+                    _ => "worker",
+                },
+                state: describe(&v),
+                admission: admission(&v),
+                admitted_s: v.admitted_s,
+                wakes: v.wakes,
+                preempted: v.preempted,
+                jobs: e.jobs,
+                energy_uwh: e.energy_uwh,
+                credit: e.credit,
+                electricity,
+            }
         })
         .collect();
+    let preempted = cars.iter().map(|c| c.preempted).sum();
     let summary = DemoSummary {
         jobs: cfg.jobs,
         verified,
@@ -328,8 +445,38 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         malicious: cfg.malicious,
         receipts: submitter.receipt_count(),
         elapsed_s: elapsed,
-        credits,
+        cars,
+        total_energy_uwh: earnings.values().map(|e| e.energy_uwh).sum(),
+        total_credit: earnings.values().map(|e| e.credit).sum(),
+        preempted,
     };
     fleet.stop().await;
     Ok(summary)
+}
+
+/// A car's state in words: its clock, whether it is parked and charging (signals, never a location),
+/// its charge.
+fn describe(v: &crate::car::CarView) -> String {
+    let Some(s) = v.state else {
+        return "stationary".into();
+    };
+    let place = match (s.parked, s.plugged_in) {
+        (false, _) => "driving",
+        (true, true) if s.charging => "parked, charging",
+        (true, true) => "parked, plugged in",
+        (true, false) => "parked, unplugged",
+    };
+    format!("{} {place}, {:.0} %", v.local_time, s.soc_pct)
+}
+
+/// `admitted`, or `no: ` and why not.
+fn admission(v: &crate::car::CarView) -> String {
+    if v.admitted {
+        return "admitted".into();
+    }
+    let reason = serde_json::to_value(v.reason)
+        .ok()
+        .and_then(|r| r.as_str().map(|r| r.replace('_', " ")))
+        .unwrap_or_default();
+    format!("no: {reason}")
 }

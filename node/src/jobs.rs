@@ -22,6 +22,7 @@ use libp2p::PeerId;
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, warn};
 
+use crate::car::Car;
 use crate::inference::executor::{CancelFlag, Executor};
 use crate::inference::numeric_class;
 use crate::metrics::{Metrics, ModelLabels, OutcomeLabels, StateLabels};
@@ -52,8 +53,6 @@ pub struct JobsConfig {
     pub deadline_ms: u64,
     /// Jobs this worker runs at once; it does not bid beyond.
     pub max_active_work: usize,
-    /// Power drawn while computing, for the energy a worker reports.
-    pub active_watts: f64,
     /// Time an assigned worker has to commit, and later to reveal.
     pub step_timeout_ms: u64,
     /// How this node behaves as a worker. Only tests and `fleetmesh demo` set anything but
@@ -105,7 +104,6 @@ impl Default for JobsConfig {
             offer_ttl_ms: 10_000,
             deadline_ms: 60_000,
             max_active_work: 64,
-            active_watts: 15.0,
             step_timeout_ms: 10_000,
             behaviour: WorkerBehaviour::Honest,
             adaptive: Some(TrustConfig::default()),
@@ -136,8 +134,8 @@ struct Submitted {
     job: Job,
     /// Found unfinished at start; waits to be offered again (its old offer is ignored meanwhile).
     stale: bool,
-    /// For an adaptively replicated job: bids held until its workers are chosen.
-    adaptive: Option<Adaptive>,
+    /// Bids held until the job's workers are chosen (`None` for a job decided before a restart).
+    window: Option<BidWindow>,
     /// Ids of the receipts issued for it.
     receipt_ids: Vec<String>,
     claims: HashMap<NodeId, Signed<WorkClaim>>,
@@ -145,8 +143,12 @@ struct Submitted {
     result: Option<JobResult>,
 }
 
+/// The bids of a job during its bid window; then its workers are chosen: the cheapest bids (price plus the
+/// car's electricity cost) for a fixed replica count, by reputation among the cheapest for an adaptive job.
 #[derive(Default)]
-struct Adaptive {
+struct BidWindow {
+    /// Replicas follow the workers' reputation.
+    adaptive: bool,
     bids: Vec<Bid>,
     planned: bool,
     /// Nobody trusted was among the bidders when the plan was made (later bids may then join).
@@ -184,6 +186,8 @@ struct State {
     reputation: Reputation,
     /// Jobs being offered that are adaptively replicated.
     adaptive_pending: std::collections::HashSet<JobId>,
+    /// Mean compute time of one job per model (ms), for the estimates in bids.
+    compute_ms: HashMap<ModelId, f64>,
     /// Bumped whenever `receipts` changes.
     receipts_generation: u64,
     /// The last ledger computed, and the receipts generation it was computed from.
@@ -241,6 +245,7 @@ struct Inner {
     cfg: JobsConfig,
     store: Store,
     share: Share,
+    car: Car,
     metrics: Metrics,
     state: Mutex<State>,
 }
@@ -316,7 +321,10 @@ fn authored<T: Signable>(peer: &PeerId, data: &[u8]) -> Result<Signed<T>, &'stat
 impl Jobs {
     /// The job roles of the node with `key`, using `net`, running inference on `executor` and keeping
     /// its state in `store`. Call [`Jobs::resume`] once to pick up what the store holds.
-    /// Models it lacks are fetched from peers through `share`; what it does is counted in `metrics`.
+    /// Models it lacks are fetched from peers through `share`; what it does is counted in `metrics`. It bids
+    /// only while `car` admits work, meters energy with the car's power model, and puts the car's
+    /// electricity cost in its bids.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: NodeKey,
         net: NetClient,
@@ -324,6 +332,7 @@ impl Jobs {
         cfg: JobsConfig,
         store: Store,
         share: Share,
+        car: Car,
         metrics: Metrics,
     ) -> Self {
         let me = key.node_id();
@@ -340,6 +349,7 @@ impl Jobs {
                 cfg,
                 store,
                 share,
+                car,
                 metrics,
                 state: Mutex::new(state),
             }),
@@ -421,7 +431,7 @@ impl Jobs {
                     offer: record.offer,
                     job,
                     stale,
-                    adaptive: None,
+                    window: None,
                     receipt_ids: receipt_ids.remove(&id).unwrap_or_default(),
                     claims: HashMap::new(),
                     waiters: Vec::new(),
@@ -595,7 +605,10 @@ impl Jobs {
                     .unwrap_or_default(),
                 None => Vec::new(),
             };
-            let adaptive = adaptive.then(Adaptive::default);
+            let window = BidWindow {
+                adaptive,
+                ..BidWindow::default()
+            };
             state.submitted.insert(
                 id,
                 Submitted {
@@ -603,7 +616,7 @@ impl Jobs {
                     offer,
                     job,
                     stale: false,
-                    adaptive,
+                    window: Some(window),
                     receipt_ids: Vec::new(),
                     claims: HashMap::new(),
                     waiters,
@@ -790,9 +803,9 @@ impl Jobs {
         })
     }
 
-    /// A bid for a job this node submitted. Fixed replication: straight to the state machine. Adaptive:
-    /// held for [`JobsConfig::bid_window_ms`], then the workers are chosen by reputation
-    /// ([`trust::plan`]); later bids join only from trusted workers (or anyone, if nobody trusted bid).
+    /// A bid for a job this node submitted: held for [`JobsConfig::bid_window_ms`], then the workers are
+    /// chosen ([`Jobs::plan_job`]). Later bids go to the job's state machine (as replacements); for an
+    /// adaptive job only from trusted workers (or anyone, if nobody trusted bid).
     fn on_bid(&self, bid: Bid, now: u64) {
         let job = bid.job;
         {
@@ -805,13 +818,13 @@ impl Jobs {
             let Some(sub) = submitted.get_mut(&job) else {
                 return;
             };
-            if let Some(a) = sub.adaptive.as_mut() {
-                if !a.planned {
-                    if a.bids.iter().any(|b| b.worker == bid.worker) {
+            if let Some(w) = sub.window.as_mut() {
+                if !w.planned {
+                    if w.bids.iter().any(|b| b.worker == bid.worker) {
                         return;
                     }
-                    let first = a.bids.is_empty();
-                    a.bids.push(bid);
+                    let first = w.bids.is_empty();
+                    w.bids.push(bid);
                     if first {
                         let this = self.clone();
                         let window = std::time::Duration::from_millis(self.inner.cfg.bid_window_ms);
@@ -823,7 +836,9 @@ impl Jobs {
                     return;
                 }
                 let standing = reputation.standing(&bid.worker, now);
-                if standing == Standing::Probation || (!a.none_trusted && standing != Standing::Trusted) {
+                if w.adaptive
+                    && (standing == Standing::Probation || (!w.none_trusted && standing != Standing::Trusted))
+                {
                     return;
                 }
             }
@@ -831,12 +846,15 @@ impl Jobs {
         self.drive(job, |j| j.on_bid(bid, now).unwrap_or_default());
     }
 
-    /// Chooses the workers of an adaptive job from the bids it collected, and assigns them.
+    /// Chooses the workers of a job from the bids of its window, cheapest first (price plus the car's
+    /// electricity cost, so cars in off-peak hours and already awake are preferred), and assigns them.
+    /// An adaptive job draws by reputation ([`trust::plan`]) among the bids within a quarter of the cheapest
+    /// cost, unless that leaves out every trusted bidder.
     fn plan_job(&self, job: JobId) {
         let cfg = &self.inner.cfg;
         let now = now_ms();
         let draws = [random_unit(), random_unit(), random_unit()];
-        let actions = {
+        let actions = 'plan: {
             let mut guard = self.state();
             let State {
                 submitted,
@@ -846,20 +864,42 @@ impl Jobs {
             let Some(sub) = submitted.get_mut(&job) else {
                 return;
             };
-            let Some(a) = sub.adaptive.as_mut() else {
+            let Some(w) = sub.window.as_mut() else {
                 return;
             };
-            if a.planned || sub.result.is_some() {
+            if w.planned || sub.result.is_some() {
                 return;
             }
-            a.planned = true;
-            let bids = std::mem::take(&mut a.bids);
-            let candidates: Vec<NodeId> = bids.iter().map(|b| b.worker).collect();
-            a.none_trusted = !candidates.iter().any(|c| reputation.is_trusted(c, now));
+            w.planned = true;
+            let mut bids = std::mem::take(&mut w.bids);
+            let cost = |b: &Bid| b.price.saturating_add(b.energy_cost);
+            bids.sort_by_key(cost);
+            let mut actions = Vec::new();
+            if !w.adaptive {
+                for b in bids {
+                    actions.extend(sub.job.on_bid(b, now).unwrap_or_default());
+                }
+                break 'plan actions;
+            }
+            let cheapest = bids.first().map_or(0, cost);
+            let limit = cheapest.saturating_add(cheapest / 4);
+            let all: Vec<NodeId> = bids.iter().map(|b| b.worker).collect();
+            let cheap: Vec<NodeId> = bids
+                .iter()
+                .filter(|b| cost(b) <= limit)
+                .map(|b| b.worker)
+                .collect();
+            let any_trusted = |c: &[NodeId]| c.iter().any(|c| reputation.is_trusted(c, now));
+            let candidates = if any_trusted(&cheap) || !any_trusted(&all) {
+                cheap
+            } else {
+                all
+            };
+            w.none_trusted = !any_trusted(&candidates);
             let Some(plan) = trust::plan(&candidates, reputation, now, draws) else {
                 // Every bidder is on probation: the job waits for other bids (or fails at its expiry).
                 debug!(job = %job.short(), bidders = candidates.len(), "no bidder may be drawn; waiting");
-                a.planned = false;
+                w.planned = false;
                 return;
             };
             debug!(job = %job.short(), replicas = plan.replicas, spot_check = plan.spot_check, "workers chosen");
@@ -872,7 +912,6 @@ impl Jobs {
                     reveal_timeout_ms: cfg.step_timeout_ms,
                 },
             );
-            let mut actions = Vec::new();
             for w in plan.workers.iter().chain(&plan.backups) {
                 if let Some(b) = bids.iter().find(|b| b.worker == *w) {
                     actions.extend(sub.job.on_bid(b.clone(), now).unwrap_or_default());
@@ -880,6 +919,10 @@ impl Jobs {
             }
             actions
         };
+        self.act_all(job, actions);
+    }
+
+    fn act_all(&self, job: JobId, actions: Vec<Action>) {
         for action in actions {
             self.act(job, action);
         }
@@ -1004,7 +1047,7 @@ impl Jobs {
             let waiters = std::mem::take(&mut sub.waiters);
             let record = SubmittedRecord {
                 offer: sub.offer.clone(),
-                adaptive: sub.adaptive.is_some(),
+                adaptive: sub.window.as_ref().is_some_and(|w| w.adaptive),
                 result: Some(result.clone()),
             };
             let store = &self.inner.store;
@@ -1065,7 +1108,7 @@ impl Jobs {
     }
 
     fn on_offer(&self, offer: JobOffer) {
-        if offer.submitter == self.inner.me || now_ms() >= offer.expires_ms {
+        if offer.submitter == self.inner.me || now_ms() >= offer.expires_ms || !self.inner.car.admitted() {
             return;
         }
         if self.inner.executor.registry().get(&offer.model).is_none() {
@@ -1078,21 +1121,30 @@ impl Jobs {
             return;
         }
         let id = offer.id();
-        {
+        let est_ms = {
             let mut state = self.state();
             let busy = state.work.values().filter(|w| !w.revealed).count();
             if busy >= self.inner.cfg.max_active_work || state.offers.contains_key(&id) {
                 return;
             }
+            // Expected time to finish: the model's mean compute time, behind the jobs still computing here.
+            let ahead = state.work.values().filter(|w| w.done.is_none()).count();
+            let per_job = state.compute_ms.get(&offer.model).copied().unwrap_or(10.0);
+            let est_ms = (per_job * (ahead + 1) as f64).ceil() as u64;
+            if let Err(why) = self.inner.car.may_bid(est_ms) {
+                debug!(job = %id.short(), %why, "not bidding");
+                return;
+            }
             state.offers.insert(id, offer.clone());
-        }
+            est_ms
+        };
         let bid = Bid {
             job: id,
             worker: self.inner.me,
             class: numeric_class(),
             price: self.inner.cfg.price_of(self.model_name(&offer.model).as_deref()),
-            energy_cost: 0,
-            est_ms: 10,
+            energy_cost: self.inner.car.bid_energy_cost(est_ms),
+            est_ms: u32::try_from(est_ms).unwrap_or(u32::MAX),
             expires_ms: offer.expires_ms,
         };
         let Ok(signed) = Signed::sign(bid, &self.inner.key) else {
@@ -1149,6 +1201,10 @@ impl Jobs {
             },
             Kind::Withdraw => match authored::<Withdraw>(&peer, data) {
                 Ok(w) => {
+                    if self.state().submitted.contains_key(&w.body.job) {
+                        self.inner.metrics.withdrawals.inc();
+                        debug!(job = %w.body.job.short(), worker = %w.body.worker.short(), reason = ?w.body.reason, "work handed back");
+                    }
                     self.drive(w.body.job, |j| j.on_withdraw(&w.body, now).unwrap_or_default());
                     reply(Reply::accepted())
                 }
@@ -1171,6 +1227,9 @@ impl Jobs {
     fn on_assignment(&self, a: Assignment) -> Vec<u8> {
         if a.worker != self.inner.me {
             return refuse("assignment for another worker");
+        }
+        if !self.inner.car.admitted() {
+            return refuse("the car is not admitted for work now");
         }
         let cancel = CancelFlag::default();
         let (offer, input) = {
@@ -1210,6 +1269,13 @@ impl Jobs {
     }
 
     async fn compute(&self, job: JobId, offer: JobOffer, input: Vec<u8>, cancel: CancelFlag) {
+        if !self.inner.car.admitted() {
+            // Work found at a restart (or assigned just as the driver returned) while the car is not
+            // admitted: hand it back rather than run it.
+            self.withdraw(job, &offer, WithdrawReason::Preempted).await;
+            return;
+        }
+        self.inner.car.work_started();
         let result = if self.inner.cfg.behaviour == WorkerBehaviour::Lazy {
             // Skips the work and makes up an output of the usual size.
             Ok(crate::inference::executor::JobOutput {
@@ -1221,6 +1287,8 @@ impl Jobs {
         };
         let mut out = match result {
             Ok(out) if out.outputs.len() == 1 => out,
+            // Preempted: the job was handed back already.
+            Err(crate::inference::InferenceError::Cancelled) => return,
             Ok(_) | Err(_) => {
                 self.withdraw(job, &offer, WithdrawReason::ModelUnavailable).await;
                 return;
@@ -1244,9 +1312,15 @@ impl Jobs {
                 .get_or_create(&ModelLabels { model: name })
                 .observe(out.compute.as_secs_f64());
         }
-        // Energy = active power x compute time, in microwatt-hours (at least 1 for any work done).
-        let energy_uwh =
-            ((self.inner.cfg.active_watts * out.compute.as_secs_f64() / 3600.0 * 1e6).round() as u64).max(1);
+        // Energy from the car's power model (a real car reads its power sensor behind the same call).
+        let energy_uwh = self.inner.car.job_energy_uwh(out.compute);
+        self.inner.car.work_finished(energy_uwh);
+        {
+            let ms = out.compute.as_secs_f64() * 1e3;
+            let mut state = self.state();
+            let mean = state.compute_ms.entry(offer.model).or_insert(ms);
+            *mean = 0.8 * *mean + 0.2 * ms;
+        }
         let Some(salt) = random_salt() else {
             self.withdraw(job, &offer, WithdrawReason::Overloaded).await;
             return;
@@ -1296,6 +1370,40 @@ impl Jobs {
         {
             debug!(job = %job.short(), error = %e, "commit not delivered");
         }
+    }
+
+    /// Hands back every job this worker has not finished computing, because the car left admission: each
+    /// running or queued inference is cancelled and a signed [`Withdraw`] (reason `Preempted`) goes to its
+    /// submitter, who reassigns the job; no claim is ever made for it, so no credit is paid. Results already
+    /// computed are kept (revealing them costs the car nothing). Returns how many jobs were handed back,
+    /// once every withdrawal was delivered (or failed).
+    pub async fn preempt(&self) -> usize {
+        let started = std::time::Instant::now();
+        let running: Vec<(JobId, JobOffer)> = self
+            .state()
+            .work
+            .iter()
+            .filter(|(_, w)| w.done.is_none())
+            .map(|(id, w)| (*id, w.offer.clone()))
+            .collect();
+        let n = running.len();
+        if n == 0 {
+            return 0;
+        }
+        self.inner.car.count_preempted(n as u64);
+        self.inner.metrics.preemptions.inc_by(n as u64);
+        futures::future::join_all(
+            running
+                .iter()
+                .map(|(job, offer)| self.withdraw(*job, offer, WithdrawReason::Preempted)),
+        )
+        .await;
+        tracing::info!(
+            jobs = n,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "preempted: work handed back"
+        );
+        n
     }
 
     /// Hands a job back to its submitter (preemption, failure) with a signed [`Withdraw`].
@@ -1541,6 +1649,24 @@ impl Jobs {
             }
         }
         view
+    }
+
+    /// When and with how much energy `worker` did each job the receipts this node holds accept: (claim
+    /// time in ms since the Unix epoch, µWh).
+    pub fn receipts_of(&self, worker: &NodeId) -> Vec<(u64, u64)> {
+        self.state()
+            .receipts
+            .values()
+            .filter(|r| r.body.claim.body.worker == *worker && r.body.verdict == Verdict::Accepted)
+            .map(|r| (r.body.claim.body.claimed_ms, r.body.claim.body.energy_uwh))
+            .collect()
+    }
+
+    /// Jobs assigned to this node as a worker: (still computing, computed).
+    pub fn work_counts(&self) -> (usize, usize) {
+        let state = self.state();
+        let computing = state.work.values().filter(|w| w.done.is_none()).count();
+        (computing, state.work.len() - computing)
     }
 
     /// Receipts this node has seen.

@@ -5,6 +5,7 @@
 //! start nodes in-process.
 
 pub mod api;
+pub mod car;
 pub mod client;
 pub mod config;
 pub mod demo;

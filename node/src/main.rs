@@ -58,6 +58,15 @@ enum Command {
         /// Adaptive replication: replicas follow the workers' reputation instead of --replicas.
         #[arg(long)]
         adaptive: bool,
+        /// Where every car's simulated clock starts, "ddd hh:mm" (cars commute on weekdays 07:15-17:45).
+        #[arg(long, default_value = "tue 01:00", value_parser = parse_clock)]
+        clock: String,
+        /// Simulated seconds per real second.
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        /// Workers whose driver gets in halfway through: their running jobs are preempted and reassigned.
+        #[arg(long, default_value_t = 0)]
+        drivers_return: usize,
         /// Print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -445,6 +454,21 @@ fn earnings(api: std::net::SocketAddr, json: bool) -> anyhow::Result<()> {
     if rows.is_empty() {
         println!("(no receipts yet)");
     }
+    if let Some(me) = rows.iter().find(|r| r["this_node"] == true) {
+        let jobs = me["jobs"].as_u64().unwrap_or(0);
+        let credit = me["credit"].as_u64().unwrap_or(0) as f64;
+        let wh = me["energy_uwh"].as_u64().unwrap_or(0) as f64 / 1e6;
+        let elec = me["electricity"].as_f64().unwrap_or(0.0);
+        let per = |x: f64| x / jobs.max(1) as f64;
+        println!(
+            "this node: {jobs} jobs; credit {credit:.0} µc ({:.1} per job); energy {wh:.6} Wh ({:.3} mWh per job); \
+             electricity at its tariff {elec:.3} µc ({:.5} per job); net {:.1} µc",
+            per(credit),
+            per(wh * 1e3),
+            per(elec),
+            credit - elec
+        );
+    }
     Ok(())
 }
 
@@ -461,16 +485,67 @@ fn print_summary(s: &demo::DemoSummary) {
         s.accepted_wrong, s.malicious
     );
     println!("  receipts                      {}", s.receipts);
+    println!("  jobs preempted by drivers     {}", s.preempted);
+    let header = [
+        "car",
+        "role",
+        "state at the end",
+        "admission",
+        "admitted",
+        "wakes",
+        "jobs",
+        "energy µWh",
+        "credit (µc)",
+        "elec (µc)",
+    ];
     println!(
-        "  {:<10} {:>6} {:>14} {:>12}",
-        "node", "jobs", "credit (uc)", "energy µWh"
+        "  {:<9} {:<10} {:<33} {:<19} {:>8} {:>5} {:>5} {:>10} {:>11} {:>9}",
+        header[0],
+        header[1],
+        header[2],
+        header[3],
+        header[4],
+        header[5],
+        header[6],
+        header[7],
+        header[8],
+        header[9]
     );
-    for n in &s.credits {
+    let (mut jobs, mut energy, mut credit, mut elec) = (0, 0, 0, 0.0);
+    for c in &s.cars {
         println!(
-            "  {:<10} {:>6} {:>14} {:>12}",
-            n.node, n.jobs, n.credit, n.energy_uwh
+            "  {:<9} {:<10} {:<33} {:<19} {:>7.1}s {:>5} {:>5} {:>10} {:>11} {:>9.2}",
+            c.node,
+            c.role,
+            c.state,
+            c.admission,
+            c.admitted_s,
+            c.wakes,
+            c.jobs,
+            c.energy_uwh,
+            c.credit,
+            c.electricity
+        );
+        jobs += c.jobs;
+        energy += c.energy_uwh;
+        credit += c.credit;
+        elec += c.electricity;
+    }
+    println!(
+        "  {:<9} {:<10} {:<33} {:<19} {:>8} {:>5} {:>5} {:>10} {:>11} {:>9.2}",
+        "total", "", "", "", "", "", jobs, energy, credit, elec
+    );
+    if energy != s.total_energy_uwh || credit != s.total_credit {
+        println!(
+            "  (the ledger also pays nodes outside this fleet: {} µWh, {} µc in all)",
+            s.total_energy_uwh, s.total_credit
         );
     }
+}
+
+/// `--clock`: a simulated week time such as "tue 01:00".
+fn parse_clock(s: &str) -> Result<String, String> {
+    fleetmesh_node::car::parse_week_time(s).map(|_| s.to_string())
 }
 
 fn infer(assets: &Path, name: &str, input: &Path) -> anyhow::Result<()> {
@@ -554,6 +629,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             in_flight,
             malicious,
             adaptive,
+            clock,
+            speed,
+            drivers_return,
             json,
         } => {
             init_logging(cli.log_format, "warn");
@@ -565,6 +643,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 in_flight,
                 malicious,
                 adaptive,
+                clock,
+                speed,
+                drivers_return,
             }))?;
             print_summary(&summary);
             if json {

@@ -86,6 +86,14 @@ pub struct Metrics {
     pub energy_uwh: Gauge,
     /// Receipts this node holds.
     pub receipts: Gauge,
+    /// Running jobs handed back because the car left admission.
+    pub preemptions: Counter,
+    /// Withdrawals received from workers of this node's jobs.
+    pub withdrawals: Counter,
+    /// 1 while the car admits work.
+    pub vehicle_admitted: Gauge,
+    /// 1 while the car computer is awake.
+    pub car_awake: Gauge,
 }
 
 impl Default for Metrics {
@@ -103,6 +111,10 @@ impl Default for Metrics {
             credit: Gauge::default(),
             energy_uwh: Gauge::default(),
             receipts: Gauge::default(),
+            preemptions: Counter::default(),
+            withdrawals: Counter::default(),
+            vehicle_admitted: Gauge::default(),
+            car_awake: Gauge::default(),
         }
     }
 }
@@ -166,6 +178,26 @@ impl Metrics {
             "fleetmesh_receipts",
             "Receipts this node holds",
             m.receipts.clone(),
+        );
+        registry.register(
+            "fleetmesh_preemptions",
+            "Running jobs handed back because the car left admission",
+            m.preemptions.clone(),
+        );
+        registry.register(
+            "fleetmesh_withdrawals",
+            "Signed withdrawals received from workers of this node's jobs",
+            m.withdrawals.clone(),
+        );
+        registry.register(
+            "fleetmesh_vehicle_admitted",
+            "1 while the car admits work (parked, no driver, charge, temperature and hours within the owner's limits)",
+            m.vehicle_admitted.clone(),
+        );
+        registry.register(
+            "fleetmesh_car_awake",
+            "1 while the car computer is awake",
+            m.car_awake.clone(),
         );
         m
     }

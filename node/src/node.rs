@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::api::{self, ApiState};
+use crate::car::Car;
 use crate::config::NodeConfig;
 use crate::inference::Registry;
 use crate::inference::executor::{Executor, ExecutorConfig};
@@ -33,6 +34,8 @@ pub struct Node {
     pub jobs: Jobs,
     /// Model distribution (serve and fetch models).
     pub share: Share,
+    /// The car this node runs on (or a stationary node).
+    pub car: Car,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -72,10 +75,17 @@ pub async fn start_with(
     cancel: CancellationToken,
 ) -> anyhow::Result<Node> {
     cfg.validate()?;
+    let exec_cfg = ExecutorConfig {
+        workers: cfg.jobs.threads,
+        linger: std::time::Duration::from_millis(cfg.jobs.batch_linger_ms),
+        ..ExecutorConfig::default()
+    };
+    let car =
+        Car::new(cfg.car_config(), exec_cfg.workers, Some(store.clone())).map_err(anyhow::Error::msg)?;
     let mut metrics_registry = MetricsRegistry::default();
     let metrics = Metrics::register(&mut metrics_registry);
     let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), cancel.clone())?;
-    let executor = Executor::start(registry, ExecutorConfig::default());
+    let executor = Executor::start(registry, exec_cfg);
     let node_id = key.node_id();
     let share = Share::new(net.clone(), store.clone(), executor.clone(), share_cfg);
     share.start().await;
@@ -86,6 +96,7 @@ pub async fn start_with(
         jobs_cfg,
         store,
         share.clone(),
+        car.clone(),
         metrics.clone(),
     );
     jobs.resume();
@@ -96,9 +107,17 @@ pub async fn start_with(
         started: Instant::now(),
         registry: Arc::new(metrics_registry),
         metrics: metrics.clone(),
+        car: car.clone(),
     };
     let (api_addr, api_task) = api::serve(cfg.api.listen, state, cancel.clone()).await?;
     info!(peer_id = %net.peer_id(), node_id = %node_id, api = %api_addr, "node started");
+    let car_task = tokio::spawn(drive_car(
+        car.clone(),
+        jobs.clone(),
+        share.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
     let handler = tokio::spawn(handle_events(
         events,
         jobs.clone(),
@@ -112,8 +131,47 @@ pub async fn start_with(
         metrics,
         jobs,
         share,
-        tasks: vec![net_task, api_task, handler],
+        car,
+        tasks: vec![net_task, api_task, car_task, handler],
     })
+}
+
+/// Keeps the car's clock going, and preempts running work the moment the car leaves admission (a state
+/// pushed through the API wakes this task at once; the clock is read four times a second).
+async fn drive_car(
+    car: Car,
+    jobs: Jobs,
+    share: Share,
+    metrics: crate::metrics::Metrics,
+    cancel: CancellationToken,
+) {
+    let mut admitted = car.subscribe();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {
+                car.refresh();
+                share.set_link_limit(car.download_limit());
+                let v = car.view();
+                metrics.vehicle_admitted.set(i64::from(v.admitted));
+                metrics.car_awake.set(i64::from(v.awake));
+            }
+            changed = admitted.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now = *admitted.borrow_and_update();
+                metrics.vehicle_admitted.set(i64::from(now));
+                if now {
+                    info!("the car admits work");
+                } else {
+                    info!(reason = ?car.view().reason, "the car left admission; preempting work");
+                    jobs.preempt().await;
+                }
+            }
+        }
+    }
 }
 
 /// Routes what the mesh delivers to the job roles, and ticks their clocks.

@@ -134,6 +134,8 @@ struct Inner {
     served: Mutex<HashMap<ModelId, Arc<Served>>>,
     /// Fetches in progress (with what to run when each ends well), and when recent ones failed.
     fetching: Mutex<HashMap<ModelId, Fetching>>,
+    /// The link's limit on a model's size (the owner's limit on a metered link), besides the config's.
+    link_limit: std::sync::atomic::AtomicU64,
 }
 
 /// What runs once a wanted model is installed.
@@ -173,8 +175,17 @@ impl Share {
                 cfg,
                 served: Mutex::new(HashMap::new()),
                 fetching: Mutex::new(HashMap::new()),
+                link_limit: std::sync::atomic::AtomicU64::new(u64::MAX),
             }),
         }
+    }
+
+    /// Sets the largest model the current link allows downloading (the car's owner limits a metered link);
+    /// `u64::MAX` for none. Models already here are not affected.
+    pub fn set_link_limit(&self, bytes: u64) {
+        self.inner
+            .link_limit
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Installs the models fetched in earlier runs (complete in the store), and announces every model this
@@ -374,11 +385,16 @@ impl Share {
                 architecture: manifest.architecture.clone(),
             });
         }
-        if manifest.weights_len > self.inner.cfg.max_download_bytes {
+        let limit = self
+            .inner
+            .cfg
+            .max_download_bytes
+            .min(self.inner.link_limit.load(std::sync::atomic::Ordering::Relaxed));
+        if manifest.weights_len > limit {
             return Err(FetchError::TooLarge {
                 model: name,
                 bytes: manifest.weights_len,
-                limit: self.inner.cfg.max_download_bytes,
+                limit,
             });
         }
         self.inner.store.put_manifest(&manifest)?;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::warn;
 
 use crate::jobs::JobResult;
+use crate::vehicle::DeparturePredictor;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,7 @@ pub struct Store {
     receipts: sled::Tree,
     manifests: sled::Tree,
     chunks: sled::Tree,
+    vehicle: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,6 +129,7 @@ impl Store {
             receipts: tree("receipts")?,
             manifests: tree("manifests")?,
             chunks: tree("chunks")?,
+            vehicle: tree("vehicle")?,
             db,
             path,
         })
@@ -222,6 +225,25 @@ impl Store {
     /// Every piece of work this node holds.
     pub fn work(&self) -> Vec<(JobId, WorkRecord)> {
         self.by_job(&self.work, "work")
+    }
+
+    // ------------------------------------------------------------ vehicle
+
+    /// Stores the car's departure history: what departure prediction learns from, so it survives restarts.
+    pub fn put_departures(&self, history: &DeparturePredictor) -> Result<(), StoreError> {
+        self.put(&self.vehicle, "departure history", b"departures", history)
+    }
+
+    /// The stored departure history, if any (and if it decodes).
+    pub fn departures(&self) -> Option<DeparturePredictor> {
+        let bytes = self.vehicle.get(b"departures").ok()??;
+        match postcard::from_bytes(&bytes) {
+            Ok(history) => Some(history),
+            Err(e) => {
+                warn!(store = %self.path, error = %e, "skipping a departure history that does not decode");
+                None
+            }
+        }
     }
 
     // ------------------------------------------------------------ receipts

@@ -82,6 +82,11 @@ pub struct OwnerPolicy {
     pub min_dwell_min: u64,
     /// Hours of the day (local, 0-23) in which work is allowed; empty means any hour.
     pub allowed_hours: Vec<u8>,
+    /// No bid on a job expected to outlast the predicted parked time, where the prediction counts a
+    /// departure slot once this fraction (0-1) of the observed weeks left then.
+    pub departure_confidence: f32,
+    /// On a metered link, models larger than this (MiB) are not downloaded; models already here still run.
+    pub metered_max_download_mib: u64,
 }
 
 impl Default for OwnerPolicy {
@@ -94,6 +99,8 @@ impl Default for OwnerPolicy {
             max_cabin_temp_c: 50.0,
             min_dwell_min: 5,
             allowed_hours: Vec::new(),
+            departure_confidence: 0.5,
+            metered_max_download_mib: 16,
         }
     }
 }
@@ -116,6 +123,8 @@ pub enum Reason {
     OutsideWindow,
     /// Holding the previous decision until the minimum dwell time has passed.
     Dwell,
+    /// No state from the vehicle (an external feed that never reported, or went silent).
+    NoData,
 }
 
 /// The admission decision at one moment.
@@ -209,6 +218,15 @@ impl Admission {
         Decision {
             admitted: self.admitted,
             reason: soft.unwrap_or(Reason::Admitted),
+        }
+    }
+
+    /// Stops work at once for a reason outside the car's reported state (the vehicle stopped reporting).
+    pub fn halt(&mut self, reason: Reason, now_min: u64) -> Decision {
+        self.set(false, now_min);
+        Decision {
+            admitted: false,
+            reason,
         }
     }
 
@@ -332,7 +350,7 @@ impl SimulatedCar {
 }
 
 /// Learns when the owner usually leaves, per weekday and hour, from the car's own history.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeparturePredictor {
     /// Observed departures, minutes since Monday 00:00 (mod one week).
     departures: Vec<u64>,

@@ -297,9 +297,37 @@ fn demo_verifies_every_job_and_ends_with_a_json_summary() {
     assert_eq!(summary["failed"], 0);
     assert_eq!(summary["receipts"], 120);
     assert!(summary["accuracy"].as_f64().unwrap() >= 0.9);
-    let credits = summary["credits"].as_array().unwrap();
-    let jobs_done: u64 = credits.iter().map(|c| c["jobs"].as_u64().unwrap()).sum();
-    assert_eq!(jobs_done, 120, "two accepted replicas per job");
+    // One line per car; the lines add up to the ledger's totals, and every paid job carries energy.
+    let cars = summary["cars"].as_array().unwrap();
+    assert_eq!(cars.len(), 5, "{last}");
+    let sum = |key: &str| -> u64 { cars.iter().map(|c| c[key].as_u64().unwrap()).sum() };
+    assert_eq!(sum("jobs"), 120, "two accepted replicas per job");
+    assert_eq!(sum("energy_uwh"), summary["total_energy_uwh"].as_u64().unwrap());
+    assert_eq!(sum("credit"), summary["total_credit"].as_u64().unwrap());
+    assert!(sum("energy_uwh") > 0);
+    for c in cars {
+        assert_eq!(
+            c["jobs"].as_u64() > Some(0),
+            c["energy_uwh"].as_u64() > Some(0),
+            "{c}"
+        );
+        assert_eq!(c["admission"], "admitted", "{c}");
+        assert!(c["state"].as_str().unwrap().contains("parked"), "{c}");
+        assert!(c["admitted_s"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    assert_eq!(cars[0]["role"], "submitter");
+
+    // A driver gets into one car halfway: every job is still verified, and that car ends not admitted.
+    let out = fleetmesh(
+        home.path(),
+        &["demo", "--jobs", "100", "--drivers-return", "1", "--json"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["verified"], 100, "{summary}");
+    let last_car = summary["cars"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last_car["admission"], "no: driver present", "{last_car}");
 }
 
 #[test]
@@ -317,9 +345,10 @@ fn demo_with_an_adversarial_node_accepts_no_wrong_output() {
     assert_eq!(summary["verified"], 60, "{summary}");
     // The liar is drawn for some jobs and out-voted there: those jobs needed a third worker.
     assert!(summary["mean_replicas"].as_f64().unwrap() > 2.0, "{summary}");
-    // Only the three honest workers earned anything.
-    let credits = summary["credits"].as_array().unwrap();
-    assert_eq!(credits.len(), 3, "{summary}");
+    // The adversary earned nothing.
+    let cars = summary["cars"].as_array().unwrap();
+    assert_eq!(cars[1]["role"], "adversary", "{summary}");
+    assert_eq!(cars[1]["credit"], 0, "{summary}");
 
     // Adaptive replication with a liar and a lazy worker among six workers: still nothing wrong accepted,
     // and fewer than two workers per job once the honest ones are trusted.

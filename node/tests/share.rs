@@ -191,3 +191,55 @@ async fn a_corrupted_chunk_is_refused_and_fetched_from_another_provider() {
         cancel.cancel();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_metered_link_a_car_does_not_download_a_model_over_the_owners_limit() {
+    let Some((model, _)) = mnist_or_skip() else {
+        return;
+    };
+    let id = model.id();
+    let car = Spec {
+        config: Some(Box::new(|cfg: &mut fleetmesh_node::config::NodeConfig| {
+            cfg.car.source = fleetmesh_node::car::SourceKind::External;
+            cfg.owner.metered_max_download_mib = 1; // the model is 1.5 MiB
+        })),
+        ..Spec::new(Registry::with_defaults(None).unwrap(), jobs_config())
+    };
+    let nodes = common::fleet(
+        vec![Spec::new(with_mnist(&model), jobs_config()), car],
+        150,
+        None,
+        0,
+    )
+    .await;
+    let fetcher = &nodes[1].0;
+    let state = |link: &str| {
+        serde_json::json!({
+            "parked": true, "driver_present": false, "plugged_in": false, "charging": false,
+            "soc_pct": 80.0, "battery_temp_c": 20.0, "cabin_temp_c": 20.0, "link": link,
+        })
+    };
+    let report = |link: &'static str| {
+        let (api, body) = (fetcher.api_addr, state(link));
+        tokio::task::spawn_blocking(move || {
+            fleetmesh_node::client::call(api, "POST", "/v1/vehicle", Some(&body), Duration::from_secs(5))
+                .unwrap()
+        })
+    };
+    assert_eq!(report("metered").await.unwrap().0, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await; // the car task applies the link's limit
+    let err = fetcher.share.fetch(id, None).await.unwrap_err();
+    assert!(
+        matches!(err, FetchError::TooLarge { limit, .. } if limit == 1 << 20),
+        "{err}"
+    );
+    assert!(fetcher.jobs.registry().get(&id).is_none());
+    // Back on wifi, the same model downloads.
+    assert_eq!(report("wifi").await.unwrap().0, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    fetcher.share.fetch(id, None).await.unwrap();
+    assert!(fetcher.jobs.registry().get(&id).is_some());
+    for (_, cancel) in &nodes {
+        cancel.cancel();
+    }
+}

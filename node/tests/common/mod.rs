@@ -13,12 +13,17 @@ use fleetmesh_protocol::NodeKey;
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
 
+/// A change to a node's configuration.
+pub type Configure = Box<dyn FnOnce(&mut fleetmesh_node::config::NodeConfig)>;
+
 /// One node of a test fleet.
 pub struct Spec {
     pub registry: Registry,
     pub jobs: JobsConfig,
     pub share: ShareConfig,
     pub store: Store,
+    /// Changes to the node's configuration (the car, the owner's policy, executor settings).
+    pub config: Option<Configure>,
 }
 
 impl Spec {
@@ -29,6 +34,7 @@ impl Spec {
             jobs,
             share: ShareConfig::default(),
             store: Store::temporary().unwrap(),
+            config: None,
         }
     }
 }
@@ -48,9 +54,13 @@ pub async fn fleet(
     for (i, spec) in specs.into_iter().enumerate() {
         let cancel = CancellationToken::new();
         let key = NodeKey::from_seed([seed.wrapping_add(i as u8); 32]);
+        let mut cfg = demo::node_config(boot.as_ref(), n);
+        if let Some(change) = spec.config {
+            change(&mut cfg);
+        }
         let node = node::start_with(
             key,
-            demo::node_config(boot.as_ref(), n),
+            cfg,
             spec.registry,
             spec.jobs,
             spec.share,

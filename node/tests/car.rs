@@ -1,0 +1,177 @@
+//! The car in a real fleet (libp2p over loopback, burn inference on the embedded digits model): a driver
+//! returning preempts running work within a second and the job completes elsewhere with no credit for the
+//! preempted car; a car about to leave does not bid; receipts carry metered energy.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use fleetmesh_consensus::job::Outcome;
+use fleetmesh_node::car::SourceKind;
+use fleetmesh_node::config::NodeConfig;
+use fleetmesh_node::inference::{Model, Registry, digits};
+use fleetmesh_node::jobs::JobsConfig;
+use fleetmesh_node::vehicle::{Link, VehicleState};
+
+mod common;
+
+fn parked() -> serde_json::Value {
+    serde_json::to_value(VehicleState {
+        parked: true,
+        driver_present: false,
+        plugged_in: true,
+        charging: true,
+        soc_pct: 70.0,
+        battery_temp_c: 21.0,
+        cabin_temp_c: 19.0,
+        link: Link::Wifi,
+    })
+    .unwrap()
+}
+
+/// `POST /v1/vehicle` on a node's local API, as a vehicle integration would.
+async fn report(api: std::net::SocketAddr, state: serde_json::Value) -> (u16, serde_json::Value) {
+    tokio::task::spawn_blocking(move || {
+        fleetmesh_node::client::call(api, "POST", "/v1/vehicle", Some(&state), Duration::from_secs(5))
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_returning_driver_preempts_running_work_within_a_second_and_the_job_completes_elsewhere() {
+    let registry = Registry::with_defaults(None).unwrap();
+    let jobs = |price: u64| JobsConfig {
+        price,
+        step_timeout_ms: 3_000,
+        adaptive: None,
+        ..JobsConfig::default()
+    };
+    // Node 1 submits; node 2 is a car fed by its vehicle integration, the cheapest worker, whose inference
+    // thread gathers a batch for 3 s (so its jobs are still in the executor when the driver returns);
+    // nodes 3 and 4 are stationary workers; node 5 is a simulated car at Tuesday 07:05, minutes before its
+    // owner usually leaves.
+    let car = common::Spec {
+        config: Some(Box::new(|cfg: &mut NodeConfig| {
+            cfg.car.source = SourceKind::External;
+            cfg.jobs.batch_linger_ms = 3_000;
+        })),
+        ..common::Spec::new(registry.clone(), jobs(400))
+    };
+    let leaving = common::Spec {
+        config: Some(Box::new(|cfg: &mut NodeConfig| {
+            cfg.car.source = SourceKind::Simulated;
+            cfg.car.sim_start = "tue 07:05".into();
+            cfg.car.seed = 3;
+        })),
+        ..common::Spec::new(registry.clone(), jobs(100))
+    };
+    let specs = vec![
+        common::Spec::new(registry.clone(), jobs(1_000)),
+        car,
+        common::Spec::new(registry.clone(), jobs(1_000)),
+        common::Spec::new(registry.clone(), jobs(1_000)),
+        leaving,
+    ];
+    let nodes = common::fleet(specs, 90, None, 0).await;
+    let (submitter, car, leaving) = (&nodes[0].0, &nodes[1].0, &nodes[4].0);
+
+    // Before its first report the car takes no work; the leaving car is parked but refuses to bid.
+    assert!(!car.car.admitted());
+    let v = leaving.car.view();
+    assert!(v.admitted, "{v:?}");
+    assert_eq!(v.predicted_parked_min, Some(0), "{v:?}");
+    let (code, view) = report(car.api_addr, parked()).await;
+    assert_eq!(code, 200, "{view}");
+    assert_eq!(view["admitted"], true, "{view}");
+
+    // Three jobs: the car bids cheapest and gets all three.
+    let samples: Vec<digits::Sample> = digits::held_out().unwrap().into_iter().take(4).collect();
+    let model = digits::Digits::embedded().unwrap();
+    let mut ids = Vec::new();
+    for s in &samples[..3] {
+        ids.push(
+            submitter
+                .jobs
+                .submit(model.id(), s.pixels.clone(), 1)
+                .await
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    while car.jobs.work_counts().0 < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the car was not assigned the jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The driver returns: every running job is cancelled and handed back with a signed Withdraw.
+    let t0 = Instant::now();
+    let mut driver = parked();
+    driver["driver_present"] = true.into();
+    let (code, view) = report(car.api_addr, driver).await;
+    assert_eq!(
+        (code, &view["reason"]),
+        (200, &serde_json::json!("driver_present")),
+        "{view}"
+    );
+    let withdrawn = loop {
+        let n = submitter.metrics.withdrawals.get();
+        if n >= 3 {
+            break t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "withdrawals: {n}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    eprintln!("driver returned -> 3 jobs cancelled and withdrawn at the submitter in {withdrawn:?}");
+    assert!(withdrawn < Duration::from_secs(1), "{withdrawn:?}");
+    assert_eq!(car.jobs.work_counts(), (0, 0));
+    let v = car.car.view();
+    assert!(!v.admitted && v.preempted == 3, "{v:?}");
+    assert_eq!(car.metrics.preemptions.get(), 3);
+
+    // The jobs complete on the stationary workers, with outputs equal to local inference.
+    for (id, s) in ids.iter().zip(&samples) {
+        let r = tokio::time::timeout(Duration::from_secs(20), submitter.jobs.wait(*id))
+            .await
+            .unwrap()
+            .unwrap();
+        let Outcome::Accepted { output, agreeing, .. } = r.outcome else {
+            panic!("job failed: {r:?}");
+        };
+        assert_eq!(output, model.run_batch(&[&s.pixels]).unwrap()[0]);
+        assert!(!agreeing.contains(&car.jobs.node_id()));
+        assert!(!agreeing.contains(&leaving.jobs.node_id()));
+    }
+    // While the driver is in, the car does not bid.
+    let id = submitter
+        .jobs
+        .submit(model.id(), samples[3].pixels.clone(), 1)
+        .await
+        .unwrap();
+    let r = submitter.jobs.wait(id).await.unwrap();
+    let Outcome::Accepted { agreeing, .. } = r.outcome else {
+        panic!("job failed: {r:?}");
+    };
+    assert!(!agreeing.contains(&car.jobs.node_id()));
+
+    // No credit for the preempted car or for the car that did not bid; the others' receipts carry energy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ledger = submitter.jobs.earnings();
+    assert!(
+        ledger.get(&car.jobs.node_id()).is_none_or(|e| e.credit == 0),
+        "{ledger:?}"
+    );
+    assert!(!ledger.contains_key(&leaving.jobs.node_id()), "{ledger:?}");
+    let paid: u64 = ledger.values().map(|e| e.jobs).sum();
+    assert_eq!(paid, 4);
+    assert!(ledger.values().all(|e| e.energy_uwh > 0), "{ledger:?}");
+    assert!(leaving.car.view().bids_refused >= 4);
+
+    for (node, cancel) in nodes {
+        cancel.cancel();
+        node.join().await;
+    }
+}
