@@ -897,6 +897,30 @@ mod tests {
         // The driver leaves again: work resumes only after the dwell time.
         peak.set_driver_in(false).unwrap();
         assert_eq!(peak.view().reason, Reason::Dwell);
+        // With no work for idle_after_s the computer sleeps again.
+        let quick = Car::new(
+            CarConfig {
+                car: CarSection {
+                    source: SourceKind::Simulated,
+                    ..CarSection::default()
+                },
+                energy: EnergySection {
+                    idle_after_s: 0,
+                    ..EnergySection::default()
+                },
+                ..CarConfig::default()
+            },
+            1,
+            None,
+        )
+        .unwrap();
+        quick.work_started();
+        quick.work_finished(10);
+        assert!(quick.view().awake);
+        std::thread::sleep(Duration::from_millis(5));
+        quick.refresh();
+        let v = quick.view();
+        assert!(!v.awake && v.wakes == 1 && v.jobs_computed == 1, "{v:?}");
         // A stationary node never sleeps: no wake-up cost.
         assert_eq!(Car::stationary().bid_energy_cost(10), 1);
     }

@@ -29,13 +29,27 @@ fn parked() -> serde_json::Value {
 }
 
 /// `POST /v1/vehicle` on a node's local API, as a vehicle integration would.
-async fn report(api: std::net::SocketAddr, state: serde_json::Value) -> (u16, serde_json::Value) {
+async fn try_report(
+    api: std::net::SocketAddr,
+    state: serde_json::Value,
+) -> Result<(u16, serde_json::Value), fleetmesh_node::client::ClientError> {
     tokio::task::spawn_blocking(move || {
         fleetmesh_node::client::call(api, "POST", "/v1/vehicle", Some(&state), Duration::from_secs(5))
-            .unwrap()
     })
     .await
     .unwrap()
+}
+
+async fn report(api: std::net::SocketAddr, state: serde_json::Value) -> (u16, serde_json::Value) {
+    try_report(api, state).await.unwrap()
+}
+
+/// The error message of a report the node refused.
+async fn refused(api: std::net::SocketAddr, state: serde_json::Value) -> String {
+    match try_report(api, state).await {
+        Err(fleetmesh_node::client::ClientError::Refused(message)) => message,
+        other => panic!("not refused: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -81,6 +95,16 @@ async fn a_returning_driver_preempts_running_work_within_a_second_and_the_job_co
     let v = leaving.car.view();
     assert!(v.admitted, "{v:?}");
     assert_eq!(v.predicted_parked_min, Some(0), "{v:?}");
+    // Bad reports get a clear error and change nothing.
+    let err = refused(car.api_addr, serde_json::json!({ "parked": true })).await;
+    assert!(err.contains("missing field `driver_present`"), "{err}");
+    let mut full = parked();
+    full["soc_pct"] = 140.0.into();
+    let err = refused(car.api_addr, full).await;
+    assert!(err.contains("soc_pct must be 0 to 100"), "{err}");
+    let err = refused(submitter.api_addr, parked()).await;
+    assert!(err.contains("vehicle source is 'none'"), "{err}");
+    assert!(!car.car.admitted());
     let (code, view) = report(car.api_addr, parked()).await;
     assert_eq!(code, 200, "{view}");
     assert_eq!(view["admitted"], true, "{view}");
@@ -169,6 +193,57 @@ async fn a_returning_driver_preempts_running_work_within_a_second_and_the_job_co
     assert_eq!(paid, 4);
     assert!(ledger.values().all(|e| e.energy_uwh > 0), "{ledger:?}");
     assert!(leaving.car.view().bids_refused >= 4);
+
+    for (node, cancel) in nodes {
+        cancel.cancel();
+        node.join().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_submitter_prefers_an_awake_car_in_off_peak_hours_and_the_other_stays_asleep() {
+    let registry = Registry::with_defaults(None).unwrap();
+    let jobs = JobsConfig {
+        adaptive: None,
+        ..JobsConfig::default()
+    };
+    // Two simulated cars with the same price, both parked and asleep: one at Tuesday 01:00 (off-peak), one
+    // at Saturday 15:00 (peak tariff; home from its errand).
+    let car_at = |clock: &'static str| common::Spec {
+        config: Some(Box::new(move |cfg: &mut NodeConfig| {
+            cfg.car.source = SourceKind::Simulated;
+            cfg.car.sim_start = clock.into();
+        })),
+        ..common::Spec::new(registry.clone(), jobs.clone())
+    };
+    let specs = vec![
+        common::Spec::new(registry.clone(), jobs.clone()),
+        car_at("tue 01:00"),
+        car_at("sat 15:00"),
+    ];
+    let nodes = common::fleet(specs, 110, None, 0).await;
+    let (submitter, offpeak, peak) = (&nodes[0].0, &nodes[1].0, &nodes[2].0);
+    let (v_off, v_peak) = (offpeak.car.view(), peak.car.view());
+    assert!(v_off.admitted && v_off.offpeak && !v_off.awake, "{v_off:?}");
+    assert!(v_peak.admitted && !v_peak.offpeak && !v_peak.awake, "{v_peak:?}");
+
+    let model = digits::Digits::embedded().unwrap();
+    let samples = digits::held_out().unwrap();
+    for s in samples.iter().take(10) {
+        let id = submitter
+            .jobs
+            .submit(model.id(), s.pixels.clone(), 1)
+            .await
+            .unwrap();
+        submitter.jobs.wait(id).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ledger = submitter.jobs.earnings();
+    let jobs_of = |n: &fleetmesh_node::node::Node| ledger.get(&n.jobs.node_id()).map_or(0, |e| e.jobs);
+    assert_eq!((jobs_of(offpeak), jobs_of(peak)), (10, 0), "{ledger:?}");
+    let (v_off, v_peak) = (offpeak.car.view(), peak.car.view());
+    assert_eq!((v_off.wakes, v_peak.wakes), (1, 0));
+    assert!(v_off.awake && !v_peak.awake);
 
     for (node, cancel) in nodes {
         cancel.cancel();

@@ -104,6 +104,36 @@ fn jobs_submitted_over_the_local_api_are_verified_by_other_processes() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let table = String::from_utf8_lossy(&out.stdout);
         assert_eq!(table.lines().count(), 3, "header and two workers:\n{table}");
+        // A worker's own line: credit, energy and the electricity those jobs cost at its tariff.
+        let worker = api + 1;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            let rows = get_json(worker, "/v1/earnings").unwrap_or_default();
+            if rows
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["this_node"] == true))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = fleetmesh(
+            home.path(),
+            &["earnings", "--api", &format!("127.0.0.1:{worker}")],
+        );
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            table.contains("this node: 1 jobs; credit 1000 µc")
+                && table.contains("electricity at its tariff"),
+            "{table}"
+        );
+        let car = get_json(worker, "/v1/vehicle").unwrap();
+        assert_eq!(
+            (&car["source"], &car["admitted"]),
+            (&"none".into(), &true.into()),
+            "{car}"
+        );
+        assert_eq!(car["jobs_computed"], 1, "{car}");
 
         // The CLI submits a batch file through the same API, one job per row.
         let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/digits/sample.csv");
