@@ -7,13 +7,16 @@
 #
 # Environment: FLEETMESH_BIN (binary to run; default: build target/release/fleetmesh),
 # TESTNET_DIR (default ./testnet), TESTNET_PORT (first P2P port, default 4100),
-# TESTNET_API_PORT (first API port, default 7700).
+# TESTNET_API_PORT (first API port, default 7700), TESTNET_CAR (each node's vehicle source: none (default),
+# simulated (a commuter car per node, seeded by its number, clock from TESTNET_CLOCK, default "tue 01:00", at
+# TESTNET_SPEED simulated seconds per second, default 60) or external (POST /v1/vehicle to each node's API)).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${TESTNET_DIR:-$root/testnet}
 p2p_base=${TESTNET_PORT:-4100}
 api_base=${TESTNET_API_PORT:-7700}
+car=${TESTNET_CAR:-none}
 
 die() { echo "testnet: $*" >&2; exit 1; }
 
@@ -44,6 +47,7 @@ start() {
     local n=${1:-5}
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "start needs a node count, got '$n'"
     [ ! -s "$dir/pids" ] || die "a testnet is already running from $dir (run: $0 stop)"
+    case "$car" in none|simulated|external) ;; *) die "TESTNET_CAR must be none, simulated or external, got '$car'" ;; esac
     local bin
     bin=$(binary)
     mkdir -p "$dir"
@@ -53,6 +57,11 @@ start() {
         local home="$dir/node$i" port=$((p2p_base + i - 1)) api=$((api_base + i - 1))
         mkdir -p "$home"
         [ -f "$home/node.key" ] || "$bin" --home "$home" keys generate >/dev/null 2>&1
+        # The node reads HOME/fleetmesh.toml: its car.
+        local speed=${TESTNET_SPEED:-60}
+        [[ "$speed" == *.* ]] || speed="$speed.0"
+        printf '[car]\nsource = "%s"\nseed = %s\nsim_start = "%s"\nsim_speed = %s\n' \
+            "$car" "$i" "${TESTNET_CLOCK:-tue 01:00}" "$speed" > "$home/fleetmesh.toml"
         local args=(--home "$home" run --listen "/ip4/127.0.0.1/tcp/$port" --listen "/ip4/127.0.0.1/udp/$port/quic-v1"
             --api "127.0.0.1:$api" --kad-mode server --public)
         if [ "$i" -eq 1 ]; then

@@ -110,9 +110,9 @@ impl CarConfig {
     /// Checks values that parse but cannot work; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         parse_week_time(&self.car.sim_start).map_err(|e| format!("car.sim_start: {e}"))?;
-        if !(self.car.sim_speed.is_finite() && self.car.sim_speed > 0.0) {
+        if !(self.car.sim_speed > 0.0 && self.car.sim_speed <= 100_000.0) {
             return Err(format!(
-                "car.sim_speed must be positive, got {}",
+                "car.sim_speed must be above 0 and at most 100000, got {}",
                 self.car.sim_speed
             ));
         }
@@ -314,7 +314,9 @@ impl std::fmt::Debug for Car {
 impl Inner {
     fn now_min(&self) -> u64 {
         match &self.sim {
-            Some(s) => s.start_min + (s.started.elapsed().as_secs_f64() * s.speed / 60.0) as u64,
+            Some(s) => s
+                .start_min
+                .saturating_add((s.started.elapsed().as_secs_f64() * s.speed / 60.0) as u64),
             None => local_min(unix_ms_now(), self.cfg.car.utc_offset_min),
         }
     }
