@@ -57,11 +57,14 @@ start() {
         local home="$dir/node$i" port=$((p2p_base + i - 1)) api=$((api_base + i - 1))
         mkdir -p "$home"
         [ -f "$home/node.key" ] || "$bin" --home "$home" keys generate >/dev/null 2>&1
-        # The node reads HOME/fleetmesh.toml: its car.
-        local speed=${TESTNET_SPEED:-60}
-        [[ "$speed" == *.* ]] || speed="$speed.0"
-        printf '[car]\nsource = "%s"\nseed = %s\nsim_start = "%s"\nsim_speed = %s\n' \
-            "$car" "$i" "${TESTNET_CLOCK:-tue 01:00}" "$speed" > "$home/fleetmesh.toml"
+        if [ "$car" != none ]; then
+            # The node reads HOME/fleetmesh.toml: its car.
+            local speed=${TESTNET_SPEED:-60}
+            [[ "$speed" =~ ^[0-9]+$ ]] && speed="$speed.0"
+            [[ "$speed" =~ ^[0-9]+\.[0-9]+$ ]] || die "TESTNET_SPEED must be a number such as 60 or 0.5, got '$speed'"
+            printf '[car]\nsource = "%s"\nseed = %s\nsim_start = "%s"\nsim_speed = %s\n' \
+                "$car" "$i" "${TESTNET_CLOCK:-tue 01:00}" "$speed" > "$home/fleetmesh.toml"
+        fi
         local args=(--home "$home" run --listen "/ip4/127.0.0.1/tcp/$port" --listen "/ip4/127.0.0.1/udp/$port/quic-v1"
             --api "127.0.0.1:$api" --kad-mode server --public)
         if [ "$i" -eq 1 ]; then

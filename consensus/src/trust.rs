@@ -166,6 +166,20 @@ pub const MAX_BACKUPS: usize = 3;
 /// explore an untrusted worker, which candidate to take, and whether to spot-check. Returns `None` if
 /// there are no candidates.
 pub fn plan(candidates: &[NodeId], reputation: &Reputation, now_ms: u64, draws: [f64; 3]) -> Option<Plan> {
+    plan_preferring(candidates, reputation, now_ms, draws, &[])
+}
+
+/// [`plan`], with the trusted worker that runs a job drawn from the trusted candidates in `preferred`
+/// (e.g. the cheapest bids) when there is one. Only that choice changes: spot-check partners, the
+/// untrusted workers' checks and the backups are drawn from every candidate as before, so a preference
+/// (which bidders can influence through what they bid) never weakens verification.
+pub fn plan_preferring(
+    candidates: &[NodeId],
+    reputation: &Reputation,
+    now_ms: u64,
+    draws: [f64; 3],
+    preferred: &[NodeId],
+) -> Option<Plan> {
     let cfg = reputation.config();
     let (mut trusted, mut fresh) = (Vec::new(), Vec::new());
     for c in candidates {
@@ -186,7 +200,13 @@ pub fn plan(candidates: &[NodeId], reputation: &Reputation, now_ms: u64, draws: 
     };
     let explore = trusted.is_empty() || (!fresh.is_empty() && draws[0] < cfg.explore);
     if !explore {
-        let primary = pick(&trusted, draws[1]);
+        let favoured: Vec<NodeId> = trusted
+            .iter()
+            .copied()
+            .filter(|t| preferred.contains(t))
+            .collect();
+        let pool = if favoured.is_empty() { &trusted } else { &favoured };
+        let primary = pick(pool, draws[1]);
         if draws[2] >= cfg.spot_check {
             return Some(Plan {
                 backups: backups(&[primary]),

@@ -2,7 +2,7 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use fleetmesh_consensus::simulation::{self, Behaviour, SimConfig};
-use fleetmesh_consensus::trust::{Reputation, Standing, TrustConfig, plan};
+use fleetmesh_consensus::trust::{Reputation, Standing, TrustConfig, plan, plan_preferring};
 use fleetmesh_protocol::{NodeId, NodeKey};
 use proptest::prelude::*;
 
@@ -49,6 +49,7 @@ proptest! {
         probation in proptest::collection::btree_set(12u8..16, 0..3),
         fresh in proptest::collection::btree_set(16u8..24, 0..6),
         draws in [0f64..1.0, 0f64..1.0, 0f64..1.0],
+        preferred_mask in any::<u32>(),
     ) {
         let mut rep = Reputation::new(cfg());
         for t in &trusted {
@@ -81,6 +82,28 @@ proptest! {
         }
         let distinct: std::collections::BTreeSet<&NodeId> = p.workers.iter().collect();
         prop_assert_eq!(distinct.len(), p.workers.len());
+
+        // A preference (the cheapest bids) changes only which trusted worker runs the job: the same
+        // replication, spot checks and trusted-only backups, no probation worker.
+        let preferred: Vec<NodeId> = candidates
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| preferred_mask >> (i % 32) & 1 == 1)
+            .map(|(_, c)| *c)
+            .collect();
+        let q = plan_preferring(&candidates, &rep, 10, draws, &preferred).unwrap();
+        prop_assert_eq!((q.replicas, q.spot_check), (p.replicas, p.spot_check));
+        prop_assert_eq!(q.workers.len(), p.workers.len());
+        for w in q.workers.iter().chain(&q.backups) {
+            prop_assert_ne!(rep.standing(w, 10), Standing::Probation);
+        }
+        if q.workers.iter().any(|w| !rep.is_trusted(w, 10)) && !trusted.is_empty() {
+            prop_assert!(q.backups.iter().all(|w| rep.is_trusted(w, 10)));
+        }
+        let first = q.workers[0];
+        if rep.is_trusted(&first, 10) && preferred.iter().any(|c| rep.is_trusted(c, 10)) {
+            prop_assert!(preferred.contains(&first));
+        }
     }
 }
 

@@ -185,6 +185,16 @@ fn unix_ms_now() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What the car's subscribers follow: whether work may run, and how many times admission has ended so far
+/// (a subscriber that sees the count grow preempts, even if admission returned in between).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionSignal {
+    /// Work may run now.
+    pub admitted: bool,
+    /// Times admission has ended since the node started.
+    pub ended: u64,
+}
+
 /// Why this node does not bid on a job now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoBid {
@@ -240,7 +250,7 @@ pub struct CarView {
     pub reason: Reason,
     /// Seconds admitted since the node started.
     pub admitted_s: f64,
-    /// Predicted minutes until the owner leaves (none without a week of history).
+    /// Predicted minutes until the owner usually leaves (none before a departure has been recorded).
     pub predicted_parked_min: Option<u64>,
     /// Electricity price now, micro-credits per kWh.
     pub price_per_kwh: u64,
@@ -258,7 +268,8 @@ pub struct CarView {
     pub awake_wh: f64,
     /// Running jobs cancelled and handed back because admission ended.
     pub preempted: u64,
-    /// Offers not bid on because of the car (admission or predicted departure).
+    /// Offers not bid on because of the car (not admitted, or the job would overrun the predicted
+    /// departure).
     pub bids_refused: u64,
 }
 
@@ -296,13 +307,19 @@ struct Inner {
     jobs_computed: u64,
     preempted: u64,
     bids_refused: u64,
+    /// Jobs computing now (the computer never sleeps while one runs).
+    active: usize,
+    /// Times admission has ended.
+    ended: u64,
+    /// A departure history to write to the store once the lock is released.
+    unsaved: Option<DeparturePredictor>,
 }
 
 /// The node's car (cheap to clone).
 #[derive(Clone)]
 pub struct Car {
     inner: Arc<Mutex<Inner>>,
-    admitted: Arc<watch::Sender<bool>>,
+    signal: Arc<watch::Sender<AdmissionSignal>>,
 }
 
 impl std::fmt::Debug for Car {
@@ -336,11 +353,8 @@ impl Inner {
     fn apply(&mut self, s: VehicleState, now_min: u64) {
         if self.state.is_some_and(|old| old.parked) && !s.parked {
             self.predictor.record_departure(now_min);
-            if let Some(store) = &self.store
-                && self.cfg.car.source == SourceKind::External
-                && let Err(e) = store.put_departures(&self.predictor)
-            {
-                tracing::warn!(error = %e, "cannot store the departure history");
+            if self.store.is_some() && self.cfg.car.source == SourceKind::External {
+                self.unsaved = Some(self.predictor.clone());
             }
         }
         self.predictor.observe(now_min);
@@ -357,6 +371,7 @@ impl Inner {
             && let Some(since) = self.admitted_since.take()
         {
             self.admitted_total += since.elapsed();
+            self.ended += 1;
         }
         self.decision = d;
     }
@@ -369,7 +384,10 @@ impl Inner {
             self.awake_uwh += self.cfg.energy.awake_w * dt / 3600.0 * 1e6;
             let idle = Duration::from_secs(self.cfg.energy.idle_after_s);
             // A stationary node's computer never sleeps.
-            if self.cfg.car.source != SourceKind::None && self.last_work.is_none_or(|t| t.elapsed() > idle) {
+            if self.cfg.car.source != SourceKind::None
+                && self.active == 0
+                && self.last_work.is_none_or(|t| t.elapsed() > idle)
+            {
                 self.awake = false;
             }
         }
@@ -507,15 +525,21 @@ impl Car {
             jobs_computed: 0,
             preempted: 0,
             bids_refused: 0,
+            active: 0,
+            ended: 0,
+            unsaved: None,
         };
         if let Some(s) = state {
             let now = inner.now_min();
             inner.apply(s, now);
         }
-        let (tx, _) = watch::channel(inner.decision.admitted);
+        let (tx, _) = watch::channel(AdmissionSignal {
+            admitted: inner.decision.admitted,
+            ended: inner.ended,
+        });
         Ok(Self {
             inner: Arc::new(Mutex::new(inner)),
-            admitted: Arc::new(tx),
+            signal: Arc::new(tx),
         })
     }
 
@@ -534,30 +558,46 @@ impl Car {
         }
     }
 
-    /// Publishes the admission decision to subscribers if it changed.
-    fn publish(&self, admitted: bool) {
-        self.admitted.send_if_modified(|a| {
-            let changed = *a != admitted;
-            *a = admitted;
+    /// Publishes the admission decision to subscribers if it changed (called with the car locked, so that
+    /// signals go out in the order of the decisions), and returns a departure history to store.
+    fn publish(&self, inner: &mut Inner) -> Option<DeparturePredictor> {
+        let now = AdmissionSignal {
+            admitted: inner.decision.admitted,
+            ended: inner.ended,
+        };
+        self.signal.send_if_modified(|s| {
+            let changed = *s != now;
+            *s = now;
             changed
         });
+        inner.unsaved.take()
+    }
+
+    /// Writes a departure history to the store (outside the car's lock).
+    fn save(&self, history: Option<DeparturePredictor>) {
+        let store = self.lock().store.clone();
+        if let (Some(history), Some(store)) = (history, store)
+            && let Err(e) = store.put_departures(&history)
+        {
+            tracing::warn!(error = %e, "cannot store the departure history");
+        }
     }
 
     /// Moves the clock on: advances a simulated car, notices a silent external feed, lets an idle computer
     /// sleep. Called by the node a few times a second.
     pub fn refresh(&self) {
-        let admitted = {
+        let history = {
             let mut inner = self.lock();
             inner.refresh();
-            inner.decision.admitted
+            self.publish(&mut inner)
         };
-        self.publish(admitted);
+        self.save(history);
     }
 
     /// Takes a state pushed by a vehicle integration (`POST /v1/vehicle`); a change out of admission is
     /// published at once (running work is preempted by the node's car task).
     pub fn report(&self, s: VehicleState) -> Result<CarView, ReportError> {
-        let admitted = {
+        let history = {
             let mut inner = self.lock();
             match inner.cfg.car.source {
                 SourceKind::External => {}
@@ -569,29 +609,26 @@ impl Car {
             let now = inner.now_min();
             inner.last_report = Some(Instant::now());
             inner.apply(s, now);
-            inner.decision.admitted
+            self.publish(&mut inner)
         };
-        self.publish(admitted);
+        self.save(history);
         Ok(self.view())
     }
 
     /// Simulated car only: the driver gets in (`true`, a hard stop: running work is preempted) or leaves
     /// again, whatever the day profile says. The demo uses it to show preemption.
     pub fn set_driver_in(&self, present: bool) -> Result<(), ReportError> {
-        let admitted = {
-            let mut inner = self.lock();
-            let Some(sim) = inner.sim.as_mut() else {
-                return Err(ReportError::NotSimulated);
-            };
-            sim.driver_in = present;
-            let now = sim.at_min;
-            if let Some(mut s) = inner.state {
-                s.driver_present = present;
-                inner.apply(s, now);
-            }
-            inner.decision.admitted
+        let mut inner = self.lock();
+        let Some(sim) = inner.sim.as_mut() else {
+            return Err(ReportError::NotSimulated);
         };
-        self.publish(admitted);
+        sim.driver_in = present;
+        let now = sim.at_min;
+        if let Some(mut s) = inner.state {
+            s.driver_present = present;
+            inner.apply(s, now);
+        }
+        self.publish(&mut inner);
         Ok(())
     }
 
@@ -600,13 +637,13 @@ impl Car {
         self.lock().decision.admitted
     }
 
-    /// Follows the admission decision (true: work may run).
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.admitted.subscribe()
+    /// Follows the admission decision.
+    pub fn subscribe(&self) -> watch::Receiver<AdmissionSignal> {
+        self.signal.subscribe()
     }
 
-    /// Whether to bid on a job expected to take `est_ms`: admitted now, and (with a week of history) not
-    /// expected to still run when the owner usually leaves.
+    /// Whether to bid on a job expected to take `est_ms` (real time): admitted now, and (once a departure
+    /// has been recorded) not expected to still run when the owner usually leaves.
     pub fn may_bid(&self, est_ms: u64) -> Result<(), NoBid> {
         let mut inner = self.lock();
         let refused = if !inner.decision.admitted {
@@ -614,8 +651,13 @@ impl Car {
         } else {
             let now = inner.now_min();
             let conf = inner.cfg.owner.departure_confidence;
+            // On a simulated clock the job lasts `speed` times longer in the car's time.
+            let car_ms = match &inner.sim {
+                Some(sim) => (est_ms as f64 * sim.speed) as u64,
+                None => est_ms,
+            };
             match inner.predictor.parked_for_min(now, conf) {
-                Some(parked_min) if est_ms > parked_min.saturating_mul(60_000) => {
+                Some(parked_min) if car_ms > parked_min.saturating_mul(60_000) => {
                     Some(NoBid::WouldOverrunDeparture { est_ms, parked_min })
                 }
                 _ => None,
@@ -651,7 +693,8 @@ impl Car {
         (wh / 1000.0 * price as f64).ceil() as u64
     }
 
-    /// A job starts computing: wakes the computer if it sleeps.
+    /// A job starts computing: wakes the computer if it sleeps; it stays awake until every started job
+    /// has finished.
     pub fn work_started(&self) {
         let mut inner = self.lock();
         inner.account_awake();
@@ -660,14 +703,19 @@ impl Car {
             inner.wakes += 1;
             inner.awake_uwh += inner.cfg.energy.wake_wh * 1e6;
         }
+        inner.active += 1;
         inner.last_work = Some(Instant::now());
     }
 
-    /// A job finished computing, metered at `energy_uwh`.
-    pub fn work_finished(&self, energy_uwh: u64) {
+    /// A started job stopped computing: metered at `energy_uwh` if it completed, `None` if it was
+    /// cancelled or failed.
+    pub fn work_finished(&self, energy_uwh: Option<u64>) {
         let mut inner = self.lock();
-        inner.jobs_uwh += energy_uwh;
-        inner.jobs_computed += 1;
+        inner.active = inner.active.saturating_sub(1);
+        if let Some(uwh) = energy_uwh {
+            inner.jobs_uwh += uwh;
+            inner.jobs_computed += 1;
+        }
         inner.last_work = Some(Instant::now());
     }
 
@@ -784,7 +832,7 @@ mod tests {
         assert!(!car.admitted());
         assert!(matches!(car.may_bid(1), Err(NoBid::NotAdmitted(Reason::NoData))));
         assert!(car.report(parked()).unwrap().admitted);
-        assert!(*rx.borrow_and_update());
+        assert!(rx.borrow_and_update().admitted);
         let v = car
             .report(VehicleState {
                 driver_present: true,
@@ -792,7 +840,14 @@ mod tests {
             })
             .unwrap();
         assert_eq!((v.admitted, v.reason), (false, Reason::DriverPresent));
-        assert!(rx.has_changed().unwrap() && !*rx.borrow_and_update());
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(
+            *rx.borrow_and_update(),
+            AdmissionSignal {
+                admitted: false,
+                ended: 1
+            }
+        );
         let bad = VehicleState {
             soc_pct: 140.0,
             ..parked()
@@ -826,6 +881,27 @@ mod tests {
             early.may_bid(3 * 3_600_000),
             Err(NoBid::WouldOverrunDeparture { .. })
         ));
+        // On a clock running 60x, one real minute of work is an hour of the car's time: it would overrun.
+        let fast = Car::new(
+            CarConfig {
+                car: CarSection {
+                    source: SourceKind::Simulated,
+                    sim_start: "tue 06:00".into(),
+                    sim_speed: 60.0,
+                    seed: 7,
+                    ..CarSection::default()
+                },
+                ..CarConfig::default()
+            },
+            1,
+            None,
+        )
+        .unwrap();
+        assert_eq!(early.may_bid(60_000), Ok(()));
+        assert!(matches!(
+            fast.may_bid(60_000),
+            Err(NoBid::WouldOverrunDeparture { .. })
+        ));
         // Saturday morning has no usual departure soon: a three-hour job fits.
         assert_eq!(at("sat 06:00").may_bid(3 * 3_600_000), Ok(()));
         // Tuesday 12:00 the car is parked at work, unplugged: admitted while charge allows.
@@ -834,6 +910,26 @@ mod tests {
         assert!(s.parked && !s.plugged_in && s.link == Link::Metered, "{noon:?}");
         assert_eq!(at("tue 12:00").download_limit(), 16 << 20);
         assert_eq!(early.download_limit(), u64::MAX);
+    }
+
+    #[test]
+    fn a_silent_feed_ends_admission_and_signals_preemption() {
+        let cfg = CarConfig {
+            car: CarSection {
+                source: SourceKind::External,
+                stale_after_s: 0,
+                ..CarSection::default()
+            },
+            ..CarConfig::default()
+        };
+        let car = Car::new(cfg, 1, None).unwrap();
+        let mut rx = car.subscribe();
+        assert!(car.report(parked()).unwrap().admitted);
+        std::thread::sleep(Duration::from_millis(5));
+        car.refresh();
+        let v = car.view();
+        assert_eq!((v.admitted, v.reason), (false, Reason::NoData));
+        assert_eq!(rx.borrow_and_update().ended, 1);
     }
 
     #[test]
@@ -917,7 +1013,7 @@ mod tests {
         )
         .unwrap();
         quick.work_started();
-        quick.work_finished(10);
+        quick.work_finished(Some(10));
         assert!(quick.view().awake);
         std::thread::sleep(Duration::from_millis(5));
         quick.refresh();

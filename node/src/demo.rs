@@ -248,6 +248,12 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         "--malicious {} leaves {honest} honest workers: honest workers must outnumber adversaries",
         cfg.malicious
     );
+    anyhow::ensure!(
+        cfg.drivers_return + usize::from(cfg.replicas) < cfg.nodes,
+        "--drivers-return {} leaves fewer than {} workers admitted",
+        cfg.drivers_return,
+        cfg.replicas
+    );
     eprintln!(
         "starting {} nodes on 127.0.0.1 ({} returning wrong outputs) ...",
         cfg.nodes, cfg.malicious
@@ -334,7 +340,7 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
     while let Some((sample, result)) = rx.recv().await {
         let label = sample.label;
         done += 1;
-        if done == cfg.jobs / 2 && cfg.drivers_return > 0 {
+        if done == (cfg.jobs / 2).max(1) && cfg.drivers_return > 0 {
             // Drivers get into the last workers' cars: their running work is handed back and reassigned.
             for node in fleet.nodes.iter().rev().take(cfg.drivers_return) {
                 node.car.set_driver_in(true)?;

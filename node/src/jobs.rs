@@ -150,7 +150,10 @@ struct BidWindow {
     /// Replicas follow the workers' reputation.
     adaptive: bool,
     bids: Vec<Bid>,
+    /// The workers were chosen.
     planned: bool,
+    /// A choice is scheduled for the end of the window.
+    scheduled: bool,
     /// Nobody trusted was among the bidders when the plan was made (later bids may then join).
     none_trusted: bool,
 }
@@ -823,9 +826,9 @@ impl Jobs {
                     if w.bids.iter().any(|b| b.worker == bid.worker) {
                         return;
                     }
-                    let first = w.bids.is_empty();
                     w.bids.push(bid);
-                    if first {
+                    if !w.scheduled {
+                        w.scheduled = true;
                         let this = self.clone();
                         let window = std::time::Duration::from_millis(self.inner.cfg.bid_window_ms);
                         tokio::spawn(async move {
@@ -848,8 +851,8 @@ impl Jobs {
 
     /// Chooses the workers of a job from the bids of its window, cheapest first (price plus the car's
     /// electricity cost, so cars in off-peak hours and already awake are preferred), and assigns them.
-    /// An adaptive job draws by reputation ([`trust::plan`]) among the bids within a quarter of the cheapest
-    /// cost, unless that leaves out every trusted bidder.
+    /// An adaptive job is planned by reputation ([`trust::plan_preferring`]): its trusted worker is drawn
+    /// among the bids within a quarter of the cheapest, partners and backups among all bidders.
     fn plan_job(&self, job: JobId) {
         let cfg = &self.inner.cfg;
         let now = now_ms();
@@ -867,6 +870,7 @@ impl Jobs {
             let Some(w) = sub.window.as_mut() else {
                 return;
             };
+            w.scheduled = false;
             if w.planned || sub.result.is_some() {
                 return;
             }
@@ -881,24 +885,23 @@ impl Jobs {
                 }
                 break 'plan actions;
             }
-            let cheapest = bids.first().map_or(0, cost);
-            let limit = cheapest.saturating_add(cheapest / 4);
+            // The trusted worker that runs the job is drawn among the bids within a quarter of the cheapest
+            // (bidders on probation aside); partners, checks and backups come from every bidder.
             let all: Vec<NodeId> = bids.iter().map(|b| b.worker).collect();
+            let eligible = |b: &&Bid| reputation.standing(&b.worker, now) != Standing::Probation;
+            let cheapest = bids.iter().find(eligible).map_or(0, cost);
+            let limit = cheapest.saturating_add(cheapest / 4);
             let cheap: Vec<NodeId> = bids
                 .iter()
+                .filter(eligible)
                 .filter(|b| cost(b) <= limit)
                 .map(|b| b.worker)
                 .collect();
-            let any_trusted = |c: &[NodeId]| c.iter().any(|c| reputation.is_trusted(c, now));
-            let candidates = if any_trusted(&cheap) || !any_trusted(&all) {
-                cheap
-            } else {
-                all
-            };
-            w.none_trusted = !any_trusted(&candidates);
-            let Some(plan) = trust::plan(&candidates, reputation, now, draws) else {
+            w.none_trusted = !all.iter().any(|c| reputation.is_trusted(c, now));
+            let Some(plan) = trust::plan_preferring(&all, reputation, now, draws, &cheap) else {
                 // Every bidder is on probation: the job waits for other bids (or fails at its expiry).
-                debug!(job = %job.short(), bidders = candidates.len(), "no bidder may be drawn; waiting");
+                debug!(job = %job.short(), bidders = all.len(), "no bidder may be drawn; waiting");
+                w.bids = bids;
                 w.planned = false;
                 return;
             };
@@ -1108,7 +1111,12 @@ impl Jobs {
     }
 
     fn on_offer(&self, offer: JobOffer) {
-        if offer.submitter == self.inner.me || now_ms() >= offer.expires_ms || !self.inner.car.admitted() {
+        if offer.submitter == self.inner.me || now_ms() >= offer.expires_ms {
+            return;
+        }
+        // Not while the car is not admitted (an estimate of 0 checks admission alone).
+        if let Err(why) = self.inner.car.may_bid(0) {
+            debug!(job = %offer.id().short(), %why, "not bidding");
             return;
         }
         if self.inner.executor.registry().get(&offer.model).is_none() {
@@ -1121,7 +1129,7 @@ impl Jobs {
             return;
         }
         let id = offer.id();
-        let est_ms = {
+        let (est_ms, job_ms) = {
             let mut state = self.state();
             let busy = state.work.values().filter(|w| !w.revealed).count();
             if busy >= self.inner.cfg.max_active_work || state.offers.contains_key(&id) {
@@ -1136,14 +1144,15 @@ impl Jobs {
                 return;
             }
             state.offers.insert(id, offer.clone());
-            est_ms
+            (est_ms, per_job.ceil() as u64)
         };
         let bid = Bid {
             job: id,
             worker: self.inner.me,
             class: numeric_class(),
             price: self.inner.cfg.price_of(self.model_name(&offer.model).as_deref()),
-            energy_cost: self.inner.car.bid_energy_cost(est_ms),
+            // The energy of this job alone (the jobs ahead are paid for by their own bids).
+            energy_cost: self.inner.car.bid_energy_cost(job_ms),
             est_ms: u32::try_from(est_ms).unwrap_or(u32::MAX),
             expires_ms: offer.expires_ms,
         };
@@ -1285,6 +1294,12 @@ impl Jobs {
         } else {
             self.inner.executor.run(&offer.model, vec![input], cancel).await
         };
+        // Energy from the car's power model (a real car reads its power sensor behind the same call).
+        let energy_uwh = result
+            .as_ref()
+            .ok()
+            .map(|out| self.inner.car.job_energy_uwh(out.compute));
+        self.inner.car.work_finished(energy_uwh);
         let mut out = match result {
             Ok(out) if out.outputs.len() == 1 => out,
             // Preempted: the job was handed back already.
@@ -1312,9 +1327,7 @@ impl Jobs {
                 .get_or_create(&ModelLabels { model: name })
                 .observe(out.compute.as_secs_f64());
         }
-        // Energy from the car's power model (a real car reads its power sensor behind the same call).
-        let energy_uwh = self.inner.car.job_energy_uwh(out.compute);
-        self.inner.car.work_finished(energy_uwh);
+        let energy_uwh = energy_uwh.unwrap_or(1);
         {
             let ms = out.compute.as_secs_f64() * 1e3;
             let mut state = self.state();

@@ -145,7 +145,8 @@ async fn drive_car(
     metrics: crate::metrics::Metrics,
     cancel: CancellationToken,
 ) {
-    let mut admitted = car.subscribe();
+    let mut signal = car.subscribe();
+    let mut ended = signal.borrow_and_update().ended;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -157,17 +158,22 @@ async fn drive_car(
                 metrics.vehicle_admitted.set(i64::from(v.admitted));
                 metrics.car_awake.set(i64::from(v.awake));
             }
-            changed = admitted.changed() => {
+            changed = signal.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                let now = *admitted.borrow_and_update();
-                metrics.vehicle_admitted.set(i64::from(now));
-                if now {
-                    info!("the car admits work");
-                } else {
+                let now = *signal.borrow_and_update();
+                metrics.vehicle_admitted.set(i64::from(now.admitted));
+                // Admission ended since the last look (even if it has come back meanwhile): preempt, without
+                // holding up the clock while the withdrawals travel.
+                if now.ended > ended {
+                    ended = now.ended;
                     info!(reason = ?car.view().reason, "the car left admission; preempting work");
-                    jobs.preempt().await;
+                    let jobs = jobs.clone();
+                    tokio::spawn(async move { jobs.preempt().await });
+                }
+                if now.admitted {
+                    info!("the car admits work");
                 }
             }
         }

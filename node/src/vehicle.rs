@@ -371,7 +371,8 @@ impl DeparturePredictor {
     pub fn observe(&mut self, now_min: u64) {
         let first = *self.first_min.get_or_insert(now_min);
         self.last_min = self.last_min.max(now_min);
-        self.weeks = (self.last_min - first) / WEEK_MIN + 1;
+        // Weeks observed, to the nearest whole week (at least one).
+        self.weeks = ((self.last_min - first + WEEK_MIN / 2) / WEEK_MIN).max(1);
     }
 
     /// Minutes the car is expected to stay parked from `now_min`: until the first minute of the week at

@@ -57,18 +57,20 @@ async fn a_returning_driver_preempts_running_work_within_a_second_and_the_job_co
     let registry = Registry::with_defaults(None).unwrap();
     let jobs = |price: u64| JobsConfig {
         price,
-        step_timeout_ms: 3_000,
+        step_timeout_ms: 10_000,
         adaptive: None,
+        // Every node's bid reaches the window even on a loaded machine.
+        bid_window_ms: 200,
         ..JobsConfig::default()
     };
     // Node 1 submits; node 2 is a car fed by its vehicle integration, the cheapest worker, whose inference
-    // thread gathers a batch for 3 s (so its jobs are still in the executor when the driver returns);
+    // thread gathers a batch for 8 s (so its jobs are still in the executor when the driver returns);
     // nodes 3 and 4 are stationary workers; node 5 is a simulated car at Tuesday 07:05, minutes before its
     // owner usually leaves.
     let car = common::Spec {
         config: Some(Box::new(|cfg: &mut NodeConfig| {
             cfg.car.source = SourceKind::External;
-            cfg.jobs.batch_linger_ms = 3_000;
+            cfg.jobs.batch_linger_ms = 8_000;
         })),
         ..common::Spec::new(registry.clone(), jobs(400))
     };
@@ -205,6 +207,7 @@ async fn the_submitter_prefers_an_awake_car_in_off_peak_hours_and_the_other_stay
     let registry = Registry::with_defaults(None).unwrap();
     let jobs = JobsConfig {
         adaptive: None,
+        bid_window_ms: 200,
         ..JobsConfig::default()
     };
     // Two simulated cars with the same price, both parked and asleep: one at Tuesday 01:00 (off-peak), one

@@ -227,7 +227,7 @@ async fn on_a_metered_link_a_car_does_not_download_a_model_over_the_owners_limit
         })
     };
     assert_eq!(report("metered").await.unwrap().0, 200);
-    tokio::time::sleep(Duration::from_millis(400)).await; // the car task applies the link's limit
+    tokio::time::sleep(Duration::from_millis(1_000)).await; // the car task applies the link's limit (4 Hz)
     let err = fetcher.share.fetch(id, None).await.unwrap_err();
     assert!(
         matches!(err, FetchError::TooLarge { limit, .. } if limit == 1 << 20),
@@ -236,7 +236,7 @@ async fn on_a_metered_link_a_car_does_not_download_a_model_over_the_owners_limit
     assert!(fetcher.jobs.registry().get(&id).is_none());
     // Back on wifi, the same model downloads.
     assert_eq!(report("wifi").await.unwrap().0, 200);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     fetcher.share.fetch(id, None).await.unwrap();
     assert!(fetcher.jobs.registry().get(&id).is_some());
     for (_, cancel) in &nodes {
