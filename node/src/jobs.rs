@@ -806,8 +806,8 @@ impl Jobs {
         })
     }
 
-    /// A bid for a job this node submitted: held for [`JobsConfig::bid_window_ms`], then the workers are
-    /// chosen ([`Jobs::plan_job`]). Later bids go to the job's state machine (as replacements); for an
+    /// A bid for a job this node submitted: held for [`JobsConfig::bid_window_ms`] (or until as many bids
+    /// as connected peers are in), then the workers are chosen ([`Jobs::plan_job`]). Later bids go to the job's state machine (as replacements); for an
     /// adaptive job only from trusted workers (or anyone, if nobody trusted bid).
     fn on_bid(&self, bid: Bid, now: u64) {
         let job = bid.job;
@@ -827,6 +827,13 @@ impl Jobs {
                         return;
                     }
                     w.bids.push(bid);
+                    // The window closes early once there are as many bids as connected peers: in a small
+                    // fleet everyone has bid, in a large one that is a fair sample to choose from.
+                    let enough = self.inner.metrics.connected_peers.get().max(1) as usize;
+                    if w.bids.len() >= enough {
+                        drop(guard);
+                        return self.plan_job(job);
+                    }
                     if !w.scheduled {
                         w.scheduled = true;
                         let this = self.clone();
