@@ -807,8 +807,9 @@ impl Jobs {
     }
 
     /// A bid for a job this node submitted: held for [`JobsConfig::bid_window_ms`] (or until as many bids
-    /// as connected peers are in), then the workers are chosen ([`Jobs::plan_job`]). Later bids go to the job's state machine (as replacements); for an
-    /// adaptive job only from trusted workers (or anyone, if nobody trusted bid).
+    /// as connected peers are in), then the workers are chosen ([`Jobs::plan_job`]). Later bids go to the
+    /// job's state machine (as replacements); for an adaptive job only from trusted workers (or anyone, if
+    /// nobody trusted bid).
     fn on_bid(&self, bid: Bid, now: u64) {
         let job = bid.job;
         {
@@ -1399,13 +1400,23 @@ impl Jobs {
     /// once every withdrawal was delivered (or failed).
     pub async fn preempt(&self) -> usize {
         let started = std::time::Instant::now();
-        let running: Vec<(JobId, JobOffer)> = self
-            .state()
-            .work
-            .iter()
-            .filter(|(_, w)| w.done.is_none())
-            .map(|(id, w)| (*id, w.offer.clone()))
-            .collect();
+        // Taken out (and cancelled) at once, so that a second preemption does not hand them back again.
+        let running: Vec<(JobId, JobOffer)> = {
+            let mut state = self.state();
+            let ids: Vec<JobId> = state
+                .work
+                .iter()
+                .filter(|(_, w)| w.done.is_none())
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    let w = state.work.remove(&id)?;
+                    w.cancel.cancel();
+                    Some((id, w.offer))
+                })
+                .collect()
+        };
         let n = running.len();
         if n == 0 {
             return 0;
