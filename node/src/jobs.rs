@@ -65,7 +65,8 @@ pub struct JobsConfig {
     pub bid_window_ms: u64,
 }
 
-/// How a worker behaves (adversarial behaviours exist to test the fleet's defences).
+/// How a worker behaves (adversarial behaviours exist to test the fleet's defences). Every adversarial
+/// behaviour also bids an electricity cost of 0, the cheapest possible, to be chosen as often as it can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WorkerBehaviour {
     /// Runs the model and reports the true output.
@@ -1159,8 +1160,12 @@ impl Jobs {
             worker: self.inner.me,
             class: numeric_class(),
             price: self.inner.cfg.price_of(self.model_name(&offer.model).as_deref()),
-            // The energy of this job alone (the jobs ahead are paid for by their own bids).
-            energy_cost: self.inner.car.bid_energy_cost(job_ms),
+            // The energy of this job alone (the jobs ahead are paid for by their own bids). Adversaries
+            // underbid to attract work.
+            energy_cost: match self.inner.cfg.behaviour {
+                WorkerBehaviour::Honest => self.inner.car.bid_energy_cost(job_ms),
+                _ => 0,
+            },
             est_ms: u32::try_from(est_ms).unwrap_or(u32::MAX),
             expires_ms: offer.expires_ms,
         };

@@ -32,10 +32,16 @@ fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
 }
 
 fn alive(pid: &str) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return false;
+    }
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_default()
+        .contains(") Z ");
+    // A killed multi-threaded process shows its main thread as a zombie while other threads are still
+    // exiting and holding its files (e.g. the database lock): dead only once they are gone too.
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    !zombie || threads > 1
 }
 
 /// Ports unlikely to collide with other tests or runs: derived from the process id.
