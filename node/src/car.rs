@@ -802,16 +802,7 @@ mod tests {
     }
 
     fn parked() -> VehicleState {
-        VehicleState {
-            parked: true,
-            driver_present: false,
-            plugged_in: true,
-            charging: false,
-            soc_pct: 80.0,
-            battery_temp_c: 20.0,
-            cabin_temp_c: 20.0,
-            link: Link::Wifi,
-        }
+        VehicleState::parked(80.0, true)
     }
 
     fn external() -> Car {

@@ -43,6 +43,20 @@ pub struct VehicleState {
 }
 
 impl VehicleState {
+    /// A parked car with nobody in it, not charging, at 20 °C, on wifi.
+    pub fn parked(soc_pct: f32, plugged_in: bool) -> Self {
+        Self {
+            parked: true,
+            driver_present: false,
+            plugged_in,
+            charging: false,
+            soc_pct,
+            battery_temp_c: 20.0,
+            cabin_temp_c: 20.0,
+            link: Link::Wifi,
+        }
+    }
+
     /// Checks that the values are physically possible.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=100.0).contains(&self.soc_pct) {
@@ -271,16 +285,7 @@ impl SimulatedCar {
     pub fn new(seed: u64, now_min: u64) -> Self {
         Self {
             seed,
-            state: VehicleState {
-                parked: true,
-                driver_present: false,
-                plugged_in: true,
-                charging: false,
-                soc_pct: 80.0,
-                battery_temp_c: 20.0,
-                cabin_temp_c: 20.0,
-                link: Link::Wifi,
-            },
+            state: VehicleState::parked(80.0, true),
             last_min: now_min,
         }
     }
@@ -410,16 +415,7 @@ mod tests {
     use super::*;
 
     fn parked(soc: f32) -> VehicleState {
-        VehicleState {
-            parked: true,
-            driver_present: false,
-            plugged_in: false,
-            charging: false,
-            soc_pct: soc,
-            battery_temp_c: 20.0,
-            cabin_temp_c: 20.0,
-            link: Link::Wifi,
-        }
+        VehicleState::parked(soc, false)
     }
 
     #[test]

@@ -2,20 +2,14 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use fleetmesh_node::vehicle::{
-    Activity, Admission, DeparturePredictor, Link, OwnerPolicy, SimulatedCar, VehicleState, WEEK_MIN,
+    Activity, Admission, DeparturePredictor, OwnerPolicy, SimulatedCar, VehicleState, WEEK_MIN,
 };
 use proptest::prelude::*;
 
 fn parked(soc: f32, battery: f32) -> VehicleState {
     VehicleState {
-        parked: true,
-        driver_present: false,
-        plugged_in: false,
-        charging: false,
-        soc_pct: soc,
         battery_temp_c: battery,
-        cabin_temp_c: 20.0,
-        link: Link::Wifi,
+        ..VehicleState::parked(soc, false)
     }
 }
 
