@@ -262,13 +262,7 @@ async fn earnings(State(s): State<ApiState>) -> Response {
             });
             if node == s.node_id {
                 // This car's electricity for those jobs, each at its tariff when it ran.
-                let electricity: f64 = s
-                    .jobs
-                    .receipts_of(&node)
-                    .iter()
-                    .map(|(at_ms, uwh)| s.car.electricity_cost(*uwh, *at_ms))
-                    .sum::<f64>()
-                    + 0.0; // (an empty f64 sum is -0.0)
+                let electricity = s.car.electricity_cost(&s.jobs.receipts_of(&node));
                 row["this_node"] = true.into();
                 row["electricity"] = electricity.into();
             }

@@ -637,6 +637,11 @@ impl Car {
         self.lock().decision.admitted
     }
 
+    /// Whether the car computer is awake.
+    pub fn awake(&self) -> bool {
+        self.lock().awake
+    }
+
     /// Follows the admission decision.
     pub fn subscribe(&self) -> watch::Receiver<AdmissionSignal> {
         self.signal.subscribe()
@@ -648,6 +653,8 @@ impl Car {
         let mut inner = self.lock();
         let refused = if !inner.decision.admitted {
             Some(NoBid::NotAdmitted(inner.decision.reason))
+        } else if est_ms == 0 {
+            None // nothing to overrun: no need to consult the departure history
         } else {
             let now = inner.now_min();
             let conf = inner.cfg.owner.departure_confidence;
@@ -733,11 +740,15 @@ impl Car {
         }
     }
 
-    /// Electricity cost of `energy_uwh` spent at `unix_ms`, at this car's tariff, in micro-credits.
-    pub fn electricity_cost(&self, energy_uwh: u64, unix_ms: u64) -> f64 {
+    /// Electricity cost of jobs given as (ms since the Unix epoch when each ran, µWh) — as
+    /// [`Jobs::receipts_of`](crate::jobs::Jobs::receipts_of) lists them — each at this car's tariff of
+    /// that time, in micro-credits.
+    pub fn electricity_cost(&self, jobs: &[(u64, u64)]) -> f64 {
         let inner = self.lock();
-        let price = inner.price_at_min(inner.min_at(unix_ms));
-        energy_uwh as f64 / 1e9 * price as f64
+        jobs.iter()
+            .map(|(unix_ms, uwh)| *uwh as f64 / 1e9 * inner.price_at_min(inner.min_at(*unix_ms)) as f64)
+            .sum::<f64>()
+            + 0.0 // (an empty f64 sum is -0.0)
     }
 
     /// The car's clock: minutes since a Monday 00:00, local.

@@ -406,12 +406,7 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
             let e = earnings.get(&id).copied().unwrap_or_default();
             let v = node.car.view();
             // Each receipt's energy at the car's tariff at the time of its claim.
-            let electricity = submitter
-                .receipts_of(&id)
-                .iter()
-                .map(|(at_ms, uwh)| node.car.electricity_cost(*uwh, *at_ms))
-                .sum::<f64>()
-                + 0.0; // (an empty f64 sum is -0.0)
+            let electricity = node.car.electricity_cost(&submitter.receipts_of(&id));
             CarLine {
                 node: id.short(),
                 role: match i {

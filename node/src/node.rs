@@ -154,9 +154,8 @@ async fn drive_car(
             _ = tick.tick() => {
                 car.refresh();
                 share.set_link_limit(car.download_limit());
-                let v = car.view();
-                metrics.vehicle_admitted.set(i64::from(v.admitted));
-                metrics.car_awake.set(i64::from(v.awake));
+                metrics.vehicle_admitted.set(i64::from(car.admitted()));
+                metrics.car_awake.set(i64::from(car.awake()));
             }
             changed = signal.changed() => {
                 if changed.is_err() {
