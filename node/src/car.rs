@@ -751,11 +751,6 @@ impl Car {
             + 0.0 // (an empty f64 sum is -0.0)
     }
 
-    /// The car's clock: minutes since a Monday 00:00, local.
-    pub fn now_min(&self) -> u64 {
-        self.lock().now_min()
-    }
-
     /// The car as `GET /v1/vehicle` shows it.
     pub fn view(&self) -> CarView {
         let inner = self.lock();
