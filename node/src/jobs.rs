@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleetmesh_consensus::job::{Action, Job, JobConfig, Outcome, SlotState};
 use fleetmesh_consensus::ledger::Ledger;
@@ -30,13 +29,7 @@ use crate::net::{self, NetClient, Topic};
 use crate::share::Share;
 use crate::store::{DoneRecord, Store, SubmittedRecord, WorkRecord};
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Settings of the job roles.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod car;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod inference;

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Behaviour, BehaviourEvent, Command, NetError, NetEvent, NetStatus, Topic};
-use crate::config::NetConfig;
-use crate::jobs::now_ms;
+use crate::net::config::NetConfig;
+use crate::clock::now_ms;
 use crate::metrics::{GossipOutcome, Metrics};
 
 /// gossipsub's own size limit: above every kind's limit, so that oversize messages reach the node's

@@ -7,6 +7,7 @@
 //! server, and DCUtR hole punching.
 
 mod behaviour;
+pub mod config;
 pub mod codec;
 mod event_loop;
 
@@ -20,7 +21,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{KadMode, NetConfig};
+use crate::net::config::{KadMode, NetConfig};
 use crate::metrics::Metrics;
 
 pub use behaviour::{Behaviour, BehaviourEvent};
