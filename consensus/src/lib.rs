@@ -8,10 +8,13 @@
 //!   group of workers forms a quorum.
 //! - [`trust`]: reputation from verdicts, and adaptive replication (how many replicas a job gets).
 //! - [`ledger`]: credit balances as a pure function of a set of co-signed receipts.
+//! - [`submitter`]: the submitter's decisions over all its jobs (bid window, worker plan, credit rule,
+//!   reputation updates); the node and every simulation drive this same code.
 //! - [`simulation`]: a large simulated fleet with adversaries, driven through all of the above.
 
 pub mod job;
 pub mod ledger;
 pub mod quorum;
 pub mod simulation;
+pub mod submitter;
 pub mod trust;

@@ -1,7 +1,9 @@
-//! A fleet simulated over the sans-IO core, no network: many workers with a mix of behaviours, one
-//! submitter drawing workers by [`trust::plan`], every job run through the real [`Job`] state machine
-//! (commit before reveal, quorum, escalation, timeouts), reputation updated from the verdicts, and credit
-//! computed by the real [`Ledger`] from really signed receipts (plus forged and replayed ones).
+//! A fleet simulated over the sans-IO core, no network: many workers with a mix of behaviours and one
+//! [`Submitter`] (the very code a node's submitter runs) that takes their bids, draws workers by
+//! reputation, runs each job through the [`crate::job::Job`] state machine (commit before reveal, quorum,
+//! escalation, timeouts), updates reputation from its verdicts and writes the receipts by its credit rule;
+//! credit is then computed by the real [`Ledger`] from really signed receipts (plus forged and replayed
+//! ones).
 //!
 //! `cargo run --release -p fleetmesh-examples --example simulate` prints the table in the README.
 
@@ -11,11 +13,13 @@ use fleetmesh_protocol::messages::{
     AgreementRule, Bid, JobInput, JobOffer, NumericClass, Receipt, ResultCommit, ResultReveal, Verdict,
     WorkClaim,
 };
-use fleetmesh_protocol::{ModelId, NodeId, NodeKey, Signed};
+use fleetmesh_protocol::signing::SignatureBytes;
+use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
 
-use crate::job::{Action, Job, JobConfig, Outcome, SlotState};
+use crate::job::Outcome;
 use crate::ledger::Ledger;
-use crate::trust::{self, Reputation, TrustConfig};
+use crate::submitter::{Action, Randomness, Replication, Submitter, SubmitterConfig};
+use crate::trust::TrustConfig;
 
 /// How a simulated worker behaves.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
@@ -132,12 +136,14 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
+    }
+}
+
+impl Randomness for Rng {
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -154,7 +160,8 @@ const STEP_MS: u64 = 1_000;
 const TIMEOUT_MS: u64 = 100;
 const PRICE: u64 = 1_000;
 
-/// Runs the simulation.
+/// Runs the simulation: one [`Submitter`] (the node's own submitter core) offers every job, takes the
+/// bids of a random sample of the fleet, and the simulated workers answer its actions.
 pub fn run(cfg: &SimConfig) -> SimReport {
     let mut rng = Rng(cfg.seed);
     let adversaries = (cfg.workers as f64 * cfg.adversary_share).round() as usize;
@@ -175,21 +182,28 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             }
         })
         .collect();
-    let submitter = NodeKey::from_seed([0xAB; 32]);
+    let submitter_key = NodeKey::from_seed([0xAB; 32]);
+    let mut submitter = Submitter::new(
+        submitter_key.node_id(),
+        SubmitterConfig {
+            max_extra: 2,
+            step_timeout_ms: TIMEOUT_MS,
+            bid_window_ms: TIMEOUT_MS,
+            trust: cfg.trust,
+        },
+    );
     let class = NumericClass {
         backend: "sim".into(),
         features: "none".into(),
         arch: "sim".into(),
     };
     let model = ModelId::of(b"simulated model");
-    let mut reputation = Reputation::new(cfg.trust);
     let mut report = SimReport::default();
     let mut receipts: Vec<Signed<Receipt>> = Vec::new();
     let (mut assigned_total, mut assigned_steady) = (0usize, 0usize);
     let half = cfg.jobs / 2;
     let mut newcomer: Option<usize> = None;
-    let by_id: BTreeMap<NodeId, usize> = workers.iter().enumerate().map(|(i, w)| (w.id, i)).collect();
-    let mut by_id = by_id;
+    let mut by_id: BTreeMap<NodeId, usize> = workers.iter().enumerate().map(|(i, w)| (w.id, i)).collect();
 
     for j in 0..cfg.jobs {
         let now = j as u64 * STEP_MS;
@@ -214,41 +228,28 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         }
         candidates.sort();
         candidates.dedup();
-        let draws = [rng.unit(), rng.unit(), rng.unit()];
-        let Some(plan) = trust::plan(&candidates, &reputation, now, draws) else {
-            report.failed += 1;
-            continue;
-        };
+        // Every offer asks for one replica: the submitter replicates by reputation.
         let offer = JobOffer {
-            submitter: submitter.node_id(),
+            submitter: submitter_key.node_id(),
             nonce: j as u64,
             model,
             input: JobInput::Inline(Vec::new()),
             rule: AgreementRule::Exact,
-            replicas: plan.replicas as u8,
+            replicas: 1,
             reward: PRICE,
             created_ms: now,
             expires_ms: now + 10 * TIMEOUT_MS,
             deadline_ms: now + STEP_MS - 1,
         };
         let job_id = offer.id();
-        let mut job = Job::new(
-            &offer,
-            JobConfig {
-                replicas: plan.replicas,
-                max_extra: 2,
-                commit_timeout_ms: TIMEOUT_MS,
-                reveal_timeout_ms: TIMEOUT_MS,
-            },
-        );
+        submitter.offer(job_id, offer.clone(), Replication::Adaptive);
         let truth = blake3::hash(job_id.as_bytes()).as_bytes()[..8].to_vec();
         let collusion =
             blake3::hash(&[job_id.as_bytes().as_slice(), b"collude"].concat()).as_bytes()[..8].to_vec();
 
-        // Bids: the plan's workers first, then its backups for replacements and escalation.
-        let order: Vec<NodeId> = plan.workers.iter().chain(&plan.backups).copied().collect();
+        // Every sampled worker bids; the window closes with the last bid.
         let mut actions = Vec::new();
-        for w in &order {
+        for w in &candidates {
             let bid = Bid {
                 job: job_id,
                 worker: *w,
@@ -258,24 +259,33 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 est_ms: 1,
                 expires_ms: offer.expires_ms,
             };
-            actions.extend(job.on_bid(bid, now).unwrap_or_default());
+            actions.extend(
+                submitter
+                    .on_bid(bid, now, candidates.len(), &mut rng)
+                    .unwrap_or_default(),
+            );
         }
 
         // Drive the job: workers answer at once, silent ones never; time jumps past deadlines.
         let mut t = now;
-        // Per worker: output, salt, commitment.
         let mut done: BTreeMap<NodeId, Computed> = BTreeMap::new();
-        let mut outcome = None;
+        let mut decided = None;
+        let mut wake: Option<u64> = None;
         for _ in 0..64 {
             if actions.is_empty() {
-                if job.outcome().is_some() {
+                if !submitter.contains(&job_id) {
                     break;
                 }
-                t += TIMEOUT_MS + 1;
-                actions = job.on_tick(t);
-                if actions.is_empty() && t > offer.deadline_ms {
-                    break;
-                }
+                actions = match wake.take() {
+                    Some(at) => {
+                        t = t.max(at);
+                        submitter.on_wake(job_id, t, &mut rng)
+                    }
+                    None => {
+                        t += TIMEOUT_MS + 1;
+                        submitter.on_tick(t)
+                    }
+                };
                 continue;
             }
             let mut next = Vec::new();
@@ -283,53 +293,44 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 match action {
                     Action::Assign { worker, .. } => {
                         let w = &workers[by_id[&worker]];
-                        let mut salt = [0u8; 32];
-                        salt[..8].copy_from_slice(&rng.next().to_le_bytes());
-                        let (commitment, output) = match w.behaviour {
-                            Behaviour::Silent => continue,
-                            Behaviour::Lazy => {
-                                // Copy someone else's commitment and (later) their reveal.
-                                match done.values().next().cloned() {
-                                    Some((out, s, c)) => {
-                                        salt = s;
-                                        (c, out)
-                                    }
-                                    None => {
-                                        let guess = vec![0u8; truth.len()];
-                                        (
-                                            ResultCommit::commitment_for(&job_id, &worker, &guess, &salt),
-                                            guess,
-                                        )
-                                    }
-                                }
-                            }
-                            b => {
-                                let out = match b {
-                                    // Garbage of its own (a group sharing one wrong output is `Colluding`).
-                                    Behaviour::AlwaysWrong => truth
-                                        .iter()
-                                        .zip(worker.as_bytes())
-                                        .map(|(x, k)| !(x ^ k))
-                                        .collect(),
-                                    Behaviour::WrongWithProbability(p) if rng.unit() < p => {
-                                        truth.iter().map(|x| x ^ 1).collect()
-                                    }
-                                    Behaviour::Colluding => collusion.clone(),
-                                    _ => truth.clone(),
-                                };
-                                (ResultCommit::commitment_for(&job_id, &worker, &out, &salt), out)
-                            }
+                        let Some(computed) =
+                            compute(w.behaviour, &job_id, &worker, &truth, &collusion, &done, &mut rng)
+                        else {
+                            continue;
                         };
-                        done.insert(worker, (output, salt, commitment));
                         let commit = ResultCommit {
                             job: job_id,
                             worker,
-                            commitment,
+                            commitment: computed.2,
                         };
-                        next.extend(job.on_commit(&commit, t).unwrap_or_default());
+                        done.insert(worker, computed);
+                        next.extend(submitter.on_commit(&commit, t).unwrap_or_default());
                     }
-                    Action::RequestReveal { worker } => {
+                    Action::RequestReveal { worker, .. } => {
                         if let Some((output, salt, _)) = done.get(&worker).cloned() {
+                            let claim = WorkClaim {
+                                job: job_id,
+                                model,
+                                worker,
+                                submitter: submitter_key.node_id(),
+                                output_digest: *blake3::hash(&output).as_bytes(),
+                                compute_us: 1_000,
+                                energy_uwh: 5,
+                                claimed_credit: PRICE,
+                                claimed_ms: t,
+                            };
+                            let claim = if cfg.receipts {
+                                match Signed::sign(claim, &workers[by_id[&worker]].key) {
+                                    Ok(c) => c,
+                                    Err(_) => continue,
+                                }
+                            } else {
+                                // Nobody checks signatures when no ledger is computed.
+                                Signed {
+                                    body: claim,
+                                    signature: SignatureBytes([0; 64]),
+                                }
+                            };
                             let reveal = ResultReveal {
                                 job: job_id,
                                 worker,
@@ -338,69 +339,59 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                                 compute_us: 1_000,
                                 energy_uwh: 5,
                             };
-                            next.extend(job.on_reveal(&reveal, t).unwrap_or_default());
+                            next.extend(submitter.on_report(&reveal, claim, t).unwrap_or_default());
                         }
                     }
-                    Action::Decide(o) => outcome = Some(o),
+                    Action::WakeAt { at_ms, .. } => wake = Some(at_ms),
+                    Action::Decide {
+                        result, receipts: r, ..
+                    } => decided = Some((result, r)),
                 }
             }
             actions = next;
-            if outcome.is_some() {
+            if decided.is_some() {
                 break;
             }
         }
-        let outcome = outcome.or_else(|| job.outcome().cloned());
-
-        let assigned = job.slots().count();
-        assigned_total += assigned;
+        let Some((result, bodies)) = decided else {
+            submitter.forget(&job_id);
+            report.failed += 1;
+            continue;
+        };
+        assigned_total += result.workers_assigned;
         if j >= half {
-            assigned_steady += assigned;
+            assigned_steady += result.workers_assigned;
         }
-        // Reputation: agreement with an independent replica validates; out-voted, invalid or silent
-        // workers lose their standing.
-        for (w, state) in job.slots() {
-            if matches!(state, SlotState::TimedOut | SlotState::Invalid) {
-                reputation.invalid(*w, t);
-            }
-        }
-        match outcome {
-            Some(Outcome::Accepted {
-                output,
-                agreeing,
-                disagreeing,
-            }) => {
+        match &result.outcome {
+            Outcome::Accepted { output, agreeing, .. } => {
                 report.accepted += 1;
-                if output != truth {
+                if *output != truth {
                     report.accepted_wrong += 1;
                 }
-                for w in trust::validated_by(&agreeing, &reputation, t) {
-                    reputation.validated(w);
-                }
-                for w in &disagreeing {
-                    reputation.invalid(*w, t);
-                }
                 if cfg.receipts {
-                    for w in &agreeing {
-                        let worker = &workers[by_id[w]];
-                        if let Some(r) =
-                            receipt(&worker.key, &submitter, job_id, model, &output, Verdict::Accepted)
-                        {
-                            if worker.behaviour == Behaviour::ReceiptReplayer {
-                                receipts.extend(std::iter::repeat_n(r.clone(), 3));
-                            }
-                            receipts.push(r);
+                    for body in bodies {
+                        let worker = &workers[by_id[&body.claim.body.worker]];
+                        let Ok(r) = Signed::sign(body, &submitter_key) else {
+                            continue;
+                        };
+                        if worker.behaviour == Behaviour::ReceiptReplayer {
+                            receipts.extend(std::iter::repeat_n(r.clone(), 3));
                         }
+                        receipts.push(r);
+                    }
+                    for w in agreeing {
+                        let worker = &workers[by_id[w]];
                         if worker.behaviour == Behaviour::ReceiptForger {
-                            receipts.push(forged(&worker.key, &submitter, model, j as u64));
+                            receipts.push(forged(&worker.key, &submitter_key, model, j as u64));
                         }
                     }
                 }
             }
-            _ => report.failed += 1,
+            Outcome::Failed(_) => report.failed += 1,
         }
         if let Some(n) = newcomer
             && report.newcomer_trusted_after.is_none()
-            && reputation.is_trusted(&workers[n].id, t)
+            && submitter.reputation().is_trusted(&workers[n].id, t)
         {
             report.newcomer_trusted_after = Some(j - half);
         }
@@ -422,48 +413,67 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     report
 }
 
-fn receipt(
-    worker: &NodeKey,
-    submitter: &NodeKey,
-    job: fleetmesh_protocol::JobId,
-    model: ModelId,
-    output: &[u8],
-    verdict: Verdict,
-) -> Option<Signed<Receipt>> {
-    let claim = WorkClaim {
-        job,
-        model,
-        worker: worker.node_id(),
-        submitter: submitter.node_id(),
-        output_digest: *blake3::hash(output).as_bytes(),
-        compute_us: 1_000,
-        energy_uwh: 5,
-        claimed_credit: PRICE,
-        claimed_ms: 0,
+/// What a worker of `behaviour` commits to for an assigned job (`None`: it never answers).
+fn compute(
+    behaviour: Behaviour,
+    job: &JobId,
+    worker: &NodeId,
+    truth: &[u8],
+    collusion: &[u8],
+    done: &BTreeMap<NodeId, Computed>,
+    rng: &mut Rng,
+) -> Option<Computed> {
+    let mut salt = [0u8; 32];
+    salt[..8].copy_from_slice(&rng.next().to_le_bytes());
+    let output = match behaviour {
+        Behaviour::Silent => return None,
+        Behaviour::Lazy => {
+            // Copies someone else's commitment and (later) their reveal, which cannot open under its own id.
+            if let Some(copied) = done.values().next() {
+                return Some(copied.clone());
+            }
+            vec![0u8; truth.len()]
+        }
+        // Garbage of its own (a group sharing one wrong output is `Colluding`).
+        Behaviour::AlwaysWrong => truth
+            .iter()
+            .zip(worker.as_bytes())
+            .map(|(x, k)| !(x ^ k))
+            .collect(),
+        Behaviour::WrongWithProbability(p) if rng.unit() < p => truth.iter().map(|x| x ^ 1).collect(),
+        Behaviour::Colluding => collusion.to_vec(),
+        _ => truth.to_vec(),
     };
-    let body = Receipt {
-        claim: Signed::sign(claim, worker).ok()?,
-        verdict,
-        credit: PRICE,
-        issued_ms: 0,
-    };
-    Signed::sign(body, submitter).ok()
+    let commitment = ResultCommit::commitment_for(job, worker, &output, &salt);
+    Some((output, salt, commitment))
 }
 
 /// A receipt for a job that never happened: the forger signs its own claim and fakes the submitter's
 /// countersignature (it cannot make a real one).
 fn forged(worker: &NodeKey, submitter: &NodeKey, model: ModelId, n: u64) -> Signed<Receipt> {
-    let job = fleetmesh_protocol::JobId::of(&n.to_le_bytes());
-    let intruder = NodeKey::from_seed([0xEE; 32]);
-    let mut r = match receipt(worker, &intruder, job, model, b"nothing", Verdict::Accepted) {
-        Some(r) => r,
-        None => unreachable!("signing with the claim's own key cannot fail"),
+    let job = JobId::of(&n.to_le_bytes());
+    let claim = WorkClaim {
+        job,
+        model,
+        worker: worker.node_id(),
+        submitter: submitter.node_id(),
+        output_digest: *blake3::hash(b"nothing").as_bytes(),
+        compute_us: 1_000,
+        energy_uwh: 5,
+        claimed_credit: PRICE,
+        claimed_ms: 0,
     };
-    // Claim the real submitter countersigned it.
-    let mut claim = r.body.claim.body.clone();
-    claim.submitter = submitter.node_id();
-    if let Ok(c) = Signed::sign(claim, worker) {
-        r.body.claim = c;
-    }
-    r
+    let claim = match Signed::sign(claim, worker) {
+        Ok(c) => c,
+        Err(_) => unreachable!("signing with the claim's own key cannot fail"),
+    };
+    let body = Receipt {
+        claim,
+        verdict: Verdict::Accepted,
+        credit: PRICE,
+        issued_ms: 0,
+    };
+    // The forger's own signature stands where the submitter's should be.
+    let signature = worker.sign_digest(&fleetmesh_protocol::signing::signing_digest(&body));
+    Signed { body, signature }
 }

@@ -73,6 +73,8 @@ pub struct StatusResponse {
     pub peers: Vec<String>,
     /// Peers in the Kademlia routing table.
     pub routing_table_peers: usize,
+    /// Connected peers subscribed to every gossip topic (a published offer reaches them directly).
+    pub topic_peers: usize,
     /// Seconds since the node started.
     pub uptime_s: u64,
     /// Job counts.
@@ -97,9 +99,10 @@ async fn status(State(s): State<ApiState>) -> Response {
             connected_peers: n.connected_peers,
             peers: n.peers,
             routing_table_peers: n.routing_table_peers,
+            topic_peers: n.topic_peers,
             uptime_s: s.started.elapsed().as_secs(),
-            jobs: job_counts(&s.metrics),
-            now_ms: crate::jobs::now_ms(),
+            jobs: job_counts(&s.jobs, &s.metrics),
+            now_ms: crate::clock::now_ms(),
             models: s
                 .jobs
                 .registry()
@@ -113,25 +116,15 @@ async fn status(State(s): State<ApiState>) -> Response {
     }
 }
 
-fn job_counts(m: &crate::metrics::Metrics) -> JobCounts {
-    use crate::metrics::{OutcomeLabels, StateLabels};
-    let verdicts = |o: &str| {
-        m.verdicts
-            .get_or_create(&OutcomeLabels { outcome: o.into() })
-            .get()
-    };
+fn job_counts(jobs: &crate::jobs::Jobs, m: &crate::metrics::Metrics) -> JobCounts {
+    let c = jobs.submitted_counts();
     JobCounts {
-        submitted: m.jobs_submitted.get(),
-        accepted: verdicts("accepted"),
-        failed: verdicts("failed"),
-        pending: m
-            .jobs
-            .get_or_create(&StateLabels {
-                state: "pending".into(),
-            })
-            .get(),
+        submitted: c.submitted,
+        accepted: c.accepted,
+        failed: c.failed,
+        pending: i64::try_from(c.pending).unwrap_or(i64::MAX),
         work_done: m.work_done.get(),
-        receipts: m.receipts.get(),
+        receipts: i64::try_from(jobs.receipt_count()).unwrap_or(i64::MAX),
     }
 }
 

@@ -199,9 +199,11 @@ impl Fleet {
         }
         let started = Instant::now();
         loop {
+            // Connected to everyone, and everyone's gossip subscriptions known (offers reach every worker).
             let mut connected = 0;
             for node in &nodes {
-                connected += usize::from(node.net.status().await?.connected_peers + 1 >= n);
+                let s = node.net.status().await?;
+                connected += usize::from(s.connected_peers + 1 >= n && s.topic_peers + 1 >= n);
             }
             if connected == nodes.len() {
                 break;
@@ -210,10 +212,8 @@ impl Fleet {
                 started.elapsed() < Duration::from_secs(30),
                 "the fleet did not connect within 30 s"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Let gossipsub build its mesh before the first offer.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
         Ok(Self { nodes, cancel })
     }
 

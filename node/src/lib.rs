@@ -4,6 +4,7 @@
 //! and (coming) vehicle state. The `fleetmesh` binary is a thin CLI over this library, so that tests can
 //! start nodes in-process.
 
+pub mod adversary;
 pub mod api;
 pub mod car;
 pub mod client;
@@ -19,4 +20,5 @@ pub mod net;
 pub mod node;
 pub mod share;
 pub mod store;
+pub mod testkit;
 pub mod vehicle;

@@ -84,7 +84,9 @@ pub async fn start_with(
         Car::new(cfg.car_config(), exec_cfg.workers, Some(store.clone())).map_err(anyhow::Error::msg)?;
     let mut metrics_registry = MetricsRegistry::default();
     let metrics = Metrics::register(&mut metrics_registry);
-    let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), cancel.clone())?;
+    // The network outlives the node's own cancellation by the moment it takes to hand running work back.
+    let net_cancel = CancellationToken::new();
+    let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), net_cancel.clone())?;
     let executor = Executor::start(registry, exec_cfg);
     let node_id = key.node_id();
     let share = Share::new(net.clone(), store.clone(), executor.clone(), share_cfg);
@@ -124,6 +126,7 @@ pub async fn start_with(
         share.clone(),
         net.clone(),
         cancel,
+        net_cancel,
     ));
     Ok(Node {
         net,
@@ -179,18 +182,24 @@ async fn drive_car(
     }
 }
 
-/// Routes what the mesh delivers to the job roles, and ticks their clocks.
+/// Routes what the mesh delivers to the job roles, and ticks their clocks. When the node stops, hands its
+/// unfinished work back ([`Jobs::shutdown`]), then stops the network.
 async fn handle_events(
     mut events: mpsc::Receiver<NetEvent>,
     jobs: Jobs,
     share: Share,
     net: NetClient,
     cancel: CancellationToken,
+    net_cancel: CancellationToken,
 ) {
+    let _stop_net = net_cancel.drop_guard();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = cancel.cancelled() => {
+                jobs.shutdown(std::time::Duration::from_secs(2)).await;
+                break;
+            }
             _ = tick.tick() => jobs.tick(),
             event = events.recv() => match event {
                 Some(NetEvent::Gossip { topic, data, from }) => {

@@ -188,6 +188,11 @@ impl Share {
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The largest model the current link allows downloading (`u64::MAX`: no limit).
+    pub fn link_limit(&self) -> u64 {
+        self.inner.link_limit.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Installs the models fetched in earlier runs (complete in the store), and announces every model this
     /// node can serve.
     pub async fn start(&self) {

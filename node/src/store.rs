@@ -14,8 +14,8 @@ use fleetmesh_protocol::{ChunkId, JobId, ModelId, NodeId, Signed};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::warn;
 
-use crate::jobs::JobResult;
 use crate::vehicle::DeparturePredictor;
+use fleetmesh_consensus::submitter::JobResult;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! Inference on real weights: accuracy, golden outputs, determinism, input validation, executor behaviour.
-//! Tests that need fetched assets (scripts/fetch-assets.sh) print why they skip when the assets are absent.
+//! Tests that need fetched assets (scripts/fetch-assets.sh) print why they skip when the assets are absent,
+//! and fail instead under `CI=true`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -24,10 +25,10 @@ fn mnist_or_skip() -> Option<(MnistCnn, Vec<mnist::LabelledImage>)> {
     ) {
         (Some(model), Some(images)) => Some((model, images)),
         _ => {
-            println!(
-                "SKIPPED: mnist-cnn assets not in {} (run scripts/fetch-assets.sh mnist)",
+            fleetmesh_node::testkit::skip_unless_ci(&format!(
+                "mnist-cnn assets not in {} (run scripts/fetch-assets.sh mnist)",
                 dir.display()
-            );
+            ));
             None
         }
     }

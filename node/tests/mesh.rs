@@ -158,8 +158,18 @@ async fn ten_nodes_discover_each_other_gossip_and_answer_requests() {
         );
     }
 
-    // Let the gossip mesh form, then a signed offer from any node reaches all 10 within 2 s.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once the gossip mesh has formed, a signed offer from any node reaches all 10 within 2 s.
+    let meshed = wait_for(Duration::from_secs(20), || async {
+        for node in &nodes {
+            let s = node.client.status().await.unwrap();
+            if s.mesh_peers == 0 || s.topic_peers < s.connected_peers {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(meshed.is_some(), "the gossip mesh did not form");
     for publisher in [0usize, 6] {
         let data = signed_offer_bytes(
             &nodes[publisher].key,
@@ -237,7 +247,16 @@ async fn invalid_gossip_is_rejected_at_the_first_hop_and_not_forwarded() {
     })
     .await;
     assert!(connected.is_some(), "chain did not form");
-    tokio::time::sleep(Duration::from_secs(2)).await; // gossip mesh
+    let meshed = wait_for(Duration::from_secs(20), || async {
+        let (sa, sb, sc) = (
+            a.client.status().await.unwrap(),
+            b.client.status().await.unwrap(),
+            c.client.status().await.unwrap(),
+        );
+        (sa.mesh_peers == 1 && sb.mesh_peers == 2 && sc.mesh_peers == 1).then_some(())
+    })
+    .await;
+    assert!(meshed.is_some(), "the gossip mesh did not form");
 
     // A valid offer crosses B to C.
     let valid = signed_offer_bytes(&a.key, offer(&a.key, 1, 32, now_ms(), 60_000));

@@ -14,10 +14,10 @@ fn model_or_skip() -> Option<MiniLm> {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets")));
     let model = MiniLm::from_assets(&dir).unwrap();
     if model.is_none() {
-        println!(
-            "SKIPPED: minilm assets not in {} (run scripts/fetch-assets.sh minilm)",
+        fleetmesh_node::testkit::skip_unless_ci(&format!(
+            "minilm assets not in {} (run scripts/fetch-assets.sh minilm)",
             dir.display()
-        );
+        ));
     }
     model
 }

@@ -68,19 +68,7 @@ fn jobs_submitted_over_the_local_api_are_verified_by_other_processes() {
     let (p2p, api) = (port_base(21_000), port_base(41_000));
     assert!(testnet(dir.path(), p2p, api, &["start", "3"]).status.success());
     let result = std::panic::catch_unwind(|| {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            let peers: Vec<u64> = (0..3)
-                .map(|i| {
-                    get_json(api + i, "/v1/status").map_or(0, |s| s["connected_peers"].as_u64().unwrap_or(0))
-                })
-                .collect();
-            if peers.iter().all(|p| *p == 2) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        std::thread::sleep(Duration::from_millis(1500)); // gossip mesh
+        wait_connected(api, 3);
         // Digit 0 from the held-out set: node 1 submits, the two other processes compute and agree.
         let pixels = "[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]";
         let body = format!(r#"{{"model":"digits","input":{pixels},"replicas":2,"wait":true}}"#);
@@ -419,9 +407,12 @@ fn demo_with_an_adversarial_node_accepts_no_wrong_output() {
 fn wait_connected(api: u16, n: u16) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
+        // Connected to everyone, and everyone's gossip subscriptions known (offers reach every worker).
         let full = (0..n).all(|i| {
-            get_json(api + i, "/v1/status")
-                .is_some_and(|s| s["connected_peers"].as_u64() == Some(u64::from(n - 1)))
+            get_json(api + i, "/v1/status").is_some_and(|s| {
+                s["connected_peers"].as_u64() == Some(u64::from(n - 1))
+                    && s["topic_peers"].as_u64() >= Some(u64::from(n - 1))
+            })
         });
         if full {
             return;
@@ -453,7 +444,6 @@ fn a_submitter_killed_with_sigkill_restarts_with_every_job_and_receipt() {
     let pids_file = dir.path().join("pids");
     let result = std::panic::catch_unwind(|| {
         wait_connected(api, 3);
-        std::thread::sleep(Duration::from_millis(1500)); // gossip mesh
         let submitter = api + 2; // node 3; nodes 1 and 2 work
         let pixels = "[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]";
         let submit = |wait: bool| {
@@ -550,6 +540,132 @@ fn a_submitter_killed_with_sigkill_restarts_with_every_job_and_receipt() {
     }
 }
 
+/// The command line a running process was started with.
+fn argv_of(pid: &str) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Kills a process with SIGKILL and waits until every thread of it is gone.
+fn kill9(pid: &str) {
+    signal(pid, "-KILL");
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(start.elapsed() < Duration::from_secs(5), "kill -9 did not kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, for at most `limit`.
+fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_worker_killed_with_sigkill_after_committing_reveals_from_its_store_and_is_paid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p2p, api) = (port_base(23_000), port_base(43_000));
+    assert!(testnet(dir.path(), p2p, api, &["start", "3"]).status.success());
+    let pids_file = dir.path().join("pids");
+    let result = std::panic::catch_unwind(|| {
+        wait_connected(api, 3);
+        let (worker, submitter) = (api, api + 2);
+        let worker_id = get_json(worker, "/v1/status").unwrap()["node_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let pids: Vec<String> = std::fs::read_to_string(&pids_file)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        // The other worker is frozen: the job gets one worker, which commits; reveals wait for the second.
+        signal(&pids[1], "-STOP");
+        let pixels = "[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]";
+        let body = format!(r#"{{"model":"digits","input":{pixels},"replicas":2,"wait":false}}"#);
+        let (code, view) = http(submitter, "POST", "/v1/jobs", &body).expect("POST /v1/jobs");
+        assert_eq!(code, 202, "{view}");
+        let job = view["job"].as_str().unwrap().to_string();
+        let committed = poll(Duration::from_secs(20), || {
+            let view = get_json(submitter, &format!("/v1/jobs/{job}"))?;
+            let workers = view["workers"].as_array()?.clone();
+            workers
+                .iter()
+                .any(|w| w["node"] == worker_id.as_str() && w["state"] == "committed")
+                .then_some(())
+        });
+        assert!(committed.is_some(), "the worker never committed");
+
+        // kill -9 the worker that committed, restart it as the script started it, let the other go on.
+        let argv = argv_of(&pids[0]);
+        kill9(&pids[0]);
+        let log_path = dir.path().join("node1-restarted.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let restarted = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            &pids_file,
+            format!("{}\n{}\n{}\n", restarted.id(), pids[1], pids[2]),
+        )
+        .unwrap();
+        signal(&pids[1], "-CONT");
+
+        let verdict = poll(Duration::from_secs(60), || {
+            let view = get_json(submitter, &format!("/v1/jobs/{job}"))?;
+            (view["state"] != "pending").then_some(view)
+        });
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let view = verdict.unwrap_or_else(|| panic!("no verdict\n{log}"));
+        assert_eq!(view["state"], "accepted", "{view}\n{log}");
+        let agreeing: Vec<&str> = view["agreeing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(
+            agreeing.contains(&worker_id.as_str()),
+            "the restarted worker did not agree: {view}\n{log}"
+        );
+        assert!(log.contains("resumed from the store"), "{log}");
+        // It revealed from its store and was paid for the job: its receipt is in the submitter's ledger.
+        let paid = poll(Duration::from_secs(10), || {
+            let rows = get_json(submitter, "/v1/earnings")?;
+            rows.as_array()?
+                .iter()
+                .any(|r| r["node"] == worker_id.as_str() && r["jobs"].as_u64() == Some(1))
+                .then_some(())
+        });
+        assert!(paid.is_some(), "the restarted worker was not paid\n{log}");
+        restarted
+    });
+    assert!(testnet(dir.path(), p2p, api, &["stop"]).status.success());
+    match result {
+        Ok(mut child) => {
+            child.wait().unwrap();
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 /// Chromium's headless DOM of a page after its scripts ran for `budget_ms` of virtual time; `None` if
 /// Debian's chromium is not installed.
 fn rendered_dom(url: &str, budget_ms: u32) -> Option<String> {
@@ -577,7 +693,7 @@ fn rendered_dom(url: &str, budget_ms: u32) -> Option<String> {
 #[test]
 fn each_dashboard_shows_its_node_in_a_real_browser_and_metrics_parse_and_move() {
     if Command::new("chromium").arg("--version").output().is_err() {
-        println!("SKIPPED: Debian's chromium is not installed (.ci/run installs it)");
+        fleetmesh_node::testkit::skip_unless_ci("Debian's chromium is not installed (.ci/run installs it)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

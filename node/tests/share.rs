@@ -1,15 +1,15 @@
 //! P2P model distribution over real libp2p: a node without a model fetches it from peers (Kademlia
 //! providers, manifest, blake3-checked chunks from several providers in parallel), refuses corrupted
-//! chunks, resumes an interrupted fetch, and keeps the model across a restart. Needs the mnist-cnn weights (scripts/fetch-assets.sh
-//! mnist); skips with a message without them.
+//! chunks, resumes an interrupted fetch, and keeps the model across a restart. Runs on the embedded digits
+//! weights, distributed in 16 KiB chunks (10 chunks; another model id than the embedded one, so nodes
+//! start without it): no fetched assets needed.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleetmesh_consensus::job::Outcome;
-use fleetmesh_node::inference::mnist::{self, MnistCnn};
+use fleetmesh_node::inference::digits::{self, Digits};
 use fleetmesh_node::inference::{Model, Registry};
 use fleetmesh_node::jobs::JobsConfig;
 use fleetmesh_node::share::{FetchError, ServeBehaviour, ShareConfig};
@@ -18,30 +18,12 @@ use fleetmesh_node::store::Store;
 mod common;
 use common::Spec;
 
-fn assets() -> PathBuf {
-    std::env::var_os("FLEETMESH_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets")))
+/// The embedded digits weights as a model of its own, chunked small.
+fn chunked_digits() -> Arc<Digits> {
+    Arc::new(Digits::from_weights_chunked(digits::WEIGHTS, 16 * 1024).unwrap())
 }
 
-fn mnist_or_skip() -> Option<(Arc<MnistCnn>, Vec<mnist::LabelledImage>)> {
-    let dir = assets();
-    match (
-        MnistCnn::from_assets(&dir).unwrap(),
-        mnist::eval_images(&dir).unwrap(),
-    ) {
-        (Some(model), Some(images)) => Some((Arc::new(model), images)),
-        _ => {
-            println!(
-                "SKIPPED: mnist-cnn assets not in {} (run scripts/fetch-assets.sh mnist)",
-                dir.display()
-            );
-            None
-        }
-    }
-}
-
-fn with_mnist(model: &Arc<MnistCnn>) -> Registry {
+fn with_model(model: &Arc<Digits>) -> Registry {
     let registry = Registry::with_defaults(None).unwrap();
     registry.insert(model.clone());
     registry
@@ -56,16 +38,20 @@ fn jobs_config() -> JobsConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_without_the_model_fetch_it_from_peers_and_verify_its_jobs() {
-    let Some((model, images)) = mnist_or_skip() else {
-        return;
-    };
+    let model = chunked_digits();
+    let images: Vec<Vec<u8>> = digits::held_out()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.pixels)
+        .collect();
     let id = model.id();
+    assert!(model.manifest().chunks.len() >= 8);
     let bare = Registry::with_defaults(None).unwrap();
-    // Node 0 submits, node 1 runs mnist from the start, nodes 2 and 3 have only the embedded model.
+    // Node 0 submits, node 1 runs the model from the start, nodes 2 and 3 do not have it.
     let nodes = common::fleet(
         vec![
-            Spec::new(with_mnist(&model), jobs_config()),
-            Spec::new(with_mnist(&model), jobs_config()),
+            Spec::new(with_model(&model), jobs_config()),
+            Spec::new(with_model(&model), jobs_config()),
             Spec::new(bare.clone(), jobs_config()),
             Spec::new(bare, jobs_config()),
         ],
@@ -77,12 +63,12 @@ async fn nodes_without_the_model_fetch_it_from_peers_and_verify_its_jobs() {
     assert!(nodes[2].0.jobs.registry().get(&id).is_none());
     let submitter = nodes[0].0.jobs.clone();
     let mut jobs = Vec::new();
-    for (pixels, _) in &images[..12] {
+    for pixels in &images[..12] {
         jobs.push(submitter.submit(id, pixels.clone(), 2).await.unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut accepted_by = std::collections::HashSet::new();
-    for (job, (pixels, _)) in jobs.into_iter().zip(&images) {
+    for (job, pixels) in jobs.into_iter().zip(&images) {
         let result = tokio::time::timeout(Duration::from_secs(60), submitter.wait(job))
             .await
             .unwrap()
@@ -113,16 +99,14 @@ async fn nodes_without_the_model_fetch_it_from_peers_and_verify_its_jobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_chunk_is_refused_and_fetched_from_another_provider() {
-    let Some((model, _)) = mnist_or_skip() else {
-        return;
-    };
+    let model = chunked_digits();
     let id = model.id();
     let corrupt = Spec {
         share: ShareConfig {
             behaviour: ServeBehaviour::CorruptChunks,
             ..ShareConfig::default()
         },
-        ..Spec::new(with_mnist(&model), jobs_config())
+        ..Spec::new(with_model(&model), jobs_config())
     };
     let fetcher_store = Store::temporary().unwrap();
     let fetcher = Spec {
@@ -143,7 +127,7 @@ async fn a_corrupted_chunk_is_refused_and_fetched_from_another_provider() {
     }
 
     // An interrupted fetch left two verified chunks behind; the next fetch keeps them.
-    let weights = std::fs::read(assets().join("mnist-cnn/handwriting_model.pth")).unwrap();
+    let weights = digits::WEIGHTS;
     let size = model.manifest().chunk_size as usize;
     for (i, chunk) in weights.chunks(size).take(2).enumerate() {
         fetcher_store
@@ -159,15 +143,26 @@ async fn a_corrupted_chunk_is_refused_and_fetched_from_another_provider() {
         .await
         .unwrap();
     let honest = common::fleet(
-        vec![Spec::new(with_mnist(&model), jobs_config())],
+        vec![Spec::new(with_model(&model), jobs_config())],
         142,
         Some(boot),
         2,
     )
     .await;
     nodes.extend(honest);
-    tokio::time::sleep(Duration::from_millis(500)).await; // provider record
-    let report = nodes[1].0.share.fetch(id, None).await.unwrap();
+    // Once the honest node's provider record is found, the fetch takes chunks from both providers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let report = nodes[1].0.share.fetch(id, None).await;
+        match report {
+            Ok(r) => break r,
+            Err(e) if std::time::Instant::now() < deadline => {
+                println!("fetch before the honest provider is known: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     assert_eq!(report.providers, 2, "{report:?}");
     assert_eq!(report.reused, 2, "{report:?}");
     assert_eq!(report.fetched, model.manifest().chunks.len() - 2, "{report:?}");
@@ -194,19 +189,17 @@ async fn a_corrupted_chunk_is_refused_and_fetched_from_another_provider() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_metered_link_a_car_does_not_download_a_model_over_the_owners_limit() {
-    let Some((model, _)) = mnist_or_skip() else {
-        return;
-    };
+    let model = chunked_digits();
     let id = model.id();
     let car = Spec {
         config: Some(Box::new(|cfg: &mut fleetmesh_node::config::NodeConfig| {
             cfg.car.source = fleetmesh_node::car::SourceKind::External;
-            cfg.owner.metered_max_download_mib = 1; // the model is 1.5 MiB
+            cfg.owner.metered_max_download_mib = 0; // nothing may be downloaded on a metered link
         })),
         ..Spec::new(Registry::with_defaults(None).unwrap(), jobs_config())
     };
     let nodes = common::fleet(
-        vec![Spec::new(with_mnist(&model), jobs_config()), car],
+        vec![Spec::new(with_model(&model), jobs_config()), car],
         150,
         None,
         0,
@@ -226,17 +219,29 @@ async fn on_a_metered_link_a_car_does_not_download_a_model_over_the_owners_limit
                 .unwrap()
         })
     };
+    // The car task applies the link's limit (4 Hz).
+    let limit_becomes = |limit: u64| {
+        let share = fetcher.share.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while share.link_limit() != limit {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the link limit stayed {}",
+                    share.link_limit()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     assert_eq!(report("metered").await.unwrap().0, 200);
-    tokio::time::sleep(Duration::from_millis(1_000)).await; // the car task applies the link's limit (4 Hz)
+    limit_becomes(0).await;
     let err = fetcher.share.fetch(id, None).await.unwrap_err();
-    assert!(
-        matches!(err, FetchError::TooLarge { limit, .. } if limit == 1 << 20),
-        "{err}"
-    );
+    assert!(matches!(err, FetchError::TooLarge { limit: 0, .. }), "{err}");
     assert!(fetcher.jobs.registry().get(&id).is_none());
     // Back on wifi, the same model downloads.
     assert_eq!(report("wifi").await.unwrap().0, 200);
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    limit_becomes(u64::MAX).await;
     fetcher.share.fetch(id, None).await.unwrap();
     assert!(fetcher.jobs.registry().get(&id).is_some());
     for (_, cancel) in &nodes {

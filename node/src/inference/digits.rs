@@ -15,8 +15,8 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
+use fleetmesh_protocol::{ChunkId, ModelId};
 
 use super::{InferenceError, Model, check_len, classify_images, head_rows, manifest_for};
 
@@ -172,7 +172,12 @@ pub fn train(
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(1e-3, model, grads);
         }
-        let inference = Digits::from_net(model.clone().valid(), Vec::new(), Device::flex());
+        let inference = Digits::from_net(
+            model.clone().valid(),
+            Vec::new(),
+            Device::flex(),
+            super::CHUNK_SIZE,
+        );
         accuracy = inference.accuracy(&test)?;
         progress(epoch, total / steps as f32, accuracy);
     }
@@ -208,6 +213,19 @@ impl Digits {
 
     /// The model with these safetensors weights.
     pub fn from_weights(weights: &[u8]) -> Result<Self, InferenceError> {
+        Self::from_weights_chunked(weights, super::CHUNK_SIZE)
+    }
+
+    /// The model with these safetensors weights, distributed in chunks of `chunk_size` bytes (another
+    /// chunking is another manifest, so another model id: tests use a small one to spread the 154 kB of
+    /// weights over many chunks and providers).
+    pub fn from_weights_chunked(weights: &[u8], chunk_size: u32) -> Result<Self, InferenceError> {
+        if chunk_size == 0 || chunk_size > fleetmesh_protocol::messages::MAX_CHUNK_SIZE {
+            return Err(InferenceError::Weights {
+                model: NAME.into(),
+                reason: format!("chunk size {chunk_size} out of range"),
+            });
+        }
         let device = super::Backend::from_env().device();
         let mut net = DigitsNet::new(&device);
         let mut store = SafetensorsStore::from_bytes(Some(weights.to_vec()));
@@ -215,11 +233,11 @@ impl Digits {
             model: NAME.into(),
             reason: e.to_string(),
         })?;
-        Ok(Self::from_net(net, weights.to_vec(), device))
+        Ok(Self::from_net(net, weights.to_vec(), device, chunk_size))
     }
 
-    fn from_net(net: DigitsNet, weights: Vec<u8>, device: Device) -> Self {
-        let manifest = manifest_for(
+    fn from_net(net: DigitsNet, weights: Vec<u8>, device: Device, chunk_size: u32) -> Self {
+        let mut manifest = manifest_for(
             NAME,
             1,
             "digits-cnn-v1",
@@ -234,6 +252,8 @@ impl Digits {
             },
             AgreementRule::Exact,
         );
+        manifest.chunk_size = chunk_size;
+        manifest.chunks = weights.chunks(chunk_size as usize).map(ChunkId::of).collect();
         let id = manifest.id();
         Self {
             net: Mutex::new(net),

@@ -115,7 +115,10 @@ pub const FETCHABLE_ARCHITECTURES: [&str; 2] = ["digits-cnn-v1", "mnist-cnn-v1"]
 /// and checks that the result is exactly the model the manifest names.
 pub fn build(manifest: &ModelManifest, weights: &[u8]) -> Result<Arc<dyn Model>, InferenceError> {
     let model: Arc<dyn Model> = match manifest.architecture.as_str() {
-        "digits-cnn-v1" => Arc::new(digits::Digits::from_weights(weights)?),
+        "digits-cnn-v1" => Arc::new(digits::Digits::from_weights_chunked(
+            weights,
+            manifest.chunk_size,
+        )?),
         "mnist-cnn-v1" => Arc::new(mnist::MnistCnn::from_bytes(weights)?),
         other => {
             return Err(InferenceError::Weights {

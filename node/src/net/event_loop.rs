@@ -2,6 +2,8 @@
 //! keeps the routing table fresh and the peer count up, and retries unreachable bootstrap peers with backoff.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fleetmesh_protocol::Signed;
@@ -17,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Behaviour, BehaviourEvent, Command, NetError, NetEvent, NetStatus, Topic};
-use crate::net::config::NetConfig;
 use crate::clock::now_ms;
 use crate::metrics::{GossipOutcome, Metrics};
+use crate::net::config::NetConfig;
 
 /// gossipsub's own size limit: above every kind's limit, so that oversize messages reach the node's
 /// validator, which counts and rejects them at the first hop.
@@ -75,6 +77,8 @@ pub(super) struct EventLoop {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     metrics: Metrics,
+    /// Connected peers, shared with every [`super::NetClient`].
+    connected: Arc<AtomicUsize>,
     bootstrap: Vec<BootstrapPeer>,
     target_peers: usize,
     public: bool,
@@ -120,6 +124,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<NetEvent>,
         metrics: Metrics,
+        connected: Arc<AtomicUsize>,
     ) -> Self {
         let now = Instant::now();
         let bootstrap = cfg
@@ -144,6 +149,7 @@ impl EventLoop {
             commands,
             events,
             metrics,
+            connected,
             bootstrap,
             target_peers: cfg.target_peers,
             public: cfg.public,
@@ -194,9 +200,36 @@ impl EventLoop {
         peers
     }
 
+    /// Connected peers subscribed to every fleetmesh topic, the fewest over the topics.
+    fn topic_peers(&self) -> usize {
+        let gossip = &self.swarm.behaviour().gossip;
+        Topic::ALL
+            .iter()
+            .map(|t| {
+                let hash = t.ident().hash();
+                gossip
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&hash))
+                    .count()
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Peers in the gossip mesh, the fewest over the fleetmesh topics.
+    fn mesh_peers(&self) -> usize {
+        let gossip = &self.swarm.behaviour().gossip;
+        Topic::ALL
+            .iter()
+            .map(|t| gossip.mesh_peers(&t.ident().hash()).count())
+            .min()
+            .unwrap_or(0)
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
         let connected = self.swarm.connected_peers().count();
+        self.connected.store(connected, Ordering::Relaxed);
         self.metrics.connected_peers.set(connected as i64);
         let table = self.routing_table_size();
         self.metrics.routing_table_peers.set(table as i64);
@@ -356,7 +389,12 @@ impl EventLoop {
             }
             Command::Status { reply } => {
                 let mut listen_addrs: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
-                listen_addrs.extend(self.swarm.external_addresses().map(|a| a.to_string()));
+                // A public node confirms its listen addresses as external ones: list each address once.
+                for a in self.swarm.external_addresses().map(|a| a.to_string()) {
+                    if !listen_addrs.contains(&a) {
+                        listen_addrs.push(a);
+                    }
+                }
                 let peers: Vec<String> = self.swarm.connected_peers().map(|p| p.to_string()).collect();
                 let routing_table = self.routing_table_peers();
                 let status = NetStatus {
@@ -366,6 +404,8 @@ impl EventLoop {
                     peers,
                     routing_table_peers: routing_table.len(),
                     routing_table,
+                    topic_peers: self.topic_peers(),
+                    mesh_peers: self.mesh_peers(),
                 };
                 let _ = reply.send(status);
             }
@@ -402,9 +442,13 @@ impl EventLoop {
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(()));
                 }
+                self.connected
+                    .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
             }
             SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
                 debug!(peer = %peer_id, cause = ?cause, "connection closed");
+                self.connected
+                    .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,

@@ -7,8 +7,8 @@
 //! server, and DCUtR hole punching.
 
 mod behaviour;
-pub mod config;
 pub mod codec;
+pub mod config;
 mod event_loop;
 
 use std::time::Duration;
@@ -21,8 +21,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::net::config::{KadMode, NetConfig};
 use crate::metrics::Metrics;
+use crate::net::config::{KadMode, NetConfig};
 
 pub use behaviour::{Behaviour, BehaviourEvent};
 pub use event_loop::validate_gossip;
@@ -137,6 +137,11 @@ pub struct NetStatus {
     pub routing_table_peers: usize,
     /// Their peer ids.
     pub routing_table: Vec<PeerId>,
+    /// Connected peers known to subscribe to every fleetmesh gossip topic (the fewest over the topics):
+    /// those a published offer or receipt reaches directly.
+    pub topic_peers: usize,
+    /// Peers in this node's gossip mesh (the fewest over the topics): those it forwards messages to.
+    pub mesh_peers: usize,
 }
 
 /// Something the mesh delivers to the node.
@@ -206,12 +211,18 @@ enum Command {
 pub struct NetClient {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
+    connected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl NetClient {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Peers connected right now (kept by the network task as connections open and close).
+    pub fn connected_peers(&self) -> usize {
+        self.connected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
@@ -395,7 +406,14 @@ pub fn start(
 
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
-    let event_loop = event_loop::EventLoop::new(swarm, cfg, circuits, cmd_rx, event_tx, metrics);
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let event_loop =
+        event_loop::EventLoop::new(swarm, cfg, circuits, cmd_rx, event_tx, metrics, connected.clone());
     let task = tokio::spawn(event_loop.run(cancel));
-    Ok((NetClient { tx: cmd_tx, peer_id }, event_rx, task))
+    let client = NetClient {
+        tx: cmd_tx,
+        peer_id,
+        connected,
+    };
+    Ok((client, event_rx, task))
 }

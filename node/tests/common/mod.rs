@@ -76,16 +76,17 @@ pub async fn fleet(
     }
     let start = Instant::now();
     loop {
+        // Connected to everyone, and everyone's gossip subscriptions known (offers reach every worker).
         let mut full = true;
         for (node, _) in &nodes {
-            full &= node.net.status().await.unwrap().connected_peers + 1 >= n;
+            let s = node.net.status().await.unwrap();
+            full &= s.connected_peers + 1 >= n && s.topic_peers + 1 >= n;
         }
         if full {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(20), "fleet did not connect");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await; // gossip mesh
     nodes
 }

@@ -1,0 +1,631 @@
+//! The submitter's decisions for every job it has offered, sans-IO: the bid window, the choice of workers
+//! (a fixed replica count, cheapest bids first, or adaptive replication by reputation), the [`Job`] state
+//! machine of each job, the credit rule of its receipts and the reputation updates its verdicts make.
+//!
+//! Inputs carry the time (`now_ms`) and, where a choice is random, a [`Randomness`] source; every input
+//! returns the [`Action`]s the caller must carry out: send an assignment or a reveal request, wake this
+//! machine again at a time, or sign, store and publish a decided job's receipts. The node does exactly
+//! that and nothing more; the adversarial simulation ([`crate::simulation`]) drives this same type.
+//!
+//! A decided job leaves the machine (its [`JobResult`] goes out with [`Action::Decide`]), so the state
+//! held is bounded by the jobs in flight.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fleetmesh_protocol::messages::{
+    Bid, JobOffer, Receipt, ResultCommit, ResultReveal, Verdict, Withdraw, WithdrawReason, WorkClaim,
+};
+use fleetmesh_protocol::{JobId, NodeId, Signed};
+
+use crate::job::{self, Job, JobConfig, JobError, Outcome, SlotState};
+use crate::trust::{self, Reputation, Standing, TrustConfig};
+
+/// Settings of the submitter role.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SubmitterConfig {
+    /// Extra workers a job may draw on disagreement or dropouts.
+    pub max_extra: usize,
+    /// Time an assigned worker has to commit, and later to reveal.
+    pub step_timeout_ms: u64,
+    /// How long a job collects bids before its workers are chosen (it closes early once as many bids as
+    /// the caller says are enough are in).
+    pub bid_window_ms: u64,
+    /// Reputation settings (used by adaptive jobs, and for the reputation kept from every verdict).
+    pub trust: TrustConfig,
+}
+
+impl Default for SubmitterConfig {
+    fn default() -> Self {
+        Self {
+            max_extra: 2,
+            step_timeout_ms: 10_000,
+            bid_window_ms: 25,
+            trust: TrustConfig::default(),
+        }
+    }
+}
+
+/// How many workers a job gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replication {
+    /// The offer's replica count, from the cheapest bids (price plus the car's electricity cost).
+    Fixed,
+    /// Chosen by the workers' reputation ([`trust::plan_preferring`]): a trusted worker runs alone except
+    /// for spot checks, an untrusted one always gets an independent partner.
+    Adaptive,
+}
+
+/// A source of uniform numbers in `[0, 1)` that workers cannot predict (the node's system randomness; a
+/// seeded generator in simulations).
+pub trait Randomness {
+    /// The next number, uniform in `[0, 1)`.
+    fn unit(&mut self) -> f64;
+}
+
+/// The verdict of a submitted job, as its submitter saw it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobResult {
+    /// The job (the id its submitter was given, even if it was re-offered under another).
+    pub job: JobId,
+    /// Accepted output and agreeing workers, or the failure reason.
+    pub outcome: Outcome,
+    /// Workers assigned over the job's life.
+    pub workers_assigned: usize,
+    /// Receipts issued (one per revealing worker).
+    pub receipts: usize,
+    /// The longest compute time a revealing worker reported, in microseconds (workers run in parallel).
+    pub compute_us_max: u64,
+}
+
+/// What the caller must do after an input. Every action names the job (the id of the offer in force).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Sign and send an `Assignment` to this worker; report a refusal with
+    /// [`Submitter::on_assignment_refused`].
+    Assign {
+        /// The job.
+        job: JobId,
+        /// The worker.
+        worker: NodeId,
+        /// Its commit deadline.
+        commit_by_ms: u64,
+    },
+    /// Sign and send a `RevealRequest` to this worker (again, while [`Submitter::reveal_due`] says so);
+    /// hand its answer to [`Submitter::on_report`].
+    RequestReveal {
+        /// The job.
+        job: JobId,
+        /// The worker.
+        worker: NodeId,
+    },
+    /// Call [`Submitter::on_wake`] for this job at this time (the end of its bid window).
+    WakeAt {
+        /// The job.
+        job: JobId,
+        /// When.
+        at_ms: u64,
+    },
+    /// The job is decided: countersign these receipt bodies, store the result and the receipts (before
+    /// telling anyone), wake the job's waiters, publish the receipts.
+    Decide {
+        /// The job (offer in force).
+        job: JobId,
+        /// The verdict.
+        result: JobResult,
+        /// One receipt body per worker that revealed, with its verdict and credit.
+        receipts: Vec<Receipt>,
+    },
+}
+
+/// Most bids one job takes (window and later replacements together); more are answered
+/// [`SubmitError::Busy`], so a flood of bids from many keys cannot grow a job without bound.
+pub const MAX_BIDS_PER_JOB: usize = 256;
+
+/// Why an input was refused (the caller may penalise the sender).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// No job in flight has this id (never offered here, decided, or forgotten).
+    #[error("unknown job")]
+    UnknownJob,
+    /// The bid is from a worker already bidding or assigned, or is for another job.
+    #[error("duplicate bid")]
+    DuplicateBid,
+    /// The bid came after the workers were chosen from a bidder the plan does not take.
+    #[error("bid not needed")]
+    NotNeeded,
+    /// The job has taken [`MAX_BIDS_PER_JOB`] bids already.
+    #[error("busy: the job takes no more bids")]
+    Busy,
+    /// A work report whose claim does not match its reveal or this submitter.
+    #[error("claim does not match the reveal")]
+    ClaimMismatch,
+    /// The job's state machine refused the input.
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+/// The bids of a job until its workers are chosen.
+#[derive(Debug, Clone, Default)]
+struct BidWindow {
+    bids: Vec<Bid>,
+    /// The workers were chosen.
+    planned: bool,
+    /// A wake-up is scheduled for the end of the window.
+    scheduled: bool,
+    /// Nobody trusted was among the bidders when an adaptive plan was made (later bids may then join).
+    none_trusted: bool,
+}
+
+/// One job in flight.
+#[derive(Debug, Clone)]
+struct InFlight {
+    original: JobId,
+    offer: JobOffer,
+    replication: Replication,
+    job: Job,
+    window: BidWindow,
+    /// Bids taken so far (window and replacements).
+    bids_taken: usize,
+    claims: BTreeMap<NodeId, Signed<WorkClaim>>,
+}
+
+/// The submitter role of one node: every job it has in flight, and what it knows of the workers.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    me: NodeId,
+    cfg: SubmitterConfig,
+    reputation: Reputation,
+    jobs: HashMap<JobId, InFlight>,
+    /// The id a user knows -> the id of the offer in force.
+    originals: HashMap<JobId, JobId>,
+}
+
+impl Submitter {
+    /// The submitter `me`, with no job in flight and an empty reputation table.
+    pub fn new(me: NodeId, cfg: SubmitterConfig) -> Self {
+        Self {
+            me,
+            cfg,
+            reputation: Reputation::new(cfg.trust),
+            jobs: HashMap::new(),
+            originals: HashMap::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SubmitterConfig {
+        &self.cfg
+    }
+
+    /// What this submitter knows of the workers it has judged.
+    pub fn reputation(&self) -> &Reputation {
+        &self.reputation
+    }
+
+    /// Replaces the reputation table (e.g. with [`rebuild_reputation`] after a restart).
+    pub fn set_reputation(&mut self, reputation: Reputation) {
+        self.reputation = reputation;
+    }
+
+    /// Jobs in flight.
+    pub fn in_flight(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The state machine of a job in flight (for views: workers assigned, slots).
+    pub fn job(&self, job: &JobId) -> Option<&Job> {
+        self.jobs.get(job).map(|j| &j.job)
+    }
+
+    /// Whether `job` is in flight here.
+    pub fn contains(&self, job: &JobId) -> bool {
+        self.jobs.contains_key(job)
+    }
+
+    /// Ids of the jobs in flight.
+    pub fn job_ids(&self) -> Vec<JobId> {
+        self.jobs.keys().copied().collect()
+    }
+
+    fn job_config(&self, replicas: usize) -> JobConfig {
+        JobConfig {
+            replicas,
+            max_extra: self.cfg.max_extra,
+            commit_timeout_ms: self.cfg.step_timeout_ms,
+            reveal_timeout_ms: self.cfg.step_timeout_ms,
+        }
+    }
+
+    /// Takes `offer` (already signed and about to be published) for the job its user knows as
+    /// `original`. A job offered again under a fresh offer replaces the old one in flight.
+    pub fn offer(&mut self, original: JobId, offer: JobOffer, replication: Replication) {
+        if let Some(old) = self.originals.insert(original, offer.id()) {
+            self.jobs.remove(&old);
+        }
+        let job = Job::new(&offer, self.job_config(usize::from(offer.replicas.max(1))));
+        self.jobs.insert(
+            offer.id(),
+            InFlight {
+                original,
+                offer,
+                replication,
+                job,
+                window: BidWindow::default(),
+                bids_taken: 0,
+                claims: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// Drops a job (its offer could not be published); returns whether it was in flight.
+    pub fn forget(&mut self, job: &JobId) -> bool {
+        self.remove(job).is_some()
+    }
+
+    fn remove(&mut self, job: &JobId) -> Option<InFlight> {
+        let f = self.jobs.remove(job)?;
+        if self.originals.get(&f.original) == Some(job) {
+            self.originals.remove(&f.original);
+        }
+        Some(f)
+    }
+
+    /// A bid (signature already checked by the caller). During the bid window it is held; the window
+    /// closes once `enough` bids are in (e.g. as many as connected peers: in a small fleet everyone has
+    /// bid, in a large one that is a fair sample) or at its end ([`Action::WakeAt`]). Later bids are
+    /// replacements: for an adaptive job only from trusted workers (or anyone, if nobody trusted bid).
+    pub fn on_bid(
+        &mut self,
+        bid: Bid,
+        now_ms: u64,
+        enough: usize,
+        rng: &mut dyn Randomness,
+    ) -> Result<Vec<Action>, SubmitError> {
+        let id = bid.job;
+        let window_ms = self.cfg.bid_window_ms;
+        let f = self.jobs.get_mut(&id).ok_or(SubmitError::UnknownJob)?;
+        if !f.window.planned {
+            if f.window.bids.iter().any(|b| b.worker == bid.worker) {
+                return Err(SubmitError::DuplicateBid);
+            }
+            if f.bids_taken >= MAX_BIDS_PER_JOB {
+                return Err(SubmitError::Busy);
+            }
+            f.bids_taken += 1;
+            f.window.bids.push(bid);
+            if f.window.bids.len() >= enough.max(1) {
+                return Ok(self.plan(id, now_ms, rng));
+            }
+            if f.window.scheduled {
+                return Ok(Vec::new());
+            }
+            f.window.scheduled = true;
+            return Ok(vec![Action::WakeAt {
+                job: id,
+                at_ms: now_ms.saturating_add(window_ms),
+            }]);
+        }
+        if f.replication == Replication::Adaptive {
+            let standing = self.reputation.standing(&bid.worker, now_ms);
+            if standing == Standing::Probation || (!f.window.none_trusted && standing != Standing::Trusted) {
+                return Err(SubmitError::NotNeeded);
+            }
+        }
+        if f.bids_taken >= MAX_BIDS_PER_JOB {
+            return Err(SubmitError::Busy);
+        }
+        let actions = self.drive(id, now_ms, |j| j.on_bid(bid, now_ms))?;
+        if let Some(f) = self.jobs.get_mut(&id) {
+            f.bids_taken += 1;
+        }
+        Ok(actions)
+    }
+
+    /// The end of a job's bid window: its workers are chosen and assigned.
+    pub fn on_wake(&mut self, job: JobId, now_ms: u64, rng: &mut dyn Randomness) -> Vec<Action> {
+        match self.jobs.get_mut(&job) {
+            Some(f) => {
+                f.window.scheduled = false;
+                self.plan(job, now_ms, rng)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Chooses the workers of a job from the bids of its window, cheapest first (price plus the car's
+    /// electricity cost, so cars in off-peak hours and already awake are preferred). An adaptive job is
+    /// planned by reputation: its trusted worker is drawn among the bids within a quarter of the
+    /// cheapest, partners and backups among all bidders.
+    fn plan(&mut self, id: JobId, now_ms: u64, rng: &mut dyn Randomness) -> Vec<Action> {
+        let cfg = self.job_config(1);
+        let Some(f) = self.jobs.get_mut(&id) else {
+            return Vec::new();
+        };
+        if f.window.planned {
+            return Vec::new();
+        }
+        f.window.planned = true;
+        let mut bids = std::mem::take(&mut f.window.bids);
+        let cost = |b: &Bid| b.price.saturating_add(b.energy_cost);
+        bids.sort_by_key(cost);
+        let mut actions = Vec::new();
+        match f.replication {
+            Replication::Fixed => {
+                for b in bids {
+                    actions.extend(f.job.on_bid(b, now_ms).unwrap_or_default());
+                }
+            }
+            Replication::Adaptive => {
+                let reputation = &self.reputation;
+                let all: Vec<NodeId> = bids.iter().map(|b| b.worker).collect();
+                let eligible = |b: &&Bid| reputation.standing(&b.worker, now_ms) != Standing::Probation;
+                let cheapest = bids.iter().find(eligible).map_or(0, cost);
+                let limit = cheapest.saturating_add(cheapest / 4);
+                let cheap: Vec<NodeId> = bids
+                    .iter()
+                    .filter(eligible)
+                    .filter(|b| cost(b) <= limit)
+                    .map(|b| b.worker)
+                    .collect();
+                f.window.none_trusted = !all.iter().any(|c| reputation.is_trusted(c, now_ms));
+                let draws = [rng.unit(), rng.unit(), rng.unit()];
+                let Some(plan) = trust::plan_preferring(&all, reputation, now_ms, draws, &cheap) else {
+                    // Every bidder is on probation: the job waits for other bids (or fails at its deadline).
+                    f.window.bids = bids;
+                    f.window.planned = false;
+                    return Vec::new();
+                };
+                f.job = Job::new(
+                    &f.offer,
+                    JobConfig {
+                        replicas: plan.replicas,
+                        ..cfg
+                    },
+                );
+                for w in plan.workers.iter().chain(&plan.backups) {
+                    if let Some(b) = bids.iter().find(|b| b.worker == *w) {
+                        actions.extend(f.job.on_bid(b.clone(), now_ms).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        self.act(id, now_ms, actions)
+    }
+
+    /// A worker's commit (signature checked by the caller).
+    pub fn on_commit(&mut self, commit: &ResultCommit, now_ms: u64) -> Result<Vec<Action>, SubmitError> {
+        self.drive(commit.job, now_ms, |j| j.on_commit(commit, now_ms))
+    }
+
+    /// A worker's answer to a reveal request: its reveal and its signed claim (signatures checked by the
+    /// caller). The claim must be the worker's, for this job and this submitter, over the revealed output.
+    pub fn on_report(
+        &mut self,
+        reveal: &ResultReveal,
+        claim: Signed<WorkClaim>,
+        now_ms: u64,
+    ) -> Result<Vec<Action>, SubmitError> {
+        let c = &claim.body;
+        if c.job != reveal.job
+            || c.worker != reveal.worker
+            || c.submitter != self.me
+            || c.output_digest != *blake3::hash(&reveal.output).as_bytes()
+        {
+            return Err(SubmitError::ClaimMismatch);
+        }
+        let f = self.jobs.get_mut(&reveal.job).ok_or(SubmitError::UnknownJob)?;
+        if c.model != f.offer.model {
+            return Err(SubmitError::ClaimMismatch);
+        }
+        let previous = f.claims.insert(reveal.worker, claim);
+        let result = self.drive(reveal.job, now_ms, |j| j.on_reveal(reveal, now_ms));
+        if result.is_err()
+            && let Some(f) = self.jobs.get_mut(&reveal.job)
+        {
+            // A refused reveal leaves no claim behind (nor replaces an earlier one).
+            match previous {
+                Some(p) => f.claims.insert(reveal.worker, p),
+                None => f.claims.remove(&reveal.worker),
+            };
+        }
+        result
+    }
+
+    /// A worker hands the job back (signature checked by the caller); it is replaced and earns nothing.
+    pub fn on_withdraw(&mut self, withdraw: &Withdraw, now_ms: u64) -> Result<Vec<Action>, SubmitError> {
+        self.drive(withdraw.job, now_ms, |j| j.on_withdraw(withdraw, now_ms))
+    }
+
+    /// A worker refused its assignment or could not be reached: replaced as if it had withdrawn.
+    pub fn on_assignment_refused(&mut self, job: JobId, worker: NodeId, now_ms: u64) -> Vec<Action> {
+        let w = Withdraw {
+            job,
+            worker,
+            reason: WithdrawReason::Overloaded,
+            at_ms: now_ms,
+        };
+        self.on_withdraw(&w, now_ms).unwrap_or_default()
+    }
+
+    /// Time passes: missed deadlines replace workers; a job's own deadline ends it.
+    pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        ids.sort();
+        let mut actions = Vec::new();
+        for id in ids {
+            actions.extend(
+                self.drive(id, now_ms, |j| Ok(j.on_tick(now_ms)))
+                    .unwrap_or_default(),
+            );
+        }
+        actions
+    }
+
+    /// Whether `worker` still owes a reveal for `job`.
+    pub fn reveal_due(&self, job: &JobId, worker: &NodeId) -> bool {
+        self.jobs.get(job).is_some_and(|f| {
+            f.job
+                .slots()
+                .any(|(w, s)| w == worker && matches!(s, SlotState::RevealDue { .. }))
+        })
+    }
+
+    /// Feeds an input to a job's state machine and turns its actions into ours.
+    fn drive(
+        &mut self,
+        id: JobId,
+        now_ms: u64,
+        input: impl FnOnce(&mut Job) -> Result<Vec<job::Action>, JobError>,
+    ) -> Result<Vec<Action>, SubmitError> {
+        let f = self.jobs.get_mut(&id).ok_or(SubmitError::UnknownJob)?;
+        let actions = input(&mut f.job)?;
+        Ok(self.act(id, now_ms, actions))
+    }
+
+    fn act(&mut self, id: JobId, now_ms: u64, actions: Vec<job::Action>) -> Vec<Action> {
+        let mut out = Vec::with_capacity(actions.len());
+        for action in actions {
+            match action {
+                job::Action::Assign { worker, commit_by_ms } => out.push(Action::Assign {
+                    job: id,
+                    worker,
+                    commit_by_ms,
+                }),
+                job::Action::RequestReveal { worker } => out.push(Action::RequestReveal { job: id, worker }),
+                job::Action::Decide(outcome) => {
+                    if let Some(d) = self.decide(id, outcome, now_ms) {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A job's verdict: reputation updates, the credit rule, the receipt bodies; the job leaves.
+    fn decide(&mut self, id: JobId, outcome: Outcome, now_ms: u64) -> Option<Action> {
+        let f = self.remove(&id)?;
+        let agreeing: &[NodeId] = match &outcome {
+            Outcome::Accepted { agreeing, .. } => agreeing,
+            Outcome::Failed(_) => &[],
+        };
+        // Reputation: agreement with an independent replica validates a result; an out-voted, unopenable
+        // or missing one is invalid.
+        let validated = trust::validated_by(agreeing, &self.reputation, now_ms);
+        let mut invalid = Vec::new();
+        if let Outcome::Accepted { disagreeing, .. } = &outcome {
+            invalid.extend_from_slice(disagreeing);
+        }
+        for (w, slot) in f.job.slots() {
+            if matches!(slot, SlotState::TimedOut | SlotState::Invalid) {
+                invalid.push(*w);
+            }
+        }
+        for w in validated {
+            self.reputation.validated(w);
+        }
+        for w in invalid {
+            self.reputation.invalid(w, now_ms);
+        }
+        let receipts = receipts_for(&f.offer, agreeing, &f.claims, now_ms);
+        let compute_us_max = f
+            .job
+            .slots()
+            .filter_map(|(_, s)| match s {
+                SlotState::Revealed { compute_us, .. } => Some(*compute_us),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let result = JobResult {
+            job: f.original,
+            outcome,
+            workers_assigned: f.job.slots().count(),
+            receipts: receipts.len(),
+            compute_us_max,
+        };
+        Some(Action::Decide {
+            job: id,
+            result,
+            receipts,
+        })
+    }
+}
+
+/// The credit rule (BOINC's): every agreeing worker earns the least credit any of them claimed, never
+/// more than the offer's reward nor its own claim; a worker that revealed and was out-voted gets a
+/// `Rejected` receipt with no credit. One receipt body per claim, in worker order.
+pub fn receipts_for(
+    offer: &JobOffer,
+    agreeing: &[NodeId],
+    claims: &BTreeMap<NodeId, Signed<WorkClaim>>,
+    now_ms: u64,
+) -> Vec<Receipt> {
+    let credit = agreeing
+        .iter()
+        .filter_map(|w| claims.get(w).map(|c| c.body.claimed_credit))
+        .min()
+        .unwrap_or(0)
+        .min(offer.reward);
+    claims
+        .iter()
+        .map(|(worker, claim)| {
+            let accepted = agreeing.contains(worker);
+            Receipt {
+                claim: claim.clone(),
+                verdict: if accepted {
+                    Verdict::Accepted
+                } else {
+                    Verdict::Rejected
+                },
+                credit: if accepted {
+                    credit.min(claim.body.claimed_credit)
+                } else {
+                    0
+                },
+                issued_ms: now_ms,
+            }
+        })
+        .collect()
+}
+
+/// The reputation a submitter's own receipts imply: its verdicts replayed in the order they were reached,
+/// with the live rules. (Workers that timed out leave no receipt, so their penalty does not survive a
+/// restart.) Receipts of other submitters are ignored.
+pub fn rebuild_reputation<'a>(
+    me: &NodeId,
+    cfg: TrustConfig,
+    receipts: impl IntoIterator<Item = &'a Signed<Receipt>>,
+) -> Reputation {
+    type Verdicts = (u64, Vec<NodeId>, Vec<NodeId>);
+    let mut verdicts: BTreeMap<JobId, Verdicts> = BTreeMap::new();
+    for r in receipts {
+        let claim = &r.body.claim.body;
+        if claim.submitter != *me {
+            continue;
+        }
+        let v = verdicts
+            .entry(claim.job)
+            .or_insert((r.body.issued_ms, Vec::new(), Vec::new()));
+        v.0 = v.0.min(r.body.issued_ms);
+        match r.body.verdict {
+            Verdict::Accepted => v.1.push(claim.worker),
+            Verdict::Rejected => v.2.push(claim.worker),
+        }
+    }
+    let mut ordered: Vec<(JobId, Verdicts)> = verdicts.into_iter().collect();
+    ordered.sort_by_key(|(job, v)| (v.0, *job));
+    let mut reputation = Reputation::new(cfg);
+    for (_, (at, agreeing, rejected)) in ordered {
+        for w in trust::validated_by(&agreeing, &reputation, at) {
+            reputation.validated(w);
+        }
+        // Out-voted by an accepted output (a failed job's reveals are not judged).
+        if !agreeing.is_empty() {
+            for w in rejected {
+                reputation.invalid(w, at);
+            }
+        }
+    }
+    reputation
+}

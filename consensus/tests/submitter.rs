@@ -1,0 +1,381 @@
+//! The submitter core driven step by step, as the node drives it: bid windows, the choice of workers,
+//! commit-reveal, the credit rule, replacements, caps, and reputation rebuilt from receipts.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use fleetmesh_consensus::job::Outcome;
+use fleetmesh_consensus::submitter::{
+    Action, JobResult, MAX_BIDS_PER_JOB, Randomness, Replication, SubmitError, Submitter, SubmitterConfig,
+    rebuild_reputation,
+};
+use fleetmesh_consensus::trust::TrustConfig;
+use fleetmesh_protocol::messages::{
+    AgreementRule, Bid, JobInput, JobOffer, NumericClass, Receipt, ResultCommit, ResultReveal, WorkClaim,
+};
+use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
+use proptest::prelude::*;
+
+struct Fixed(f64);
+
+impl Randomness for Fixed {
+    fn unit(&mut self) -> f64 {
+        self.0
+    }
+}
+
+fn key(i: u8) -> NodeKey {
+    NodeKey::from_seed([i; 32])
+}
+
+fn class() -> NumericClass {
+    NumericClass {
+        backend: "test".into(),
+        features: "none".into(),
+        arch: "test".into(),
+    }
+}
+
+const SUBMITTER: u8 = 200;
+
+fn submitter(trust: TrustConfig) -> Submitter {
+    Submitter::new(
+        key(SUBMITTER).node_id(),
+        SubmitterConfig {
+            max_extra: 2,
+            step_timeout_ms: 100,
+            bid_window_ms: 25,
+            trust,
+        },
+    )
+}
+
+fn offer(nonce: u64, replicas: u8, now: u64) -> JobOffer {
+    JobOffer {
+        submitter: key(SUBMITTER).node_id(),
+        nonce,
+        model: ModelId::of(b"model"),
+        input: JobInput::Inline(vec![1, 2, 3]),
+        rule: AgreementRule::Exact,
+        replicas,
+        reward: 1_000,
+        created_ms: now,
+        expires_ms: now + 10_000,
+        deadline_ms: now + 60_000,
+    }
+}
+
+fn bid(job: JobId, worker: u8, cost: u64) -> Bid {
+    Bid {
+        job,
+        worker: key(worker).node_id(),
+        class: class(),
+        price: 1_000,
+        energy_cost: cost,
+        est_ms: 1,
+        expires_ms: u64::MAX,
+    }
+}
+
+/// A worker's honest answer to a reveal request: its reveal and signed claim.
+fn report(job: JobId, worker: u8, output: &[u8], credit: u64) -> (ResultReveal, Signed<WorkClaim>) {
+    let salt = [worker; 32];
+    let reveal = ResultReveal {
+        job,
+        worker: key(worker).node_id(),
+        output: output.to_vec(),
+        salt,
+        compute_us: 10,
+        energy_uwh: 1,
+    };
+    let claim = WorkClaim {
+        job,
+        model: ModelId::of(b"model"),
+        worker: key(worker).node_id(),
+        submitter: key(SUBMITTER).node_id(),
+        output_digest: *blake3::hash(output).as_bytes(),
+        compute_us: 10,
+        energy_uwh: 1,
+        claimed_credit: credit,
+        claimed_ms: 0,
+    };
+    (reveal, Signed::sign(claim, &key(worker)).unwrap())
+}
+
+fn commit(job: JobId, worker: u8, output: &[u8]) -> ResultCommit {
+    let w = key(worker).node_id();
+    ResultCommit {
+        job,
+        worker: w,
+        commitment: ResultCommit::commitment_for(&job, &w, output, &[worker; 32]),
+    }
+}
+
+fn assigned(actions: &[Action]) -> Vec<NodeId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Assign { worker, .. } => Some(*worker),
+            _ => None,
+        })
+        .collect()
+}
+
+fn decided(actions: &[Action]) -> Option<(JobResult, Vec<Receipt>)> {
+    actions.iter().find_map(|a| match a {
+        Action::Decide { result, receipts, .. } => Some((result.clone(), receipts.clone())),
+        _ => None,
+    })
+}
+
+/// Runs one job whose workers answer with `outputs` (worker number -> output; absent: silent) until its
+/// verdict, which every job reaches by its deadline; returns it.
+fn run_job(
+    s: &mut Submitter,
+    nonce: u64,
+    replicas: u8,
+    replication: Replication,
+    bidders: &[u8],
+    outputs: &BTreeMap<u8, Vec<u8>>,
+    now: u64,
+) -> (JobResult, Vec<Receipt>) {
+    let o = offer(nonce, replicas, now);
+    let (id, deadline) = (o.id(), o.deadline_ms);
+    s.offer(id, o, replication);
+    let mut rng = Fixed(0.5);
+    let mut actions = Vec::new();
+    for w in bidders {
+        actions.extend(s.on_bid(bid(id, *w, 0), now, bidders.len(), &mut rng).unwrap());
+    }
+    let by_id: BTreeMap<NodeId, u8> = bidders.iter().map(|w| (key(*w).node_id(), *w)).collect();
+    let mut t = now;
+    while t <= deadline + 1_000 {
+        if let Some(d) = decided(&actions) {
+            assert_eq!(s.in_flight(), 0, "a job other than this one is in flight");
+            return d;
+        }
+        if actions.is_empty() {
+            t += 101;
+            actions = s.on_tick(t);
+            continue;
+        }
+        let mut next = Vec::new();
+        for a in actions.drain(..) {
+            match a {
+                Action::Assign { worker, .. } => {
+                    let w = by_id[&worker];
+                    if let Some(out) = outputs.get(&w) {
+                        next.extend(s.on_commit(&commit(id, w, out), t).unwrap_or_default());
+                    }
+                }
+                Action::RequestReveal { worker, .. } => {
+                    let w = by_id[&worker];
+                    let (reveal, claim) = report(id, w, &outputs[&w], 900 + u64::from(w));
+                    next.extend(s.on_report(&reveal, claim, t).unwrap_or_default());
+                }
+                Action::WakeAt { job, at_ms } => next.extend(s.on_wake(job, at_ms.max(t), &mut rng)),
+                Action::Decide { .. } => unreachable!("handled above"),
+            }
+        }
+        actions = next;
+    }
+    panic!("no verdict by the deadline");
+}
+
+#[test]
+fn a_fixed_job_goes_to_the_cheapest_bids_once_the_window_closes() {
+    let mut s = submitter(TrustConfig::default());
+    let o = offer(1, 2, 0);
+    let id = o.id();
+    s.offer(id, o, Replication::Fixed);
+    let mut rng = Fixed(0.5);
+    // The most expensive bid arrives first; nothing is assigned while the window is open.
+    let first = s.on_bid(bid(id, 1, 500), 0, 3, &mut rng).unwrap();
+    assert_eq!(first, vec![Action::WakeAt { job: id, at_ms: 25 }]);
+    assert!(s.on_bid(bid(id, 2, 10), 1, 3, &mut rng).unwrap().is_empty());
+    assert_eq!(
+        s.on_bid(bid(id, 2, 10), 1, 3, &mut rng),
+        Err(SubmitError::DuplicateBid)
+    );
+    // The third bid closes the window: the two cheapest win, in cost order.
+    let actions = s.on_bid(bid(id, 3, 20), 2, 3, &mut rng).unwrap();
+    assert_eq!(assigned(&actions), vec![key(2).node_id(), key(3).node_id()]);
+    // The scheduled wake-up finds the plan made.
+    assert!(s.on_wake(id, 25, &mut rng).is_empty());
+}
+
+#[test]
+fn a_window_that_does_not_fill_closes_at_its_end() {
+    let mut s = submitter(TrustConfig::default());
+    let o = offer(2, 2, 0);
+    let id = o.id();
+    s.offer(id, o, Replication::Fixed);
+    let mut rng = Fixed(0.5);
+    assert_eq!(s.on_bid(bid(id, 1, 5), 0, 10, &mut rng).unwrap().len(), 1);
+    assert!(s.on_bid(bid(id, 2, 1), 3, 10, &mut rng).unwrap().is_empty());
+    let actions = s.on_wake(id, 25, &mut rng);
+    assert_eq!(assigned(&actions), vec![key(2).node_id(), key(1).node_id()]);
+}
+
+#[test]
+fn agreeing_workers_earn_the_least_claim_and_an_outvoted_one_nothing() {
+    let mut s = submitter(TrustConfig::default());
+    let mut outputs = BTreeMap::new();
+    outputs.insert(1u8, b"right".to_vec());
+    outputs.insert(2u8, b"wrong".to_vec());
+    outputs.insert(3u8, b"right".to_vec());
+    let (result, receipts) = run_job(&mut s, 3, 2, Replication::Fixed, &[1, 2, 3], &outputs, 0);
+    let Outcome::Accepted {
+        output,
+        agreeing,
+        disagreeing,
+    } = &result.outcome
+    else {
+        panic!("{result:?}");
+    };
+    assert_eq!(output, b"right");
+    assert_eq!(agreeing.len(), 2);
+    assert_eq!(disagreeing, &vec![key(2).node_id()]);
+    assert_eq!(result.workers_assigned, 3);
+    assert_eq!(receipts.len(), 3);
+    for r in &receipts {
+        let w = r.claim.body.worker;
+        if w == key(2).node_id() {
+            assert_eq!(r.credit, 0);
+        } else {
+            // Claims were 901 and 903: both earn the least.
+            assert_eq!(r.credit, 901);
+        }
+    }
+    // The job left the machine; late messages find nothing.
+    assert_eq!(s.in_flight(), 0);
+    let id = offer(3, 2, 0).id();
+    assert_eq!(
+        s.on_commit(&commit(id, 1, b"right"), 10),
+        Err(SubmitError::UnknownJob)
+    );
+    // The out-voted worker lost its standing.
+    assert_eq!(s.reputation().record(&key(2).node_id()).invalid, 1);
+}
+
+#[test]
+fn a_silent_worker_is_replaced_before_the_deadline() {
+    let mut s = submitter(TrustConfig::default());
+    let mut outputs = BTreeMap::new();
+    outputs.insert(2u8, b"x".to_vec());
+    outputs.insert(3u8, b"x".to_vec());
+    // Worker 1 bids and never commits.
+    let (result, _) = run_job(&mut s, 4, 2, Replication::Fixed, &[1, 2, 3], &outputs, 0);
+    let Outcome::Accepted { agreeing, .. } = &result.outcome else {
+        panic!("{result:?}");
+    };
+    assert!(!agreeing.contains(&key(1).node_id()));
+    assert_eq!(result.workers_assigned, 3);
+    assert_eq!(s.reputation().record(&key(1).node_id()).invalid, 1);
+}
+
+#[test]
+fn a_claim_that_does_not_match_its_reveal_is_refused() {
+    let mut s = submitter(TrustConfig::default());
+    let o = offer(5, 1, 0);
+    let id = o.id();
+    s.offer(id, o, Replication::Fixed);
+    let mut rng = Fixed(0.5);
+    s.on_bid(bid(id, 1, 0), 0, 1, &mut rng).unwrap();
+    let reveal_actions = s.on_commit(&commit(id, 1, b"out"), 1).unwrap();
+    assert!(matches!(reveal_actions[..], [Action::RequestReveal { .. }]));
+    let (reveal, _) = report(id, 1, b"out", 1_000);
+    let (_, other_claim) = report(id, 1, b"another output", 1_000);
+    assert_eq!(
+        s.on_report(&reveal, other_claim, 2),
+        Err(SubmitError::ClaimMismatch)
+    );
+    assert!(s.reveal_due(&id, &key(1).node_id()));
+    let (reveal, claim) = report(id, 1, b"out", 1_000);
+    let (result, receipts) = decided(&s.on_report(&reveal, claim, 3).unwrap()).expect("decided");
+    assert!(matches!(result.outcome, Outcome::Accepted { .. }));
+    assert_eq!(receipts.len(), 1);
+}
+
+#[test]
+fn a_job_takes_a_bounded_number_of_bids() {
+    let mut s = submitter(TrustConfig::default());
+    let o = offer(6, 2, 0);
+    let id = o.id();
+    s.offer(id, o, Replication::Fixed);
+    let mut rng = Fixed(0.5);
+    for i in 0..MAX_BIDS_PER_JOB {
+        let mut b = bid(id, 0, 0);
+        b.worker = NodeKey::from_seed(blake3::hash(&i.to_le_bytes()).into()).node_id();
+        s.on_bid(b, 0, usize::MAX, &mut rng).unwrap();
+    }
+    assert_eq!(
+        s.on_bid(bid(id, 1, 0), 0, usize::MAX, &mut rng),
+        Err(SubmitError::Busy)
+    );
+}
+
+#[test]
+fn an_offer_made_again_replaces_the_one_in_force() {
+    let mut s = submitter(TrustConfig::default());
+    let first = offer(7, 2, 0);
+    let original = first.id();
+    s.offer(original, first, Replication::Fixed);
+    let again = offer(8, 2, 1_000);
+    s.offer(original, again.clone(), Replication::Fixed);
+    assert_eq!(s.in_flight(), 1);
+    assert!(!s.contains(&original));
+    assert!(s.contains(&again.id()));
+}
+
+fn small_trust() -> TrustConfig {
+    TrustConfig {
+        trust_after: 2,
+        probation_ms: 1_000_000,
+        spot_check: 0.1,
+        explore: 0.3,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The reputation a node rebuilds from its own receipts after a restart equals the one it held, when
+    /// no worker timed out (timeouts leave no receipt), and every verdict names a quorum of distinct
+    /// workers with one output.
+    #[test]
+    fn reputation_rebuilt_from_receipts_equals_the_live_one(
+        jobs in proptest::collection::vec((proptest::collection::btree_set(1u8..9, 3..6), any::<u8>()), 1..30),
+        liars in proptest::collection::btree_set(1u8..9, 0..3),
+    ) {
+        let mut s = submitter(small_trust());
+        let key_s = key(SUBMITTER);
+        let mut signed: Vec<Signed<Receipt>> = Vec::new();
+        for (n, (bidders, salt)) in jobs.iter().enumerate() {
+            let bidders: Vec<u8> = bidders.iter().copied().collect();
+            let outputs: BTreeMap<u8, Vec<u8>> = bidders
+                .iter()
+                .map(|w| (*w, if liars.contains(w) { vec![*w, *salt] } else { vec![0, *salt] }))
+                .collect();
+            let now = n as u64 * 100_000;
+            let (result, receipts) =
+                run_job(&mut s, n as u64, 1, Replication::Adaptive, &bidders, &outputs, now);
+            if let Outcome::Accepted { output, agreeing, .. } = &result.outcome {
+                let distinct: std::collections::BTreeSet<_> = agreeing.iter().collect();
+                prop_assert_eq!(distinct.len(), agreeing.len());
+                for w in agreeing {
+                    let r = receipts.iter().find(|r| r.claim.body.worker == *w).unwrap();
+                    prop_assert_eq!(r.claim.body.output_digest, *blake3::hash(output).as_bytes());
+                }
+            }
+            signed.extend(receipts.into_iter().map(|r| Signed::sign(r, &key_s).unwrap()));
+        }
+        let rebuilt = rebuild_reputation(&key_s.node_id(), small_trust(), &signed);
+        for w in 1u8..9 {
+            let id = key(w).node_id();
+            let live = s.reputation().record(&id);
+            let again = rebuilt.record(&id);
+            prop_assert_eq!((live.streak, live.valid, live.invalid), (again.streak, again.valid, again.invalid));
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Adversarial worker behaviours, in one named place: they exist to test the fleet's defences (the demo's
+//! `--malicious`, the node tests). `fleetmesh run` cannot select any of them; the worker role asks this
+//! module, at three points, what a misbehaving worker would do instead of the honest thing.
+
+use fleetmesh_protocol::messages::{Receipt, Verdict, WorkClaim};
+use fleetmesh_protocol::{JobId, NodeKey, Signed};
+
+/// How a worker behaves. Every adversarial behaviour also bids an electricity cost of 0, the cheapest
+/// possible, to be chosen as often as it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerBehaviour {
+    /// Runs the model and reports the true output.
+    #[default]
+    Honest,
+    /// Reports a wrong output for every job (flips the bits of the first byte; every such worker
+    /// reports the same wrong output, like a colluding group).
+    AlwaysWrong,
+    /// Reports a wrong output for this percentage of jobs.
+    WrongPercent(u8),
+    /// Does not run the model: commits to and reveals an output of zeros.
+    Lazy,
+    /// Accepts assignments and never answers.
+    Silent,
+    /// Runs jobs honestly and also gossips a receipt for each, with a forged countersignature, claiming a
+    /// second job that never happened.
+    ReceiptForger,
+}
+
+impl WorkerBehaviour {
+    /// The electricity cost this worker puts in its bid: the honest one, or 0 to underbid.
+    pub fn bid_energy_cost(self, honest: u64) -> u64 {
+        match self {
+            WorkerBehaviour::Honest => honest,
+            _ => 0,
+        }
+    }
+
+    /// Whether the worker skips the model and makes up an output.
+    pub fn skips_work(self) -> bool {
+        self == WorkerBehaviour::Lazy
+    }
+
+    /// Whether the worker accepts assignments and then never answers.
+    pub fn is_silent(self) -> bool {
+        self == WorkerBehaviour::Silent
+    }
+
+    /// The made-up output of a worker that skips the work.
+    pub fn made_up_output() -> Vec<u8> {
+        vec![0u8; 40]
+    }
+
+    /// Corrupts a computed `output` the way this worker lies (`unit` is a uniform draw in `[0, 1)`).
+    pub fn corrupt(self, output: &mut [u8], unit: f64) {
+        let lie = match self {
+            WorkerBehaviour::AlwaysWrong => true,
+            WorkerBehaviour::WrongPercent(p) => unit * 100.0 < f64::from(p),
+            _ => false,
+        };
+        if lie && let Some(first) = output.first_mut() {
+            *first ^= 0xff;
+        }
+    }
+
+    /// A receipt this worker forges next to a real `claim`, if it is a forger: a job that never happened,
+    /// with the real submitter's countersignature faked (signed with the worker's own key). Every peer's
+    /// receipt check refuses it.
+    pub fn forged_receipt(self, mut claim: WorkClaim, key: &NodeKey) -> Option<Signed<Receipt>> {
+        if self != WorkerBehaviour::ReceiptForger {
+            return None;
+        }
+        claim.job = JobId::of(&[claim.job.as_bytes().as_slice(), b"forged"].concat());
+        let claim = Signed::sign(claim, key).ok()?;
+        let body = Receipt {
+            credit: claim.body.claimed_credit,
+            claim,
+            verdict: Verdict::Accepted,
+            issued_ms: crate::clock::now_ms(),
+        };
+        let signature = key.sign_digest(&fleetmesh_protocol::signing::signing_digest(&body));
+        Some(Signed { body, signature })
+    }
+}

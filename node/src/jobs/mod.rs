@@ -1,0 +1,351 @@
+//! Verified jobs over the mesh, the node's side of them: the submitter role carries out what the sans-IO
+//! [`fleetmesh_consensus::submitter::Submitter`] decides (it signs, stores, sends and wakes waiters; it
+//! plans no workers, holds no bid window and computes no credit itself), and the worker role bids, runs,
+//! commits and reveals.
+//!
+//! Offers and receipts travel by gossip; bids, assignments, commits, reveal requests and withdrawals by
+//! request-response. Every request must come from the peer whose key signed it.
+//!
+//! - [`submitter`](self::submitter): offering jobs and carrying out the submitter core's actions.
+//! - [`worker`](self::worker): bidding, computing, committing, revealing, handing work back.
+//! - [`requests`](self::requests): gossip and request dispatch.
+//! - [`recovery`](self::recovery): what the store holds, picked up after a restart.
+//! - [`views`](self::views): what the local API shows (jobs, receipts, earnings).
+
+mod recovery;
+mod requests;
+mod submitter;
+mod views;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fleetmesh_consensus::submitter::{Randomness, Submitter, SubmitterConfig};
+use fleetmesh_consensus::trust::TrustConfig;
+use fleetmesh_protocol::codec;
+use fleetmesh_protocol::messages::{JobOffer, Receipt, Reply};
+use fleetmesh_protocol::signing::Signable;
+use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
+use libp2p::PeerId;
+use tokio::sync::oneshot;
+
+pub use crate::adversary::WorkerBehaviour;
+pub use crate::clock::now_ms;
+pub use fleetmesh_consensus::submitter::JobResult;
+pub use views::{Earnings, JobView, SubmittedCounts, WorkerView, receipt_id};
+
+use crate::car::Car;
+use crate::inference::executor::{CancelFlag, Executor};
+use crate::metrics::Metrics;
+use crate::net::{self, NetClient};
+use crate::share::Share;
+use crate::store::{DoneRecord, Store, WorkRecord};
+
+/// Settings of the job roles.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Credit this worker claims per job (and a submitter offers), in micro-credits.
+    pub price: u64,
+    /// Price per model name, overriding `price`.
+    pub model_prices: BTreeMap<String, u64>,
+    /// Extra workers a submitted job may draw on disagreement or dropouts.
+    pub max_extra: usize,
+    /// How long an offer takes bids.
+    pub offer_ttl_ms: u64,
+    /// How long a job may take from offer to verdict.
+    pub deadline_ms: u64,
+    /// Jobs this worker runs at once; it does not bid beyond.
+    pub max_active_work: usize,
+    /// Time an assigned worker has to commit, and later to reveal.
+    pub step_timeout_ms: u64,
+    /// How this node behaves as a worker. Only tests and `fleetmesh demo` set anything but
+    /// [`WorkerBehaviour::Honest`]; `fleetmesh run` cannot.
+    pub behaviour: WorkerBehaviour,
+    /// Adaptive replication of jobs submitted without a replica count ([`Jobs::submit_auto`]): trusted
+    /// workers run alone except for spot checks. `None`: such jobs get two replicas.
+    pub adaptive: Option<TrustConfig>,
+    /// How long a job collects bids before its workers are chosen.
+    pub bid_window_ms: u64,
+}
+
+impl JobsConfig {
+    /// The price of a job for `model` (its name's entry in `model_prices`, else `price`).
+    pub fn price_of(&self, model: Option<&str>) -> u64 {
+        model
+            .and_then(|m| self.model_prices.get(m))
+            .copied()
+            .unwrap_or(self.price)
+    }
+
+    /// The settings of the submitter core.
+    pub fn submitter_config(&self) -> SubmitterConfig {
+        SubmitterConfig {
+            max_extra: self.max_extra,
+            step_timeout_ms: self.step_timeout_ms,
+            bid_window_ms: self.bid_window_ms,
+            trust: self.adaptive.unwrap_or_default(),
+        }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            price: 1_000,
+            model_prices: BTreeMap::new(),
+            max_extra: 2,
+            offer_ttl_ms: 10_000,
+            deadline_ms: 60_000,
+            max_active_work: 64,
+            step_timeout_ms: 10_000,
+            behaviour: WorkerBehaviour::Honest,
+            adaptive: Some(TrustConfig::default()),
+            bid_window_ms: 25,
+        }
+    }
+}
+
+/// A job this node submitted, as its user knows it (by the id of its first offer).
+struct Submitted {
+    /// The offer in force.
+    offer: JobOffer,
+    /// Replicated by reputation (kept across a restart).
+    adaptive: bool,
+    /// Ids of the receipts issued for it.
+    receipt_ids: Vec<String>,
+    waiters: Vec<oneshot::Sender<JobResult>>,
+    result: Option<JobResult>,
+}
+
+/// The submitter role's state: the sans-IO core and, beside it, what users and the API follow.
+struct SubmitterSide {
+    core: Submitter,
+    /// Submitted jobs by the id their user knows.
+    jobs: HashMap<JobId, Submitted>,
+    /// The id of the offer in force -> the id the user knows.
+    by_offer: HashMap<JobId, JobId>,
+    /// Unfinished jobs found at start, to offer again once the mesh takes offers.
+    to_reoffer: Vec<JobId>,
+    reoffering: bool,
+}
+
+/// One job assigned to this node as a worker.
+struct Work {
+    offer: JobOffer,
+    done: Option<DoneRecord>,
+    cancel: CancelFlag,
+    /// The output was revealed: the job no longer takes this worker's capacity.
+    revealed: bool,
+}
+
+impl Work {
+    fn record(&self) -> WorkRecord {
+        WorkRecord {
+            offer: self.offer.clone(),
+            done: self.done.clone(),
+            revealed: self.revealed,
+        }
+    }
+}
+
+/// The worker role's state.
+#[derive(Default)]
+struct WorkerSide {
+    /// Offers this worker bid on, by job.
+    offers: HashMap<JobId, JobOffer>,
+    work: HashMap<JobId, Work>,
+    /// Mean compute time of one job per model (ms), for the estimates in bids.
+    compute_ms: HashMap<ModelId, f64>,
+}
+
+/// Receipts this node has seen, and the ledger last computed from them.
+#[derive(Default)]
+struct ReceiptBook {
+    receipts: BTreeMap<(JobId, NodeId), Signed<Receipt>>,
+    /// Bumped whenever `receipts` changes.
+    generation: u64,
+    /// The last ledger computed, and the generation it was computed from.
+    ledger: Option<(u64, BTreeMap<NodeId, Earnings>)>,
+}
+
+impl ReceiptBook {
+    /// Keeps `r` unless a receipt for the same (job, worker) with a smaller canonical encoding is already
+    /// there: the ledger's rule, so that every node holds the same receipts whatever the arrival order.
+    fn keep(&mut self, r: Signed<Receipt>) {
+        let key = (r.body.claim.body.job, r.body.claim.body.worker);
+        match self.receipts.get(&key) {
+            Some(old) if codec::encode(old) <= codec::encode(&r) => {}
+            _ => {
+                self.receipts.insert(key, r);
+                self.generation += 1;
+            }
+        }
+    }
+}
+
+struct Inner {
+    key: NodeKey,
+    me: NodeId,
+    net: NetClient,
+    executor: Executor,
+    cfg: JobsConfig,
+    store: Store,
+    share: Share,
+    car: Car,
+    metrics: Metrics,
+    /// Locks are never nested: each is taken, used and released on its own.
+    submitter: Mutex<SubmitterSide>,
+    worker: Mutex<WorkerSide>,
+    book: Mutex<ReceiptBook>,
+}
+
+/// The job roles of one node (cheap to clone).
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<Inner>,
+}
+
+/// Locks a mutex; a panic while holding it leaves plain data behind, so keep serving.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn reply(r: Reply) -> Vec<u8> {
+    codec::encode(&r)
+}
+
+fn refuse(why: &str) -> Vec<u8> {
+    reply(Reply::refused(why))
+}
+
+/// The system's randomness as the submitter core's [`Randomness`]: 0 if there is none, which makes every
+/// adaptive job replicated (safe, if slower).
+struct OsRandom;
+
+impl Randomness for OsRandom {
+    fn unit(&mut self) -> f64 {
+        let mut b = [0u8; 8];
+        match getrandom::fill(&mut b) {
+            Ok(()) => (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64,
+            Err(_) => 0.0,
+        }
+    }
+}
+
+/// The tracing span of one job's work at this node: job id, this node's role, the peer on the other side
+/// and, where known, the model.
+fn job_span(job: JobId, role: &'static str, peer: NodeId, model: Option<String>) -> tracing::Span {
+    tracing::info_span!("job", job = %job.short(), role, peer = %peer.short(), model = model.as_deref().unwrap_or("?"))
+}
+
+/// Decodes a signed request and checks that its author is the peer that sent it.
+fn authored<T: Signable>(peer: &PeerId, data: &[u8]) -> Result<Signed<T>, &'static str> {
+    let msg: Signed<T> = codec::decode(data).map_err(|_| "malformed message")?;
+    if net::peer_id_of(&msg.signer()) != *peer {
+        return Err("message not signed by the sending peer");
+    }
+    msg.verify().map_err(|_| "bad signature")?;
+    Ok(msg)
+}
+
+impl Jobs {
+    /// The job roles of the node with `key`, using `net`, running inference on `executor` and keeping
+    /// its state in `store`. Call [`Jobs::resume`] once to pick up what the store holds.
+    /// Models it lacks are fetched from peers through `share`; what it does is counted in `metrics`. It bids
+    /// only while `car` admits work, meters energy with the car's power model, and puts the car's
+    /// electricity cost in its bids.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key: NodeKey,
+        net: NetClient,
+        executor: Executor,
+        cfg: JobsConfig,
+        store: Store,
+        share: Share,
+        car: Car,
+        metrics: Metrics,
+    ) -> Self {
+        let me = key.node_id();
+        let submitter = SubmitterSide {
+            core: Submitter::new(me, cfg.submitter_config()),
+            jobs: HashMap::new(),
+            by_offer: HashMap::new(),
+            to_reoffer: Vec::new(),
+            reoffering: false,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                key,
+                me,
+                net,
+                executor,
+                cfg,
+                store,
+                share,
+                car,
+                metrics,
+                submitter: Mutex::new(submitter),
+                worker: Mutex::new(WorkerSide::default()),
+                book: Mutex::new(ReceiptBook::default()),
+            }),
+        }
+    }
+
+    fn submitter(&self) -> MutexGuard<'_, SubmitterSide> {
+        lock(&self.inner.submitter)
+    }
+
+    fn worker(&self) -> MutexGuard<'_, WorkerSide> {
+        lock(&self.inner.worker)
+    }
+
+    fn book(&self) -> MutexGuard<'_, ReceiptBook> {
+        lock(&self.inner.book)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.me
+    }
+
+    /// The models this node runs (and can submit jobs for).
+    pub fn registry(&self) -> &crate::inference::Registry {
+        self.inner.executor.registry()
+    }
+
+    fn model_name(&self, model: &ModelId) -> Option<String> {
+        self.registry().get(model).map(|m| m.manifest().name.clone())
+    }
+
+    /// Time passes: deadlines of submitted jobs; forgets stale offers and finished work.
+    pub fn tick(&self) {
+        let now = now_ms();
+        self.forget_old_work(now);
+        self.reoffer();
+        let actions = self.submitter().core.on_tick(now);
+        self.act_all(actions);
+        let counts = self.submitted_counts();
+        let m = &self.inner.metrics;
+        for (name, n) in [
+            ("pending", counts.pending),
+            ("decided", counts.accepted + counts.failed),
+        ] {
+            m.jobs
+                .get_or_create(&crate::metrics::StateLabels { state: name.into() })
+                .set(n as i64);
+        }
+        m.executor_queue_depth
+            .set(self.inner.executor.queue_depth() as i64);
+        m.receipts.set(self.book().receipts.len() as i64);
+    }
+}
+
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Jobs({})", self.inner.me.short())
+    }
+}

@@ -1,0 +1,87 @@
+//! What arrives from peers, dispatched by kind: offers and receipts from gossip (already validated by the
+//! network task), and bids, commits, withdrawals, assignments and reveal requests over request-response,
+//! each checked to be signed by the peer that sent it.
+
+use fleetmesh_protocol::Signed;
+use fleetmesh_protocol::codec::{self, Kind};
+use fleetmesh_protocol::messages::{
+    Assignment, Bid, JobOffer, Receipt, Reply, ResultCommit, RevealRequest, Withdraw,
+};
+use libp2p::PeerId;
+use tracing::{debug, warn};
+
+use super::{Jobs, authored, now_ms, refuse, reply};
+use crate::net::Topic;
+
+impl Jobs {
+    /// Handles a validated gossip message.
+    pub fn on_gossip(&self, topic: Topic, data: &[u8]) {
+        match topic {
+            Topic::Offers => {
+                if let Ok(offer) = codec::decode::<Signed<JobOffer>>(data) {
+                    self.on_offer(offer.body);
+                }
+            }
+            Topic::Receipts => {
+                if let Ok(receipt) = codec::decode::<Signed<Receipt>>(data) {
+                    if let Err(e) = self.inner.store.put_receipt(&receipt) {
+                        warn!(error = %e, "cannot store a receipt");
+                    }
+                    self.book().keep(receipt);
+                }
+            }
+        }
+    }
+
+    /// Answers a request from `peer`: a bid, assignment, commit, reveal request or withdrawal.
+    pub async fn on_request(&self, peer: PeerId, data: &[u8]) -> Vec<u8> {
+        let kind = match codec::peek_kind(data) {
+            Ok((kind, true)) => kind,
+            _ => return refuse("expected a signed fleetmesh message"),
+        };
+        let now = now_ms();
+        match kind {
+            Kind::Bid => match authored::<Bid>(&peer, data) {
+                Ok(bid) => match self.on_bid(bid.body, now) {
+                    Ok(()) => reply(Reply::accepted()),
+                    Err(why) => refuse(&why),
+                },
+                Err(why) => refuse(why),
+            },
+            Kind::ResultCommit => match authored::<ResultCommit>(&peer, data) {
+                Ok(c) => {
+                    let result = self.submitter().core.on_commit(&c.body, now);
+                    match result {
+                        Ok(actions) => {
+                            self.act_all(actions);
+                            reply(Reply::accepted())
+                        }
+                        Err(_) => refuse("commit not expected"),
+                    }
+                }
+                Err(why) => refuse(why),
+            },
+            Kind::Withdraw => match authored::<Withdraw>(&peer, data) {
+                Ok(w) => {
+                    let result = self.submitter().core.on_withdraw(&w.body, now);
+                    if let Ok(actions) = result {
+                        self.inner.metrics.withdrawals.inc();
+                        debug!(job = %w.body.job.short(), worker = %w.body.worker.short(), reason = ?w.body.reason, "work handed back");
+                        self.act_all(actions);
+                    }
+                    reply(Reply::accepted())
+                }
+                Err(why) => refuse(why),
+            },
+            Kind::Assignment => match authored::<Assignment>(&peer, data) {
+                Ok(a) => self.on_assignment(a.body),
+                Err(why) => refuse(why),
+            },
+            Kind::RevealRequest => match authored::<RevealRequest>(&peer, data) {
+                Ok(r) => self.on_reveal_request(r.body),
+                Err(why) => refuse(why),
+            },
+            _ => refuse("unexpected message kind"),
+        }
+    }
+}

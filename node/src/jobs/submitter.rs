@@ -1,0 +1,428 @@
+//! The submitter role, the node's half: offers jobs (signed, durable, gossiped), feeds what arrives to the
+//! sans-IO [`Submitter`](fleetmesh_consensus::submitter::Submitter) core and carries out its actions:
+//! assignments and reveal requests over request-response, wake-ups at the end of bid windows, and for a
+//! decided job the countersigned receipts, stored before the job's waiters hear of it and then gossiped.
+
+use fleetmesh_consensus::job::Outcome;
+use fleetmesh_consensus::submitter::{Action, JobResult, Replication};
+use fleetmesh_protocol::codec;
+use fleetmesh_protocol::messages::{
+    AgreementRule, Assignment, Bid, JobInput, JobOffer, Receipt, Reply, ReplyCode, RevealRequest, WorkReport,
+};
+use fleetmesh_protocol::{JobId, ModelId, NodeId, Signed};
+use tokio::sync::oneshot;
+use tracing::{Instrument, debug, warn};
+
+use super::views::receipt_id;
+use super::{Jobs, OsRandom, Submitted, job_span, now_ms};
+use crate::metrics::OutcomeLabels;
+use crate::net::{self, Topic};
+use crate::store::SubmittedRecord;
+
+impl Jobs {
+    /// Offers a job to the fleet: signs and gossips the offer. Returns its id; see [`Jobs::wait`].
+    ///
+    /// The job is on disk before this returns: a restart after `kill -9` offers it again.
+    pub async fn submit(&self, model: ModelId, input: Vec<u8>, replicas: u8) -> anyhow::Result<JobId> {
+        self.submit_with(model, input, replicas.max(1), false).await
+    }
+
+    /// Offers a job whose replication this node chooses: adaptive (see
+    /// [`JobsConfig::adaptive`](super::JobsConfig::adaptive)) if enabled, two replicas otherwise.
+    pub async fn submit_auto(&self, model: ModelId, input: Vec<u8>) -> anyhow::Result<JobId> {
+        match self.inner.cfg.adaptive {
+            // The offer asks for one replica: workers cannot tell a job that runs alone from a checked one.
+            Some(_) => self.submit_with(model, input, 1, true).await,
+            None => self.submit(model, input, 2).await,
+        }
+    }
+
+    async fn submit_with(
+        &self,
+        model: ModelId,
+        input: Vec<u8>,
+        replicas: u8,
+        adaptive: bool,
+    ) -> anyhow::Result<JobId> {
+        let rule = self
+            .registry()
+            .get(&model)
+            .map_or(AgreementRule::Exact, |m| m.manifest().rule);
+        let offer = self.new_offer(model, JobInput::Inline(input), rule, replicas)?;
+        let id = offer.id();
+        if let Err(e) = self.offer(id, offer, adaptive).await {
+            self.forget(id);
+            return Err(e);
+        }
+        self.inner.metrics.jobs_submitted.inc();
+        Ok(id)
+    }
+
+    /// A fresh offer (new nonce and times) signed by this node.
+    pub(super) fn new_offer(
+        &self,
+        model: ModelId,
+        input: JobInput,
+        rule: AgreementRule,
+        replicas: u8,
+    ) -> anyhow::Result<JobOffer> {
+        let now = now_ms();
+        let cfg = &self.inner.cfg;
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce)?;
+        let offer = JobOffer {
+            submitter: self.inner.me,
+            nonce: u64::from_le_bytes(nonce),
+            model,
+            input,
+            rule,
+            replicas,
+            reward: cfg.price_of(self.model_name(&model).as_deref()),
+            created_ms: now,
+            expires_ms: now + cfg.offer_ttl_ms,
+            deadline_ms: now + cfg.deadline_ms,
+        };
+        codec::encode_checked(&offer)?;
+        Ok(offer)
+    }
+
+    /// Records `offer` as the one in force for the job its user knows as `original`, makes that durable,
+    /// then gossips it.
+    pub(super) async fn offer(&self, original: JobId, offer: JobOffer, adaptive: bool) -> anyhow::Result<()> {
+        let id = offer.id();
+        let signed = Signed::sign(offer.clone(), &self.inner.key)?;
+        let record = SubmittedRecord {
+            offer: offer.clone(),
+            adaptive,
+            result: None,
+        };
+        self.inner.store.put_submitted(&original, &record)?;
+        {
+            let mut side = self.submitter();
+            let replication = if adaptive && self.inner.cfg.adaptive.is_some() {
+                Replication::Adaptive
+            } else {
+                Replication::Fixed
+            };
+            side.core.offer(original, offer.clone(), replication);
+            let waiters = match side.jobs.remove(&original) {
+                Some(old) => {
+                    side.by_offer.remove(&old.offer.id());
+                    old.waiters
+                }
+                None => Vec::new(),
+            };
+            side.by_offer.insert(id, original);
+            side.jobs.insert(
+                original,
+                Submitted {
+                    offer,
+                    adaptive,
+                    receipt_ids: Vec::new(),
+                    waiters,
+                    result: None,
+                },
+            );
+        }
+        self.inner.store.flush().await?;
+        self.inner
+            .net
+            .publish(Topic::Offers, codec::encode(&signed))
+            .await?;
+        Ok(())
+    }
+
+    /// Drops a job whose offer could not be published.
+    fn forget(&self, original: JobId) {
+        {
+            let mut side = self.submitter();
+            if let Some(sub) = side.jobs.remove(&original) {
+                let id = sub.offer.id();
+                side.by_offer.remove(&id);
+                side.core.forget(&id);
+            }
+        }
+        let _ = self.inner.store.remove_submitted(&original);
+    }
+
+    /// Offers the unfinished jobs found at start again, once the mesh has peers to take them.
+    pub(super) fn reoffer(&self) {
+        let todo: Vec<(JobId, JobOffer, bool)> = {
+            let mut side = self.submitter();
+            if side.to_reoffer.is_empty() || side.reoffering {
+                return;
+            }
+            side.reoffering = true;
+            let ids = std::mem::take(&mut side.to_reoffer);
+            ids.into_iter()
+                .filter_map(|id| side.jobs.get(&id).map(|s| (id, s.offer.clone(), s.adaptive)))
+                .collect()
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut left = Vec::new();
+            let mut done = 0usize;
+            for (original, old, adaptive) in todo {
+                let offered = match this.new_offer(old.model, old.input.clone(), old.rule, old.replicas) {
+                    Ok(fresh) => this.offer(original, fresh, adaptive).await,
+                    Err(e) => Err(e),
+                };
+                match offered {
+                    Ok(()) => done += 1,
+                    Err(e) => {
+                        debug!(job = %original.short(), error = %e, "cannot offer the job again yet");
+                        left.push(original);
+                    }
+                }
+            }
+            if done > 0 {
+                tracing::info!(jobs = done, "unfinished jobs offered again");
+            }
+            let mut side = this.submitter();
+            side.to_reoffer.extend(left);
+            side.reoffering = false;
+        });
+    }
+
+    /// Waits for the verdict of a job this node submitted (by the id its user knows, or its current offer's).
+    pub async fn wait(&self, job: JobId) -> anyhow::Result<JobResult> {
+        let rx = {
+            let mut side = self.submitter();
+            let original = side.by_offer.get(&job).copied().unwrap_or(job);
+            let sub = side
+                .jobs
+                .get_mut(&original)
+                .ok_or_else(|| anyhow::anyhow!("unknown job {job}"))?;
+            if let Some(result) = &sub.result {
+                return Ok(result.clone());
+            }
+            let (tx, rx) = oneshot::channel();
+            sub.waiters.push(tx);
+            rx
+        };
+        Ok(rx.await?)
+    }
+
+    /// A bid for a job this node submitted, handed to the core with the number of connected peers as the
+    /// count of bids that closes its window early.
+    pub(super) fn on_bid(&self, bid: Bid, now: u64) -> Result<(), String> {
+        let enough = self.inner.net.connected_peers().max(1);
+        let actions = self
+            .submitter()
+            .core
+            .on_bid(bid, now, enough, &mut OsRandom)
+            .map_err(|e| e.to_string())?;
+        self.act_all(actions);
+        Ok(())
+    }
+
+    /// Carries out the core's actions.
+    pub(super) fn act_all(&self, actions: Vec<Action>) {
+        for action in actions {
+            self.act(action);
+        }
+    }
+
+    fn act(&self, action: Action) {
+        match action {
+            Action::Assign {
+                job,
+                worker,
+                commit_by_ms,
+            } => self.assign(job, worker, commit_by_ms),
+            Action::RequestReveal { job, worker } => self.request_reveal(job, worker),
+            Action::WakeAt { job, at_ms } => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let wait = at_ms.saturating_sub(now_ms());
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                    let actions = this.submitter().core.on_wake(job, now_ms(), &mut OsRandom);
+                    this.act_all(actions);
+                });
+            }
+            Action::Decide {
+                job,
+                result,
+                receipts,
+            } => self.finish(job, result, receipts),
+        }
+    }
+
+    fn assign(&self, job: JobId, worker: NodeId, commit_by_ms: u64) {
+        let assignment = Assignment {
+            job,
+            submitter: self.inner.me,
+            worker,
+            commit_by_ms,
+        };
+        let Ok(signed) = Signed::sign(assignment, &self.inner.key) else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                let answer = this
+                    .inner
+                    .net
+                    .request(net::peer_id_of(&worker), codec::encode(&signed))
+                    .await;
+                let accepted = matches!(
+                    answer.as_deref().map(codec::decode::<Reply>),
+                    Ok(Ok(Reply {
+                        code: ReplyCode::Accepted,
+                        ..
+                    }))
+                );
+                if !accepted {
+                    debug!("assignment not taken; replacing the worker");
+                    let actions = this.submitter().core.on_assignment_refused(job, worker, now_ms());
+                    this.act_all(actions);
+                }
+            }
+            .instrument(job_span(job, "submitter", worker, None)),
+        );
+    }
+
+    fn request_reveal(&self, job: JobId, worker: NodeId) {
+        let request = RevealRequest {
+            job,
+            submitter: self.inner.me,
+            worker,
+        };
+        let Ok(signed) = Signed::sign(request, &self.inner.key) else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                // Asked again (until the reveal deadline ends the slot) if the worker cannot be reached or
+                // has no result at hand: a worker restarting after a crash reveals from its store.
+                while this.submitter().core.reveal_due(&job, &worker) {
+                    match this
+                        .inner
+                        .net
+                        .request(net::peer_id_of(&worker), codec::encode(&signed))
+                        .await
+                    {
+                        Ok(bytes) if codec::decode::<WorkReport>(&bytes).is_ok() => {
+                            this.on_work_report(job, worker, &bytes);
+                            return;
+                        }
+                        Ok(_) => debug!("worker could not reveal yet"),
+                        Err(e) => debug!(error = %e, "reveal request failed"),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+            .instrument(job_span(job, "submitter", worker, None)),
+        );
+    }
+
+    fn on_work_report(&self, job: JobId, worker: NodeId, bytes: &[u8]) {
+        let report = match codec::decode::<WorkReport>(bytes) {
+            Ok(r) if r.reveal.body.job == job && r.reveal.body.worker == worker => r,
+            _ => {
+                warn!(job = %job.short(), worker = %worker.short(), "invalid work report");
+                return;
+            }
+        };
+        if report.reveal.verify().is_err() || report.claim.verify().is_err() {
+            warn!(job = %job.short(), worker = %worker.short(), "work report with a bad signature");
+            return;
+        }
+        let result = self
+            .submitter()
+            .core
+            .on_report(&report.reveal.body, report.claim, now_ms());
+        match result {
+            Ok(actions) => self.act_all(actions),
+            Err(e) => warn!(job = %job.short(), worker = %worker.short(), error = %e, "work report refused"),
+        }
+    }
+
+    /// A decided job: countersigns its receipts and stores them with the verdict off the async threads,
+    /// flushes, then wakes the waiters and gossips the receipts.
+    fn finish(&self, job: JobId, result: JobResult, bodies: Vec<Receipt>) {
+        let outcome = match &result.outcome {
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::Failed(_) => "failed",
+        };
+        tracing::info!(
+            job = %result.job.short(),
+            outcome,
+            reason = ?match &result.outcome { Outcome::Failed(r) => Some(*r), _ => None },
+            workers = result.workers_assigned,
+            receipts = result.receipts,
+            "verdict"
+        );
+        self.inner
+            .metrics
+            .verdicts
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let original = result.job;
+            let record = {
+                let side = this.submitter();
+                side.jobs.get(&original).map(|s| SubmittedRecord {
+                    offer: s.offer.clone(),
+                    adaptive: s.adaptive,
+                    result: Some(result.clone()),
+                })
+            };
+            let (store, key) = (this.inner.store.clone(), this.inner.key.clone());
+            let signed = tokio::task::spawn_blocking(move || {
+                let receipts: Vec<Signed<Receipt>> = bodies
+                    .into_iter()
+                    .filter_map(|b| Signed::sign(b, &key).ok())
+                    .collect();
+                if let Some(record) = &record
+                    && let Err(e) = store.put_submitted(&original, record)
+                {
+                    warn!(job = %job.short(), error = %e, "cannot store the verdict");
+                }
+                for r in &receipts {
+                    if let Err(e) = store.put_receipt(r) {
+                        warn!(job = %job.short(), error = %e, "cannot store a receipt");
+                    }
+                }
+                receipts
+            })
+            .await;
+            let receipts = signed.unwrap_or_default();
+            // Durable before anyone hears of it: a verdict a user saw survives a crash.
+            if let Err(e) = this.inner.store.flush().await {
+                warn!(job = %job.short(), error = %e, "cannot flush the verdict");
+            }
+            {
+                let mut book = this.book();
+                for r in &receipts {
+                    book.keep(r.clone());
+                }
+            }
+            let waiters = {
+                let mut side = this.submitter();
+                match side.jobs.get_mut(&original) {
+                    Some(sub) if sub.offer.id() == job => {
+                        sub.result = Some(result.clone());
+                        sub.receipt_ids = receipts.iter().map(receipt_id).collect();
+                        std::mem::take(&mut sub.waiters)
+                    }
+                    _ => Vec::new(),
+                }
+            };
+            for tx in waiters {
+                let _ = tx.send(result.clone());
+            }
+            let net = &this.inner.net;
+            for r in receipts {
+                if let Err(e) = net.publish(Topic::Receipts, codec::encode(&r)).await {
+                    debug!(error = %e, "receipt not gossiped");
+                }
+            }
+        });
+    }
+}

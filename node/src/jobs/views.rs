@@ -1,0 +1,249 @@
+//! What the local API shows of the job roles: submitted jobs, the receipts this node holds, and the
+//! ledger (credit, jobs and energy per worker) computed from them.
+
+use std::collections::BTreeMap;
+
+use fleetmesh_consensus::job::{Outcome, SlotState};
+use fleetmesh_consensus::ledger::Ledger;
+use fleetmesh_protocol::codec;
+use fleetmesh_protocol::messages::{Receipt, Verdict};
+use fleetmesh_protocol::{JobId, NodeId, Signed};
+
+use super::{Jobs, Submitted};
+
+/// A submitted job as the local API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobView {
+    /// Job id (hex).
+    pub job: String,
+    /// Model id (hex).
+    pub model: String,
+    /// `pending`, `accepted` or `failed`.
+    pub state: &'static str,
+    /// Accepted output, hex.
+    pub output_hex: Option<String>,
+    /// Accepted output read as little-endian f32 (when its length allows).
+    pub values: Option<Vec<f32>>,
+    /// Workers whose outputs agreed (node ids).
+    pub agreeing: Vec<String>,
+    /// Workers assigned so far.
+    pub workers_assigned: usize,
+    /// While the job is pending: each assigned worker (node id) and where it stands (`assigned`,
+    /// `committed`, `reveal_due`, `revealed`, `timed_out`, `withdrawn` or `invalid`).
+    pub workers: Vec<WorkerView>,
+    /// Receipts issued.
+    pub receipts: usize,
+    /// Ids of those receipts (blake3 of each signed receipt's canonical bytes, hex).
+    pub receipt_ids: Vec<String>,
+    /// Model name, if this node knows the model.
+    pub model_name: Option<String>,
+    /// When the job was (last) offered, ms since the Unix epoch.
+    pub offered_ms: u64,
+    /// Why the job failed.
+    pub reason: Option<String>,
+}
+
+/// One assigned worker of a pending job.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerView {
+    /// The worker's node id.
+    pub node: String,
+    /// Where its slot stands.
+    pub state: &'static str,
+}
+
+/// Per-node totals from the receipts this node has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Earnings {
+    /// Accepted jobs.
+    pub jobs: u64,
+    /// Credit earned, in micro-credits.
+    pub credit: u64,
+    /// Energy spent on accepted jobs, in µWh.
+    pub energy_uwh: u64,
+}
+
+/// Jobs a node submitted, by state (from its store, so they survive restarts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SubmittedCounts {
+    /// Jobs submitted.
+    pub submitted: u64,
+    /// Of those, accepted by quorum.
+    pub accepted: u64,
+    /// Of those, failed.
+    pub failed: u64,
+    /// Of those, still waiting for a verdict.
+    pub pending: u64,
+}
+
+/// How the API names a worker's slot state.
+fn slot_name(s: &SlotState) -> &'static str {
+    match s {
+        SlotState::Assigned { .. } => "assigned",
+        SlotState::Committed { .. } => "committed",
+        SlotState::RevealDue { .. } => "reveal_due",
+        SlotState::Revealed { .. } => "revealed",
+        SlotState::TimedOut => "timed_out",
+        SlotState::Withdrawn => "withdrawn",
+        SlotState::Invalid => "invalid",
+    }
+}
+
+/// A receipt's id: blake3 of its canonical bytes, hex.
+pub fn receipt_id(r: &Signed<Receipt>) -> String {
+    blake3::hash(&codec::encode(r)).to_hex().to_string()
+}
+
+impl Jobs {
+    /// A job this node submitted, as the local API shows it (by the id its user knows, or its current
+    /// offer's).
+    pub fn view(&self, job: &JobId) -> Option<JobView> {
+        let side = self.submitter();
+        let original = side.by_offer.get(job).unwrap_or(job);
+        let sub = side.jobs.get(original)?;
+        let mut view = self.view_of(original, sub, 0);
+        if let Some(job) = side.core.job(&sub.offer.id()) {
+            view.workers = job
+                .slots()
+                .map(|(w, s)| WorkerView {
+                    node: w.to_string(),
+                    state: slot_name(s),
+                })
+                .collect();
+            view.workers_assigned = view.workers.len();
+        }
+        Some(view)
+    }
+
+    /// The `n` most recently offered jobs this node submitted, newest first.
+    pub fn recent(&self, n: usize) -> Vec<JobView> {
+        let side = self.submitter();
+        let mut subs: Vec<(&JobId, &Submitted)> = side.jobs.iter().collect();
+        subs.sort_by_key(|(_, s)| std::cmp::Reverse(s.offer.created_ms));
+        subs.into_iter()
+            .take(n)
+            .map(|(original, sub)| {
+                let assigned = side.core.job(&sub.offer.id()).map_or(0, |j| j.slots().count());
+                self.view_of(original, sub, assigned)
+            })
+            .collect()
+    }
+
+    /// The jobs this node submitted that its store holds, by state.
+    pub fn submitted_counts(&self) -> SubmittedCounts {
+        let side = self.submitter();
+        let mut c = SubmittedCounts {
+            submitted: side.jobs.len() as u64,
+            ..SubmittedCounts::default()
+        };
+        for s in side.jobs.values() {
+            match s.result.as_ref().map(|r| &r.outcome) {
+                Some(Outcome::Accepted { .. }) => c.accepted += 1,
+                Some(Outcome::Failed(_)) => c.failed += 1,
+                None => c.pending += 1,
+            }
+        }
+        c
+    }
+
+    fn view_of(&self, job: &JobId, sub: &Submitted, assigned: usize) -> JobView {
+        let mut view = JobView {
+            job: job.to_string(),
+            model: sub.offer.model.to_string(),
+            state: "pending",
+            output_hex: None,
+            values: None,
+            agreeing: Vec::new(),
+            workers_assigned: assigned,
+            workers: Vec::new(),
+            receipts: 0,
+            receipt_ids: sub.receipt_ids.clone(),
+            model_name: self.model_name(&sub.offer.model),
+            offered_ms: sub.offer.created_ms,
+            reason: None,
+        };
+        if let Some(result) = &sub.result {
+            view.receipts = result.receipts;
+            view.workers_assigned = result.workers_assigned;
+            match &result.outcome {
+                Outcome::Accepted { output, agreeing, .. } => {
+                    view.state = "accepted";
+                    view.output_hex = Some(hex::encode(output));
+                    view.values = output
+                        .len()
+                        .is_multiple_of(4)
+                        .then(|| crate::inference::f32s(output));
+                    view.agreeing = agreeing.iter().map(NodeId::to_string).collect();
+                }
+                Outcome::Failed(reason) => {
+                    view.state = "failed";
+                    view.reason = Some(format!("{reason:?}"));
+                }
+            }
+        }
+        view
+    }
+
+    /// Credit, energy and accepted jobs per worker: the ledger computed from every receipt this node has
+    /// seen (signatures checked one by one, duplicates counted once, BOINC's least-claim credit).
+    ///
+    /// The result is kept until the receipts change: the dashboard, `/metrics` and `/v1/earnings` ask
+    /// often, and each computation checks every receipt's two signatures.
+    pub fn earnings(&self) -> BTreeMap<NodeId, Earnings> {
+        let (generation, receipts) = {
+            let book = self.book();
+            if let Some((g, ledger)) = &book.ledger
+                && *g == book.generation
+            {
+                return ledger.clone();
+            }
+            let receipts: Vec<Signed<Receipt>> = book.receipts.values().cloned().collect();
+            (book.generation, receipts)
+        };
+        let ledger: BTreeMap<NodeId, Earnings> = Ledger::from_receipts(&receipts)
+            .balances
+            .into_iter()
+            .map(|(node, b)| {
+                let e = Earnings {
+                    jobs: b.jobs,
+                    credit: b.credit,
+                    energy_uwh: b.energy_uwh,
+                };
+                (node, e)
+            })
+            .collect();
+        let mut book = self.book();
+        if book.ledger.as_ref().is_none_or(|(g, _)| *g < generation) {
+            book.ledger = Some((generation, ledger.clone()));
+        }
+        ledger
+    }
+
+    /// When and with how much energy `worker` did each job the receipts this node holds accept: (claim
+    /// time in ms since the Unix epoch, µWh).
+    pub fn receipts_of(&self, worker: &NodeId) -> Vec<(u64, u64)> {
+        self.book()
+            .receipts
+            .values()
+            .filter(|r| r.body.claim.body.worker == *worker && r.body.verdict == Verdict::Accepted)
+            .map(|r| (r.body.claim.body.claimed_ms, r.body.claim.body.energy_uwh))
+            .collect()
+    }
+
+    /// Jobs assigned to this node as a worker: (still computing, computed).
+    pub fn work_counts(&self) -> (usize, usize) {
+        let side = self.worker();
+        let computing = side.work.values().filter(|w| w.done.is_none()).count();
+        (computing, side.work.len() - computing)
+    }
+
+    /// Receipts this node has seen.
+    pub fn receipt_count(&self) -> usize {
+        self.book().receipts.len()
+    }
+
+    /// Reputation of `worker` as this node's submitter core holds it.
+    pub fn reputation_of(&self, worker: &NodeId) -> fleetmesh_consensus::trust::Record {
+        self.submitter().core.reputation().record(worker)
+    }
+}

@@ -1,0 +1,421 @@
+//! The worker role: bids on offers while the car admits work, runs assigned jobs on the executor,
+//! commits to the output (the salt durable before the commitment leaves), reveals it with a signed claim
+//! when the submitter asks, and hands work back with a signed `Withdraw` when it cannot finish it.
+
+use fleetmesh_consensus::submitter::Randomness;
+use fleetmesh_protocol::codec;
+use fleetmesh_protocol::messages::{
+    Assignment, Bid, JobInput, JobOffer, Reply, ResultCommit, ResultReveal, RevealRequest, Withdraw,
+    WithdrawReason, WorkClaim, WorkReport,
+};
+use fleetmesh_protocol::{JobId, NodeId, Signed};
+use tracing::{Instrument, debug, warn};
+
+use super::{Jobs, OsRandom, Work, job_span, now_ms, refuse, reply};
+use crate::adversary::WorkerBehaviour;
+use crate::inference::executor::CancelFlag;
+use crate::inference::numeric_class;
+use crate::metrics::ModelLabels;
+use crate::net::{self, Topic};
+use crate::store::DoneRecord;
+
+/// A secret salt for a commitment; `None` if the system has no randomness (the job is then handed back:
+/// a guessable salt would let the commitment leak the output).
+fn random_salt() -> Option<[u8; 32]> {
+    let mut salt = [0u8; 32];
+    getrandom::fill(&mut salt).ok()?;
+    Some(salt)
+}
+
+impl Jobs {
+    /// An offer seen in gossip: bid on it if the car admits work, this node has capacity and the model
+    /// (fetched from peers first if missing).
+    pub(super) fn on_offer(&self, offer: JobOffer) {
+        if offer.submitter == self.inner.me || now_ms() >= offer.expires_ms {
+            return;
+        }
+        // Not while the car is not admitted (an estimate of 0 checks admission alone).
+        if let Err(why) = self.inner.car.may_bid(0) {
+            debug!(job = %offer.id().short(), %why, "not bidding");
+            return;
+        }
+        if self.registry().get(&offer.model).is_none() {
+            // Fetch the model from peers (the submitter runs it), then bid if the offer is still open.
+            let this = self.clone();
+            let (model, submitter) = (offer.model, net::peer_id_of(&offer.submitter));
+            self.inner
+                .share
+                .want(model, Some(submitter), move || this.on_offer(offer));
+            return;
+        }
+        let id = offer.id();
+        let (est_ms, job_ms) = {
+            let mut side = self.worker();
+            let busy = side.work.values().filter(|w| !w.revealed).count();
+            if busy >= self.inner.cfg.max_active_work || side.offers.contains_key(&id) {
+                return;
+            }
+            // Expected time to finish: the model's mean compute time, behind the jobs still computing here.
+            let ahead = side.work.values().filter(|w| w.done.is_none()).count();
+            let per_job = side.compute_ms.get(&offer.model).copied().unwrap_or(10.0);
+            let est_ms = (per_job * (ahead + 1) as f64).ceil() as u64;
+            if let Err(why) = self.inner.car.may_bid(est_ms) {
+                debug!(job = %id.short(), %why, "not bidding");
+                return;
+            }
+            side.offers.insert(id, offer.clone());
+            (est_ms, per_job.ceil() as u64)
+        };
+        let bid = Bid {
+            job: id,
+            worker: self.inner.me,
+            class: numeric_class(),
+            price: self.inner.cfg.price_of(self.model_name(&offer.model).as_deref()),
+            // The energy of this job alone (the jobs ahead are paid for by their own bids).
+            energy_cost: self
+                .inner
+                .cfg
+                .behaviour
+                .bid_energy_cost(self.inner.car.bid_energy_cost(job_ms)),
+            est_ms: u32::try_from(est_ms).unwrap_or(u32::MAX),
+            expires_ms: offer.expires_ms,
+        };
+        let Ok(signed) = Signed::sign(bid, &self.inner.key) else {
+            return;
+        };
+        let net = self.inner.net.clone();
+        tokio::spawn(async move {
+            if let Err(e) = net
+                .request(net::peer_id_of(&offer.submitter), codec::encode(&signed))
+                .await
+            {
+                debug!(job = %id.short(), error = %e, "bid not delivered");
+            }
+        });
+    }
+
+    pub(super) fn on_assignment(&self, a: Assignment) -> Vec<u8> {
+        if a.worker != self.inner.me {
+            return refuse("assignment for another worker");
+        }
+        if !self.inner.car.admitted() {
+            return refuse("the car is not admitted for work now");
+        }
+        let cancel = CancelFlag::default();
+        let (offer, input) = {
+            let mut side = self.worker();
+            let Some(offer) = side.offers.get(&a.job).cloned() else {
+                return refuse("unknown job");
+            };
+            if offer.submitter != a.submitter {
+                return refuse("assignment not from the job's submitter");
+            }
+            if side.work.contains_key(&a.job) {
+                return refuse("already assigned");
+            }
+            let JobInput::Inline(input) = offer.input.clone() else {
+                return refuse("inputs by content id are not supported yet");
+            };
+            let work = Work {
+                offer: offer.clone(),
+                done: None,
+                cancel: cancel.clone(),
+                revealed: false,
+            };
+            if let Err(e) = self.inner.store.put_work(&a.job, &work.record()) {
+                warn!(job = %a.job.short(), error = %e, "cannot store the assignment");
+                return refuse("cannot store the assignment");
+            }
+            side.work.insert(a.job, work);
+            (offer, input)
+        };
+        if self.inner.cfg.behaviour.is_silent() {
+            return reply(Reply::accepted()); // and never heard of again
+        }
+        let this = self.clone();
+        let span = job_span(a.job, "worker", a.submitter, self.model_name(&offer.model));
+        tokio::spawn(async move { this.compute(a.job, offer, input, cancel).await }.instrument(span));
+        reply(Reply::accepted())
+    }
+
+    pub(super) async fn compute(&self, job: JobId, offer: JobOffer, input: Vec<u8>, cancel: CancelFlag) {
+        if !self.inner.car.admitted() {
+            // Work found at a restart (or assigned just as the driver returned) while the car is not
+            // admitted: hand it back rather than run it.
+            self.withdraw(job, &offer, WithdrawReason::Preempted).await;
+            return;
+        }
+        self.inner.car.work_started();
+        let behaviour = self.inner.cfg.behaviour;
+        let result = if behaviour.skips_work() {
+            Ok(crate::inference::executor::JobOutput {
+                outputs: vec![WorkerBehaviour::made_up_output()],
+                compute: std::time::Duration::from_micros(1),
+            })
+        } else {
+            self.inner.executor.run(&offer.model, vec![input], cancel).await
+        };
+        // Energy from the car's power model (a real car reads its power sensor behind the same call).
+        let energy_uwh = result
+            .as_ref()
+            .ok()
+            .map(|out| self.inner.car.job_energy_uwh(out.compute));
+        self.inner.car.work_finished(energy_uwh);
+        let mut out = match result {
+            Ok(out) if out.outputs.len() == 1 => out,
+            // Preempted: the job was handed back already.
+            Err(crate::inference::InferenceError::Cancelled) => return,
+            Ok(_) | Err(_) => {
+                self.withdraw(job, &offer, WithdrawReason::ModelUnavailable).await;
+                return;
+            }
+        };
+        let mut output = out.outputs.remove(0);
+        behaviour.corrupt(&mut output, OsRandom.unit());
+        let compute_us = out.compute.as_micros() as u64;
+        self.inner.metrics.work_done.inc();
+        if let Some(name) = self.model_name(&offer.model) {
+            self.inner
+                .metrics
+                .inference_seconds
+                .get_or_create(&ModelLabels { model: name })
+                .observe(out.compute.as_secs_f64());
+        }
+        let energy_uwh = energy_uwh.unwrap_or(1);
+        {
+            let ms = out.compute.as_secs_f64() * 1e3;
+            let mut side = self.worker();
+            let mean = side.compute_ms.entry(offer.model).or_insert(ms);
+            *mean = 0.8 * *mean + 0.2 * ms;
+        }
+        let Some(salt) = random_salt() else {
+            self.withdraw(job, &offer, WithdrawReason::Overloaded).await;
+            return;
+        };
+        let done = DoneRecord {
+            output,
+            salt,
+            compute_us,
+            energy_uwh,
+        };
+        let record = {
+            let mut side = self.worker();
+            let Some(w) = side.work.get_mut(&job) else {
+                return; // handed back meanwhile
+            };
+            w.done = Some(done.clone());
+            w.record()
+        };
+        // The salt must survive a crash before the commitment leaves, or the output could never be revealed.
+        let stored = match self.inner.store.put_work(&job, &record) {
+            Ok(()) => self.inner.store.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            warn!(job = %job.short(), error = %e, "cannot store the result; handing the job back");
+            self.withdraw(job, &offer, WithdrawReason::Overloaded).await;
+            return;
+        }
+        self.send_commit(job, offer.submitter, &done).await;
+    }
+
+    /// Sends the signed commitment to a computed result to the job's submitter.
+    pub(super) async fn send_commit(&self, job: JobId, submitter: NodeId, done: &DoneRecord) {
+        let commit = ResultCommit {
+            job,
+            worker: self.inner.me,
+            commitment: ResultCommit::commitment_for(&job, &self.inner.me, &done.output, &done.salt),
+        };
+        let Ok(signed) = Signed::sign(commit, &self.inner.key) else {
+            return;
+        };
+        if let Err(e) = self
+            .inner
+            .net
+            .request(net::peer_id_of(&submitter), codec::encode(&signed))
+            .await
+        {
+            debug!(job = %job.short(), error = %e, "commit not delivered");
+        }
+    }
+
+    /// Hands back every job this worker has not finished computing, because the car left admission: each
+    /// running or queued inference is cancelled and a signed [`Withdraw`] (reason `Preempted`) goes to its
+    /// submitter, who reassigns the job; no claim is ever made for it, so no credit is paid. Results already
+    /// computed are kept (revealing them costs the car nothing). Returns how many jobs were handed back,
+    /// once every withdrawal was delivered (or failed).
+    pub async fn preempt(&self) -> usize {
+        let started = std::time::Instant::now();
+        // Taken out (and cancelled) at once, so that a second preemption does not hand them back again.
+        let running = self.take_unfinished();
+        let n = running.len();
+        if n == 0 {
+            return 0;
+        }
+        self.inner.car.count_preempted(n as u64);
+        self.inner.metrics.preemptions.inc_by(n as u64);
+        futures::future::join_all(
+            running
+                .iter()
+                .map(|(job, offer)| self.withdraw(*job, offer, WithdrawReason::Preempted)),
+        )
+        .await;
+        tracing::info!(
+            jobs = n,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "preempted: work handed back"
+        );
+        n
+    }
+
+    /// Takes every job still computing out of the work map and cancels it.
+    fn take_unfinished(&self) -> Vec<(JobId, JobOffer)> {
+        let mut side = self.worker();
+        let ids: Vec<JobId> = side
+            .work
+            .iter()
+            .filter(|(_, w)| w.done.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| {
+                let w = side.work.remove(&id)?;
+                w.cancel.cancel();
+                Some((id, w.offer))
+            })
+            .collect()
+    }
+
+    /// The node stops: every job still computing is cancelled and handed back with a signed [`Withdraw`]
+    /// (reason `Shutdown`) so its submitter reassigns it at once instead of waiting for a timeout; waits at
+    /// most `limit` for the withdrawals, then flushes the store. Computed results stay on disk and are
+    /// committed again at the next start.
+    pub async fn shutdown(&self, limit: std::time::Duration) {
+        let running = self.take_unfinished();
+        if !running.is_empty() {
+            let all = futures::future::join_all(
+                running
+                    .iter()
+                    .map(|(job, offer)| self.withdraw(*job, offer, WithdrawReason::Shutdown)),
+            );
+            if tokio::time::timeout(limit, all).await.is_err() {
+                warn!(
+                    jobs = running.len(),
+                    "stopping before every withdrawal was delivered"
+                );
+            } else {
+                tracing::info!(jobs = running.len(), "stopping: unfinished work handed back");
+            }
+        }
+        if let Err(e) = self.inner.store.flush().await {
+            warn!(error = %e, "cannot flush the store while stopping");
+        }
+    }
+
+    /// Hands a job back to its submitter (preemption, failure) with a signed [`Withdraw`].
+    pub async fn withdraw(&self, job: JobId, offer: &JobOffer, reason: WithdrawReason) {
+        if let Some(w) = self.worker().work.remove(&job) {
+            w.cancel.cancel();
+        }
+        if let Err(e) = self.inner.store.remove_work(&job) {
+            warn!(job = %job.short(), error = %e, "cannot forget handed-back work");
+        }
+        let w = Withdraw {
+            job,
+            worker: self.inner.me,
+            reason,
+            at_ms: now_ms(),
+        };
+        if let Ok(signed) = Signed::sign(w, &self.inner.key) {
+            let _ = self
+                .inner
+                .net
+                .request(net::peer_id_of(&offer.submitter), codec::encode(&signed))
+                .await;
+        }
+    }
+
+    pub(super) fn on_reveal_request(&self, r: RevealRequest) -> Vec<u8> {
+        if r.worker != self.inner.me {
+            return refuse("reveal request for another worker");
+        }
+        let (done, model, record) = {
+            let mut side = self.worker();
+            let Some(work) = side.work.get_mut(&r.job) else {
+                return refuse("unknown job");
+            };
+            if work.offer.submitter != r.submitter {
+                return refuse("reveal request not from the job's submitter");
+            }
+            let Some(done) = work.done.clone() else {
+                return refuse("not computed yet");
+            };
+            work.revealed = true;
+            (done, work.offer.model, work.record())
+        };
+        if let Err(e) = self.inner.store.put_work(&r.job, &record) {
+            warn!(job = %r.job.short(), error = %e, "cannot store the reveal");
+        }
+        let reveal = ResultReveal {
+            job: r.job,
+            worker: self.inner.me,
+            output: done.output.clone(),
+            salt: done.salt,
+            compute_us: done.compute_us,
+            energy_uwh: done.energy_uwh,
+        };
+        let claim = WorkClaim {
+            job: r.job,
+            model,
+            worker: self.inner.me,
+            submitter: r.submitter,
+            output_digest: *blake3::hash(&done.output).as_bytes(),
+            compute_us: done.compute_us,
+            energy_uwh: done.energy_uwh,
+            claimed_credit: self.inner.cfg.price_of(self.model_name(&model).as_deref()),
+            claimed_ms: now_ms(),
+        };
+        if let Some(forged) = self
+            .inner
+            .cfg
+            .behaviour
+            .forged_receipt(claim.clone(), &self.inner.key)
+        {
+            let net = self.inner.net.clone();
+            tokio::spawn(async move {
+                let _ = net.publish(Topic::Receipts, codec::encode(&forged)).await;
+            });
+        }
+        match (
+            Signed::sign(reveal, &self.inner.key),
+            Signed::sign(claim, &self.inner.key),
+        ) {
+            (Ok(reveal), Ok(claim)) => codec::encode(&WorkReport { reveal, claim }),
+            _ => refuse("cannot sign"),
+        }
+    }
+
+    /// Forgets offers and finished work whose deadline passed a minute ago.
+    pub(super) fn forget_old_work(&self, now: u64) {
+        let expired: Vec<JobId> = {
+            let mut side = self.worker();
+            side.offers
+                .retain(|_, o| o.deadline_ms.saturating_add(60_000) > now);
+            let expired: Vec<JobId> = side
+                .work
+                .iter()
+                .filter(|(_, w)| w.offer.deadline_ms.saturating_add(60_000) <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &expired {
+                side.work.remove(id);
+            }
+            expired
+        };
+        for id in expired {
+            if let Err(e) = self.inner.store.remove_work(&id) {
+                warn!(job = %id.short(), error = %e, "cannot forget old work");
+            }
+        }
+    }
+}
