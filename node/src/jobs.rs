@@ -21,13 +21,13 @@ use libp2p::PeerId;
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, warn};
 
-use crate::car::Car;
 use crate::inference::executor::{CancelFlag, Executor};
 use crate::inference::numeric_class;
 use crate::metrics::{Metrics, ModelLabels, OutcomeLabels, StateLabels};
 use crate::net::{self, NetClient, Topic};
 use crate::share::Share;
 use crate::store::{DoneRecord, Store, SubmittedRecord, WorkRecord};
+use crate::vehicle::Car;
 
 pub use crate::clock::now_ms;
 

@@ -5,7 +5,6 @@
 //! start nodes in-process.
 
 pub mod api;
-pub mod car;
 pub mod client;
 pub mod clock;
 pub mod config;
