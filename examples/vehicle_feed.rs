@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(code == 200, "the node refused the state ({code}): {answer}");
         println!(
             "car clock {}  parked {:<5} plugged {:<5} soc {:>5.1} %  -> admitted {:<5} ({})",
-            fleetmesh_node::car::week_time(now_min),
+            fleetmesh_node::vehicle::week_time(now_min),
             state.parked,
             state.plugged_in,
             state.soc_pct,

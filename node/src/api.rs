@@ -33,7 +33,7 @@ pub struct ApiState {
     /// The node's metrics.
     pub metrics: crate::metrics::Metrics,
     /// The car this node runs on.
-    pub car: crate::car::Car,
+    pub car: crate::vehicle::Car,
 }
 
 /// The dashboard page, embedded in the binary (no network at run time).
@@ -279,7 +279,7 @@ async fn report_vehicle(
     };
     match s.car.report(state) {
         Ok(view) => Json(view).into_response(),
-        Err(e @ crate::car::ReportError::NotExternal(_)) => error(StatusCode::CONFLICT, e),
+        Err(e @ crate::vehicle::ReportError::NotExternal(_)) => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }

@@ -146,11 +146,11 @@ pub struct NodeConfig {
     /// Work and pay.
     pub jobs: JobsSection,
     /// The vehicle source and the local clock.
-    pub car: crate::car::CarSection,
+    pub car: crate::vehicle::CarSection,
     /// The owner's rules for lending the car's computer.
     pub owner: crate::vehicle::OwnerPolicy,
     /// Power model and electricity tariff.
-    pub energy: crate::car::EnergySection,
+    pub energy: crate::vehicle::EnergySection,
 }
 
 impl NodeConfig {
@@ -220,8 +220,8 @@ impl NodeConfig {
     }
 
     /// The car's settings: `[car]`, `[owner]` and `[energy]`.
-    pub fn car_config(&self) -> crate::car::CarConfig {
-        crate::car::CarConfig {
+    pub fn car_config(&self) -> crate::vehicle::CarConfig {
+        crate::vehicle::CarConfig {
             car: self.car.clone(),
             owner: self.owner.clone(),
             energy: self.energy.clone(),

@@ -173,7 +173,7 @@ impl Fleet {
                 let key = random_key()?;
                 let mut cfg = node_config(bootstrap.as_ref(), n);
                 if let Some(cars) = cars {
-                    cfg.car.source = crate::car::SourceKind::Simulated;
+                    cfg.car.source = crate::vehicle::SourceKind::Simulated;
                     cfg.car.seed = i as u64 + 1;
                     cfg.car.sim_start = cars.clock;
                     cfg.car.sim_speed = cars.speed;
@@ -288,7 +288,7 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
         fleet.submitter_api()
     );
 
-    let workers: Vec<crate::car::CarView> = fleet.nodes[1..].iter().map(|n| n.car.view()).collect();
+    let workers: Vec<crate::vehicle::CarView> = fleet.nodes[1..].iter().map(|n| n.car.view()).collect();
     let admitted = workers.iter().filter(|v| v.admitted).count();
     eprintln!(
         "worker cars admitted now: {admitted} of {} ({})",
@@ -457,7 +457,7 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
 
 /// A car's state in words: its clock, whether it is parked and charging (signals, never a location),
 /// its charge.
-fn describe(v: &crate::car::CarView) -> String {
+fn describe(v: &crate::vehicle::CarView) -> String {
     let Some(s) = v.state else {
         return "stationary".into();
     };
@@ -471,7 +471,7 @@ fn describe(v: &crate::car::CarView) -> String {
 }
 
 /// `admitted`, or `no: ` and why not.
-fn admission(v: &crate::car::CarView) -> String {
+fn admission(v: &crate::vehicle::CarView) -> String {
     if v.admitted {
         return "admitted".into();
     }

@@ -6,7 +6,6 @@
 
 pub mod adversary;
 pub mod api;
-pub mod car;
 pub mod client;
 pub mod clock;
 pub mod config;

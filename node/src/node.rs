@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::api::{self, ApiState};
-use crate::car::Car;
 use crate::config::NodeConfig;
 use crate::inference::Registry;
 use crate::inference::executor::{Executor, ExecutorConfig};
@@ -20,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::net::{self, NetClient, NetEvent};
 use crate::share::{Share, ShareConfig};
 use crate::store::Store;
+use crate::vehicle::Car;
 use fleetmesh_protocol::codec::{self, Kind};
 
 /// A started node. Dropping it does not stop it: cancel the token given to [`start`], then [`Node::join`].

@@ -14,7 +14,6 @@ use fleetmesh_protocol::{ChunkId, JobId, ModelId, NodeId, Signed};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::warn;
 
-use crate::vehicle::DeparturePredictor;
 use fleetmesh_consensus::submitter::JobResult;
 
 /// Why the store failed.
@@ -229,13 +228,14 @@ impl Store {
 
     // ------------------------------------------------------------ vehicle
 
-    /// Stores the car's departure history: what departure prediction learns from, so it survives restarts.
-    pub fn put_departures(&self, history: &DeparturePredictor) -> Result<(), StoreError> {
+    /// Stores the car's departure history (the vehicle room's record, postcard-encoded): what departure
+    /// prediction learns from, so it survives restarts.
+    pub fn put_departures<T: Serialize>(&self, history: &T) -> Result<(), StoreError> {
         self.put(&self.vehicle, "departure history", b"departures", history)
     }
 
-    /// The stored departure history, if any (and if it decodes).
-    pub fn departures(&self) -> Option<DeparturePredictor> {
+    /// The stored departure history, if any (and if it decodes as a `T`).
+    pub fn departures<T: DeserializeOwned>(&self) -> Option<T> {
         let bytes = self.vehicle.get(b"departures").ok()??;
         match postcard::from_bytes(&bytes) {
             Ok(history) => Some(history),

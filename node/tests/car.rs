@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use fleetmesh_consensus::job::Outcome;
-use fleetmesh_node::car::SourceKind;
 use fleetmesh_node::config::NodeConfig;
 use fleetmesh_node::inference::{Model, Registry, digits};
 use fleetmesh_node::jobs::JobsConfig;
+use fleetmesh_node::vehicle::SourceKind;
 use fleetmesh_node::vehicle::{Link, VehicleState};
 
 mod common;

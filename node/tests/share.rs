@@ -193,7 +193,7 @@ async fn on_a_metered_link_a_car_does_not_download_a_model_over_the_owners_limit
     let id = model.id();
     let car = Spec {
         config: Some(Box::new(|cfg: &mut fleetmesh_node::config::NodeConfig| {
-            cfg.car.source = fleetmesh_node::car::SourceKind::External;
+            cfg.car.source = fleetmesh_node::vehicle::SourceKind::External;
             cfg.owner.metered_max_download_mib = 0; // nothing may be downloaded on a metered link
         })),
         ..Spec::new(Registry::with_defaults(None).unwrap(), jobs_config())

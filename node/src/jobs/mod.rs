@@ -35,12 +35,12 @@ pub use crate::clock::now_ms;
 pub use fleetmesh_consensus::submitter::JobResult;
 pub use views::{Earnings, JobView, SubmittedCounts, WorkerView, receipt_id};
 
-use crate::car::Car;
 use crate::inference::executor::{CancelFlag, Executor};
 use crate::metrics::Metrics;
 use crate::net::{self, NetClient};
 use crate::share::Share;
 use crate::store::{DoneRecord, Store, WorkRecord};
+use crate::vehicle::Car;
 
 /// Settings of the job roles.
 #[derive(Debug, Clone)]

@@ -3,187 +3,21 @@
 //! awake/asleep power state, the power model that meters each job's energy, and the electricity tariff.
 //!
 //! A [`Car`] is shared (cheaply cloned) by the job roles, the local API and the node's car task. The pure
-//! policy lives in [`crate::vehicle`]; this module adds the clock and the bookkeeping.
+//! policy lives in [`super::policy`]; this module adds the clock and the bookkeeping.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::store::Store;
-use crate::vehicle::{
-    Admission, Decision, DeparturePredictor, Link, OwnerPolicy, Reason, SimulatedCar, VehicleState, WEEK_MIN,
+use super::config::{CarConfig, SourceKind};
+use super::policy::{
+    Admission, Decision, DeparturePredictor, Link, Reason, SimulatedCar, VehicleState, WEEK_MIN,
 };
-
-/// Where the car's state comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    /// Not a car (a bench machine, a home server): always admitted, no vehicle state.
-    #[default]
-    None,
-    /// A simulated car following a weekly commute ([`SimulatedCar`]), on a clock that may run fast.
-    Simulated,
-    /// A vehicle integration pushes state with `POST /v1/vehicle`: no work until it has reported, and
-    /// none once it has been silent for `stale_after_s`.
-    External,
-}
-
-/// `[car]` in the config file: the vehicle source and the local clock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CarSection {
-    /// `none` (not a car), `simulated` or `external`.
-    pub source: SourceKind,
-    /// Seed of the simulated car's randomness.
-    pub seed: u64,
-    /// Where the simulated clock starts: `"ddd hh:mm"`, e.g. `"tue 01:00"`.
-    pub sim_start: String,
-    /// Simulated seconds per real second.
-    pub sim_speed: f64,
-    /// Local time = UTC + this many minutes (the owner's hours, tariff windows, departure history).
-    pub utc_offset_min: i32,
-    /// An external feed silent for this many seconds stops work.
-    pub stale_after_s: u64,
-}
-
-impl Default for CarSection {
-    fn default() -> Self {
-        Self {
-            source: SourceKind::None,
-            seed: 1,
-            sim_start: "tue 01:00".into(),
-            sim_speed: 1.0,
-            utc_offset_min: 0,
-            stale_after_s: 30,
-        }
-    }
-}
-
-/// `[energy]` in the config file: the power model and the electricity tariff.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EnergySection {
-    /// Power of the awake car computer with nothing to do (W).
-    pub awake_w: f64,
-    /// Extra power per busy inference thread (W).
-    pub active_w_per_thread: f64,
-    /// Energy to wake the computer from sleep (Wh).
-    pub wake_wh: f64,
-    /// The computer sleeps again after this many seconds without work.
-    pub idle_after_s: u64,
-    /// Electricity price outside the off-peak hours, micro-credits per kWh.
-    pub peak_price: u64,
-    /// Electricity price in the off-peak hours, micro-credits per kWh.
-    pub offpeak_price: u64,
-    /// Local hours (0-23) of the off-peak tariff.
-    pub offpeak_hours: Vec<u8>,
-}
-
-impl Default for EnergySection {
-    fn default() -> Self {
-        Self {
-            awake_w: 30.0,
-            active_w_per_thread: 15.0,
-            wake_wh: 0.5,
-            idle_after_s: 60,
-            peak_price: 300_000,
-            offpeak_price: 100_000,
-            offpeak_hours: vec![22, 23, 0, 1, 2, 3, 4, 5, 6],
-        }
-    }
-}
-
-/// Everything a [`Car`] is configured with.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CarConfig {
-    /// Source and clock.
-    pub car: CarSection,
-    /// The owner's rules.
-    pub owner: OwnerPolicy,
-    /// Power model and tariff.
-    pub energy: EnergySection,
-}
-
-impl CarConfig {
-    /// Checks values that parse but cannot work; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        parse_week_time(&self.car.sim_start).map_err(|e| format!("car.sim_start: {e}"))?;
-        if !(self.car.sim_speed > 0.0 && self.car.sim_speed <= 100_000.0) {
-            return Err(format!(
-                "car.sim_speed must be above 0 and at most 100000, got {}",
-                self.car.sim_speed
-            ));
-        }
-        let o = &self.owner;
-        if !(0.0..=1.0).contains(&o.departure_confidence) {
-            return Err(format!(
-                "owner.departure_confidence must be between 0 and 1, got {}",
-                o.departure_confidence
-            ));
-        }
-        for (key, hours) in [
-            ("owner.allowed_hours", &o.allowed_hours),
-            ("energy.offpeak_hours", &self.energy.offpeak_hours),
-        ] {
-            if let Some(h) = hours.iter().find(|h| **h > 23) {
-                return Err(format!("{key}: hours are 0 to 23, got {h}"));
-            }
-        }
-        let e = &self.energy;
-        for (key, w) in [
-            ("energy.awake_w", e.awake_w),
-            ("energy.active_w_per_thread", e.active_w_per_thread),
-            ("energy.wake_wh", e.wake_wh),
-        ] {
-            if !(w.is_finite() && w >= 0.0) {
-                return Err(format!("{key} must be zero or more, got {w}"));
-            }
-        }
-        Ok(())
-    }
-}
-
-const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-
-/// Parses `"ddd hh:mm"` (e.g. `"tue 01:00"`) into minutes since Monday 00:00.
-pub fn parse_week_time(s: &str) -> Result<u64, String> {
-    let bad = || format!("expected \"ddd hh:mm\" such as \"tue 01:00\", got \"{s}\"");
-    let (day, hm) = s.trim().split_once(' ').ok_or_else(bad)?;
-    let day = DAYS
-        .iter()
-        .position(|d| d.eq_ignore_ascii_case(day.trim()))
-        .ok_or_else(bad)? as u64;
-    let (h, m) = hm.trim().split_once(':').ok_or_else(bad)?;
-    let (h, m): (u64, u64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if h > 23 || m > 59 {
-        return Err(bad());
-    }
-    Ok(day * 24 * 60 + h * 60 + m)
-}
-
-/// Formats minutes (since a Monday 00:00) as `"ddd hh:mm"`.
-pub fn week_time(min: u64) -> String {
-    let m = min % WEEK_MIN;
-    format!(
-        "{} {:02}:{:02}",
-        DAYS[(m / (24 * 60)) as usize],
-        (m / 60) % 24,
-        m % 60
-    )
-}
-
-/// Local minutes since the Monday before the Unix epoch (1970-01-01 was a Thursday) at `unix_ms`.
-fn local_min(unix_ms: u64, utc_offset_min: i32) -> u64 {
-    (unix_ms / 60_000 + 3 * 24 * 60).saturating_add_signed(i64::from(utc_offset_min))
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use super::week::{local_min, parse_week_time, week_time};
+use crate::clock::now_ms;
+use crate::store::Store;
 
 /// What the car's subscribers follow: whether work may run, and how many times admission has ended so far
 /// (a subscriber that sees the count grow preempts, even if admission returned in between).
@@ -334,7 +168,7 @@ impl Inner {
             Some(s) => s
                 .start_min
                 .saturating_add((s.started.elapsed().as_secs_f64() * s.speed / 60.0) as u64),
-            None => local_min(unix_ms_now(), self.cfg.car.utc_offset_min),
+            None => local_min(now_ms(), self.cfg.car.utc_offset_min),
         }
     }
 
@@ -483,13 +317,13 @@ impl Car {
                     start_min,
                     speed: cfg.car.sim_speed,
                     started: Instant::now(),
-                    started_unix_ms: unix_ms_now(),
+                    started_unix_ms: now_ms(),
                     at_min: start_min,
                     driver_in: false,
                 })
             }
             SourceKind::External => {
-                if let Some(history) = store.as_ref().and_then(Store::departures) {
+                if let Some(history) = store.as_ref().and_then(Store::departures::<DeparturePredictor>) {
                     predictor = history;
                 }
                 None
@@ -740,9 +574,9 @@ impl Car {
         }
     }
 
-    /// Electricity cost of jobs given as (ms since the Unix epoch when each ran, µWh) — as
-    /// [`Jobs::receipts_of`](crate::jobs::Jobs::receipts_of) lists them — each at this car's tariff of
-    /// that time, in micro-credits.
+    /// Electricity cost of jobs given as (ms since the Unix epoch when each ran, µWh) — as the job room's
+    /// `Jobs::receipts_of` lists them (not linked: the vehicle room sits below the jobs) — each at this
+    /// car's tariff of that time, in micro-credits.
     pub fn electricity_cost(&self, jobs: &[(u64, u64)]) -> f64 {
         let inner = self.lock();
         jobs.iter()
@@ -781,242 +615,4 @@ impl Car {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn week_times_parse_and_print() {
-        assert_eq!(parse_week_time("tue 01:00"), Ok(24 * 60 + 60));
-        assert_eq!(parse_week_time("Sun 23:59"), Ok(WEEK_MIN - 1));
-        assert_eq!(week_time(WEEK_MIN + 24 * 60 + 61), "tue 01:01");
-        for bad in ["", "tue", "xyz 01:00", "mon 24:00", "mon 1:60", "mon aa:00"] {
-            assert!(parse_week_time(bad).is_err(), "{bad}");
-        }
-        // 1970-01-01 00:00 UTC was a Thursday.
-        assert_eq!(week_time(local_min(0, 0)), "thu 00:00");
-        assert_eq!(week_time(local_min(0, 90)), "thu 01:30");
-    }
-
-    #[test]
-    fn a_stationary_node_is_always_admitted_and_meters_energy() {
-        let car = Car::stationary();
-        assert!(car.admitted());
-        assert_eq!(car.may_bid(u64::MAX), Ok(()));
-        // 1 s on one thread: 15 W active + 30 W awake baseline = 45 W -> 12.5 mWh.
-        assert_eq!(car.job_energy_uwh(Duration::from_secs(1)), 12_500);
-        assert!(car.report(parked()).is_err());
-    }
-
-    fn parked() -> VehicleState {
-        VehicleState::parked(80.0, true)
-    }
-
-    fn external() -> Car {
-        let cfg = CarConfig {
-            car: CarSection {
-                source: SourceKind::External,
-                ..CarSection::default()
-            },
-            ..CarConfig::default()
-        };
-        Car::new(cfg, 1, None).unwrap()
-    }
-
-    #[test]
-    fn an_external_feed_admits_after_its_first_report_and_a_driver_stops_work_at_once() {
-        let car = external();
-        let mut rx = car.subscribe();
-        assert!(!car.admitted());
-        assert!(matches!(car.may_bid(1), Err(NoBid::NotAdmitted(Reason::NoData))));
-        assert!(car.report(parked()).unwrap().admitted);
-        assert!(rx.borrow_and_update().admitted);
-        let v = car
-            .report(VehicleState {
-                driver_present: true,
-                ..parked()
-            })
-            .unwrap();
-        assert_eq!((v.admitted, v.reason), (false, Reason::DriverPresent));
-        assert!(rx.has_changed().unwrap());
-        assert_eq!(
-            *rx.borrow_and_update(),
-            AdmissionSignal {
-                admitted: false,
-                ended: 1
-            }
-        );
-        let bad = VehicleState {
-            soc_pct: 140.0,
-            ..parked()
-        };
-        assert!(matches!(car.report(bad), Err(ReportError::Invalid(_))));
-    }
-
-    #[test]
-    fn a_simulated_commuter_refuses_jobs_that_would_overrun_its_usual_departure() {
-        let at = |start: &str| {
-            let cfg = CarConfig {
-                car: CarSection {
-                    source: SourceKind::Simulated,
-                    sim_start: start.into(),
-                    seed: 7,
-                    ..CarSection::default()
-                },
-                ..CarConfig::default()
-            };
-            Car::new(cfg, 1, None).unwrap()
-        };
-        // Two simulated weeks of commuting (leaving 07:15-07:45 on weekdays) are the car's history.
-        let early = at("tue 06:00");
-        let v = early.view();
-        assert!(v.admitted, "{v:?}");
-        let parked = v.predicted_parked_min.unwrap();
-        // (The usual departure is 75-105 min away; the prediction errs early by up to its one-hour window.)
-        assert!((30..=105).contains(&parked), "{parked}");
-        assert_eq!(early.may_bid(20 * 60_000), Ok(()));
-        assert!(matches!(
-            early.may_bid(3 * 3_600_000),
-            Err(NoBid::WouldOverrunDeparture { .. })
-        ));
-        // On a clock running 60x, one real minute of work is an hour of the car's time: it would overrun.
-        let fast = Car::new(
-            CarConfig {
-                car: CarSection {
-                    source: SourceKind::Simulated,
-                    sim_start: "tue 06:00".into(),
-                    sim_speed: 60.0,
-                    seed: 7,
-                    ..CarSection::default()
-                },
-                ..CarConfig::default()
-            },
-            1,
-            None,
-        )
-        .unwrap();
-        assert_eq!(early.may_bid(60_000), Ok(()));
-        assert!(matches!(
-            fast.may_bid(60_000),
-            Err(NoBid::WouldOverrunDeparture { .. })
-        ));
-        // Saturday morning has no usual departure soon: a three-hour job fits.
-        assert_eq!(at("sat 06:00").may_bid(3 * 3_600_000), Ok(()));
-        // Tuesday 12:00 the car is parked at work, unplugged: admitted while charge allows.
-        let noon = at("tue 12:00").view();
-        let s = noon.state.unwrap();
-        assert!(s.parked && !s.plugged_in && s.link == Link::Metered, "{noon:?}");
-        assert_eq!(at("tue 12:00").download_limit(), 16 << 20);
-        assert_eq!(early.download_limit(), u64::MAX);
-    }
-
-    #[test]
-    fn a_silent_feed_ends_admission_and_signals_preemption() {
-        let cfg = CarConfig {
-            car: CarSection {
-                source: SourceKind::External,
-                stale_after_s: 0,
-                ..CarSection::default()
-            },
-            ..CarConfig::default()
-        };
-        let car = Car::new(cfg, 1, None).unwrap();
-        let mut rx = car.subscribe();
-        assert!(car.report(parked()).unwrap().admitted);
-        std::thread::sleep(Duration::from_millis(5));
-        car.refresh();
-        let v = car.view();
-        assert_eq!((v.admitted, v.reason), (false, Reason::NoData));
-        assert_eq!(rx.borrow_and_update().ended, 1);
-    }
-
-    #[test]
-    fn an_external_cars_departure_history_survives_a_restart() {
-        let store = Store::temporary().unwrap();
-        let cfg = CarConfig {
-            car: CarSection {
-                source: SourceKind::External,
-                ..CarSection::default()
-            },
-            ..CarConfig::default()
-        };
-        let car = Car::new(cfg.clone(), 1, Some(store.clone())).unwrap();
-        car.report(parked()).unwrap();
-        assert_eq!(car.view().predicted_parked_min, None);
-        car.report(VehicleState {
-            parked: false,
-            driver_present: true,
-            ..parked()
-        })
-        .unwrap();
-        let predicted = car.view().predicted_parked_min;
-        assert!(predicted.is_some());
-        drop(car);
-        let again = Car::new(cfg, 1, Some(store)).unwrap();
-        let after = again.view().predicted_parked_min.unwrap();
-        assert!(
-            after.abs_diff(predicted.unwrap()) <= 1,
-            "{after} vs {predicted:?}"
-        );
-    }
-
-    #[test]
-    fn a_sleeping_computer_costs_a_wake_up_and_off_peak_is_cheaper() {
-        let at = |offpeak: bool| {
-            let cfg = CarConfig {
-                car: CarSection {
-                    source: SourceKind::Simulated,
-                    ..CarSection::default()
-                },
-                energy: EnergySection {
-                    offpeak_hours: if offpeak { (0..24).collect() } else { Vec::new() },
-                    ..EnergySection::default()
-                },
-                ..CarConfig::default()
-            };
-            Car::new(cfg, 1, None).unwrap()
-        };
-        let (peak, offpeak) = (at(false), at(true));
-        // Asleep: 0.5 Wh wake + 30 W x 60 s = 1 Wh awake tail, + the job.
-        let asleep_peak = peak.bid_energy_cost(1_000);
-        let asleep_off = offpeak.bid_energy_cost(1_000);
-        assert!(asleep_off < asleep_peak, "{asleep_off} vs {asleep_peak}");
-        assert_eq!(asleep_peak, ((1.0 + 45.0 / 3600.0) * 300.0f64).ceil() as u64);
-        peak.work_started();
-        let awake_peak = peak.bid_energy_cost(1_000);
-        assert!(awake_peak < asleep_peak / 10, "{awake_peak}");
-        let v = peak.view();
-        assert!(v.awake && v.wakes == 1 && v.awake_wh >= 0.5);
-        // The driver gets in: a hard stop.
-        peak.set_driver_in(true).unwrap();
-        assert!(!peak.admitted());
-        // The driver leaves again: work resumes only after the dwell time.
-        peak.set_driver_in(false).unwrap();
-        assert_eq!(peak.view().reason, Reason::Dwell);
-        // With no work for idle_after_s the computer sleeps again.
-        let quick = Car::new(
-            CarConfig {
-                car: CarSection {
-                    source: SourceKind::Simulated,
-                    ..CarSection::default()
-                },
-                energy: EnergySection {
-                    idle_after_s: 0,
-                    ..EnergySection::default()
-                },
-                ..CarConfig::default()
-            },
-            1,
-            None,
-        )
-        .unwrap();
-        quick.work_started();
-        quick.work_finished(Some(10));
-        assert!(quick.view().awake);
-        std::thread::sleep(Duration::from_millis(5));
-        quick.refresh();
-        let v = quick.view();
-        assert!(!v.awake && v.wakes == 1 && v.jobs_computed == 1, "{v:?}");
-        // A stationary node never sleeps: no wake-up cost.
-        assert_eq!(Car::stationary().bid_energy_cost(10), 1);
-    }
-}
+mod tests;

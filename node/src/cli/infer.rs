@@ -1,0 +1,100 @@
+//! `fleetmesh infer`: one local inference on an installed model, printed per row (class and logits, with
+//! the accuracy when the input is labelled) or, for minilm, per sentence (embedding and cosine similarity).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use fleetmesh_node::inference::executor::{Executor, ExecutorConfig};
+use fleetmesh_node::inference::{self, Registry, digits, mnist};
+use fleetmesh_node::input;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct InferArgs {
+    /// Model name (see `fleetmesh models`).
+    #[arg(long)]
+    model: String,
+    /// Input file: CSV rows or a PNG image for image models.
+    #[arg(long)]
+    input: PathBuf,
+}
+
+/// Runs `--model` on `--input` with the models installed under `assets`.
+pub(crate) fn run(assets: &Path, args: InferArgs) -> anyhow::Result<()> {
+    infer(assets, &args.model, &args.input)
+}
+
+/// `fleetmesh infer --model minilm`: one sentence per line; prints each embedding's first values and the
+/// cosine similarity of consecutive sentences.
+fn embed_texts(registry: &Registry, id: fleetmesh_protocol::ModelId, input: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let lines: Vec<Vec<u8>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    anyhow::ensure!(!lines.is_empty(), "{}: no text lines", input.display());
+    let executor = Executor::start(registry.clone(), ExecutorConfig::default());
+    let out = executor.run_blocking(&id, lines.clone())?;
+    let vectors: Vec<Vec<f32>> = out.outputs.iter().map(|o| inference::f32s(o)).collect();
+    for (i, (line, v)) in lines.iter().zip(&vectors).enumerate() {
+        let head: Vec<String> = v.iter().take(4).map(|x| format!("{x:.4}")).collect();
+        println!(
+            "line {i}: {} dims [{}, ...]  {:?}",
+            v.len(),
+            head.join(", "),
+            String::from_utf8_lossy(line)
+        );
+    }
+    for (i, pair) in vectors.windows(2).enumerate() {
+        let cos: f32 = pair[0].iter().zip(&pair[1]).map(|(a, b)| a * b).sum();
+        println!("cosine(line {i}, line {}) = {cos:.4}", i + 1);
+    }
+    Ok(())
+}
+
+/// Classifies each row of `input` with the image model `name` (minilm: embeds each line).
+fn infer(assets: &Path, name: &str, input: &Path) -> anyhow::Result<()> {
+    let registry = Registry::with_defaults(Some(assets))?;
+    let model = registry.by_name(name).ok_or_else(|| {
+        let known: Vec<String> = registry
+            .models()
+            .iter()
+            .map(|m| m.manifest().name.clone())
+            .collect();
+        anyhow::anyhow!("unknown model '{name}' (installed: {})", known.join(", "))
+    })?;
+    let rows = match name {
+        "digits" => input::read_images(input, digits::PIXELS, 8, digits::MAX_PIXEL)?,
+        "mnist-cnn" => input::read_images(input, mnist::PIXELS, 28, 255)?,
+        "minilm" => return embed_texts(&registry, model.id(), input),
+        other => anyhow::bail!("no input reader for model '{other}'"),
+    };
+    let executor = Executor::start(registry.clone(), ExecutorConfig::default());
+    let inputs: Vec<Vec<u8>> = rows.iter().map(|(x, _)| x.clone()).collect();
+    let out = executor.run_blocking(&model.id(), inputs)?;
+    let mut correct = 0;
+    for (i, (output, (_, label))) in out.outputs.iter().zip(&rows).enumerate() {
+        let logits = inference::f32s(output);
+        let class = inference::argmax(&logits);
+        let rounded: Vec<String> = logits.iter().map(|v| format!("{v:.3}")).collect();
+        match label {
+            Some(l) => {
+                correct += usize::from(class == usize::from(*l));
+                println!(
+                    "row {i}: class {class} (label {l})  logits [{}]",
+                    rounded.join(", ")
+                );
+            }
+            None => println!("row {i}: class {class}  logits [{}]", rounded.join(", ")),
+        }
+    }
+    if rows.iter().any(|(_, l)| l.is_some()) {
+        println!(
+            "accuracy {}/{} in {:.1} ms",
+            correct,
+            rows.len(),
+            out.compute.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! `fleetmesh models`: the installed models (embedded, and fetched under the assets folder) with their id,
+//! weights size and agreement rule.
+
+use std::path::Path;
+
+use fleetmesh_node::inference::Registry;
+
+/// Prints one line per model installed with the assets under `assets`.
+pub(crate) fn run(assets: &Path) -> anyhow::Result<()> {
+    let registry = Registry::with_defaults(Some(assets))?;
+    println!("{:<10} {:<64} {:>10}  rule", "name", "id", "weights");
+    for m in registry.models() {
+        let man = m.manifest();
+        println!(
+            "{:<10} {:<64} {:>7} kB  {:?}",
+            man.name,
+            m.id(),
+            man.weights_len / 1024,
+            man.rule
+        );
+    }
+    if registry.by_name("mnist-cnn").is_none() {
+        eprintln!("(mnist-cnn not installed: run scripts/fetch-assets.sh mnist)");
+    }
+    Ok(())
+}

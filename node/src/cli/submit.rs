@@ -1,0 +1,94 @@
+//! `fleetmesh submit`: jobs through a running node's local API, one per input row (or line of text), and a
+//! line per job with its state and result.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use fleetmesh_node::inference::{self, digits, mnist};
+use fleetmesh_node::{client, input};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SubmitArgs {
+    /// Model name (see `fleetmesh models`).
+    #[arg(long)]
+    model: String,
+    /// Input file: CSV rows or a PNG for image models, one sentence per line for minilm.
+    #[arg(long)]
+    input: PathBuf,
+    /// Agreeing workers required per job [default: the node chooses by the workers' reputation
+    /// (adaptive replication)].
+    #[arg(long)]
+    replicas: Option<u8>,
+    /// Wait for each job's verdict and print it.
+    #[arg(long)]
+    wait: bool,
+    /// The node's local API.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    api: std::net::SocketAddr,
+}
+
+/// Submits one job per input and prints each job's id, state and result.
+pub(crate) fn run(args: SubmitArgs) -> anyhow::Result<()> {
+    let SubmitArgs {
+        model,
+        input,
+        replicas,
+        wait,
+        api,
+    } = args;
+    submit(&model, &input, replicas, wait, api)
+}
+
+/// Submits `model` jobs from `input`; `replicas` none lets the node choose by reputation.
+fn submit(
+    model: &str,
+    input: &Path,
+    replicas: Option<u8>,
+    wait: bool,
+    api: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let bodies: Vec<serde_json::Value> = match model {
+        "digits" | "mnist-cnn" => {
+            let (pixels, side, max) = if model == "digits" {
+                (digits::PIXELS, 8, digits::MAX_PIXEL)
+            } else {
+                (mnist::PIXELS, 28, 255)
+            };
+            input::read_images(input, pixels, side, max)?
+                .into_iter()
+                .map(|(x, _)| serde_json::json!({ "model": model, "input": x, "replicas": replicas, "wait": wait }))
+                .collect()
+        }
+        _ => std::fs::read_to_string(input)
+            .with_context(|| format!("cannot read {}", input.display()))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::json!({ "model": model, "text": l, "replicas": replicas, "wait": wait }))
+            .collect(),
+    };
+    anyhow::ensure!(!bodies.is_empty(), "{}: no inputs", input.display());
+    for (i, body) in bodies.iter().enumerate() {
+        let (_, view) = client::call(
+            api,
+            "POST",
+            "/v1/jobs",
+            Some(body),
+            std::time::Duration::from_secs(120),
+        )?;
+        let job = view["job"].as_str().unwrap_or("?");
+        let state = view["state"].as_str().unwrap_or("?");
+        let detail = match view["values"].as_array() {
+            Some(v) if v.len() == 10 => {
+                let values: Vec<f32> = v.iter().map(|x| x.as_f64().unwrap_or(f64::MIN) as f32).collect();
+                format!("class {}", inference::argmax(&values))
+            }
+            Some(v) => format!("{} values", v.len()),
+            None => view["reason"].as_str().unwrap_or("").to_string(),
+        };
+        println!(
+            "row {i}: job {job} {state} {detail} receipts {}",
+            view["receipts"]
+        );
+    }
+    Ok(())
+}
