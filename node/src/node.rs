@@ -87,6 +87,8 @@ pub async fn start_with(
     // The network outlives the node's own cancellation by the moment it takes to hand running work back.
     let net_cancel = CancellationToken::new();
     let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), net_cancel.clone())?;
+    // Stops the network if the node fails to start from here on, or once the event handler ends.
+    let stop_net = net_cancel.drop_guard();
     let executor = Executor::start(registry, exec_cfg);
     let node_id = key.node_id();
     let share = Share::new(net.clone(), store.clone(), executor.clone(), share_cfg);
@@ -126,7 +128,7 @@ pub async fn start_with(
         share.clone(),
         net.clone(),
         cancel,
-        net_cancel,
+        stop_net,
     ));
     Ok(Node {
         net,
@@ -190,9 +192,8 @@ async fn handle_events(
     share: Share,
     net: NetClient,
     cancel: CancellationToken,
-    net_cancel: CancellationToken,
+    _stop_net: tokio_util::sync::DropGuard,
 ) {
-    let _stop_net = net_cancel.drop_guard();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
         tokio::select! {

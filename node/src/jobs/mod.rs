@@ -29,6 +29,7 @@ use fleetmesh_protocol::signing::Signable;
 use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
 use libp2p::PeerId;
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
 pub use crate::adversary::WorkerBehaviour;
 pub use crate::clock::now_ms;
@@ -194,6 +195,8 @@ struct Inner {
     share: Share,
     car: Car,
     metrics: Metrics,
+    /// Every task the job roles spawn, so that a stopping node can wait for them.
+    tasks: TaskTracker,
     /// Locks are never nested: each is taken, used and released on its own.
     submitter: Mutex<SubmitterSide>,
     worker: Mutex<WorkerSide>,
@@ -288,11 +291,20 @@ impl Jobs {
                 share,
                 car,
                 metrics,
+                tasks: TaskTracker::new(),
                 submitter: Mutex::new(submitter),
                 worker: Mutex::new(WorkerSide::default()),
                 book: Mutex::new(ReceiptBook::default()),
             }),
         }
+    }
+
+    /// Spawns a task of the job roles (tracked: [`Jobs::shutdown`] waits for it).
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn(task);
     }
 
     fn submitter(&self) -> MutexGuard<'_, SubmitterSide> {

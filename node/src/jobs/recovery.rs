@@ -87,7 +87,7 @@ impl Jobs {
                 (Some(done), _) => {
                     recommit += 1;
                     let submitter = record.offer.submitter;
-                    tokio::spawn(
+                    self.spawn(
                         async move { this.send_commit(job, submitter, &done).await }
                             .instrument(job_span(job, "worker", submitter, None)),
                     );
@@ -96,9 +96,7 @@ impl Jobs {
                     rerun += 1;
                     let offer = record.offer;
                     let span = job_span(job, "worker", offer.submitter, None);
-                    tokio::spawn(
-                        async move { this.compute(job, offer, input, cancel).await }.instrument(span),
-                    );
+                    self.spawn(async move { this.compute(job, offer, input, cancel).await }.instrument(span));
                 }
                 (None, JobInput::Content { .. }) => {}
             }

@@ -4,7 +4,7 @@
 //! decided job the countersigned receipts, stored before the job's waiters hear of it and then gossiped.
 
 use fleetmesh_consensus::job::Outcome;
-use fleetmesh_consensus::submitter::{Action, JobResult, Replication};
+use fleetmesh_consensus::submitter::{Action, JobResult, Replication, SubmitError};
 use fleetmesh_protocol::codec;
 use fleetmesh_protocol::messages::{
     AgreementRule, Assignment, Bid, JobInput, JobOffer, Receipt, Reply, ReplyCode, RevealRequest, WorkReport,
@@ -159,11 +159,17 @@ impl Jobs {
                 .collect()
         };
         let this = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let mut left = Vec::new();
             let mut done = 0usize;
             for (original, old, adaptive) in todo {
-                let offered = match this.new_offer(old.model, old.input.clone(), old.rule, old.replicas) {
+                // A job stored as adaptive, with adaptive replication now switched off, gets two replicas
+                // (its offer asked for one: alone it would run unchecked).
+                let (replicas, adaptive) = match (adaptive, this.inner.cfg.adaptive) {
+                    (true, None) => (old.replicas.max(2), false),
+                    (a, _) => (old.replicas, a),
+                };
+                let offered = match this.new_offer(old.model, old.input.clone(), old.rule, replicas) {
                     Ok(fresh) => this.offer(original, fresh, adaptive).await,
                     Err(e) => Err(e),
                 };
@@ -233,7 +239,7 @@ impl Jobs {
             Action::RequestReveal { job, worker } => self.request_reveal(job, worker),
             Action::WakeAt { job, at_ms } => {
                 let this = self.clone();
-                tokio::spawn(async move {
+                self.spawn(async move {
                     let wait = at_ms.saturating_sub(now_ms());
                     tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
                     let actions = this.submitter().core.on_wake(job, now_ms(), &mut OsRandom);
@@ -259,7 +265,7 @@ impl Jobs {
             return;
         };
         let this = self.clone();
-        tokio::spawn(
+        self.spawn(
             async move {
                 let answer = this
                     .inner
@@ -293,7 +299,7 @@ impl Jobs {
             return;
         };
         let this = self.clone();
-        tokio::spawn(
+        self.spawn(
             async move {
                 // Asked again (until the reveal deadline ends the slot) if the worker cannot be reached or
                 // has no result at hand: a worker restarting after a crash reveals from its store.
@@ -336,6 +342,7 @@ impl Jobs {
             .on_report(&report.reveal.body, report.claim, now_ms());
         match result {
             Ok(actions) => self.act_all(actions),
+            Err(SubmitError::UnknownJob) => debug!(job = %job.short(), "work report after the verdict"),
             Err(e) => warn!(job = %job.short(), worker = %worker.short(), error = %e, "work report refused"),
         }
     }
@@ -363,15 +370,19 @@ impl Jobs {
             })
             .inc();
         let this = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let original = result.job;
             let record = {
                 let side = this.submitter();
-                side.jobs.get(&original).map(|s| SubmittedRecord {
-                    offer: s.offer.clone(),
-                    adaptive: s.adaptive,
-                    result: Some(result.clone()),
-                })
+                // Only for the offer in force (a decision for an offer replaced meanwhile is not stored).
+                side.jobs
+                    .get(&original)
+                    .filter(|s| s.offer.id() == job)
+                    .map(|s| SubmittedRecord {
+                        offer: s.offer.clone(),
+                        adaptive: s.adaptive,
+                        result: Some(result.clone()),
+                    })
             };
             let (store, key) = (this.inner.store.clone(), this.inner.key.clone());
             let signed = tokio::task::spawn_blocking(move || {
@@ -392,7 +403,14 @@ impl Jobs {
                 receipts
             })
             .await;
-            let receipts = signed.unwrap_or_default();
+            let receipts = match signed {
+                Ok(receipts) => receipts,
+                Err(e) => {
+                    // Nothing was stored: nobody may hear of this verdict (waiters see the job dropped).
+                    warn!(job = %job.short(), error = %e, "the task storing the verdict failed");
+                    return;
+                }
+            };
             // Durable before anyone hears of it: a verdict a user saw survives a crash.
             if let Err(e) = this.inner.store.flush().await {
                 warn!(job = %job.short(), error = %e, "cannot flush the verdict");

@@ -84,7 +84,7 @@ impl Jobs {
             return;
         };
         let net = self.inner.net.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             if let Err(e) = net
                 .request(net::peer_id_of(&offer.submitter), codec::encode(&signed))
                 .await
@@ -134,7 +134,7 @@ impl Jobs {
         }
         let this = self.clone();
         let span = job_span(a.job, "worker", a.submitter, self.model_name(&offer.model));
-        tokio::spawn(async move { this.compute(a.job, offer, input, cancel).await }.instrument(span));
+        self.spawn(async move { this.compute(a.job, offer, input, cancel).await }.instrument(span));
         reply(Reply::accepted())
     }
 
@@ -287,10 +287,11 @@ impl Jobs {
     }
 
     /// The node stops: every job still computing is cancelled and handed back with a signed [`Withdraw`]
-    /// (reason `Shutdown`) so its submitter reassigns it at once instead of waiting for a timeout; waits at
-    /// most `limit` for the withdrawals, then flushes the store. Computed results stay on disk and are
-    /// committed again at the next start.
+    /// (reason `Shutdown`) so its submitter reassigns it at once instead of waiting for a timeout; then
+    /// every task of the job roles (verdicts being stored among them) gets the rest of `limit` to finish,
+    /// and the store is flushed. Computed results stay on disk and are committed again at the next start.
     pub async fn shutdown(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         let running = self.take_unfinished();
         if !running.is_empty() {
             let all = futures::future::join_all(
@@ -298,7 +299,7 @@ impl Jobs {
                     .iter()
                     .map(|(job, offer)| self.withdraw(*job, offer, WithdrawReason::Shutdown)),
             );
-            if tokio::time::timeout(limit, all).await.is_err() {
+            if tokio::time::timeout_at(deadline, all).await.is_err() {
                 warn!(
                     jobs = running.len(),
                     "stopping before every withdrawal was delivered"
@@ -306,6 +307,16 @@ impl Jobs {
             } else {
                 tracing::info!(jobs = running.len(), "stopping: unfinished work handed back");
             }
+        }
+        self.inner.tasks.close();
+        if tokio::time::timeout_at(deadline, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            debug!(
+                tasks = self.inner.tasks.len(),
+                "stopping with tasks still running"
+            );
         }
         if let Err(e) = self.inner.store.flush().await {
             warn!(error = %e, "cannot flush the store while stopping");
@@ -382,7 +393,7 @@ impl Jobs {
             .forged_receipt(claim.clone(), &self.inner.key)
         {
             let net = self.inner.net.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 let _ = net.publish(Topic::Receipts, codec::encode(&forged)).await;
             });
         }
