@@ -199,6 +199,21 @@ impl Job {
             .filter_map(|w| self.slots.get(w).map(|s| (w, s)))
     }
 
+    /// Undecided, short of workers, and with no unexpired fitting bid left to draw one from: only new
+    /// bidders can save it.
+    pub fn starved(&self, now_ms: u64) -> bool {
+        let limit = self.cfg.replicas + self.cfg.max_extra;
+        self.outcome.is_none()
+            && self.active() < self.wanted()
+            && self.order.len() < limit
+            && !self.bids.iter().any(|b| {
+                !self.slots.contains_key(&b.worker)
+                    && !self.excluded.contains(&b.worker)
+                    && b.expires_ms >= now_ms
+                    && self.class_fits(b)
+            })
+    }
+
     fn active(&self) -> usize {
         self.slots.values().filter(|s| s.is_active()).count()
     }

@@ -190,6 +190,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             step_timeout_ms: TIMEOUT_MS,
             // Every bid of a job arrives at the same instant: the window closes with the last one.
             bid_window_ms: 0,
+            reoffer_after_ms: u64::MAX,
+            max_reoffers: 0,
             trust: cfg.trust,
         },
     );
@@ -344,6 +346,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                         }
                     }
                     Action::WakeAt { at_ms, .. } => wake = Some(at_ms),
+                    // (Every sampled worker bid at once: a fresh offer would reach nobody new.)
+                    Action::Reoffer { .. } => {}
                     Action::Decide {
                         result, receipts: r, ..
                     } => decided = Some((result, r)),

@@ -32,6 +32,11 @@ pub struct SubmitterConfig {
     pub bid_window_ms: u64,
     /// Reputation settings (used by adaptive jobs, and for the reputation kept from every verdict).
     pub trust: TrustConfig,
+    /// A job whose workers were chosen this long ago and that is still short of workers, with no bid
+    /// left to draw from, is offered again ([`Action::Reoffer`]): its offer reached too few cars.
+    pub reoffer_after_ms: u64,
+    /// How many times one job is offered again that way.
+    pub max_reoffers: u32,
 }
 
 impl Default for SubmitterConfig {
@@ -41,6 +46,8 @@ impl Default for SubmitterConfig {
             step_timeout_ms: 10_000,
             bid_window_ms: 25,
             trust: TrustConfig::default(),
+            reoffer_after_ms: 3_000,
+            max_reoffers: 2,
         }
     }
 }
@@ -98,6 +105,14 @@ pub enum Action {
         /// The worker.
         worker: NodeId,
     },
+    /// Offer the job its user knows as `original` again under a fresh offer (then [`Submitter::offer`]):
+    /// this one reached too few cars. The job stays in flight until the fresh offer replaces it.
+    Reoffer {
+        /// The job (offer in force).
+        job: JobId,
+        /// The id its user knows.
+        original: JobId,
+    },
     /// Call [`Submitter::on_wake`] for this job at this time (the end of its bid window).
     WakeAt {
         /// The job.
@@ -148,8 +163,9 @@ pub enum SubmitError {
 #[derive(Debug, Clone, Default)]
 struct BidWindow {
     bids: Vec<Bid>,
-    /// The workers were chosen.
+    /// The workers were chosen (and when).
     planned: bool,
+    planned_at_ms: u64,
     /// A wake-up is scheduled for the end of the window.
     scheduled: bool,
     /// Nobody trusted was among the bidders when an adaptive plan was made (later bids may then join).
@@ -166,6 +182,9 @@ struct InFlight {
     window: BidWindow,
     /// Bids taken so far (window and replacements).
     bids_taken: usize,
+    /// Times the job was offered again before this offer; whether this offer asked to be replaced.
+    reoffers: u32,
+    reoffer_asked: bool,
     claims: BTreeMap<NodeId, Signed<WorkClaim>>,
 }
 
@@ -239,9 +258,10 @@ impl Submitter {
     /// Takes `offer` (already signed and about to be published) for the job its user knows as
     /// `original`. A job offered again under a fresh offer replaces the old one in flight.
     pub fn offer(&mut self, original: JobId, offer: JobOffer, replication: Replication) {
-        if let Some(old) = self.originals.insert(original, offer.id()) {
-            self.jobs.remove(&old);
-        }
+        let reoffers = match self.originals.insert(original, offer.id()) {
+            Some(old) => self.jobs.remove(&old).map_or(0, |j| j.reoffers + 1),
+            None => 0,
+        };
         let job = Job::new(&offer, self.job_config(usize::from(offer.replicas.max(1))));
         self.jobs.insert(
             offer.id(),
@@ -252,6 +272,8 @@ impl Submitter {
                 job,
                 window: BidWindow::default(),
                 bids_taken: 0,
+                reoffers,
+                reoffer_asked: false,
                 claims: BTreeMap::new(),
             },
         );
@@ -345,6 +367,7 @@ impl Submitter {
             return Vec::new();
         }
         f.window.planned = true;
+        f.window.planned_at_ms = now_ms;
         let mut bids = std::mem::take(&mut f.window.bids);
         let cost = |b: &Bid| b.price.saturating_add(b.energy_cost);
         bids.sort_by_key(cost);
@@ -447,16 +470,32 @@ impl Submitter {
         self.on_withdraw(&w, now_ms).unwrap_or_default()
     }
 
-    /// Time passes: missed deadlines replace workers; a job's own deadline ends it.
+    /// Time passes: missed deadlines replace workers; a job's own deadline ends it; a job starved of
+    /// bidders is offered again.
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
         let mut ids: Vec<JobId> = self.jobs.keys().copied().collect();
         ids.sort();
         let mut actions = Vec::new();
+        let (after, max) = (self.cfg.reoffer_after_ms, self.cfg.max_reoffers);
         for id in ids {
             actions.extend(
                 self.drive(id, now_ms, |j| Ok(j.on_tick(now_ms)))
                     .unwrap_or_default(),
             );
+            if let Some(f) = self.jobs.get_mut(&id)
+                && f.window.planned
+                && !f.reoffer_asked
+                && f.reoffers < max
+                && now_ms >= f.window.planned_at_ms.saturating_add(after)
+                && now_ms < f.offer.deadline_ms
+                && f.job.starved(now_ms)
+            {
+                f.reoffer_asked = true;
+                actions.push(Action::Reoffer {
+                    job: id,
+                    original: f.original,
+                });
+            }
         }
         actions
     }

@@ -46,6 +46,7 @@ fn submitter(trust: TrustConfig) -> Submitter {
             step_timeout_ms: 100,
             bid_window_ms: 25,
             trust,
+            ..SubmitterConfig::default()
         },
     )
 }
@@ -174,6 +175,7 @@ fn run_job(
                     next.extend(s.on_report(&reveal, claim, t).unwrap_or_default());
                 }
                 Action::WakeAt { job, at_ms } => next.extend(s.on_wake(job, at_ms.max(t), &mut rng)),
+                Action::Reoffer { .. } => {}
                 Action::Decide { .. } => unreachable!("handled above"),
             }
         }
@@ -326,6 +328,43 @@ fn an_offer_made_again_replaces_the_one_in_force() {
     assert_eq!(s.in_flight(), 1);
     assert!(!s.contains(&original));
     assert!(s.contains(&again.id()));
+}
+
+#[test]
+fn a_job_whose_offer_drew_too_few_bids_is_offered_again_a_bounded_number_of_times() {
+    let mut s = submitter(TrustConfig::default());
+    let mut rng = Fixed(0.5);
+    let first = offer(9, 2, 0);
+    let original = first.id();
+    s.offer(original, first, Replication::Fixed);
+    // One bid for a job that needs two workers; the window closes at its end.
+    s.on_bid(bid(original, 1, 0), 0, 5, &mut rng).unwrap();
+    assert_eq!(
+        assigned(&s.on_wake(original, 25, &mut rng)),
+        vec![key(1).node_id()]
+    );
+    let reoffers = |actions: Vec<Action>| {
+        actions
+            .into_iter()
+            .filter(|a| matches!(a, Action::Reoffer { .. }))
+            .count()
+    };
+    // Not before `reoffer_after_ms` (3 s), then once.
+    assert_eq!(reoffers(s.on_tick(2_000)), 0);
+    assert_eq!(reoffers(s.on_tick(3_100)), 1);
+    assert_eq!(reoffers(s.on_tick(3_200)), 0);
+    // Offered again (twice at most), each fresh offer starved in turn.
+    for n in 0..3u64 {
+        let fresh = offer(100 + n, 2, 10_000 * (n + 1));
+        let id = fresh.id();
+        s.offer(original, fresh, Replication::Fixed);
+        assert_eq!(s.in_flight(), 1);
+        let t = 10_000 * (n + 1);
+        s.on_bid(bid(id, 2, 0), t, 5, &mut rng).unwrap();
+        s.on_wake(id, t + 25, &mut rng);
+        let asked = reoffers(s.on_tick(t + 3_100));
+        assert_eq!(asked, usize::from(n < 1), "offer {n} of the job");
+    }
 }
 
 fn small_trust() -> TrustConfig {

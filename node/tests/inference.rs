@@ -225,6 +225,12 @@ async fn executor_batches_concurrent_jobs_without_changing_outputs() {
         assert!(out.compute > Duration::ZERO);
     }
     assert_eq!(executor.queue_depth(), 0);
+    // 20 jobs of 7 images ran in fewer forward passes than jobs: concurrent jobs shared batches.
+    let passes = executor.stats().passes;
+    assert!(
+        passes < 20,
+        "{passes} forward passes for 20 jobs: nothing was batched"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +249,15 @@ async fn a_running_job_is_cancelled_within_a_second() {
         let (executor, cancel, id) = (executor.clone(), cancel.clone(), model.id());
         tokio::spawn(async move { executor.run(&id, inputs, cancel).await })
     };
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Cancelled once it is running (its first forward passes done), not while it waits in the queue.
+    let started = Instant::now();
+    while executor.stats().passes < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the job never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let asked = Instant::now();
     cancel.cancel();
     let result = job.await.unwrap();
@@ -251,4 +265,7 @@ async fn a_running_job_is_cancelled_within_a_second() {
     println!("cancelled after {took:?}");
     assert_eq!(result, Err(InferenceError::Cancelled));
     assert!(took < Duration::from_secs(1), "cancellation took {took:?}");
+    // It stopped part way: 4096 inputs are 256 passes of 16.
+    let passes = executor.stats().passes;
+    assert!(passes < 256, "all {passes} passes ran: nothing was cancelled");
 }

@@ -80,9 +80,24 @@ fn after_two_weeks_of_commuting_long_jobs_that_would_overrun_departure_are_refus
     let now = 2 * WEEK_MIN + 24 * 60 + 6 * 60;
     let parked_for = predictor.parked_for_min(now, 0.8).unwrap();
     assert!((60..=105).contains(&parked_for), "predicted {parked_for} min");
-    let fits = |job_min: u64| job_min <= parked_for;
-    assert!(fits(45), "a 45-minute job should be accepted");
-    assert!(!fits(180), "a 3-hour job would overrun the usual departure");
+    // The rule the car bids by: a job must end before the predicted departure.
+    let fits = |job_min: u64| predictor.job_fits(now, 0.8, job_min * 60_000);
+    assert_eq!(fits(45), Ok(()), "a 45-minute job should be accepted");
+    assert_eq!(
+        fits(parked_for),
+        Ok(()),
+        "a job ending at the predicted departure fits"
+    );
+    assert_eq!(
+        fits(parked_for + 1),
+        Err(parked_for),
+        "one minute more overruns it"
+    );
+    assert_eq!(
+        fits(180),
+        Err(parked_for),
+        "a 3-hour job would overrun the usual departure"
+    );
     // Saturday 09:00: no commute; the weekend errand leaves at 11:00 at the earliest.
     let saturday = 2 * WEEK_MIN + 5 * 24 * 60 + 9 * 60;
     let weekend = predictor.parked_for_min(saturday, 0.8).unwrap();

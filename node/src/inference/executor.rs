@@ -77,6 +77,16 @@ pub struct Executor {
     tx: mpsc::Sender<Task>,
     registry: Arc<Registry>,
     depth: Arc<AtomicUsize>,
+    passes: Arc<AtomicUsize>,
+}
+
+/// What an executor has run so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecutorStats {
+    /// Forward passes (each over at most `max_batch` inputs, from one or several jobs).
+    pub passes: usize,
+    /// Jobs waiting or running.
+    pub queued: usize,
 }
 
 impl Executor {
@@ -85,12 +95,12 @@ impl Executor {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
+        let passes = Arc::new(AtomicUsize::new(0));
         for i in 0..cfg.workers.max(1) {
-            let rx = rx.clone();
-            let depth = depth.clone();
+            let (rx, depth, passes) = (rx.clone(), depth.clone(), passes.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("inference-{i}"))
-                .spawn(move || worker(rx, depth, cfg));
+                .spawn(move || worker(rx, depth, passes, cfg));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start an inference worker");
             }
@@ -99,6 +109,15 @@ impl Executor {
             tx,
             registry: Arc::new(registry),
             depth,
+            passes,
+        }
+    }
+
+    /// Forward passes run so far, and jobs waiting or running.
+    pub fn stats(&self) -> ExecutorStats {
+        ExecutorStats {
+            passes: self.passes.load(Ordering::Relaxed),
+            queued: self.depth.load(Ordering::Relaxed),
         }
     }
 
@@ -157,7 +176,12 @@ impl Executor {
     }
 }
 
-fn worker(rx: Arc<Mutex<mpsc::Receiver<Task>>>, depth: Arc<AtomicUsize>, cfg: ExecutorConfig) {
+fn worker(
+    rx: Arc<Mutex<mpsc::Receiver<Task>>>,
+    depth: Arc<AtomicUsize>,
+    passes: Arc<AtomicUsize>,
+    cfg: ExecutorConfig,
+) {
     let mut held: VecDeque<Task> = VecDeque::new();
     loop {
         // Take the first job (one held back from the last round, or the next in the queue).
@@ -186,12 +210,12 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Task>>>, depth: Arc<AtomicUsize>, cfg: Ex
             }
         }
         let jobs = batch.len();
-        run_batch(batch, cfg.max_batch);
+        run_batch(batch, cfg.max_batch, &passes);
         depth.fetch_sub(jobs, Ordering::Relaxed);
     }
 }
 
-fn run_batch(tasks: Vec<Task>, max_batch: usize) {
+fn run_batch(tasks: Vec<Task>, max_batch: usize, passes: &AtomicUsize) {
     let model = tasks[0].model.clone();
     let mut live: Vec<Task> = Vec::with_capacity(tasks.len());
     for t in tasks {
@@ -215,6 +239,7 @@ fn run_batch(tasks: Vec<Task>, max_batch: usize) {
             continue;
         }
         let started = Instant::now();
+        passes.fetch_add(1, Ordering::Relaxed);
         let result = model.run_batch(&chunk.iter().map(|(_, i)| *i).collect::<Vec<_>>());
         let spent = started.elapsed();
         match result {

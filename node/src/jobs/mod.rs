@@ -86,6 +86,7 @@ impl JobsConfig {
             step_timeout_ms: self.step_timeout_ms,
             bid_window_ms: self.bid_window_ms,
             trust: self.adaptive.unwrap_or_default(),
+            ..SubmitterConfig::default()
         }
     }
 }

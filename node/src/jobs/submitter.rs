@@ -145,7 +145,8 @@ impl Jobs {
         let _ = self.inner.store.remove_submitted(&original);
     }
 
-    /// Offers the unfinished jobs found at start again, once the mesh has peers to take them.
+    /// Offers the jobs queued for it again, under fresh offers: those found unfinished at start (once the
+    /// mesh has peers to take them), and those whose offer drew too few bidders.
     pub(super) fn reoffer(&self) {
         let todo: Vec<(JobId, JobOffer, bool)> = {
             let mut side = self.submitter();
@@ -251,6 +252,17 @@ impl Jobs {
                 result,
                 receipts,
             } => self.finish(job, result, receipts),
+            Action::Reoffer { job, original } => {
+                debug!(job = %original.short(), "too few cars bid; offering the job again");
+                {
+                    let mut side = self.submitter();
+                    if side.jobs.get(&original).is_none_or(|s| s.offer.id() != job) {
+                        return;
+                    }
+                    side.to_reoffer.push(original);
+                }
+                self.reoffer();
+            }
         }
     }
 

@@ -497,11 +497,9 @@ impl Car {
                 Some(sim) => (est_ms as f64 * sim.speed) as u64,
                 None => est_ms,
             };
-            match inner.predictor.parked_for_min(now, conf) {
-                Some(parked_min) if car_ms > parked_min.saturating_mul(60_000) => {
-                    Some(NoBid::WouldOverrunDeparture { est_ms, parked_min })
-                }
-                _ => None,
+            match inner.predictor.job_fits(now, conf, car_ms) {
+                Err(parked_min) => Some(NoBid::WouldOverrunDeparture { est_ms, parked_min }),
+                Ok(()) => None,
             }
         };
         match refused {

@@ -380,6 +380,15 @@ impl DeparturePredictor {
         self.weeks = ((self.last_min - first + WEEK_MIN / 2) / WEEK_MIN).max(1);
     }
 
+    /// Whether a job expected to take `job_ms` of the car's time, started at `now_min`, ends before the
+    /// predicted departure (at `confidence`). Without enough history every job fits.
+    pub fn job_fits(&self, now_min: u64, confidence: f32, job_ms: u64) -> Result<(), u64> {
+        match self.parked_for_min(now_min, confidence) {
+            Some(parked_min) if job_ms > parked_min.saturating_mul(60_000) => Err(parked_min),
+            _ => Ok(()),
+        }
+    }
+
     /// Minutes the car is expected to stay parked from `now_min`: until the first minute of the week at
     /// which at least `confidence` (0-1) of the observed weeks had a departure within the following hour
     /// window, looking at most a week ahead. `None` without at least one week of history.
