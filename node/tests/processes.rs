@@ -9,6 +9,18 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetmesh");
 
+/// Digit 0 from the held-out set, as the JSON array of 64 pixels a job takes.
+const DIGIT_ZERO: &str = "[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]";
+
+/// The process ids scripts/testnet.sh wrote, node 1 first.
+fn testnet_pids(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 /// Sends one HTTP/1.0 request to a local API, returning the status code and the JSON body.
 fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, serde_json::Value)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -70,7 +82,7 @@ fn jobs_submitted_over_the_local_api_are_verified_by_other_processes() {
     let result = std::panic::catch_unwind(|| {
         wait_connected(api, 3);
         // Digit 0 from the held-out set: node 1 submits, the two other processes compute and agree.
-        let pixels = "[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]";
+        let pixels = DIGIT_ZERO;
         let body = format!(r#"{{"model":"digits","input":{pixels},"replicas":2,"wait":true}}"#);
         let (code, view) = http(api, "POST", "/v1/jobs", &body).expect("POST /v1/jobs");
         assert_eq!(code, 202, "{view}");
@@ -173,11 +185,7 @@ fn testnet_script_starts_five_connected_nodes_and_stops_them_all() {
     );
     let stdout = String::from_utf8_lossy(&started.stdout).into_owned();
     assert_eq!(stdout.matches("peer_id").count(), 5, "{stdout}");
-    let pids: Vec<String> = std::fs::read_to_string(dir.path().join("pids"))
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let pids = testnet_pids(&dir.path().join("pids"));
     assert_eq!(pids.len(), 5);
 
     let start = Instant::now();
@@ -447,7 +455,7 @@ fn a_submitter_killed_with_sigkill_restarts_with_every_job_and_receipt() {
     let result = std::panic::catch_unwind(|| {
         wait_connected(api, 3);
         let submitter = api + 2; // node 3; nodes 1 and 2 work
-        let pixels = "[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]";
+        let pixels = DIGIT_ZERO;
         let submit = |wait: bool| {
             let body = format!(r#"{{"model":"digits","input":{pixels},"replicas":2,"wait":{wait}}}"#);
             let (code, view) = http(submitter, "POST", "/v1/jobs", &body).expect("POST /v1/jobs");
@@ -465,11 +473,7 @@ fn a_submitter_killed_with_sigkill_restarts_with_every_job_and_receipt() {
         assert_eq!(receipts_before, 10);
 
         // Freeze the workers so that the next jobs stay pending, submit them, and kill the submitter.
-        let pids: Vec<String> = std::fs::read_to_string(&pids_file)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect();
+        let pids = testnet_pids(&pids_file);
         signal(&pids[0], "-STOP");
         signal(&pids[1], "-STOP");
         let pending: Vec<String> = (0..10)
@@ -479,18 +483,8 @@ fn a_submitter_killed_with_sigkill_restarts_with_every_job_and_receipt() {
                 view["job"].as_str().unwrap().to_string()
             })
             .collect();
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[2])).unwrap();
-        let argv: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        signal(&pids[2], "-KILL");
-        let start = Instant::now();
-        while alive(&pids[2]) {
-            assert!(start.elapsed() < Duration::from_secs(5), "kill -9 did not kill");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let argv = argv_of(&pids[2]);
+        kill9(&pids[2]);
 
         // Restart it exactly as the script started it, and let the workers go on.
         let log = std::fs::File::create(dir.path().join("node3-restarted.log")).unwrap();
@@ -589,14 +583,10 @@ fn a_worker_killed_with_sigkill_after_committing_reveals_from_its_store_and_is_p
             .as_str()
             .unwrap()
             .to_string();
-        let pids: Vec<String> = std::fs::read_to_string(&pids_file)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect();
+        let pids = testnet_pids(&pids_file);
         // The other worker is frozen: the job gets one worker, which commits; reveals wait for the second.
         signal(&pids[1], "-STOP");
-        let pixels = "[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]";
+        let pixels = DIGIT_ZERO;
         let body = format!(r#"{{"model":"digits","input":{pixels},"replicas":2,"wait":false}}"#);
         let (code, view) = http(submitter, "POST", "/v1/jobs", &body).expect("POST /v1/jobs");
         assert_eq!(code, 202, "{view}");

@@ -3,7 +3,8 @@
 
 /// Reports that a test cannot run because `what` is missing: under `CI=true` (set by the CI runner) this
 /// panics, so CI never reports green for a test that did not run; elsewhere it prints `SKIPPED: what`
-/// and the caller returns.
+/// and the caller returns. The panic names the test's line, not this one.
+#[track_caller]
 pub fn skip_unless_ci(what: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("CI=true and this test cannot run: {what}");
