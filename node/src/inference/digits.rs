@@ -15,8 +15,8 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
-use fleetmesh_protocol::{ChunkId, ModelId};
 
 use super::{InferenceError, Model, check_len, classify_images, head_rows, manifest_for};
 
@@ -237,11 +237,12 @@ impl Digits {
     }
 
     fn from_net(net: DigitsNet, weights: Vec<u8>, device: Device, chunk_size: u32) -> Self {
-        let mut manifest = manifest_for(
+        let manifest = manifest_for(
             NAME,
             1,
             "digits-cnn-v1",
             &weights,
+            chunk_size,
             TensorSpec {
                 dtype: DType::U8,
                 shape: vec![1, 8, 8],
@@ -252,8 +253,6 @@ impl Digits {
             },
             AgreementRule::Exact,
         );
-        manifest.chunk_size = chunk_size;
-        manifest.chunks = weights.chunks(chunk_size as usize).map(ChunkId::of).collect();
         let id = manifest.id();
         Self {
             net: Mutex::new(net),

@@ -213,6 +213,7 @@ impl MiniLm {
             1,
             "bert-minilm-l6-v2",
             &weights,
+            super::CHUNK_SIZE,
             TensorSpec {
                 dtype: DType::Utf8,
                 shape: vec![MAX_TEXT as u32],

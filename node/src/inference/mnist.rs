@@ -135,6 +135,7 @@ impl MnistCnn {
             1,
             "mnist-cnn-v1",
             weights,
+            super::CHUNK_SIZE,
             TensorSpec {
                 dtype: DType::U8,
                 shape: vec![1, 28, 28],

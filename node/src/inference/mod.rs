@@ -136,12 +136,15 @@ pub fn build(manifest: &ModelManifest, weights: &[u8]) -> Result<Arc<dyn Model>,
     Ok(model)
 }
 
-/// Builds the manifest of a model from its weights: chunk hashes, weights hash, specs and rule.
+/// Builds the manifest of a model from its weights, distributed in chunks of `chunk_size` bytes: chunk
+/// hashes, weights hash, specs and rule.
+#[allow(clippy::too_many_arguments)]
 pub fn manifest_for(
     name: &str,
     version: u32,
     architecture: &str,
     weights: &[u8],
+    chunk_size: u32,
     input: TensorSpec,
     output: TensorSpec,
     rule: AgreementRule,
@@ -152,8 +155,8 @@ pub fn manifest_for(
         architecture: architecture.into(),
         weights_hash: *blake3::hash(weights).as_bytes(),
         weights_len: weights.len() as u64,
-        chunk_size: CHUNK_SIZE,
-        chunks: weights.chunks(CHUNK_SIZE as usize).map(ChunkId::of).collect(),
+        chunk_size,
+        chunks: weights.chunks(chunk_size as usize).map(ChunkId::of).collect(),
         input,
         output,
         rule,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use fleetmesh_consensus::job::{Outcome, SlotState};
+use fleetmesh_consensus::job::{Job, Outcome, SlotState};
 use fleetmesh_consensus::ledger::Ledger;
 use fleetmesh_protocol::codec;
 use fleetmesh_protocol::messages::{Receipt, Verdict};
@@ -101,18 +101,7 @@ impl Jobs {
         let side = self.submitter();
         let original = side.by_offer.get(job).unwrap_or(job);
         let sub = side.jobs.get(original)?;
-        let mut view = self.view_of(original, sub, 0);
-        if let Some(job) = side.core.job(&sub.offer.id()) {
-            view.workers = job
-                .slots()
-                .map(|(w, s)| WorkerView {
-                    node: w.to_string(),
-                    state: slot_name(s),
-                })
-                .collect();
-            view.workers_assigned = view.workers.len();
-        }
-        Some(view)
+        Some(self.view_of(original, sub, side.core.job(&sub.offer.id())))
     }
 
     /// The `n` most recently offered jobs this node submitted, newest first.
@@ -122,10 +111,7 @@ impl Jobs {
         subs.sort_by_key(|(_, s)| std::cmp::Reverse(s.offer.created_ms));
         subs.into_iter()
             .take(n)
-            .map(|(original, sub)| {
-                let assigned = side.core.job(&sub.offer.id()).map_or(0, |j| j.slots().count());
-                self.view_of(original, sub, assigned)
-            })
+            .map(|(original, sub)| self.view_of(original, sub, side.core.job(&sub.offer.id())))
             .collect()
     }
 
@@ -146,7 +132,16 @@ impl Jobs {
         c
     }
 
-    fn view_of(&self, job: &JobId, sub: &Submitted, assigned: usize) -> JobView {
+    /// The view of a submitted job; `in_flight` is its state machine while the submitter core holds it.
+    fn view_of(&self, job: &JobId, sub: &Submitted, in_flight: Option<&Job>) -> JobView {
+        let workers: Vec<WorkerView> = in_flight
+            .into_iter()
+            .flat_map(|j| j.slots())
+            .map(|(w, s)| WorkerView {
+                node: w.to_string(),
+                state: slot_name(s),
+            })
+            .collect();
         let mut view = JobView {
             job: job.to_string(),
             model: sub.offer.model.to_string(),
@@ -154,8 +149,8 @@ impl Jobs {
             output_hex: None,
             values: None,
             agreeing: Vec::new(),
-            workers_assigned: assigned,
-            workers: Vec::new(),
+            workers_assigned: workers.len(),
+            workers,
             receipts: 0,
             receipt_ids: sub.receipt_ids.clone(),
             model_name: self.model_name(&sub.offer.model),
