@@ -1,16 +1,26 @@
-//! Sign a work claim as a worker, countersign it as the submitter, send it as bytes, verify it.
+//! A payer funds a submitter with a budget; a worker signs its work claim; the submitter countersigns it
+//! into a receipt paid from that budget; the receipt goes out as bytes and is verified.
 //!
 //! ```sh
 //! cargo run -p fleetmesh-examples --example sign_receipt
 //! ```
 
-use fleetmesh_protocol::messages::{Receipt, Verdict, WorkClaim};
+use fleetmesh_protocol::messages::{Budget, Receipt, Verdict, WorkClaim};
 use fleetmesh_protocol::{JobId, ModelId, NodeKey, Signed, codec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // In a real node the keys come from `fleetmesh keys generate`; fixed seeds keep this example repeatable.
     let worker = NodeKey::from_seed([1; 32]);
     let submitter = NodeKey::from_seed([2; 32]);
+    let payer = NodeKey::from_seed([3; 32]);
+    let budget = Budget {
+        payer: payer.node_id(),
+        holder: submitter.node_id(),
+        serial: 1,
+        amount: 1_000_000,
+        expires_ms: 1_765_000_000_000,
+    };
+    let budget = Signed::sign(budget, &payer)?;
 
     let output = b"the worker's output bytes";
     let claim = WorkClaim {
@@ -30,6 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         verdict: Verdict::Accepted,
         credit: 1_000,
         issued_ms: 1_764_000_000_050,
+        budget,
+        seq: 0,
+        spent: 1_000,
     };
     let receipt = Signed::sign(receipt, &submitter)?;
 

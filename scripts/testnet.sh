@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A local fleetmesh testnet on loopback: N node processes, node 1 the bootstrap peer of the others.
 #
-#   scripts/testnet.sh start N     start N nodes (default 5) and print their peer ids and API addresses
+#   scripts/testnet.sh start N     start N nodes (default 5) and print their peer ids and API addresses;
+#                                  the testnet has its own payer (TESTNET_DIR/payer.key): every node
+#                                  honours it and holds a budget of 1,000 credits from it
 #   scripts/testnet.sh status      peer counts of every node
 #   scripts/testnet.sh stop        stop exactly the processes this script started
 #
@@ -53,10 +55,19 @@ start() {
     mkdir -p "$dir"
     : > "$dir/pids"
     local bootstrap=""
+    # The testnet's own payer: every node honours it and holds a budget of it (1,000 credits).
+    [ -f "$dir/payer.key" ] || "$bin" keys generate --key "$dir/payer.key" >/dev/null 2>&1
+    local payer
+    payer=$("$bin" keys show --key "$dir/payer.key")
     for i in $(seq 1 "$n"); do
         local home="$dir/node$i" port=$((p2p_base + i - 1)) api=$((api_base + i - 1))
         mkdir -p "$home"
         [ -f "$home/node.key" ] || "$bin" --home "$home" keys generate >/dev/null 2>&1
+        if [ ! -f "$home/budget" ]; then
+            "$bin" budget issue --key "$dir/payer.key" --holder "$("$bin" --home "$home" keys show)" \
+                --credits 1000 --serial "$i" --out "$home/budget" >/dev/null 2>&1 \
+                || die "cannot issue node$i's budget"
+        fi
         if [ "$car" != none ]; then
             # The node reads HOME/fleetmesh.toml: its car.
             local speed=${TESTNET_SPEED:-60}
@@ -66,7 +77,7 @@ start() {
                 "$car" "$i" "${TESTNET_CLOCK:-tue 01:00}" "$speed" > "$home/fleetmesh.toml"
         fi
         local args=(--home "$home" run --listen "/ip4/127.0.0.1/tcp/$port" --listen "/ip4/127.0.0.1/udp/$port/quic-v1"
-            --api "127.0.0.1:$api" --kad-mode server --public)
+            --api "127.0.0.1:$api" --kad-mode server --public --payer "$payer" --budget "$home/budget")
         if [ "$i" -eq 1 ]; then
             args+=(--relay-server)
         else

@@ -315,8 +315,11 @@ impl Job {
             return;
         }
         if limit_reached || (no_more_bids && now_ms >= self.deadline_ms) {
-            // Last resort: a strict majority of at least two revealed outputs.
-            if let Some((rep, agreeing)) = quorum::find_quorum(&self.rule, &revealed, 2)
+            // Last resort: a strict majority of at least two revealed outputs (three when the job
+            // asked for three or more: a job planned without a trusted worker must not fall back to
+            // two workers that may collude).
+            let floor = self.cfg.replicas.clamp(2, 3);
+            if let Some((rep, agreeing)) = quorum::find_quorum(&self.rule, &revealed, floor)
                 && agreeing.len() * 2 > revealed.len()
             {
                 return self.finish(rep, agreeing, actions);

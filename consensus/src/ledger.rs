@@ -1,18 +1,26 @@
-//! The credit ledger: balances as a pure function of a set of co-signed receipts.
+//! The credit ledger: balances as a pure function of a set of co-signed receipts and the payers a node
+//! honours.
 //!
 //! Every node that holds the same receipts computes the same balances, whatever order they arrived in
-//! and however often each was repeated. A receipt counts only if both signatures verify (one by one,
-//! with strict verification, so that every node accepts exactly the same set); a receipt is identified by
+//! and however often each was repeated. A receipt counts only if its three signatures verify (worker,
+//! submitter, payer; one by one, with strict verification, so that every node accepts exactly the same
+//! set), its worker is not its submitter, and its budget is a listed payer's, held by its submitter and
+//! unexpired when the receipt was issued: keys that sign each other's receipts mint nothing. A budget
+//! that any two of its receipts prove overspent ([`crate::payment::find_frauds`]) is void: none of its
+//! receipts count, so no budget ever pays more than its amount. A receipt is identified by
 //! (job, worker), and if two different valid receipts claim the same pair, the one with the smaller
 //! canonical encoding is kept (any fixed rule would do; this one needs no clock). Credit per accepted
 //! replica is BOINC's rule: the least credit any accepted replica of the same job claimed, capped by what
 //! the submitter granted.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use fleetmesh_protocol::codec;
-use fleetmesh_protocol::messages::{Receipt, Verdict};
+use fleetmesh_protocol::messages::Receipt;
 use fleetmesh_protocol::{JobId, NodeId, Signed};
+
+use crate::payment::{self, BudgetKey, FraudProof, Payers};
 
 /// The receipt kept for a (job, worker) pair, with its canonical bytes.
 type Kept<'a> = (Vec<u8>, &'a Signed<Receipt>);
@@ -33,26 +41,72 @@ pub struct Balance {
 pub struct Ledger {
     /// Per worker.
     pub balances: BTreeMap<NodeId, Balance>,
+    /// Per worker and payer.
+    pub by_payer: BTreeMap<(NodeId, NodeId), Balance>,
     /// Distinct valid receipts counted.
     pub receipts: usize,
-    /// Receipts refused because a signature did not verify.
+    /// Receipts refused because a signature did not verify, or whose worker is its submitter.
     pub forged: usize,
+    /// Receipts without a payer: their budget's payer is not listed, or it had expired.
+    pub unpaid: usize,
     /// Receipts that repeated a (job, worker) pair already counted.
     pub duplicates: usize,
+    /// Budgets voided by a fraud proof, with the proof; their receipts count nothing.
+    pub void: BTreeMap<BudgetKey, FraudProof>,
 }
 
 impl Ledger {
-    /// Computes the ledger from receipts in any order, with any repetitions.
-    pub fn from_receipts<'a>(receipts: impl IntoIterator<Item = &'a Signed<Receipt>>) -> Self {
+    /// Computes the ledger from receipts in any order, with any repetitions, counting credit only
+    /// against budgets of `payers`.
+    pub fn from_receipts<'a>(
+        receipts: impl IntoIterator<Item = &'a Signed<Receipt>>,
+        payers: &Payers,
+    ) -> Self {
+        Self::build(receipts, payers, 0..u64::MAX)
+    }
+
+    /// One worker's statement for an epoch (receipts issued in `epoch`, in ms): jobs, energy and credit
+    /// per payer, which a payer can check against the receipts. Fraud is judged on every receipt given,
+    /// not only the epoch's.
+    pub fn statement<'a>(
+        receipts: impl IntoIterator<Item = &'a Signed<Receipt>>,
+        payers: &Payers,
+        worker: &NodeId,
+        epoch: Range<u64>,
+    ) -> BTreeMap<NodeId, Balance> {
+        Self::build(receipts, payers, epoch)
+            .by_payer
+            .into_iter()
+            .filter(|((w, _), _)| w == worker)
+            .map(|((_, payer), b)| (payer, b))
+            .collect()
+    }
+
+    /// [`Ledger::from_receipts`], counting only receipts issued in `window`.
+    fn build<'a>(
+        receipts: impl IntoIterator<Item = &'a Signed<Receipt>>,
+        payers: &Payers,
+        window: Range<u64>,
+    ) -> Self {
         let mut ledger = Ledger::default();
         // (job, worker) -> canonical bytes and receipt of the one kept.
         let mut kept: BTreeMap<(JobId, NodeId), Kept<'a>> = BTreeMap::new();
+        let mut valid: Vec<&'a Signed<Receipt>> = Vec::new();
         let mut seen = 0usize;
         for r in receipts {
-            if r.verify().is_err() {
+            let (claim, budget) = (&r.body.claim.body, &r.body.budget.body);
+            if r.verify().is_err() || claim.worker == claim.submitter {
                 ledger.forged += 1;
                 continue;
             }
+            if !payers.contains(&budget.payer)
+                || budget.holder != claim.submitter
+                || r.body.issued_ms > budget.expires_ms
+            {
+                ledger.unpaid += 1;
+                continue;
+            }
+            valid.push(r);
             seen += 1;
             let claim = &r.body.claim.body;
             let bytes = codec::encode(r);
@@ -69,24 +123,34 @@ impl Ledger {
         }
         ledger.receipts = kept.len();
         ledger.duplicates = seen - kept.len();
+        ledger.void = payment::find_frauds(valid);
+        kept.retain(|_, (_, r)| !ledger.void.contains_key(&r.body.budget.body.key()));
 
         // BOINC's rule per job: the least credit any accepted replica claimed.
         let mut least: BTreeMap<JobId, u64> = BTreeMap::new();
         for ((job, _), (_, r)) in &kept {
-            if r.body.verdict == Verdict::Accepted {
+            if r.body.verdict.is_accepted() {
                 let c = r.body.claim.body.claimed_credit;
                 least.entry(*job).and_modify(|m| *m = (*m).min(c)).or_insert(c);
             }
         }
         for ((job, worker), (_, r)) in &kept {
-            if r.body.verdict != Verdict::Accepted {
+            if !r.body.verdict.is_accepted() || !window.contains(&r.body.issued_ms) {
                 continue;
             }
             let credit = least.get(job).copied().unwrap_or(0).min(r.body.credit);
-            let b = ledger.balances.entry(*worker).or_default();
-            b.jobs += 1;
-            b.credit = b.credit.saturating_add(credit);
-            b.energy_uwh = b.energy_uwh.saturating_add(r.body.claim.body.energy_uwh);
+            let energy = r.body.claim.body.energy_uwh;
+            for b in [
+                ledger.balances.entry(*worker).or_default(),
+                ledger
+                    .by_payer
+                    .entry((*worker, r.body.budget.body.payer))
+                    .or_default(),
+            ] {
+                b.jobs += 1;
+                b.credit = b.credit.saturating_add(credit);
+                b.energy_uwh = b.energy_uwh.saturating_add(energy);
+            }
         }
         ledger
     }

@@ -10,14 +10,15 @@
 use std::collections::BTreeMap;
 
 use fleetmesh_protocol::messages::{
-    AgreementRule, Bid, JobInput, JobOffer, NumericClass, Receipt, ResultCommit, ResultReveal, Verdict,
-    WorkClaim,
+    AgreementRule, Bid, Budget, JobInput, JobOffer, NumericClass, Receipt, ResultCommit, ResultReveal,
+    Verdict, WorkClaim,
 };
 use fleetmesh_protocol::signing::SignatureBytes;
 use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
 
 use crate::job::Outcome;
 use crate::ledger::Ledger;
+use crate::payment::Payers;
 use crate::submitter::{Action, Randomness, Replication, Submitter, SubmitterConfig};
 use crate::trust::TrustConfig;
 
@@ -183,6 +184,19 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         })
         .collect();
     let submitter_key = NodeKey::from_seed([0xAB; 32]);
+    // The payer that funds the simulated submitter's jobs, the only one the ledger honours.
+    let payer_key = NodeKey::from_seed([0xEF; 32]);
+    let payers = Payers::new([payer_key.node_id()]);
+    let budget = Budget {
+        payer: payer_key.node_id(),
+        holder: submitter_key.node_id(),
+        serial: 1,
+        amount: u64::MAX / 2,
+        expires_ms: u64::MAX,
+    };
+    let Ok(budget) = Signed::sign(budget, &payer_key) else {
+        unreachable!("signing with the budget's own payer key cannot fail")
+    };
     let mut submitter = Submitter::new(
         submitter_key.node_id(),
         SubmitterConfig {
@@ -243,6 +257,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             created_ms: now,
             expires_ms: now + 10 * TIMEOUT_MS,
             deadline_ms: now + STEP_MS - 1,
+            budget: budget.clone(),
         };
         let job_id = offer.id();
         submitter.offer(job_id, offer.clone(), Replication::Adaptive);
@@ -387,7 +402,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                     for w in agreeing {
                         let worker = &workers[by_id[w]];
                         if worker.behaviour == Behaviour::ReceiptForger {
-                            receipts.push(forged(&worker.key, &submitter_key, model, j as u64));
+                            receipts.push(forged(&worker.key, &submitter_key, &budget, model, j as u64));
                         }
                     }
                 }
@@ -404,7 +419,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     report.mean_replicas = assigned_total as f64 / cfg.jobs.max(1) as f64;
     report.steady_replicas = assigned_steady as f64 / (cfg.jobs - half).max(1) as f64;
     if cfg.receipts {
-        let ledger = Ledger::from_receipts(&receipts);
+        let ledger = Ledger::from_receipts(&receipts, &payers);
         report.forged_refused = ledger.forged;
         report.duplicates_ignored = ledger.duplicates;
         let mut per: BTreeMap<String, (f64, usize)> = BTreeMap::new();
@@ -455,7 +470,13 @@ fn compute(
 
 /// A receipt for a job that never happened: the forger signs its own claim and fakes the submitter's
 /// countersignature (it cannot make a real one).
-fn forged(worker: &NodeKey, submitter: &NodeKey, model: ModelId, n: u64) -> Signed<Receipt> {
+fn forged(
+    worker: &NodeKey,
+    submitter: &NodeKey,
+    budget: &Signed<Budget>,
+    model: ModelId,
+    n: u64,
+) -> Signed<Receipt> {
     let job = JobId::of(&n.to_le_bytes());
     let claim = WorkClaim {
         job,
@@ -477,6 +498,9 @@ fn forged(worker: &NodeKey, submitter: &NodeKey, model: ModelId, n: u64) -> Sign
         verdict: Verdict::Accepted,
         credit: PRICE,
         issued_ms: 0,
+        budget: budget.clone(),
+        seq: n,
+        spent: PRICE,
     };
     // The forger's own signature stands where the submitter's should be.
     let signature = worker.sign_digest(&fleetmesh_protocol::signing::signing_digest(&body));

@@ -17,7 +17,10 @@ use fleetmesh_protocol::messages::{
 };
 use fleetmesh_protocol::{JobId, NodeId, Signed};
 
+pub use crate::assign::{Randomness, UNTRUSTED_QUORUM, fixed_plan};
+use crate::assign::{cost, price_pool};
 use crate::job::{self, Job, JobConfig, JobError, Outcome, SlotState};
+use crate::payment::Spending;
 use crate::trust::{self, Reputation, Standing, TrustConfig};
 
 /// Settings of the submitter role.
@@ -62,13 +65,6 @@ pub enum Replication {
     Adaptive,
 }
 
-/// A source of uniform numbers in `[0, 1)` that workers cannot predict (the node's system randomness; a
-/// seeded generator in simulations).
-pub trait Randomness {
-    /// The next number, uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64;
-}
-
 /// The verdict of a submitted job, as its submitter saw it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobResult {
@@ -82,6 +78,8 @@ pub struct JobResult {
     pub receipts: usize,
     /// The longest compute time a revealing worker reported, in microseconds (workers run in parallel).
     pub compute_us_max: u64,
+    /// The user asked for one replica: an accepted output came from one worker and nothing checked it.
+    pub unverified: bool,
 }
 
 /// What the caller must do after an input. Every action names the job (the id of the offer in force).
@@ -168,8 +166,11 @@ struct BidWindow {
     planned_at_ms: u64,
     /// A wake-up is scheduled for the end of the window.
     scheduled: bool,
-    /// Nobody trusted was among the bidders when an adaptive plan was made (later bids may then join).
+    /// Nobody trusted was among the bidders when the plan was made (later bids may then join).
     none_trusted: bool,
+    /// The caller's latest count of bids that are enough (the peers that could bid): a fleet of fewer
+    /// than three may verify with two untrusted workers.
+    enough: usize,
 }
 
 /// One job in flight.
@@ -194,6 +195,7 @@ pub struct Submitter {
     me: NodeId,
     cfg: SubmitterConfig,
     reputation: Reputation,
+    spending: Spending,
     jobs: HashMap<JobId, InFlight>,
     /// The id a user knows -> the id of the offer in force.
     originals: HashMap<JobId, JobId>,
@@ -206,6 +208,7 @@ impl Submitter {
             me,
             cfg,
             reputation: Reputation::new(cfg.trust),
+            spending: Spending::new(),
             jobs: HashMap::new(),
             originals: HashMap::new(),
         }
@@ -224,6 +227,16 @@ impl Submitter {
     /// Replaces the reputation table (e.g. with [`rebuild_reputation`] after a restart).
     pub fn set_reputation(&mut self, reputation: Reputation) {
         self.reputation = reputation;
+    }
+
+    /// What this submitter has granted under each budget.
+    pub fn spending(&self) -> &Spending {
+        &self.spending
+    }
+
+    /// Replaces the spending record (e.g. with [`Spending::restore`] after a restart).
+    pub fn set_spending(&mut self, spending: Spending) {
+        self.spending = spending;
     }
 
     /// Jobs in flight.
@@ -315,6 +328,7 @@ impl Submitter {
             }
             f.bids_taken += 1;
             f.window.bids.push(bid);
+            f.window.enough = enough;
             if f.window.bids.len() >= enough.max(1) {
                 return Ok(self.plan(id, now_ms, rng));
             }
@@ -327,11 +341,11 @@ impl Submitter {
                 at_ms: now_ms.saturating_add(window_ms),
             }]);
         }
-        if f.replication == Replication::Adaptive {
-            let standing = self.reputation.standing(&bid.worker, now_ms);
-            if standing == Standing::Probation || (!f.window.none_trusted && standing != Standing::Trusted) {
-                return Err(SubmitError::NotNeeded);
-            }
+        // Replacements come from trusted workers (from anyone but those on probation while nobody
+        // trusted bid), so a late bid cannot slip an untrusted key into a job whatever it asks.
+        let standing = self.reputation.standing(&bid.worker, now_ms);
+        if standing == Standing::Probation || (!f.window.none_trusted && standing != Standing::Trusted) {
+            return Err(SubmitError::NotNeeded);
         }
         if f.bids_taken >= MAX_BIDS_PER_JOB {
             return Err(SubmitError::Busy);
@@ -354,10 +368,12 @@ impl Submitter {
         }
     }
 
-    /// Chooses the workers of a job from the bids of its window, cheapest first (price plus the car's
-    /// electricity cost, so cars in off-peak hours and already awake are preferred). An adaptive job is
-    /// planned by reputation: its trusted worker is drawn among the bids within a quarter of the
-    /// cheapest, partners and backups among all bidders.
+    /// Chooses the workers of a job from the bids of its window. Price narrows the pool (cars in off-peak
+    /// hours and already awake are preferred), chance and reputation decide within it, and no verdict may
+    /// rest only on workers without validated history here: a fixed job ([`fixed_plan`]) and an adaptive
+    /// one ([`trust::plan_preferring`]) both need a trusted worker or three agreeing untrusted ones (two
+    /// in a fleet of fewer than three bidders, which cannot do better), except a fixed job whose user
+    /// asked for one replica, which runs once and is marked unverified.
     fn plan(&mut self, id: JobId, now_ms: u64, rng: &mut dyn Randomness) -> Vec<Action> {
         let cfg = self.job_config(1);
         let Some(f) = self.jobs.get_mut(&id) else {
@@ -369,47 +385,53 @@ impl Submitter {
         f.window.planned = true;
         f.window.planned_at_ms = now_ms;
         let mut bids = std::mem::take(&mut f.window.bids);
-        let cost = |b: &Bid| b.price.saturating_add(b.energy_cost);
         bids.sort_by_key(cost);
         let mut actions = Vec::new();
-        match f.replication {
+        let reputation = &self.reputation;
+        let eligible = |b: &&Bid| reputation.standing(&b.worker, now_ms) != Standing::Probation;
+        f.window.none_trusted = !bids.iter().any(|b| reputation.is_trusted(&b.worker, now_ms));
+        let plan = match f.replication {
             Replication::Fixed => {
-                for b in bids {
-                    actions.extend(f.job.on_bid(b, now_ms).unwrap_or_default());
-                }
+                let candidates: Vec<&Bid> = bids.iter().filter(eligible).collect();
+                fixed_plan(
+                    &candidates,
+                    usize::from(f.offer.replicas.max(1)),
+                    reputation,
+                    now_ms,
+                    rng,
+                )
             }
             Replication::Adaptive => {
-                let reputation = &self.reputation;
                 let all: Vec<NodeId> = bids.iter().map(|b| b.worker).collect();
-                let eligible = |b: &&Bid| reputation.standing(&b.worker, now_ms) != Standing::Probation;
-                let cheapest = bids.iter().find(eligible).map_or(0, cost);
-                let limit = cheapest.saturating_add(cheapest / 4);
-                let cheap: Vec<NodeId> = bids
+                let cheap: Vec<NodeId> = price_pool(&bids.iter().filter(eligible).collect::<Vec<_>>(), 0)
                     .iter()
-                    .filter(eligible)
-                    .filter(|b| cost(b) <= limit)
                     .map(|b| b.worker)
                     .collect();
-                f.window.none_trusted = !all.iter().any(|c| reputation.is_trusted(c, now_ms));
                 let draws = [rng.unit(), rng.unit(), rng.unit()];
-                let Some(plan) = trust::plan_preferring(&all, reputation, now_ms, draws, &cheap) else {
-                    // Every bidder is on probation: the job waits for other bids (or fails at its deadline).
-                    f.window.bids = bids;
-                    f.window.planned = false;
-                    return Vec::new();
-                };
-                f.job = Job::new(
-                    &f.offer,
-                    JobConfig {
-                        replicas: plan.replicas,
-                        ..cfg
-                    },
-                );
-                for w in plan.workers.iter().chain(&plan.backups) {
-                    if let Some(b) = bids.iter().find(|b| b.worker == *w) {
-                        actions.extend(f.job.on_bid(b.clone(), now_ms).unwrap_or_default());
-                    }
-                }
+                trust::plan_preferring(&all, reputation, now_ms, draws, &cheap)
+            }
+        };
+        let Some(mut plan) = plan else {
+            // Every bidder is on probation: the job waits for other bids (or fails at its deadline).
+            f.window.bids = bids;
+            f.window.planned = false;
+            return Vec::new();
+        };
+        let asked_one = f.replication == Replication::Fixed && f.offer.replicas <= 1;
+        let vouched = plan.workers.iter().any(|w| reputation.is_trusted(w, now_ms));
+        if !asked_one && !vouched && f.window.enough >= UNTRUSTED_QUORUM {
+            plan.replicas = plan.replicas.max(UNTRUSTED_QUORUM);
+        }
+        f.job = Job::new(
+            &f.offer,
+            JobConfig {
+                replicas: plan.replicas,
+                ..cfg
+            },
+        );
+        for w in plan.workers.iter().chain(&plan.backups) {
+            if let Some(b) = bids.iter().find(|b| b.worker == *w) {
+                actions.extend(f.job.on_bid(b.clone(), now_ms).unwrap_or_default());
             }
         }
         self.act(id, now_ms, actions)
@@ -566,7 +588,9 @@ impl Submitter {
         for w in invalid {
             self.reputation.invalid(w, now_ms);
         }
-        let receipts = receipts_for(&f.offer, agreeing, &f.claims, now_ms);
+        let unverified = f.replication == Replication::Fixed && f.offer.replicas <= 1;
+        let mut receipts = receipts_for(&f.offer, agreeing, &f.claims, now_ms, unverified);
+        self.spending.stamp(&f.offer.budget, &mut receipts);
         let compute_us_max = f
             .job
             .slots()
@@ -582,6 +606,7 @@ impl Submitter {
             workers_assigned: f.job.slots().count(),
             receipts: receipts.len(),
             compute_us_max,
+            unverified,
         };
         Some(Action::Decide {
             job: id,
@@ -593,12 +618,15 @@ impl Submitter {
 
 /// The credit rule (BOINC's): every agreeing worker earns the least credit any of them claimed, never
 /// more than the offer's reward nor its own claim; a worker that revealed and was out-voted gets a
-/// `Rejected` receipt with no credit. One receipt body per claim, in worker order.
+/// `Rejected` receipt with no credit. One receipt body per claim, in worker order; an `unverified` job's
+/// accepted receipts say [`Verdict::Unverified`]. The bodies name the offer's budget but are not numbered
+/// yet ([`Spending::stamp`] does that).
 pub fn receipts_for(
     offer: &JobOffer,
     agreeing: &[NodeId],
     claims: &BTreeMap<NodeId, Signed<WorkClaim>>,
     now_ms: u64,
+    unverified: bool,
 ) -> Vec<Receipt> {
     let credit = agreeing
         .iter()
@@ -612,7 +640,9 @@ pub fn receipts_for(
             let accepted = agreeing.contains(worker);
             Receipt {
                 claim: claim.clone(),
-                verdict: if accepted {
+                verdict: if accepted && unverified {
+                    Verdict::Unverified
+                } else if accepted {
                     Verdict::Accepted
                 } else {
                     Verdict::Rejected
@@ -623,6 +653,9 @@ pub fn receipts_for(
                     0
                 },
                 issued_ms: now_ms,
+                budget: offer.budget.clone(),
+                seq: 0,
+                spent: 0,
             }
         })
         .collect()
@@ -650,6 +683,8 @@ pub fn rebuild_reputation<'a>(
         match r.body.verdict {
             Verdict::Accepted => v.1.push(claim.worker),
             Verdict::Rejected => v.2.push(claim.worker),
+            // One worker alone validates nothing.
+            Verdict::Unverified => {}
         }
     }
     let mut ordered: Vec<(JobId, Verdicts)> = verdicts.into_iter().collect();

@@ -3,7 +3,7 @@
 
 use fleetmesh_consensus::job::{Action, FailReason, Job, JobConfig, JobError, Outcome, SlotState};
 use fleetmesh_protocol::messages::*;
-use fleetmesh_protocol::{ModelId, NodeId, NodeKey};
+use fleetmesh_protocol::{ModelId, NodeId, NodeKey, Signed};
 use proptest::prelude::*;
 
 fn node(i: u8) -> NodeId {
@@ -18,6 +18,19 @@ fn class(name: &str) -> NumericClass {
     }
 }
 
+/// A budget of a test payer for `holder`, large enough for any test.
+fn budget_for(holder: NodeId) -> Signed<Budget> {
+    let payer = NodeKey::from_seed([250; 32]);
+    let b = Budget {
+        payer: payer.node_id(),
+        holder,
+        serial: 1,
+        amount: u64::MAX,
+        expires_ms: u64::MAX,
+    };
+    Signed::sign(b, &payer).unwrap()
+}
+
 fn offer(replicas: u8) -> JobOffer {
     JobOffer {
         submitter: node(200),
@@ -30,6 +43,7 @@ fn offer(replicas: u8) -> JobOffer {
         created_ms: 0,
         expires_ms: 5_000,
         deadline_ms: 60_000,
+        budget: budget_for(node(200)),
     }
 }
 

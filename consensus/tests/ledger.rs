@@ -1,18 +1,43 @@
-//! The ledger is a pure function of the receipt set: order and repetition do not matter, forged receipts
-//! never count, BOINC's least-claim rule sets the credit.
+//! The ledger is a pure function of the receipt set and the payer list: order and repetition do not
+//! matter, forged receipts never count, BOINC's least-claim rule sets the credit, credit without a listed
+//! payer counts nothing (minting), and a budget proved overspent counts nothing (double spending), so no
+//! payer's budgets ever pay out more than they hold.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+
 use fleetmesh_consensus::ledger::Ledger;
+use fleetmesh_consensus::payment::{FraudError, FraudProof, Payers, Spending, find_frauds};
 use fleetmesh_protocol::codec;
-use fleetmesh_protocol::messages::{Receipt, Verdict, WorkClaim};
-use fleetmesh_protocol::{JobId, ModelId, NodeKey, Signed};
+use fleetmesh_protocol::messages::{Budget, Receipt, Verdict, WorkClaim};
+use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
 use proptest::prelude::*;
 
 fn key(i: u8) -> NodeKey {
     NodeKey::from_seed([i; 32])
 }
 
-fn receipt(worker: u8, submitter: u8, job: u8, claimed: u64, verdict: Verdict) -> Signed<Receipt> {
+/// The payer every honest node lists.
+const PAYER: u8 = 100;
+/// A payer nobody lists (a colluder's own key).
+const ROGUE: u8 = 101;
+
+fn payers() -> Payers {
+    Payers::new([key(PAYER).node_id()])
+}
+
+fn budget(payer: u8, holder: u8, serial: u64, amount: u64) -> Signed<Budget> {
+    let b = Budget {
+        payer: key(payer).node_id(),
+        holder: key(holder).node_id(),
+        serial,
+        amount,
+        expires_ms: 1_000,
+    };
+    Signed::sign(b, &key(payer)).unwrap()
+}
+
+fn claim(worker: u8, submitter: u8, job: u8, claimed: u64) -> Signed<WorkClaim> {
     let claim = WorkClaim {
         job: JobId::of(&[job]),
         model: ModelId::of(b"m"),
@@ -24,67 +49,181 @@ fn receipt(worker: u8, submitter: u8, job: u8, claimed: u64, verdict: Verdict) -
         claimed_credit: claimed,
         claimed_ms: 1,
     };
+    Signed::sign(claim, &key(worker)).unwrap()
+}
+
+/// A receipt of `submitter` for `worker`'s `job`, paid from `budget`, numbered `seq` with running
+/// total `spent`.
+#[allow(clippy::too_many_arguments)]
+fn paid(
+    worker: u8,
+    submitter: u8,
+    job: u8,
+    claimed: u64,
+    verdict: Verdict,
+    budget: &Signed<Budget>,
+    seq: u64,
+    spent: u64,
+) -> Signed<Receipt> {
     let body = Receipt {
-        claim: Signed::sign(claim, &key(worker)).unwrap(),
+        claim: claim(worker, submitter, job, claimed),
         verdict,
-        credit: claimed,
+        credit: if verdict.is_accepted() { claimed } else { 0 },
         issued_ms: 2,
+        budget: budget.clone(),
+        seq,
+        spent,
     };
     Signed::sign(body, &key(submitter)).unwrap()
 }
 
-/// A set of receipts: workers 1..=5, submitters 10..=11, jobs 0..8, varied claims and verdicts.
+/// An honest submitter's receipts, numbered by [`Spending`] as the node does.
+fn honest(submitter: u8, budget: &Signed<Budget>, jobs: &[(u8, u8, u64, bool)]) -> Vec<Signed<Receipt>> {
+    let mut spending = Spending::new();
+    jobs.iter()
+        .map(|&(worker, job, claimed, ok)| {
+            let verdict = if ok { Verdict::Accepted } else { Verdict::Rejected };
+            let mut body = vec![Receipt {
+                claim: claim(worker, submitter, job, claimed),
+                verdict,
+                credit: if ok { claimed } else { 0 },
+                issued_ms: 2,
+                budget: budget.clone(),
+                seq: 0,
+                spent: 0,
+            }];
+            spending.stamp(budget, &mut body);
+            Signed::sign(body.remove(0), &key(submitter)).unwrap()
+        })
+        .collect()
+}
+
+/// What the listed payer's budgets among `receipts` hold in total.
+fn covered(receipts: &[Signed<Receipt>]) -> u64 {
+    let budgets: BTreeMap<(NodeId, u64), u64> = receipts
+        .iter()
+        .filter(|r| r.body.budget.body.payer == key(PAYER).node_id())
+        .map(|r| (r.body.budget.body.key(), r.body.budget.body.amount))
+        .collect();
+    budgets.values().sum()
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// An honest submitter's receipts.
+    Honest,
+    /// Receipts under a budget of a payer nobody lists.
+    Minted,
+    /// One receipt number used twice.
+    SameSeq,
+    /// Totals that grant more than they admit.
+    Overspent,
+}
+
+/// Receipt sets mixing honest, minted, double-spent and overspent ones: submitters 10..=12 (each with
+/// its own budget), workers 1..=5, jobs 0..8.
 fn arb_receipts() -> impl Strategy<Value = Vec<Signed<Receipt>>> {
-    proptest::collection::vec((1u8..=5, 10u8..=11, 0u8..8, 500u64..1500, any::<bool>()), 1..24).prop_map(
-        |v| {
-            v.into_iter()
-                .map(|(w, s, j, c, ok)| {
-                    receipt(w, s, j, c, if ok { Verdict::Accepted } else { Verdict::Rejected })
-                })
-                .collect()
+    let kind = prop_oneof![
+        Just(Kind::Honest),
+        Just(Kind::Minted),
+        Just(Kind::SameSeq),
+        Just(Kind::Overspent)
+    ];
+    let job = (1u8..=5, 0u8..8, 500u64..1500, any::<bool>());
+    proptest::collection::vec((kind, 10u8..=12, proptest::collection::vec(job, 1..6)), 1..6).prop_map(
+        |groups| {
+            let mut out = Vec::new();
+            for (n, (kind, submitter, jobs)) in groups.into_iter().enumerate() {
+                let serial = n as u64;
+                match kind {
+                    Kind::Honest => {
+                        out.extend(honest(submitter, &budget(PAYER, submitter, serial, 4_000), &jobs))
+                    }
+                    Kind::Minted => out.extend(honest(
+                        submitter,
+                        &budget(ROGUE, submitter, serial, u64::MAX),
+                        &jobs,
+                    )),
+                    Kind::SameSeq | Kind::Overspent => {
+                        let b = budget(PAYER, submitter, serial, 4_000);
+                        let mut rs = honest(submitter, &b, &jobs);
+                        // A second receipt that reuses a number or ignores the running total.
+                        let (w, j, c, _) = jobs[0];
+                        let (seq, spent) = match kind {
+                            Kind::SameSeq => (0, c),
+                            _ => (jobs.len() as u64, c),
+                        };
+                        rs.push(paid(
+                            w % 5 + 1,
+                            submitter,
+                            j.wrapping_add(100),
+                            c,
+                            Verdict::Accepted,
+                            &b,
+                            seq,
+                            spent,
+                        ));
+                        out.extend(rs);
+                    }
+                }
+            }
+            out
         },
     )
+}
+
+fn shuffled(receipts: &[Signed<Receipt>], seed: u64, repeats: &[usize]) -> Vec<Signed<Receipt>> {
+    let mut out: Vec<Signed<Receipt>> = Vec::new();
+    for (i, r) in receipts.iter().enumerate() {
+        for _ in 0..=repeats[i % repeats.len()] {
+            out.push(r.clone());
+        }
+    }
+    // A seeded Fisher-Yates shuffle.
+    let mut s = seed | 1;
+    for i in (1..out.len()).rev() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        out.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+    out
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn any_order_and_any_repetition_give_the_same_balances(
+    fn every_order_gives_the_same_balances_and_none_above_the_budgets(
         receipts in arb_receipts(),
         seed in any::<u64>(),
         repeats in proptest::collection::vec(0usize..3, 24),
     ) {
-        let reference = Ledger::from_receipts(&receipts);
-        let mut shuffled: Vec<Signed<Receipt>> = Vec::new();
-        for (i, r) in receipts.iter().enumerate() {
-            for _ in 0..=repeats[i % repeats.len()] {
-                shuffled.push(r.clone());
-            }
-        }
-        // A seeded Fisher-Yates shuffle.
-        let mut s = seed | 1;
-        for i in (1..shuffled.len()).rev() {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            shuffled.swap(i, (s % (i as u64 + 1)) as usize);
-        }
-        let again = Ledger::from_receipts(&shuffled);
+        let reference = Ledger::from_receipts(&receipts, &payers());
+        let again = Ledger::from_receipts(&shuffled(&receipts, seed, &repeats), &payers());
         prop_assert_eq!(&again.balances, &reference.balances);
         prop_assert_eq!(again.receipts, reference.receipts);
+        prop_assert_eq!(&again.void, &reference.void);
+        // Nobody is paid by a payer nobody lists, and the listed payer never pays past its budgets.
+        let total: u64 = reference.balances.values().map(|b| b.credit).sum();
+        prop_assert!(total <= covered(&receipts), "{} paid, {} covered", total, covered(&receipts));
+        prop_assert!(reference.by_payer.keys().all(|(_, p)| *p == key(PAYER).node_id()));
+        // Every voided budget comes with a proof that checks.
+        for (k, proof) in &reference.void {
+            prop_assert_eq!(proof.check(), Ok(*k));
+        }
     }
 
     #[test]
     fn a_receipt_with_one_flipped_byte_is_rejected(at in any::<usize>(), mask in 1u8..=255) {
-        let r = receipt(1, 10, 0, 1000, Verdict::Accepted);
+        let r = paid(1, 10, 0, 1000, Verdict::Accepted, &budget(PAYER, 10, 0, 4_000), 0, 1000);
         let mut bytes = codec::encode(&r);
         let i = at % bytes.len();
         bytes[i] ^= mask;
         // Either it no longer decodes, or the ledger refuses it and credits nobody.
         if let Ok(tampered) = codec::decode::<Signed<Receipt>>(&bytes) {
-            let ledger = Ledger::from_receipts(&[tampered]);
-            prop_assert_eq!(ledger.forged, 1);
+            let ledger = Ledger::from_receipts(&[tampered], &payers());
+            prop_assert_eq!(ledger.forged + ledger.unpaid, 1);
             prop_assert!(ledger.balances.is_empty());
         }
     }
@@ -92,12 +231,12 @@ proptest! {
 
 #[test]
 fn credit_is_the_least_claim_among_accepted_replicas_and_rejected_ones_earn_nothing() {
-    let receipts = [
-        receipt(1, 10, 0, 800, Verdict::Accepted),
-        receipt(2, 10, 0, 1200, Verdict::Accepted),
-        receipt(3, 10, 0, 100, Verdict::Rejected),
-    ];
-    let ledger = Ledger::from_receipts(&receipts);
+    let receipts = honest(
+        10,
+        &budget(PAYER, 10, 0, 4_000),
+        &[(1, 0, 800, true), (2, 0, 1200, true), (3, 0, 100, false)],
+    );
+    let ledger = Ledger::from_receipts(&receipts, &payers());
     assert_eq!(ledger.balance(&key(1).node_id()).credit, 800);
     assert_eq!(ledger.balance(&key(2).node_id()).credit, 800);
     assert_eq!(ledger.balance(&key(3).node_id()).credit, 0);
@@ -106,12 +245,97 @@ fn credit_is_the_least_claim_among_accepted_replicas_and_rejected_ones_earn_noth
 
 #[test]
 fn replays_count_once_and_forgeries_not_at_all() {
-    let honest = receipt(1, 10, 0, 1000, Verdict::Accepted);
-    let mut forged = receipt(2, 10, 1, 1000, Verdict::Accepted);
+    let b = budget(PAYER, 10, 0, 4_000);
+    let honest = paid(1, 10, 0, 1000, Verdict::Accepted, &b, 0, 1000);
+    let mut forged = paid(2, 10, 1, 1000, Verdict::Accepted, &b, 1, 2000);
     forged.body.credit = 1_000_000; // raised after the submitter signed
-    let ledger = Ledger::from_receipts(&[honest.clone(), honest.clone(), honest, forged]);
+    let ledger = Ledger::from_receipts(&[honest.clone(), honest.clone(), honest, forged], &payers());
     assert_eq!(ledger.duplicates, 2);
     assert_eq!(ledger.forged, 1);
     assert_eq!(ledger.balance(&key(1).node_id()).credit, 1000);
     assert_eq!(ledger.balance(&key(2).node_id()).jobs, 0);
+}
+
+#[test]
+fn keys_that_sign_each_other_s_receipts_mint_nothing() {
+    // Two colluding keys: one "submits", the other "works", 100 jobs, with a budget from a third key of
+    // theirs; and one key that is worker and submitter at once.
+    let minted = honest(
+        11,
+        &budget(ROGUE, 11, 0, u64::MAX),
+        &(0..100).map(|j| (2, j, 1_000_000, true)).collect::<Vec<_>>(),
+    );
+    let own = paid(
+        3,
+        3,
+        0,
+        1_000,
+        Verdict::Accepted,
+        &budget(PAYER, 3, 0, 4_000),
+        0,
+        1_000,
+    );
+    let mut all = minted.clone();
+    all.push(own);
+    let ledger = Ledger::from_receipts(&all, &payers());
+    assert!(ledger.balances.is_empty(), "{:?}", ledger.balances);
+    assert_eq!(ledger.unpaid, 100);
+    assert_eq!(ledger.forged, 1);
+    // Listed as a payer, the same budget would count: the payer list is what stands between them.
+    let listed = Payers::new([key(PAYER).node_id(), key(ROGUE).node_id()]);
+    assert_eq!(
+        Ledger::from_receipts(&minted, &listed)
+            .balance(&key(2).node_id())
+            .jobs,
+        100
+    );
+}
+
+#[test]
+fn an_overspent_budget_yields_a_fraud_proof_and_counts_nothing() {
+    let b = budget(PAYER, 10, 7, 3_000);
+    let mut receipts = honest(10, &b, &[(1, 0, 1_000, true), (2, 1, 1_000, true)]);
+    // The submitter grants a third 1,000 but writes a total that leaves room for more.
+    receipts.push(paid(3, 10, 2, 1_000, Verdict::Accepted, &b, 2, 2_000));
+    let ledger = Ledger::from_receipts(&receipts, &payers());
+    assert!(ledger.balances.is_empty());
+    let proof = &ledger.void[&(key(PAYER).node_id(), 7)];
+    assert_eq!(proof.check(), Ok((key(PAYER).node_id(), 7)));
+    assert_eq!(find_frauds(&receipts).len(), 1);
+    // Two honest receipts prove nothing; a proof with a tampered receipt neither.
+    let fine = FraudProof {
+        first: receipts[0].clone(),
+        second: receipts[1].clone(),
+    };
+    assert_eq!(fine.check(), Err(FraudError::Consistent));
+    let mut tampered = proof.clone();
+    tampered.second.body.spent += 1;
+    assert_eq!(tampered.check(), Err(FraudError::Signature));
+    // One number on two receipts is a proof too.
+    let twice = paid(4, 10, 3, 10, Verdict::Accepted, &b, 1, 2_010);
+    let proof = FraudProof {
+        first: receipts[1].clone(),
+        second: twice,
+    };
+    assert_eq!(proof.check(), Ok((key(PAYER).node_id(), 7)));
+}
+
+#[test]
+fn an_honest_submitter_never_grants_past_its_budget_and_a_statement_splits_by_payer() {
+    let b = budget(PAYER, 10, 0, 2_500);
+    let receipts = honest(
+        10,
+        &b,
+        &[(1, 0, 1_000, true), (1, 1, 1_000, true), (1, 2, 1_000, true)],
+    );
+    // The third receipt was cut to what was left.
+    assert_eq!(receipts[2].body.credit, 500);
+    assert_eq!(receipts[2].body.spent, 2_500);
+    let ledger = Ledger::from_receipts(&receipts, &payers());
+    assert!(ledger.void.is_empty());
+    assert_eq!(ledger.balance(&key(1).node_id()).credit, 2_500);
+    let statement = Ledger::statement(&receipts, &payers(), &key(1).node_id(), 0..10);
+    assert_eq!(statement.len(), 1);
+    assert_eq!(statement[&key(PAYER).node_id()].jobs, 3);
+    assert!(Ledger::statement(&receipts, &payers(), &key(1).node_id(), 10..20).is_empty());
 }

@@ -11,7 +11,8 @@ use fleetmesh_consensus::submitter::{
 };
 use fleetmesh_consensus::trust::TrustConfig;
 use fleetmesh_protocol::messages::{
-    AgreementRule, Bid, JobInput, JobOffer, NumericClass, Receipt, ResultCommit, ResultReveal, WorkClaim,
+    AgreementRule, Bid, Budget, JobInput, JobOffer, NumericClass, Receipt, ResultCommit, ResultReveal,
+    Verdict, WorkClaim,
 };
 use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
 use proptest::prelude::*;
@@ -51,6 +52,19 @@ fn submitter(trust: TrustConfig) -> Submitter {
     )
 }
 
+/// A budget of a test payer for `holder`, large enough for any test.
+fn budget_for(holder: NodeId) -> Signed<Budget> {
+    let payer = NodeKey::from_seed([250; 32]);
+    let b = Budget {
+        payer: payer.node_id(),
+        holder,
+        serial: 1,
+        amount: u64::MAX,
+        expires_ms: u64::MAX,
+    };
+    Signed::sign(b, &payer).unwrap()
+}
+
 fn offer(nonce: u64, replicas: u8, now: u64) -> JobOffer {
     JobOffer {
         submitter: key(SUBMITTER).node_id(),
@@ -63,6 +77,7 @@ fn offer(nonce: u64, replicas: u8, now: u64) -> JobOffer {
         created_ms: now,
         expires_ms: now + 10_000,
         deadline_ms: now + 60_000,
+        budget: budget_for(key(SUBMITTER).node_id()),
     }
 }
 
@@ -140,15 +155,39 @@ fn run_job(
     outputs: &BTreeMap<u8, Vec<u8>>,
     now: u64,
 ) -> (JobResult, Vec<Receipt>) {
+    let bids: Vec<(u8, u64)> = bidders.iter().map(|w| (*w, 0)).collect();
+    run_job_bids(
+        s,
+        nonce,
+        replicas,
+        replication,
+        &bids,
+        outputs,
+        now,
+        &mut Fixed(0.5),
+    )
+}
+
+/// [`run_job`] with a cost per bidder (bids arrive in this order) and a given randomness.
+#[allow(clippy::too_many_arguments)]
+fn run_job_bids(
+    s: &mut Submitter,
+    nonce: u64,
+    replicas: u8,
+    replication: Replication,
+    bids: &[(u8, u64)],
+    outputs: &BTreeMap<u8, Vec<u8>>,
+    now: u64,
+    rng: &mut dyn Randomness,
+) -> (JobResult, Vec<Receipt>) {
     let o = offer(nonce, replicas, now);
     let (id, deadline) = (o.id(), o.deadline_ms);
     s.offer(id, o, replication);
-    let mut rng = Fixed(0.5);
     let mut actions = Vec::new();
-    for w in bidders {
-        actions.extend(s.on_bid(bid(id, *w, 0), now, bidders.len(), &mut rng).unwrap());
+    for (w, cost) in bids {
+        actions.extend(s.on_bid(bid(id, *w, *cost), now, bids.len(), rng).unwrap());
     }
-    let by_id: BTreeMap<NodeId, u8> = bidders.iter().map(|w| (key(*w).node_id(), *w)).collect();
+    let by_id: BTreeMap<NodeId, u8> = bids.iter().map(|(w, _)| (key(*w).node_id(), *w)).collect();
     let mut t = now;
     while t <= deadline + 1_000 {
         if let Some(d) = decided(&actions) {
@@ -174,7 +213,7 @@ fn run_job(
                     let (reveal, claim) = report(id, w, &outputs[&w], 900 + u64::from(w));
                     next.extend(s.on_report(&reveal, claim, t).unwrap_or_default());
                 }
-                Action::WakeAt { job, at_ms } => next.extend(s.on_wake(job, at_ms.max(t), &mut rng)),
+                Action::WakeAt { job, at_ms } => next.extend(s.on_wake(job, at_ms.max(t), rng)),
                 Action::Reoffer { .. } => {}
                 Action::Decide { .. } => unreachable!("handled above"),
             }
@@ -184,14 +223,27 @@ fn run_job(
     panic!("no verdict by the deadline");
 }
 
+/// A seeded generator (splitmix64) for tests that need many different draws.
+struct Seeded(u64);
+
+impl Randomness for Seeded {
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 #[test]
-fn a_fixed_job_goes_to_the_cheapest_bids_once_the_window_closes() {
+fn a_fixed_job_without_trusted_bidders_draws_three_workers_once_the_window_closes() {
     let mut s = submitter(TrustConfig::default());
     let o = offer(1, 2, 0);
     let id = o.id();
     s.offer(id, o, Replication::Fixed);
     let mut rng = Fixed(0.5);
-    // The most expensive bid arrives first; nothing is assigned while the window is open.
+    // Nothing is assigned while the window is open.
     let first = s.on_bid(bid(id, 1, 500), 0, 3, &mut rng).unwrap();
     assert_eq!(first, vec![Action::WakeAt { job: id, at_ms: 25 }]);
     assert!(s.on_bid(bid(id, 2, 10), 1, 3, &mut rng).unwrap().is_empty());
@@ -199,9 +251,14 @@ fn a_fixed_job_goes_to_the_cheapest_bids_once_the_window_closes() {
         s.on_bid(bid(id, 2, 10), 1, 3, &mut rng),
         Err(SubmitError::DuplicateBid)
     );
-    // The third bid closes the window: the two cheapest win, in cost order.
+    // The third bid closes the window. Nobody here has validated history, so two agreeing workers
+    // would prove nothing: all three run the job, however much one of them asks.
     let actions = s.on_bid(bid(id, 3, 20), 2, 3, &mut rng).unwrap();
-    assert_eq!(assigned(&actions), vec![key(2).node_id(), key(3).node_id()]);
+    let mut workers = assigned(&actions);
+    workers.sort();
+    let mut all = vec![key(1).node_id(), key(2).node_id(), key(3).node_id()];
+    all.sort();
+    assert_eq!(workers, all);
     // The scheduled wake-up finds the plan made.
     assert!(s.on_wake(id, 25, &mut rng).is_empty());
 }
@@ -215,18 +272,33 @@ fn a_window_that_does_not_fill_closes_at_its_end() {
     let mut rng = Fixed(0.5);
     assert_eq!(s.on_bid(bid(id, 1, 5), 0, 10, &mut rng).unwrap().len(), 1);
     assert!(s.on_bid(bid(id, 2, 1), 3, 10, &mut rng).unwrap().is_empty());
-    let actions = s.on_wake(id, 25, &mut rng);
-    assert_eq!(assigned(&actions), vec![key(2).node_id(), key(1).node_id()]);
+    let mut workers = assigned(&s.on_wake(id, 25, &mut rng));
+    workers.sort();
+    let mut both = vec![key(1).node_id(), key(2).node_id()];
+    both.sort();
+    assert_eq!(workers, both);
+    // A third untrusted worker is still wanted: a late bid joins.
+    assert_eq!(
+        assigned(&s.on_bid(bid(id, 3, 0), 30, 10, &mut rng).unwrap()),
+        vec![key(3).node_id()]
+    );
 }
 
 #[test]
 fn agreeing_workers_earn_the_least_claim_and_an_outvoted_one_nothing() {
     let mut s = submitter(TrustConfig::default());
     let mut outputs = BTreeMap::new();
-    outputs.insert(1u8, b"right".to_vec());
-    outputs.insert(2u8, b"wrong".to_vec());
-    outputs.insert(3u8, b"right".to_vec());
-    let (result, receipts) = run_job(&mut s, 3, 2, Replication::Fixed, &[1, 2, 3], &outputs, 0);
+    for w in 1u8..=5 {
+        outputs.insert(
+            w,
+            if w == 2 {
+                b"wrong".to_vec()
+            } else {
+                b"right".to_vec()
+            },
+        );
+    }
+    let (result, receipts) = run_job(&mut s, 3, 2, Replication::Fixed, &[1, 2, 3, 4, 5], &outputs, 0);
     let Outcome::Accepted {
         output,
         agreeing,
@@ -236,17 +308,23 @@ fn agreeing_workers_earn_the_least_claim_and_an_outvoted_one_nothing() {
         panic!("{result:?}");
     };
     assert_eq!(output, b"right");
-    assert_eq!(agreeing.len(), 2);
+    // (Randomness 0.5 draws workers 3, 5 and 2; worker 2 is out-voted and one backup joins.)
+    assert_eq!(agreeing.len(), 3);
     assert_eq!(disagreeing, &vec![key(2).node_id()]);
-    assert_eq!(result.workers_assigned, 3);
-    assert_eq!(receipts.len(), 3);
+    assert_eq!(result.workers_assigned, 4);
+    assert!(!result.unverified);
+    assert_eq!(receipts.len(), 4);
+    let least = receipts
+        .iter()
+        .filter(|r| agreeing.contains(&r.claim.body.worker))
+        .map(|r| r.claim.body.claimed_credit)
+        .min()
+        .unwrap();
     for r in &receipts {
-        let w = r.claim.body.worker;
-        if w == key(2).node_id() {
-            assert_eq!(r.credit, 0);
+        if r.claim.body.worker == key(2).node_id() {
+            assert_eq!((r.verdict, r.credit), (Verdict::Rejected, 0));
         } else {
-            // Claims were 901 and 903: both earn the least.
-            assert_eq!(r.credit, 901);
+            assert_eq!((r.verdict, r.credit), (Verdict::Accepted, least));
         }
     }
     // The job left the machine; late messages find nothing.
@@ -264,16 +342,82 @@ fn agreeing_workers_earn_the_least_claim_and_an_outvoted_one_nothing() {
 fn a_silent_worker_is_replaced_before_the_deadline() {
     let mut s = submitter(TrustConfig::default());
     let mut outputs = BTreeMap::new();
-    outputs.insert(2u8, b"x".to_vec());
-    outputs.insert(3u8, b"x".to_vec());
-    // Worker 1 bids and never commits.
-    let (result, _) = run_job(&mut s, 4, 2, Replication::Fixed, &[1, 2, 3], &outputs, 0);
+    for w in [1u8, 2, 4] {
+        outputs.insert(w, b"x".to_vec());
+    }
+    // Worker 3 bids and never commits (randomness 0.5 draws it first, with 2 and 4).
+    let (result, _) = run_job(&mut s, 4, 2, Replication::Fixed, &[1, 2, 3, 4], &outputs, 0);
     let Outcome::Accepted { agreeing, .. } = &result.outcome else {
         panic!("{result:?}");
     };
-    assert!(!agreeing.contains(&key(1).node_id()));
-    assert_eq!(result.workers_assigned, 3);
-    assert_eq!(s.reputation().record(&key(1).node_id()).invalid, 1);
+    assert!(!agreeing.contains(&key(3).node_id()));
+    assert_eq!(agreeing.len(), 3);
+    assert_eq!(result.workers_assigned, 4);
+    assert_eq!(s.reputation().record(&key(3).node_id()).invalid, 1);
+}
+
+#[test]
+fn two_colluding_fresh_keys_that_underbid_never_get_a_wrong_result_accepted() {
+    // Workers 1 and 2 collude: they bid nothing and return the same wrong output. Workers 3-7 are
+    // honest and ask a normal price. Honest workers earn trust over the run. (Colluders that first
+    // earn trust with right answers and then lie are the rare-liar case, caught by spot checks.)
+    for replication in [Replication::Fixed, Replication::Adaptive] {
+        let mut s = submitter(small_trust());
+        let mut rng = Seeded(7);
+        let (mut wrong, mut accepted) = (0, 0);
+        for n in 0..300u64 {
+            let mut bids = vec![(1u8, 0u64), (2, 0)];
+            bids.extend((3u8..=7).map(|w| (w, 1_000 + u64::from(w))));
+            let outputs: BTreeMap<u8, Vec<u8>> = (1u8..=7)
+                .map(|w| {
+                    (
+                        w,
+                        if w <= 2 {
+                            b"wrong".to_vec()
+                        } else {
+                            b"right".to_vec()
+                        },
+                    )
+                })
+                .collect();
+            let replicas = if replication == Replication::Fixed { 2 } else { 1 };
+            let (result, _) = run_job_bids(
+                &mut s,
+                1_000 + n,
+                replicas,
+                replication,
+                &bids,
+                &outputs,
+                n * 100_000,
+                &mut rng,
+            );
+            if let Outcome::Accepted { output, .. } = &result.outcome {
+                accepted += 1;
+                wrong += usize::from(output == b"wrong");
+            }
+        }
+        assert_eq!(wrong, 0, "{replication:?}: wrong results accepted");
+        assert!(
+            accepted >= 290,
+            "{replication:?}: only {accepted} of 300 accepted"
+        );
+    }
+}
+
+#[test]
+fn one_replica_asked_for_runs_once_and_is_marked_unverified() {
+    let mut s = submitter(TrustConfig::default());
+    let outputs: BTreeMap<u8, Vec<u8>> = (1u8..=3).map(|w| (w, b"out".to_vec())).collect();
+    let (result, receipts) = run_job(&mut s, 20, 1, Replication::Fixed, &[1, 2, 3], &outputs, 0);
+    assert!(matches!(result.outcome, Outcome::Accepted { .. }));
+    assert_eq!(result.workers_assigned, 1);
+    assert!(result.unverified);
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].verdict, Verdict::Unverified);
+    assert!(receipts[0].credit > 0);
+    // One worker alone validates nothing.
+    let w = receipts[0].claim.body.worker;
+    assert_eq!(s.reputation().record(&w).valid, 0);
 }
 
 #[test]
@@ -296,6 +440,7 @@ fn a_claim_that_does_not_match_its_reveal_is_refused() {
     let (reveal, claim) = report(id, 1, b"out", 1_000);
     let (result, receipts) = decided(&s.on_report(&reveal, claim, 3).unwrap()).expect("decided");
     assert!(matches!(result.outcome, Outcome::Accepted { .. }));
+    assert!(result.unverified);
     assert_eq!(receipts.len(), 1);
 }
 

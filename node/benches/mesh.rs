@@ -45,6 +45,7 @@ async fn node(
         &cfg,
         &NodeKey::from_seed([seed; 32]),
         Metrics::default(),
+        net::GossipPolicy::open(),
         cancel.clone(),
     )
     .unwrap();
@@ -99,6 +100,13 @@ fn main() {
                 created_ms: now,
                 expires_ms: now + 60_000,
                 deadline_ms: now + 120_000,
+                budget: fleetmesh_node::pay::issue(
+                    &NodeKey::from_seed([0xFA; 32]),
+                    key.node_id(),
+                    1,
+                    u64::MAX,
+                    u64::MAX,
+                ),
             };
             let data = codec::encode(&Signed::sign(offer, &key).unwrap());
             let sent = Instant::now();

@@ -2,7 +2,7 @@
 //! `--malicious`, the node tests). `fleetmesh run` cannot select any of them; the worker role asks this
 //! module, at three points, what a misbehaving worker would do instead of the honest thing.
 
-use fleetmesh_protocol::messages::{Receipt, Verdict, WorkClaim};
+use fleetmesh_protocol::messages::{Budget, Receipt, Verdict, WorkClaim};
 use fleetmesh_protocol::{JobId, NodeKey, Signed};
 
 /// How a worker behaves. Every adversarial behaviour also bids an electricity cost of 0, the cheapest
@@ -65,7 +65,12 @@ impl WorkerBehaviour {
     /// A receipt this worker forges next to a real `claim`, if it is a forger: a job that never happened,
     /// with the real submitter's countersignature faked (signed with the worker's own key). Every peer's
     /// receipt check refuses it.
-    pub fn forged_receipt(self, mut claim: WorkClaim, key: &NodeKey) -> Option<Signed<Receipt>> {
+    pub fn forged_receipt(
+        self,
+        mut claim: WorkClaim,
+        budget: Signed<Budget>,
+        key: &NodeKey,
+    ) -> Option<Signed<Receipt>> {
         if self != WorkerBehaviour::ReceiptForger {
             return None;
         }
@@ -76,6 +81,9 @@ impl WorkerBehaviour {
             claim,
             verdict: Verdict::Accepted,
             issued_ms: crate::clock::now_ms(),
+            seq: u64::MAX,
+            spent: budget.body.amount,
+            budget,
         };
         let signature = key.sign_digest(&fleetmesh_protocol::signing::signing_digest(&body));
         Some(Signed { body, signature })

@@ -1,4 +1,9 @@
 //! The local HTTP API (loopback by default): status and metrics for the owner, scripts and dashboards.
+//!
+//! Reading is open to whoever reaches the address. Calls that change something (`POST /v1/jobs`, which
+//! spends the owner's budget, and `POST /v1/vehicle`, which says whether the car may work) need the
+//! node's API token as `Authorization: Bearer TOKEN`: the file `HOME/api.token` (mode 0600, created at the
+//! first start), which only the owner can read. Without it they answer 401 and change nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +39,29 @@ pub struct ApiState {
     pub metrics: crate::metrics::Metrics,
     /// The car this node runs on.
     pub car: crate::vehicle::Car,
+    /// The token that state-changing calls must carry.
+    pub token: Arc<str>,
+}
+
+/// A 401 answer unless `headers` carry `Authorization: Bearer` with the node's token (compared in
+/// constant time).
+fn unauthorized(s: &ApiState, headers: &axum::http::HeaderMap) -> Option<Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let want = s.token.as_bytes();
+    let same =
+        given.len() == want.len() && given.bytes().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    (!same).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "this call needs the node's API token: send `Authorization: Bearer TOKEN`, TOKEN being the \
+             content of HOME/api.token",
+        )
+    })
 }
 
 /// The dashboard page, embedded in the binary (no network at run time).
@@ -183,12 +211,20 @@ pub struct SubmitRequest {
     /// Wait for the verdict before answering.
     #[serde(default)]
     pub wait: bool,
+    /// A client-chosen idempotency key (1 to 128 bytes): a request repeated with the same key returns
+    /// the job the first one submitted (status 200 instead of 202), never a second job.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 async fn submit(
     State(s): State<ApiState>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<SubmitRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    if let Some(denied) = unauthorized(&s, &headers) {
+        return denied;
+    }
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -209,11 +245,20 @@ async fn submit(
     if let Err(e) = model.check_input(&input) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let submitted = match req.replicas {
-        Some(r) => s.jobs.submit(model.id(), input, r).await,
-        None => s.jobs.submit_auto(model.id(), input).await,
+    if let Some(key) = &req.key
+        && (key.is_empty() || key.len() > crate::jobs::MAX_SUBMIT_KEY)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("'key' must be 1 to {} bytes", crate::jobs::MAX_SUBMIT_KEY),
+        );
+    }
+    let submitted = match (&req.key, req.replicas) {
+        (Some(key), r) => s.jobs.submit_once(key, model.id(), input, r).await,
+        (None, Some(r)) => s.jobs.submit(model.id(), input, r).await.map(|id| (id, false)),
+        (None, None) => s.jobs.submit_auto(model.id(), input).await.map(|id| (id, false)),
     };
-    let job = match submitted {
+    let (job, again) = match submitted {
         Ok(job) => job,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
     };
@@ -222,8 +267,13 @@ async fn submit(
     {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e);
     }
+    let code = if again {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     match s.jobs.view(&job) {
-        Some(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
+        Some(view) => (code, Json(view)).into_response(),
         None => error(StatusCode::INTERNAL_SERVER_ERROR, "job vanished"),
     }
 }
@@ -265,14 +315,68 @@ async fn earnings(State(s): State<ApiState>) -> Response {
     Json(rows).into_response()
 }
 
+/// `GET /v1/statement` query: the epoch, ms since the Unix epoch (default: all time).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatementQuery {
+    /// Start (inclusive).
+    #[serde(default)]
+    pub from_ms: Option<u64>,
+    /// End (exclusive).
+    #[serde(default)]
+    pub to_ms: Option<u64>,
+}
+
+async fn statement(
+    State(s): State<ApiState>,
+    query: Result<axum::extract::Query<StatementQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let (from_ms, to_ms) = (q.from_ms.unwrap_or(0), q.to_ms.unwrap_or(u64::MAX));
+    if from_ms > to_ms {
+        return error(StatusCode::BAD_REQUEST, "from_ms must not be after to_ms");
+    }
+    let st = s.jobs.statement(from_ms, to_ms);
+    let by_payer: Vec<serde_json::Value> = st
+        .by_payer
+        .iter()
+        .map(|(payer, e)| {
+            serde_json::json!({
+                "payer": payer.to_string(), "jobs": e.jobs, "credit": e.credit, "energy_uwh": e.energy_uwh,
+            })
+        })
+        .collect();
+    let void: Vec<serde_json::Value> = st
+        .void_budgets
+        .iter()
+        .map(|(payer, serial)| serde_json::json!({ "payer": payer.to_string(), "serial": serial }))
+        .collect();
+    Json(serde_json::json!({
+        "node": s.node_id.to_string(),
+        "from_ms": from_ms,
+        "to_ms": to_ms,
+        "by_payer": by_payer,
+        "receipt_ids": st.receipt_ids,
+        "void_budgets": void,
+    }))
+    .into_response()
+}
+
 async fn vehicle(State(s): State<ApiState>) -> Response {
     Json(s.car.view()).into_response()
 }
 
 async fn report_vehicle(
     State(s): State<ApiState>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<crate::vehicle::VehicleState>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    if let Some(denied) = unauthorized(&s, &headers) {
+        return denied;
+    }
     let Json(state) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -292,6 +396,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs", axum::routing::post(submit).get(recent_jobs))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/earnings", get(earnings))
+        .route("/v1/statement", get(statement))
         .route("/v1/vehicle", get(vehicle).post(report_vehicle))
         .route("/metrics", get(metrics))
         .with_state(state)

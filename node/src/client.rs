@@ -31,14 +31,29 @@ pub fn call(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<(u16, serde_json::Value), ClientError> {
+    call_with_token(addr, method, path, body, timeout, None)
+}
+
+/// [`call`], with the node's API token (what state-changing calls need; see [`crate::api`]).
+pub fn call_with_token(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<(u16, serde_json::Value), ClientError> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|source| ClientError::Unreachable { addr, source })?;
     let protocol = |e: std::io::Error| ClientError::Protocol(e.to_string());
     stream.set_read_timeout(Some(timeout)).map_err(protocol)?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .map_err(protocol)?;

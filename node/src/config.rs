@@ -42,12 +42,16 @@ pub use crate::net::config::{KadMode, NetConfig};
 pub struct ApiConfig {
     /// Address of the local HTTP API (loopback by default; port 0 picks a free port).
     pub listen: SocketAddr,
+    /// The file holding the token that state-changing calls need (created, mode 0600, if missing)
+    /// [default: HOME/api.token; a node started without a home keeps a random token in memory].
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            token_file: None,
         }
     }
 }
@@ -76,6 +80,12 @@ pub struct JobsSection {
     pub explore: f64,
     /// Hours a worker that returned an invalid result is not drawn again.
     pub probation_hours: u64,
+    /// Node ids of the payers whose budgets this node honours: it bids only on jobs they fund and its
+    /// ledger counts credit only against their budgets. None: this node works for nobody.
+    pub payers: Vec<String>,
+    /// Budget files (from `fleetmesh budget issue`) this node pays its own jobs from. None: it cannot
+    /// submit jobs.
+    pub budgets: Vec<PathBuf>,
 }
 
 impl Default for JobsSection {
@@ -92,14 +102,30 @@ impl Default for JobsSection {
             spot_check: t.spot_check,
             explore: t.explore,
             probation_hours: t.probation_ms / 3_600_000,
+            payers: Vec::new(),
+            budgets: Vec::new(),
         }
     }
 }
 
 impl JobsSection {
-    /// The job roles' settings from this section.
-    pub fn jobs_config(&self) -> crate::jobs::JobsConfig {
-        crate::jobs::JobsConfig {
+    /// The job roles' settings from this section (payer ids parsed, budget files read and checked).
+    pub fn jobs_config(&self) -> Result<crate::jobs::JobsConfig, ConfigError> {
+        let mut payers = Vec::with_capacity(self.payers.len());
+        for p in &self.payers {
+            payers.push(
+                p.parse::<fleetmesh_protocol::NodeId>().map_err(|e| {
+                    ConfigError::Invalid(format!("jobs.payers: {p:?} is not a node id ({e})"))
+                })?,
+            );
+        }
+        let mut budgets = Vec::with_capacity(self.budgets.len());
+        for path in &self.budgets {
+            budgets.push(crate::pay::load(path).map_err(|e| ConfigError::Invalid(e.to_string()))?);
+        }
+        Ok(crate::jobs::JobsConfig {
+            payers: fleetmesh_consensus::payment::Payers::new(payers),
+            budgets,
             price: self.price,
             model_prices: self.model_prices.clone(),
             max_active_work: self.max_active_work,
@@ -110,7 +136,7 @@ impl JobsSection {
                 explore: self.explore,
             }),
             ..crate::jobs::JobsConfig::default()
-        }
+        })
     }
 }
 
@@ -265,6 +291,8 @@ max_request_bytes = {maxreq}
 [api]
 # Local HTTP API; loopback only by default. Port 0 picks a free port.
 listen = "{api}"
+# File of the token that POST calls need (`Authorization: Bearer TOKEN`); created, mode 0600, if missing.
+# token_file = "HOME/api.token"
 
 [jobs]
 # Credit claimed per job as a worker (and offered as a submitter), in micro-credits.
@@ -286,6 +314,12 @@ spot_check = {spot}
 explore = {explore}
 # Hours a worker that returned an invalid result is not drawn again.
 probation_hours = {probation}
+# Node ids of the payers whose budgets this node honours: it bids only on jobs they fund, and counts
+# credit only against their budgets (empty: this node works for nobody). `fleetmesh run --payer ID` adds one.
+payers = []
+# Budget files (`fleetmesh budget issue`, by a payer) this node pays its own jobs from (empty: it cannot
+# submit). `fleetmesh run --budget FILE` adds one.
+budgets = []
 
 [car]
 # Where the vehicle state comes from: "none" (not a car: always admitted), "simulated" (a commuter car on a
@@ -424,7 +458,7 @@ mod tests {
             Path::new("f.toml"),
         )
         .unwrap();
-        let jobs = cfg.jobs.jobs_config();
+        let jobs = cfg.jobs.jobs_config().unwrap();
         assert_eq!(jobs.price_of(Some("minilm")), 50);
         assert_eq!(jobs.price_of(Some("digits")), 10);
         assert_eq!(jobs.price_of(None), 10);

@@ -167,8 +167,11 @@ impl Fleet {
     pub async fn start_with(n: usize, malicious: usize, cars: Option<FleetCars>) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
         let registry = Registry::with_defaults(None)?;
+        // The fleet's own payer: every node honours it and holds a budget of it.
+        let payer = random_key()?;
         let start_node = |i: usize, bootstrap: Option<Multiaddr>, behaviour: WorkerBehaviour| {
-            let (registry, cancel, cars) = (registry.clone(), cancel.clone(), cars.clone());
+            let (registry, cancel, cars, payer) =
+                (registry.clone(), cancel.clone(), cars.clone(), payer.clone());
             async move {
                 let key = random_key()?;
                 let mut cfg = node_config(bootstrap.as_ref(), n);
@@ -182,7 +185,8 @@ impl Fleet {
                 let jobs = JobsConfig {
                     behaviour,
                     ..JobsConfig::default()
-                };
+                }
+                .funded_by(&payer, key.node_id());
                 node::start_with(key, cfg, registry, jobs, Default::default(), store, cancel).await
             }
         };

@@ -1,4 +1,6 @@
-//! The node's identity key on disk: one ed25519 secret seed in a small text file, readable by its owner only.
+//! Secrets on disk, readable by their owner only: the node's identity key (one ed25519 secret seed in a
+//! small text file) and the local API's token (64 hex digits on one line, so that
+//! `curl -H "Authorization: Bearer $(cat HOME/api.token)"` works).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -52,8 +54,37 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
     }
 }
 
-/// Reads the key at `path`, refusing files that other users can access.
-pub fn load(path: &Path) -> Result<NodeKey, KeyFileError> {
+/// Reads the local API's token at `path`, refusing a file that other users can access.
+pub fn load_token(path: &Path) -> Result<String, KeyFileError> {
+    let bytes = read_private(path)?;
+    let malformed = |reason| KeyFileError::Malformed {
+        path: path.into(),
+        reason,
+    };
+    let text = std::str::from_utf8(&bytes).map_err(|_| malformed("not UTF-8 text"))?;
+    let token = text.trim();
+    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(malformed("an API token is 64 hex digits"));
+    }
+    Ok(token.to_ascii_lowercase())
+}
+
+/// [`load_token`], creating a random token (mode 0600) when there is none.
+pub fn load_or_create_token(path: &Path) -> Result<String, KeyFileError> {
+    match load_token(path) {
+        Err(KeyFileError::Missing(_)) => {
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| io_err(path)(std::io::Error::other(e.to_string())))?;
+            let token = hex::encode(secret);
+            write_private(path, &format!("{token}\n"), true)?;
+            Ok(token)
+        }
+        other => other,
+    }
+}
+
+/// The bytes of a small file that only its owner may access.
+fn read_private(path: &Path) -> Result<Vec<u8>, KeyFileError> {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(KeyFileError::Missing(path.into())),
@@ -72,7 +103,12 @@ pub fn load(path: &Path) -> Result<NodeKey, KeyFileError> {
             reason: "larger than 4 KiB",
         });
     }
-    let bytes = fs::read(path).map_err(io_err(path))?;
+    fs::read(path).map_err(io_err(path))
+}
+
+/// Reads the key at `path`, refusing files that other users can access.
+pub fn load(path: &Path) -> Result<NodeKey, KeyFileError> {
+    let bytes = read_private(path)?;
     let malformed = |reason| KeyFileError::Malformed {
         path: path.into(),
         reason,
@@ -97,10 +133,16 @@ pub fn load(path: &Path) -> Result<NodeKey, KeyFileError> {
 
 /// Writes `key` to `path` with mode 0600, creating parent folders. Refuses to replace a file unless `force`.
 pub fn save(path: &Path, key: &NodeKey, force: bool) -> Result<(), KeyFileError> {
+    let content = format!("{HEADER}\n{PREFIX}{}\n", hex::encode(key.seed()));
+    write_private(path, &content, !force)
+}
+
+/// Writes `content` to `path` with mode 0600 (creating parent folders): as a new file when `create_new`
+/// (refusing to replace one), else replacing the file atomically.
+fn write_private(path: &Path, content: &str, create_new: bool) -> Result<(), KeyFileError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let content = format!("{HEADER}\n{PREFIX}{}\n", hex::encode(key.seed()));
     let write = |target: &Path, create_new: bool| -> Result<(), KeyFileError> {
         let mut opts = OpenOptions::new();
         opts.write(true).mode(0o600);
@@ -116,11 +158,11 @@ pub fn save(path: &Path, key: &NodeKey, force: bool) -> Result<(), KeyFileError>
         file.write_all(content.as_bytes()).map_err(io_err(target))?;
         file.sync_all().map_err(io_err(target))
     };
-    if !force {
+    if create_new {
         return write(path, true);
     }
-    // Replace atomically: a crash leaves either the old key or the new one, never half a file.
-    let tmp = path.with_extension("key.tmp");
+    // Replace atomically: a crash leaves either the old file or the new one, never half a file.
+    let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     write(&tmp, true)?;
     fs::rename(&tmp, path).map_err(io_err(path))
@@ -142,6 +184,19 @@ mod tests {
         let other = NodeKey::from_seed([10; 32]);
         save(&path, &other, true).unwrap();
         assert_eq!(load(&path).unwrap().node_id(), other.node_id());
+    }
+
+    #[test]
+    fn an_api_token_is_created_once_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.token");
+        assert!(matches!(load_token(&path), Err(KeyFileError::Missing(_))));
+        let token = load_or_create_token(&path).unwrap();
+        assert_eq!(token.len(), 64);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create_token(&path).unwrap(), token);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(load_token(&path), Err(KeyFileError::TooOpen { .. })));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod keyfile;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod pay;
 pub mod share;
 pub mod store;
 pub mod testkit;

@@ -18,11 +18,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli::run::run(&cli.home, &cli.assets, args)
         }
         Command::Keys { action } => cli::keys::run(&cli.home, action),
+        Command::Budget { action } => cli::budget::run(&cli.home, action),
         Command::Demo(args) => {
             init_logging(cli.log_format, "warn");
             cli::demo::run(args)
         }
-        Command::Submit(args) => cli::submit::run(args),
+        Command::Submit(args) => cli::submit::run(&cli.home, args),
         Command::Earnings(args) => cli::earnings::run(args),
         Command::Status(args) => cli::status::run(args),
         Command::Models => cli::models::run(&cli.assets),

@@ -22,6 +22,10 @@ pub enum GossipOutcome {
     Expired,
     /// A topic this node does not serve.
     UnknownTopic,
+    /// An offer no payer this node honours funds (dropped, not forwarded, no penalty).
+    Unfunded,
+    /// An offer over its submitter's rate limit (dropped, not forwarded, no penalty).
+    RateLimited,
 }
 
 /// Labels of the gossip counter.
@@ -94,6 +98,8 @@ pub struct Metrics {
     pub vehicle_admitted: Gauge,
     /// 1 while the car computer is awake.
     pub car_awake: Gauge,
+    /// Offers not bid on because no payer this node honours funds them.
+    pub offers_unpaid: Counter,
 }
 
 impl Default for Metrics {
@@ -115,6 +121,7 @@ impl Default for Metrics {
             withdrawals: Counter::default(),
             vehicle_admitted: Gauge::default(),
             car_awake: Gauge::default(),
+            offers_unpaid: Counter::default(),
         }
     }
 }
@@ -127,6 +134,11 @@ impl Metrics {
             "fleetmesh_gossip_messages",
             "Gossip messages received by outcome",
             m.gossip.clone(),
+        );
+        registry.register(
+            "fleetmesh_offers_unpaid",
+            "Offers not bid on because no payer this node honours funds them",
+            m.offers_unpaid.clone(),
         );
         registry.register(
             "fleetmesh_connected_peers",

@@ -28,6 +28,8 @@ pub struct Node {
     pub net: NetClient,
     /// Where the local API listens.
     pub api_addr: SocketAddr,
+    /// The token the local API's state-changing calls need.
+    pub api_token: String,
     /// The node's metrics.
     pub metrics: Metrics,
     /// The job roles (submit work, run work).
@@ -58,8 +60,21 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> anyhow::Result<Node> {
     let store = Store::open(&home.join("db"))?;
+    let mut cfg = cfg;
+    if cfg.api.token_file.is_none() {
+        cfg.api.token_file = Some(home.join("api.token"));
+    }
     let registry = Registry::with_defaults(assets)?;
-    let jobs = cfg.jobs.jobs_config();
+    let jobs = cfg.jobs.jobs_config()?;
+    for b in &jobs.budgets {
+        anyhow::ensure!(
+            b.body.holder == key.node_id(),
+            "a budget of payer {} is held by {}, not by this node ({})",
+            b.body.payer,
+            b.body.holder,
+            key.node_id()
+        );
+    }
     start_with(key, cfg, registry, jobs, ShareConfig::default(), store, cancel).await
 }
 
@@ -86,7 +101,8 @@ pub async fn start_with(
     let metrics = Metrics::register(&mut metrics_registry);
     // The network outlives the node's own cancellation by the moment it takes to hand running work back.
     let net_cancel = CancellationToken::new();
-    let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), net_cancel.clone())?;
+    let policy = net::GossipPolicy::funded_by(jobs_cfg.payers.clone());
+    let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), policy, net_cancel.clone())?;
     // Stops the network if the node fails to start from here on, or once the event handler ends.
     let stop_net = net_cancel.drop_guard();
     let executor = Executor::start(registry, exec_cfg);
@@ -104,7 +120,16 @@ pub async fn start_with(
         metrics.clone(),
     );
     jobs.resume();
+    let token = match &cfg.api.token_file {
+        Some(path) => crate::keyfile::load_or_create_token(path)?,
+        None => {
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+            hex::encode(secret)
+        }
+    };
     let state = ApiState {
+        token: Arc::from(token.as_str()),
         net: net.clone(),
         jobs: jobs.clone(),
         node_id,
@@ -133,6 +158,7 @@ pub async fn start_with(
     Ok(Node {
         net,
         api_addr,
+        api_token: token,
         metrics,
         jobs,
         share,

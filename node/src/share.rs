@@ -143,7 +143,12 @@ type Then = Box<dyn FnOnce() + Send>;
 
 enum Fetching {
     Running(Vec<Then>),
+    /// Failed for a reason that may pass (no provider answered, a chunk was unavailable): tried again
+    /// after `retry_after`.
     Failed(Instant),
+    /// Its weights did not build, its architecture cannot be built from weights, or it is too large:
+    /// never fetched again while this node runs (its chunks are deleted).
+    Refused,
 }
 
 /// Fetches one node runs at once (offers for more unknown models are not bid on meanwhile).
@@ -208,15 +213,41 @@ impl Share {
                         info!(model = %manifest.name, id = %id.short(), "installed a model fetched earlier");
                         registry.insert(model);
                     }
-                    Err(e) => warn!(model = %manifest.name, error = %e, "a stored model does not build"),
+                    Err(e) => {
+                        warn!(model = %manifest.name, error = %e, "a stored model does not build; deleted");
+                        self.discard(&id);
+                    }
                 },
                 Ok(None) => debug!(model = %manifest.name, "partly fetched model; resumes when needed"),
-                Err(e) => warn!(model = %manifest.name, error = %e, "cannot read a stored model"),
+                Err(e) => {
+                    warn!(model = %manifest.name, error = %e, "a stored model does not match its manifest; deleted");
+                    self.discard(&id);
+                }
             }
         }
         for model in registry.models() {
             self.serve(model.as_ref()).await;
         }
+    }
+
+    /// Deletes a model's stored manifest and chunks (those no served model lists): what a fetch that
+    /// cannot end in a working model leaves behind does not stay on disk.
+    fn discard(&self, model: &ModelId) {
+        let Some(manifest) = self.inner.store.manifest(model) else {
+            return;
+        };
+        let kept: HashSet<ChunkId> = lock(&self.inner.served)
+            .values()
+            .flat_map(|s| s.manifest.chunks.iter().copied())
+            .collect();
+        let mut removed = 0usize;
+        for chunk in manifest.chunks.iter().filter(|c| !kept.contains(c)) {
+            removed += usize::from(self.inner.store.remove_chunk(chunk).is_ok());
+        }
+        if let Err(e) = self.inner.store.remove_manifest(model) {
+            warn!(model = %model.short(), error = %e, "cannot delete a failed model's manifest");
+        }
+        info!(model = %manifest.name, id = %model.short(), chunks = removed, "deleted a model that cannot be used");
     }
 
     /// Serves `model` to peers, if its weights can be read back and peers could build it.
@@ -328,6 +359,7 @@ impl Share {
                     return;
                 }
                 Some(Fetching::Failed(at)) if at.elapsed() < self.inner.cfg.retry_after => return,
+                Some(Fetching::Refused) => return,
                 _ => {}
             }
             let running = fetching
@@ -349,12 +381,29 @@ impl Share {
                     Some(Fetching::Running(waiting)) => waiting,
                     _ => Vec::new(),
                 };
-                if let Err(e) = &result {
-                    warn!(model = %model.short(), error = %e, "model fetch failed");
-                    fetching.insert(model, Fetching::Failed(Instant::now()));
+                match &result {
+                    Err(
+                        e @ (FetchError::Build(_)
+                        | FetchError::Unsupported { .. }
+                        | FetchError::TooLarge { .. }),
+                    ) => {
+                        warn!(model = %model.short(), error = %e, "model fetch failed; not fetched again");
+                        fetching.insert(model, Fetching::Refused);
+                    }
+                    Err(e) => {
+                        warn!(model = %model.short(), error = %e, "model fetch failed");
+                        fetching.insert(model, Fetching::Failed(Instant::now()));
+                    }
+                    Ok(_) => {}
                 }
                 waiting
             };
+            if matches!(
+                &result,
+                Err(FetchError::Build(_) | FetchError::Unsupported { .. } | FetchError::TooLarge { .. })
+            ) {
+                this.discard(&model);
+            }
             if result.is_ok() {
                 for then in waiting {
                     then();

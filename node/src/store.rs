@@ -79,6 +79,7 @@ pub struct Store {
     manifests: sled::Tree,
     chunks: sled::Tree,
     vehicle: sled::Tree,
+    submit_keys: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -129,6 +130,7 @@ impl Store {
             manifests: tree("manifests")?,
             chunks: tree("chunks")?,
             vehicle: tree("vehicle")?,
+            submit_keys: tree("submit_keys")?,
             db,
             path,
         })
@@ -199,9 +201,30 @@ impl Store {
         self.put(&self.submitted, "submitted job", original.as_bytes(), record)
     }
 
+    /// The submitted job its user knows as `original`, if stored (and decodable).
+    pub fn submitted_one(&self, original: &JobId) -> Option<SubmittedRecord> {
+        let bytes = self.submitted.get(original.as_bytes()).ok()??;
+        postcard::from_bytes(&bytes).ok()
+    }
+
     /// Forgets a submitted job (its offer could not be published).
     pub fn remove_submitted(&self, original: &JobId) -> Result<(), StoreError> {
         self.remove(&self.submitted, original.as_bytes())
+    }
+
+    /// Records that the client's idempotency `key` named the job its user knows as `original`.
+    pub fn put_submit_key(&self, key: &str, original: &JobId) -> Result<(), StoreError> {
+        self.submit_keys
+            .insert(key.as_bytes(), original.as_bytes().as_slice())
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The job a client's idempotency `key` named, if any.
+    pub fn submit_key(&self, key: &str) -> Option<JobId> {
+        let bytes = self.submit_keys.get(key.as_bytes()).ok()??;
+        let id: [u8; 32] = bytes.as_ref().try_into().ok()?;
+        Some(JobId::from_bytes(id))
     }
 
     /// Every submitted job: (id the user knows, record).
@@ -281,6 +304,11 @@ impl Store {
             .insert(manifest.id().as_bytes(), codec::encode(manifest))
             .map(|_| ())
             .map_err(|e| self.err(e))
+    }
+
+    /// Forgets a stored manifest.
+    pub fn remove_manifest(&self, id: &ModelId) -> Result<(), StoreError> {
+        self.remove(&self.manifests, id.as_bytes())
     }
 
     /// The manifest with this id, if stored.

@@ -9,6 +9,7 @@ use fleetmesh_consensus::job::Outcome;
 use fleetmesh_node::config::NodeConfig;
 use fleetmesh_node::inference::{Model, Registry, digits};
 use fleetmesh_node::jobs::JobsConfig;
+use fleetmesh_node::node::Node;
 use fleetmesh_node::vehicle::SourceKind;
 use fleetmesh_node::vehicle::{Link, VehicleState};
 
@@ -28,25 +29,37 @@ fn parked() -> serde_json::Value {
     .unwrap()
 }
 
-/// `POST /v1/vehicle` on a node's local API, as a vehicle integration would.
-async fn try_report(
-    api: std::net::SocketAddr,
+/// `POST /v1/vehicle` on a node's local API, as a vehicle integration would (with the node's API token,
+/// or `None`).
+async fn try_report_with(
+    node: &Node,
+    token: Option<String>,
     state: serde_json::Value,
 ) -> Result<(u16, serde_json::Value), fleetmesh_node::client::ClientError> {
+    let api = node.api_addr;
     tokio::task::spawn_blocking(move || {
-        fleetmesh_node::client::call(api, "POST", "/v1/vehicle", Some(&state), Duration::from_secs(5))
+        fleetmesh_node::client::call_with_token(
+            api,
+            "POST",
+            "/v1/vehicle",
+            Some(&state),
+            Duration::from_secs(5),
+            token.as_deref(),
+        )
     })
     .await
     .unwrap()
 }
 
-async fn report(api: std::net::SocketAddr, state: serde_json::Value) -> (u16, serde_json::Value) {
-    try_report(api, state).await.unwrap()
+async fn report(node: &Node, state: serde_json::Value) -> (u16, serde_json::Value) {
+    try_report_with(node, Some(node.api_token.clone()), state)
+        .await
+        .unwrap()
 }
 
 /// The error message of a report the node refused.
-async fn refused(api: std::net::SocketAddr, state: serde_json::Value) -> String {
-    match try_report(api, state).await {
+async fn refused(node: &Node, state: serde_json::Value) -> String {
+    match try_report_with(node, Some(node.api_token.clone()), state).await {
         Err(fleetmesh_node::client::ClientError::Refused(message)) => message,
         other => panic!("not refused: {other:?}"),
     }
@@ -98,16 +111,25 @@ async fn a_returning_driver_preempts_running_work_within_a_second_and_the_job_co
     assert!(v.admitted, "{v:?}");
     assert_eq!(v.predicted_parked_min, Some(0), "{v:?}");
     // Bad reports get a clear error and change nothing.
-    let err = refused(car.api_addr, serde_json::json!({ "parked": true })).await;
+    let err = refused(car, serde_json::json!({ "parked": true })).await;
     assert!(err.contains("missing field `driver_present`"), "{err}");
     let mut full = parked();
     full["soc_pct"] = 140.0.into();
-    let err = refused(car.api_addr, full).await;
+    let err = refused(car, full).await;
     assert!(err.contains("soc_pct must be 0 to 100"), "{err}");
-    let err = refused(submitter.api_addr, parked()).await;
+    let err = refused(submitter, parked()).await;
     assert!(err.contains("vehicle source is 'none'"), "{err}");
     assert!(!car.car.admitted());
-    let (code, view) = report(car.api_addr, parked()).await;
+    // Without the node's API token (or with a wrong one) a report is refused with 401 and changes nothing.
+    for token in [None, Some("0".repeat(64))] {
+        let err = try_report_with(car, token, parked()).await;
+        assert!(
+            matches!(&err, Err(fleetmesh_node::client::ClientError::Refused(m)) if m.contains("API token")),
+            "{err:?}"
+        );
+        assert!(!car.car.admitted());
+    }
+    let (code, view) = report(car, parked()).await;
     assert_eq!(code, 200, "{view}");
     assert_eq!(view["admitted"], true, "{view}");
 
@@ -137,7 +159,7 @@ async fn a_returning_driver_preempts_running_work_within_a_second_and_the_job_co
     let t0 = Instant::now();
     let mut driver = parked();
     driver["driver_present"] = true.into();
-    let (code, view) = report(car.api_addr, driver).await;
+    let (code, view) = report(car, driver).await;
     assert_eq!(
         (code, &view["reason"]),
         (200, &serde_json::json!("driver_present")),

@@ -100,13 +100,16 @@ async fn a_hundred_jobs_are_verified_and_equal_local_inference() {
         || (),
     )
     .await;
+    let mut receipts = 0;
     for (result, agreeing, disagreeing) in results {
+        // Two agreeing workers, or three while nobody has validated history with the submitter yet.
         assert!(agreeing.len() >= 2 && disagreeing.is_empty());
-        assert_eq!(result.receipts, 2);
+        assert_eq!(result.receipts, agreeing.len());
+        receipts += result.receipts as u64;
     }
     // Receipts are gossiped: every node ends up with the same balances.
     let reference = nodes[0].0.jobs.earnings();
-    assert_eq!(reference.values().map(|e| e.jobs).sum::<u64>(), 200);
+    assert_eq!(reference.values().map(|e| e.jobs).sum::<u64>(), receipts);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline
         && nodes[1..].iter().any(|(n, _)| n.jobs.earnings() != reference)
@@ -155,6 +158,57 @@ async fn a_lying_worker_is_outvoted_and_a_stopped_worker_replaced() {
         earnings.get(&liar).is_none_or(|e| e.credit == 0),
         "the liar earned credit"
     );
+    for (_, cancel) in &nodes {
+        cancel.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_colluding_fresh_keys_that_underbid_get_no_wrong_result_accepted() {
+    // Two fresh keys bid the least and return the same wrong output: with the cheapest bids winning and
+    // reputation not consulted they would take both replicas of a fixed two-replica job.
+    let nodes = fleet(&[
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::AlwaysWrong,
+        WorkerBehaviour::AlwaysWrong,
+    ])
+    .await;
+    let colluders = [nodes[4].0.jobs.node_id(), nodes[5].0.jobs.node_id()];
+    let images = digits::held_out().unwrap();
+    let submitter = nodes[0].0.jobs.clone();
+    // run_jobs checks every accepted output against local inference.
+    let results = run_jobs(
+        &submitter,
+        images[..30].to_vec(),
+        Duration::from_millis(30),
+        Some(2),
+        || (),
+    )
+    .await;
+    let (mut outvoted, mut both) = (0, 0);
+    for (_, agreeing, disagreeing) in &results {
+        assert!(
+            !agreeing.iter().any(|w| colluders.contains(w)),
+            "a colluder's output was accepted"
+        );
+        outvoted += usize::from(disagreeing.iter().any(|w| colluders.contains(w)));
+        both += usize::from(colluders.iter().all(|c| disagreeing.contains(c)));
+    }
+    eprintln!("{outvoted} of 30 jobs drew a colluder, {both} drew both");
+    assert!(
+        outvoted > 0,
+        "no colluder was ever drawn: the test proves nothing"
+    );
+    let earnings = submitter.earnings();
+    for c in &colluders {
+        assert!(
+            earnings.get(c).is_none_or(|e| e.credit == 0),
+            "a colluder earned credit"
+        );
+    }
     for (_, cancel) in &nodes {
         cancel.cancel();
     }

@@ -33,9 +33,18 @@ fn net_config(bootstrap: Vec<Multiaddr>, mode: KadMode, target_peers: usize) -> 
 }
 
 async fn spawn(seed: u8, cfg: NetConfig, cancel: &CancellationToken) -> TestNode {
+    spawn_with(seed, cfg, net::GossipPolicy::open(), cancel).await
+}
+
+async fn spawn_with(
+    seed: u8,
+    cfg: NetConfig,
+    policy: net::GossipPolicy,
+    cancel: &CancellationToken,
+) -> TestNode {
     let key = NodeKey::from_seed([seed; 32]);
     let metrics = Metrics::default();
-    let (client, events, _task) = net::start(&cfg, &key, metrics.clone(), cancel.clone()).unwrap();
+    let (client, events, _task) = net::start(&cfg, &key, metrics.clone(), policy, cancel.clone()).unwrap();
     let addr = wait_for(Duration::from_secs(5), || async {
         let status = client.status().await.unwrap();
         status
@@ -92,7 +101,19 @@ fn offer(key: &NodeKey, nonce: u64, input_len: usize, created_ms: u64, ttl_ms: u
         created_ms,
         expires_ms: created_ms + ttl_ms,
         deadline_ms: created_ms + ttl_ms + 1_000,
+        budget: fleetmesh_node::pay::issue(
+            &NodeKey::from_seed([0xFA; 32]),
+            key.node_id(),
+            1,
+            u64::MAX,
+            u64::MAX,
+        ),
     }
+}
+
+/// The payer every offer of [`offer`] names.
+fn test_payer() -> NodeKey {
+    NodeKey::from_seed([0xFA; 32])
 }
 
 fn signed_offer_bytes(key: &NodeKey, offer: JobOffer) -> Vec<u8> {
@@ -306,6 +327,94 @@ async fn invalid_gossip_is_rejected_at_the_first_hop_and_not_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfunded_and_too_frequent_offers_are_dropped_and_an_invalid_sender_is_ignored() {
+    // B honours one payer and lets each submitter through at 5 offers/s (10 at once); A, its only peer,
+    // publishes for several submitter keys.
+    let cancel = CancellationToken::new();
+    let policy = net::GossipPolicy {
+        payers: Some(fleetmesh_consensus::payment::Payers::new(
+            [test_payer().node_id()],
+        )),
+        offers_per_s: 5.0,
+        offer_burst: 10.0,
+    };
+    let mut b = spawn_with(31, net_config(vec![], KadMode::Server, 1), policy, &cancel).await;
+    let a = spawn(30, net_config(vec![b.addr.clone()], KadMode::Client, 1), &cancel).await;
+    let meshed = wait_for(Duration::from_secs(20), || async {
+        let (sa, sb) = (a.client.status().await.unwrap(), b.client.status().await.unwrap());
+        (sa.mesh_peers == 1 && sb.mesh_peers == 1).then_some(())
+    })
+    .await;
+    assert!(meshed.is_some(), "the gossip mesh did not form");
+    let topic = Topic::Offers.name();
+
+    // Offers paid from a budget of a payer B does not honour: dropped before their signature is checked.
+    let stranger = NodeKey::from_seed([0x33; 32]);
+    for n in 0..5 {
+        let mut o = offer(&stranger, n, 32, now_ms(), 60_000);
+        o.budget = fleetmesh_node::pay::issue(&stranger, stranger.node_id(), 1, u64::MAX, u64::MAX);
+        a.client
+            .publish(Topic::Offers, signed_offer_bytes(&stranger, o))
+            .await
+            .unwrap();
+    }
+    // One submitter publishing 30 funded offers at once: its burst passes, the rest waits its rate.
+    let busy = NodeKey::from_seed([0x34; 32]);
+    for n in 0..30 {
+        let data = signed_offer_bytes(&busy, offer(&busy, 100 + n, 32, now_ms(), 60_000));
+        a.client.publish(Topic::Offers, data).await.unwrap();
+    }
+    let delivered = gossip_received(&mut b, Duration::from_secs(2)).await;
+    assert_eq!(b.metrics.gossip_count(topic, GossipOutcome::Unfunded), 5);
+    assert!(
+        (10..=22).contains(&delivered.len()),
+        "{} of 30 offers of one submitter delivered",
+        delivered.len()
+    );
+    assert!(b.metrics.gossip_count(topic, GossipOutcome::RateLimited) >= 8);
+
+    // A forwards offers with broken signatures: its score falls below the graylist threshold and B
+    // ignores it, valid offers included, and drops it from its mesh.
+    let forger = NodeKey::from_seed([0x35; 32]);
+    for n in 0..6 {
+        let mut bad = signed_offer_bytes(&forger, offer(&forger, 200 + n, 32, now_ms(), 60_000));
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        a.client.publish(Topic::Offers, bad).await.unwrap();
+    }
+    let rejected = wait_for(Duration::from_secs(5), || async {
+        (b.metrics.gossip_count(topic, GossipOutcome::BadSignature) >= 3).then_some(())
+    })
+    .await;
+    assert!(rejected.is_some(), "the forged offers did not reach B");
+    // (Three invalid messages put A below the graylist threshold: the rest never reach validation.)
+    let accepted_before = b.metrics.gossip_count(topic, GossipOutcome::Accepted);
+    let fresh = NodeKey::from_seed([0x36; 32]);
+    let valid = signed_offer_bytes(&fresh, offer(&fresh, 300, 32, now_ms(), 60_000));
+    a.client.publish(Topic::Offers, valid.clone()).await.unwrap();
+    assert!(
+        !gossip_received(&mut b, Duration::from_secs(2))
+            .await
+            .contains(&valid),
+        "a graylisted peer's offer was delivered"
+    );
+    assert_eq!(
+        b.metrics.gossip_count(topic, GossipOutcome::Accepted),
+        accepted_before
+    );
+    let pruned = wait_for(Duration::from_secs(5), || async {
+        (b.client.status().await.unwrap().mesh_peers == 0).then_some(())
+    })
+    .await;
+    assert!(pruned.is_some(), "B kept the invalid sender in its mesh");
+    assert!(
+        b.metrics.gossip_count(topic, GossipOutcome::BadSignature) < 6,
+        "every forged offer was validated: the sender was never ignored"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_listener_is_reachable_through_a_relay() {
     let cancel = CancellationToken::new();
     let relay_cfg = NetConfig {
@@ -319,8 +428,14 @@ async fn a_node_without_a_listener_is_reachable_through_a_relay() {
     let mut c_cfg = net_config(vec![relay.addr.clone()], KadMode::Client, 1);
     c_cfg.listen.clear();
     let key_c = NodeKey::from_seed([31; 32]);
-    let (client_c, mut events_c, _t) =
-        net::start(&c_cfg, &key_c, Metrics::default(), cancel.clone()).unwrap();
+    let (client_c, mut events_c, _t) = net::start(
+        &c_cfg,
+        &key_c,
+        Metrics::default(),
+        net::GossipPolicy::open(),
+        cancel.clone(),
+    )
+    .unwrap();
     let circuit = relay.addr.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
     let reserved = wait_for(Duration::from_secs(10), || async {
         if client_c.listen_on(circuit.clone()).await.is_err() {

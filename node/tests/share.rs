@@ -213,10 +213,17 @@ async fn on_a_metered_link_a_car_does_not_download_a_model_over_the_owners_limit
         })
     };
     let report = |link: &'static str| {
-        let (api, body) = (fetcher.api_addr, state(link));
+        let (api, body, token) = (fetcher.api_addr, state(link), fetcher.api_token.clone());
         tokio::task::spawn_blocking(move || {
-            fleetmesh_node::client::call(api, "POST", "/v1/vehicle", Some(&body), Duration::from_secs(5))
-                .unwrap()
+            fleetmesh_node::client::call_with_token(
+                api,
+                "POST",
+                "/v1/vehicle",
+                Some(&body),
+                Duration::from_secs(5),
+                Some(&token),
+            )
+            .unwrap()
         })
     };
     // The car task applies the link's limit (4 Hz).
@@ -246,5 +253,46 @@ async fn on_a_metered_link_a_car_does_not_download_a_model_over_the_owners_limit
     assert!(fetcher.jobs.registry().get(&id).is_some());
     for (_, cancel) in &nodes {
         cancel.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_model_whose_weights_do_not_build_is_deleted_at_start() {
+    // What a fetch of junk weights leaves behind (chunks that match their manifest, weights that build
+    // no model) does not stay on disk: the node deletes it when it starts.
+    let store = Store::temporary().unwrap();
+    let real = chunked_digits().manifest().clone();
+    let junk = vec![7u8; 40_000];
+    let manifest = fleetmesh_node::inference::manifest_for(
+        "junk",
+        1,
+        &real.architecture,
+        &junk,
+        16 * 1024,
+        real.input.clone(),
+        real.output.clone(),
+        real.rule,
+    );
+    for (i, bytes) in junk.chunks(16 * 1024).enumerate() {
+        store.put_chunk(&manifest.chunks[i], bytes).unwrap();
+    }
+    store.put_manifest(&manifest).unwrap();
+    let spec = Spec {
+        store: store.clone(),
+        ..Spec::new(Registry::with_defaults(None).unwrap(), jobs_config())
+    };
+    let nodes = common::fleet(vec![spec], 150, None, 0).await;
+    assert!(
+        store.manifest(&manifest.id()).is_none(),
+        "the junk manifest stayed"
+    );
+    assert!(
+        manifest.chunks.iter().all(|c| store.chunk(c).is_none()),
+        "junk chunks stayed"
+    );
+    assert!(nodes[0].0.jobs.registry().get(&manifest.id()).is_none());
+    for (node, cancel) in nodes {
+        cancel.cancel();
+        node.join().await;
     }
 }

@@ -59,6 +59,13 @@ fn offer(job: u8) -> JobOffer {
         created_ms: 1,
         expires_ms: 2,
         deadline_ms: 3,
+        budget: fleetmesh_node::pay::issue(
+            &NodeKey::from_seed([0xFA; 32]),
+            key(100).node_id(),
+            1,
+            u64::MAX,
+            u64::MAX,
+        ),
     }
 }
 
@@ -76,6 +83,7 @@ fn submitted(job: u8, decided: bool) -> SubmittedRecord {
             workers_assigned: 2,
             receipts: 0,
             compute_us_max: 7,
+            unverified: false,
         }),
     }
 }
@@ -110,6 +118,15 @@ fn receipt(job: u8, worker: u8, credit: u16) -> Signed<Receipt> {
         verdict: Verdict::Accepted,
         credit: u64::from(credit),
         issued_ms: 0,
+        budget: fleetmesh_node::pay::issue(
+            &NodeKey::from_seed([0xFA; 32]),
+            key(100).node_id(),
+            1,
+            u64::MAX,
+            u64::MAX,
+        ),
+        seq: u64::from(job) * 4 + u64::from(worker),
+        spent: u64::from(credit),
     };
     Signed::sign(body, &key(100)).unwrap()
 }

@@ -4,7 +4,7 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use fleetmesh_protocol::messages::{Receipt, Verdict, WorkClaim};
+use fleetmesh_protocol::messages::{Budget, Receipt, Verdict, WorkClaim};
 use fleetmesh_protocol::{JobId, ModelId, NodeKey, Signed, codec};
 
 fn receipt(i: u64, worker: &NodeKey, submitter: &NodeKey) -> Signed<Receipt> {
@@ -25,6 +25,19 @@ fn receipt(i: u64, worker: &NodeKey, submitter: &NodeKey) -> Signed<Receipt> {
         verdict: Verdict::Accepted,
         credit: 1_000,
         issued_ms: 1_764_000_000_100 + i,
+        budget: Signed::sign(
+            Budget {
+                payer: NodeKey::from_seed([3; 32]).node_id(),
+                holder: submitter.node_id(),
+                serial: 1,
+                amount: u64::MAX,
+                expires_ms: u64::MAX,
+            },
+            &NodeKey::from_seed([3; 32]),
+        )
+        .unwrap(),
+        seq: i,
+        spent: 1_000 * (i + 1),
     };
     Signed::sign(body, submitter).unwrap()
 }

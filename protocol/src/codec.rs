@@ -49,11 +49,13 @@ pub enum Kind {
     ChunkRequest = 14,
     /// [`Chunk`](crate::messages::Chunk)
     Chunk = 15,
+    /// [`Budget`](crate::messages::Budget)
+    Budget = 16,
 }
 
 impl Kind {
     /// All kinds, in tag order.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::JobOffer,
         Kind::Bid,
         Kind::Assignment,
@@ -69,6 +71,7 @@ impl Kind {
         Kind::ManifestRequest,
         Kind::ChunkRequest,
         Kind::Chunk,
+        Kind::Budget,
     ];
 
     /// The kind with this tag (signed flag cleared), if any.
@@ -94,6 +97,7 @@ impl Kind {
             Kind::ManifestRequest => b"fleetmesh/manifest-request/v1",
             Kind::ChunkRequest => b"fleetmesh/chunk-request/v1",
             Kind::Chunk => b"fleetmesh/chunk/v1",
+            Kind::Budget => b"fleetmesh/budget/v1",
         }
     }
 }

@@ -151,6 +151,8 @@ pub struct JobOffer {
     pub expires_ms: u64,
     /// The result is wanted by this time.
     pub deadline_ms: u64,
+    /// Who pays: a payer's budget held by this submitter, which workers check before they bid.
+    pub budget: Signed<Budget>,
 }
 
 impl JobOffer {
@@ -167,7 +169,7 @@ impl JobOffer {
 
 impl Message for JobOffer {
     const KIND: Kind = Kind::JobOffer;
-    const MAX_LEN: usize = MAX_INLINE_INPUT + 256;
+    const MAX_LEN: usize = MAX_INLINE_INPUT + 512;
 
     fn validate(&self) -> Result<(), DecodeError> {
         let kind = Self::KIND;
@@ -185,6 +187,16 @@ impl Message for JobOffer {
         {
             return Err(DecodeError::invalid(kind, "inline input over 32 KiB"));
         }
+        let budget = &self.budget.body;
+        if budget.holder != self.submitter {
+            return Err(DecodeError::invalid(kind, "the budget is not the submitter's"));
+        }
+        if self.reward > budget.amount || self.deadline_ms > budget.expires_ms {
+            return Err(DecodeError::invalid(
+                kind,
+                "the budget does not cover the reward until the deadline",
+            ));
+        }
         self.rule.validate(kind)
     }
 }
@@ -192,6 +204,49 @@ impl Message for JobOffer {
 impl Signable for JobOffer {
     fn signer(&self) -> NodeId {
         self.submitter
+    }
+
+    fn nested_checks(&self, out: &mut Vec<SignatureCheck>) -> Result<(), VerifyError> {
+        self.budget.checks(out)
+    }
+}
+
+/// A payer's promise to fund one submitter's jobs, up to an amount, until a time. Signed by the payer:
+/// a key the fleet's nodes list as a payer in their configuration (as they list bootstrap peers).
+///
+/// Offers carry their budget so a worker checks who pays before it bids; receipts carry it so a ledger
+/// counts credit only against a budget of a listed payer. The submitter numbers the receipts of a
+/// budget (`seq`) and states the running total (`spent`) in each; two receipts that contradict each
+/// other (one number used twice, or totals that do not add up) are a fraud proof that voids the budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// The payer (the signer).
+    pub payer: NodeId,
+    /// The submitter allowed to spend it.
+    pub holder: NodeId,
+    /// The payer's number for this budget; (payer, serial) names it.
+    pub serial: u64,
+    /// The most credit all receipts under it may grant together, in micro-credits.
+    pub amount: u64,
+    /// Receipts issued after this time are not paid from it.
+    pub expires_ms: u64,
+}
+
+impl Budget {
+    /// The budget's name: its payer and the payer's serial.
+    pub fn key(&self) -> (NodeId, u64) {
+        (self.payer, self.serial)
+    }
+}
+
+impl Message for Budget {
+    const KIND: Kind = Kind::Budget;
+    const MAX_LEN: usize = 128;
+}
+
+impl Signable for Budget {
+    fn signer(&self) -> NodeId {
+        self.payer
     }
 }
 
@@ -266,6 +321,16 @@ pub struct Assignment {
 impl Message for Assignment {
     const KIND: Kind = Kind::Assignment;
     const MAX_LEN: usize = 192;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.worker == self.submitter {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "worker and submitter are one key",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Signable for Assignment {
@@ -398,6 +463,16 @@ pub enum Verdict {
     Accepted,
     /// The output was out-voted or did not open its commit.
     Rejected,
+    /// Accepted from the one worker the user asked for, with no independent replica or trusted worker
+    /// behind it (a job submitted with one replica). Paid like an accepted result.
+    Unverified,
+}
+
+impl Verdict {
+    /// Whether the result was taken (and is paid): accepted, verified or not.
+    pub fn is_accepted(self) -> bool {
+        matches!(self, Verdict::Accepted | Verdict::Unverified)
+    }
 }
 
 /// What a worker claims for one job: signed by the worker, then countersigned in a [`Receipt`].
@@ -426,6 +501,16 @@ pub struct WorkClaim {
 impl Message for WorkClaim {
     const KIND: Kind = Kind::WorkClaim;
     const MAX_LEN: usize = 256;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.worker == self.submitter {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "worker and submitter are one key",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Signable for WorkClaim {
@@ -448,13 +533,23 @@ pub struct Receipt {
     pub credit: u64,
     /// When the submitter countersigned.
     pub issued_ms: u64,
+    /// The budget that pays it (the job offer's).
+    pub budget: Signed<Budget>,
+    /// The submitter's number for this receipt within the budget (each used once).
+    pub seq: u64,
+    /// Credit granted under the budget by the receipts numbered up to this one, this one included.
+    pub spent: u64,
 }
 
 impl Message for Receipt {
     const KIND: Kind = Kind::Receipt;
-    const MAX_LEN: usize = 512;
+    const MAX_LEN: usize = 768;
 
     fn validate(&self) -> Result<(), DecodeError> {
+        self.claim
+            .body
+            .validate()
+            .map_err(|_| DecodeError::invalid(Self::KIND, "worker and submitter are one key"))?;
         if self.verdict == Verdict::Rejected && self.credit != 0 {
             return Err(DecodeError::invalid(
                 Self::KIND,
@@ -467,6 +562,19 @@ impl Message for Receipt {
                 "credit above the worker's claim",
             ));
         }
+        let budget = &self.budget.body;
+        if budget.holder != self.claim.body.submitter {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "the budget is not the submitter's",
+            ));
+        }
+        if self.credit > self.spent || self.spent > budget.amount {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "credit must satisfy credit <= spent <= the budget's amount",
+            ));
+        }
         Ok(())
     }
 }
@@ -477,7 +585,8 @@ impl Signable for Receipt {
     }
 
     fn nested_checks(&self, out: &mut Vec<SignatureCheck>) -> Result<(), VerifyError> {
-        self.claim.checks(out)
+        self.claim.checks(out)?;
+        self.budget.checks(out)
     }
 }
 
@@ -583,6 +692,16 @@ pub struct RevealRequest {
 impl Message for RevealRequest {
     const KIND: Kind = Kind::RevealRequest;
     const MAX_LEN: usize = 128;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.worker == self.submitter {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "worker and submitter are one key",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Signable for RevealRequest {

@@ -172,6 +172,12 @@ fuzz_signed_kind!(
     key(1)
 );
 fuzz_signed_kind!(receipt, Receipt, arb_receipt(key(1), key(2)), key(2));
+fuzz_signed_kind!(
+    budget,
+    Budget,
+    arb_budget_for(payer().node_id(), key(2).node_id()),
+    payer()
+);
 
 fuzz_signed_kind!(
     reveal_request,

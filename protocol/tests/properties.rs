@@ -117,6 +117,11 @@ proptest! {
     }
 
     #[test]
+    fn budget_signed(b in arb_budget_for(payer().node_id(), key(3).node_id()), at in any::<usize>(), mask in 1u8..) {
+        check_signed_kind(b, &payer(), at, mask);
+    }
+
+    #[test]
     fn receipt_cosigned(r in arb_receipt(key(1), key(2)), at in any::<usize>(), mask in 1u8..) {
         check_signed_kind(r, &key(2), at, mask);
     }
@@ -277,6 +282,7 @@ fn invalid_values_are_rejected_on_decode_and_on_checked_encode() {
         created_ms: 1,
         expires_ms: 2,
         deadline_ms: 3,
+        budget: budget_for(key(1).node_id(), 1_000, 100),
     };
     assert!(codec::encode_checked(&offer).is_err());
     assert!(codec::decode::<JobOffer>(&codec::encode(&offer)).is_err());
@@ -300,6 +306,90 @@ fn invalid_values_are_rejected_on_decode_and_on_checked_encode() {
     offer.rule = AgreementRule::Exact;
     offer.expires_ms = 10;
     assert!(codec::decode::<JobOffer>(&codec::encode(&offer)).is_err());
+    offer.expires_ms = 2;
+    assert!(codec::decode::<JobOffer>(&codec::encode(&offer)).is_ok());
+    // Someone else's budget, one smaller than the reward, or one that ends before the deadline.
+    for budget in [
+        budget_for(key(2).node_id(), 1_000, 100),
+        budget_for(key(1).node_id(), 9, 100),
+        budget_for(key(1).node_id(), 1_000, 2),
+    ] {
+        offer.budget = budget;
+        assert!(matches!(
+            codec::decode::<JobOffer>(&codec::encode(&offer)),
+            Err(codec::DecodeError::Invalid { .. })
+        ));
+    }
+}
+
+#[test]
+fn one_key_cannot_be_worker_and_submitter() {
+    let me = key(1).node_id();
+    let claim = WorkClaim {
+        job: fleetmesh_protocol::JobId::of(b"j"),
+        model: fleetmesh_protocol::ModelId::of(b"m"),
+        worker: me,
+        submitter: me,
+        output_digest: [0; 32],
+        compute_us: 1,
+        energy_uwh: 1,
+        claimed_credit: 5,
+        claimed_ms: 1,
+    };
+    assert!(matches!(
+        codec::decode::<WorkClaim>(&codec::encode(&claim)),
+        Err(codec::DecodeError::Invalid { .. })
+    ));
+    let receipt = Receipt {
+        claim: Signed::sign(claim, &key(1)).unwrap(),
+        verdict: Verdict::Accepted,
+        credit: 5,
+        issued_ms: 2,
+        budget: budget_for(me, 1_000, 100),
+        seq: 0,
+        spent: 5,
+    };
+    assert!(codec::decode::<Receipt>(&codec::encode(&receipt)).is_err());
+    let a = Assignment {
+        job: fleetmesh_protocol::JobId::of(b"j"),
+        submitter: me,
+        worker: me,
+        commit_by_ms: 1,
+    };
+    assert!(codec::decode::<Assignment>(&codec::encode(&a)).is_err());
+}
+
+#[test]
+fn a_receipt_cannot_spend_past_its_budget() {
+    let claim = WorkClaim {
+        job: fleetmesh_protocol::JobId::of(b"j"),
+        model: fleetmesh_protocol::ModelId::of(b"m"),
+        worker: key(2).node_id(),
+        submitter: key(1).node_id(),
+        output_digest: [0; 32],
+        compute_us: 1,
+        energy_uwh: 1,
+        claimed_credit: 50,
+        claimed_ms: 1,
+    };
+    let mut receipt = Receipt {
+        claim: Signed::sign(claim, &key(2)).unwrap(),
+        verdict: Verdict::Accepted,
+        credit: 50,
+        issued_ms: 2,
+        budget: budget_for(key(1).node_id(), 100, 100),
+        seq: 0,
+        spent: 50,
+    };
+    assert!(codec::decode::<Receipt>(&codec::encode(&receipt)).is_ok());
+    for (credit, spent) in [(50, 101), (50, 49)] {
+        (receipt.credit, receipt.spent) = (credit, spent);
+        assert!(codec::decode::<Receipt>(&codec::encode(&receipt)).is_err());
+    }
+    // A budget held by someone other than the receipt's submitter.
+    (receipt.credit, receipt.spent) = (50, 50);
+    receipt.budget = budget_for(key(3).node_id(), 100, 100);
+    assert!(codec::decode::<Receipt>(&codec::encode(&receipt)).is_err());
 }
 
 #[test]
@@ -315,6 +405,7 @@ fn offers_expire_and_reject_the_future() {
         created_ms: 1_000,
         expires_ms: 2_000,
         deadline_ms: 3_000,
+        budget: budget_for(key(1).node_id(), 1, 3_000),
     };
     assert_eq!(offer.check_fresh(1_500, 100), Ok(()));
     assert_eq!(offer.check_fresh(2_500, 100), Err(Freshness::Expired(500)));
@@ -377,6 +468,9 @@ fn batch_verification_finds_a_bad_receipt() {
                     verdict: Verdict::Accepted,
                     credit: 5,
                     issued_ms: 2,
+                    budget: budget_for(key(1).node_id(), 1_000, 100),
+                    seq: u64::from(i),
+                    spent: 5 * (u64::from(i) + 1),
                 },
                 &key(1),
             )

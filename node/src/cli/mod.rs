@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub(crate) mod budget;
 pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod earnings;
@@ -50,6 +51,11 @@ pub(crate) enum Command {
     Keys {
         #[command(subcommand)]
         action: keys::KeysAction,
+    },
+    /// Issue a payer's budget to a submitter, or show a budget file.
+    Budget {
+        #[command(subcommand)]
+        action: budget::BudgetAction,
     },
     /// Submit jobs through a running node's local API: one job per input row (or line of text).
     Submit(submit::SubmitArgs),

@@ -43,6 +43,12 @@ pub(crate) struct RunArgs {
     /// The listen addresses are reachable as they are: advertise them (sets net.public).
     #[arg(long)]
     public: bool,
+    /// Honour this payer's budgets (a node id; repeat for several; adds to jobs.payers).
+    #[arg(long = "payer", value_name = "NODE_ID")]
+    payers: Vec<String>,
+    /// Pay this node's jobs from this budget file (repeat for several; adds to jobs.budgets).
+    #[arg(long = "budget", value_name = "FILE")]
+    budgets: Vec<PathBuf>,
 }
 
 /// The config file given with `--config`, else `HOME/fleetmesh.toml` if it exists, else the defaults.
@@ -93,6 +99,8 @@ pub(crate) fn run(home: &Path, assets: &Path, args: RunArgs) -> anyhow::Result<(
     }
     cfg.net.relay_server |= args.relay_server;
     cfg.net.public |= args.public;
+    cfg.jobs.payers.extend(args.payers);
+    cfg.jobs.budgets.extend(args.budgets);
     cfg.validate()?;
     let key = load_or_create_key(&args.key.unwrap_or_else(|| home.join("node.key")))?;
 

@@ -25,28 +25,44 @@ pub(crate) struct SubmitArgs {
     /// The node's local API.
     #[arg(long, default_value = "127.0.0.1:7700")]
     api: std::net::SocketAddr,
+    /// The node's API token file [default: HOME/api.token].
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Idempotency key: row N is submitted with key `KEY-N`, so running the same command again (after
+    /// a dropped connection, say) returns the jobs already submitted instead of submitting new ones.
+    #[arg(long)]
+    key: Option<String>,
 }
 
 /// Submits one job per input and prints each job's id, state and result.
-pub(crate) fn run(args: SubmitArgs) -> anyhow::Result<()> {
+pub(crate) fn run(home: &Path, args: SubmitArgs) -> anyhow::Result<()> {
+    let token_file = args.token_file.clone().unwrap_or_else(|| home.join("api.token"));
+    // Without a readable token the node refuses; its answer then says why, with the reason here.
+    let token = fleetmesh_node::keyfile::load_token(&token_file);
+    let result = submit(&args, token.as_ref().ok().map(String::as_str));
+    match (result, token) {
+        (Err(e), Err(why)) if matches!(e.downcast_ref(), Some(client::ClientError::Refused(_))) => {
+            Err(anyhow::anyhow!(
+                "{e} (the API token could not be read: {why}; pass the node's --home or --token-file, as the user \
+             who runs the node)"
+            ))
+        }
+        (result, _) => result,
+    }
+}
+
+/// Submits `model` jobs from `input`; `replicas` none lets the node choose by reputation.
+fn submit(args: &SubmitArgs, token: Option<&str>) -> anyhow::Result<()> {
     let SubmitArgs {
         model,
         input,
         replicas,
         wait,
         api,
+        key,
+        ..
     } = args;
-    submit(&model, &input, replicas, wait, api)
-}
-
-/// Submits `model` jobs from `input`; `replicas` none lets the node choose by reputation.
-fn submit(
-    model: &str,
-    input: &Path,
-    replicas: Option<u8>,
-    wait: bool,
-    api: std::net::SocketAddr,
-) -> anyhow::Result<()> {
+    let (model, input, replicas, wait, api) = (model.as_str(), input.as_path(), *replicas, *wait, *api);
     let bodies: Vec<serde_json::Value> = match model {
         "digits" | "mnist-cnn" => {
             let (pixels, side, max) = if model == "digits" {
@@ -67,13 +83,17 @@ fn submit(
             .collect(),
     };
     anyhow::ensure!(!bodies.is_empty(), "{}: no inputs", input.display());
-    for (i, body) in bodies.iter().enumerate() {
-        let (_, view) = client::call(
+    for (i, mut body) in bodies.into_iter().enumerate() {
+        if let Some(key) = key {
+            body["key"] = format!("{key}-{i}").into();
+        }
+        let (_, view) = client::call_with_token(
             api,
             "POST",
             "/v1/jobs",
-            Some(body),
+            Some(&body),
             std::time::Duration::from_secs(120),
+            token,
         )?;
         let job = view["job"].as_str().unwrap_or("?");
         let state = view["state"].as_str().unwrap_or("?");

@@ -18,13 +18,16 @@ mod submitter;
 mod views;
 mod worker;
 
+pub use submitter::MAX_SUBMIT_KEY;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use fleetmesh_consensus::payment::Payers;
 use fleetmesh_consensus::submitter::{Randomness, Submitter, SubmitterConfig};
 use fleetmesh_consensus::trust::TrustConfig;
 use fleetmesh_protocol::codec;
-use fleetmesh_protocol::messages::{JobOffer, Receipt, Reply};
+use fleetmesh_protocol::messages::{Budget, JobOffer, Receipt, Reply};
 use fleetmesh_protocol::signing::Signable;
 use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
 use libp2p::PeerId;
@@ -34,7 +37,7 @@ use tokio_util::task::TaskTracker;
 pub use crate::adversary::WorkerBehaviour;
 pub use crate::clock::now_ms;
 pub use fleetmesh_consensus::submitter::JobResult;
-pub use views::{Earnings, JobView, SubmittedCounts, WorkerView, receipt_id};
+pub use views::{Earnings, JobView, Statement, SubmittedCounts, WorkerView, receipt_id};
 
 use crate::inference::executor::{CancelFlag, Executor};
 use crate::metrics::Metrics;
@@ -68,6 +71,11 @@ pub struct JobsConfig {
     pub adaptive: Option<TrustConfig>,
     /// How long a job collects bids before its workers are chosen.
     pub bid_window_ms: u64,
+    /// The payers whose budgets this node honours: it bids only on jobs they pay, and its ledger counts
+    /// credit only against their budgets.
+    pub payers: Payers,
+    /// The budgets this node pays its own jobs from (signatures checked when they were loaded).
+    pub budgets: Vec<Signed<Budget>>,
 }
 
 impl JobsConfig {
@@ -77,6 +85,14 @@ impl JobsConfig {
             .and_then(|m| self.model_prices.get(m))
             .copied()
             .unwrap_or(self.price)
+    }
+
+    /// These settings with `payer` honoured and a budget of `payer` for `holder` (see
+    /// [`crate::pay::local_budget`]): how a local fleet (the demo, tests) pays its own jobs.
+    pub fn funded_by(mut self, payer: &NodeKey, holder: NodeId) -> Self {
+        self.payers = Payers::new(self.payers.iter().copied().chain([payer.node_id()]));
+        self.budgets.push(crate::pay::local_budget(payer, holder));
+        self
     }
 
     /// The settings of the submitter core.
@@ -104,6 +120,8 @@ impl Default for JobsConfig {
             behaviour: WorkerBehaviour::Honest,
             adaptive: Some(TrustConfig::default()),
             bid_window_ms: 25,
+            payers: Payers::default(),
+            budgets: Vec::new(),
         }
     }
 }
@@ -130,6 +148,37 @@ struct SubmitterSide {
     /// Unfinished jobs found at start, to offer again once the mesh takes offers.
     to_reoffer: Vec<JobId>,
     reoffering: bool,
+    /// Decided jobs in memory, oldest verdict first: beyond [`MAX_DECIDED_KEPT`] the oldest leave memory
+    /// (the store keeps them; the API reads them from there).
+    decided: std::collections::VecDeque<JobId>,
+    /// Verdicts of the jobs that left memory: (accepted, failed).
+    evicted: (u64, u64),
+}
+
+/// Decided jobs a submitter keeps in memory (the store keeps every one).
+pub const MAX_DECIDED_KEPT: usize = 4_096;
+
+impl SubmitterSide {
+    /// Notes that `original` was decided; the oldest decided jobs beyond [`MAX_DECIDED_KEPT`] leave memory.
+    fn decided(&mut self, original: JobId) {
+        self.decided.push_back(original);
+        while self.decided.len() > MAX_DECIDED_KEPT {
+            let Some(old) = self.decided.pop_front() else {
+                break;
+            };
+            if let Some(sub) = self.jobs.get(&old)
+                && let Some(result) = &sub.result
+            {
+                match result.outcome {
+                    fleetmesh_consensus::job::Outcome::Accepted { .. } => self.evicted.0 += 1,
+                    fleetmesh_consensus::job::Outcome::Failed(_) => self.evicted.1 += 1,
+                }
+                let offer = sub.offer.id();
+                self.jobs.remove(&old);
+                self.by_offer.remove(&offer);
+            }
+        }
+    }
 }
 
 /// One job assigned to this node as a worker.
@@ -202,6 +251,9 @@ struct Inner {
     submitter: Mutex<SubmitterSide>,
     worker: Mutex<WorkerSide>,
     book: Mutex<ReceiptBook>,
+    /// Held across one submission with an idempotency key (outside the three locks above, which it
+    /// takes one at a time).
+    keyed: tokio::sync::Mutex<()>,
 }
 
 /// The job roles of one node (cheap to clone).
@@ -280,6 +332,8 @@ impl Jobs {
             by_offer: HashMap::new(),
             to_reoffer: Vec::new(),
             reoffering: false,
+            decided: std::collections::VecDeque::new(),
+            evicted: (0, 0),
         };
         Self {
             inner: Arc::new(Inner {
@@ -296,6 +350,7 @@ impl Jobs {
                 submitter: Mutex::new(submitter),
                 worker: Mutex::new(WorkerSide::default()),
                 book: Mutex::new(ReceiptBook::default()),
+                keyed: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -360,5 +415,86 @@ impl Jobs {
 impl std::fmt::Debug for Jobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Jobs({})", self.inner.me.short())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetmesh_consensus::job::{FailReason, Outcome};
+    use fleetmesh_protocol::messages::{AgreementRule, JobInput};
+
+    use super::*;
+
+    fn decided_job(nonce: u64) -> (JobId, Submitted) {
+        let key = NodeKey::from_seed([1; 32]);
+        let offer = JobOffer {
+            submitter: key.node_id(),
+            nonce,
+            model: ModelId::of(b"m"),
+            input: JobInput::Inline(vec![]),
+            rule: AgreementRule::Exact,
+            replicas: 2,
+            reward: 1,
+            created_ms: nonce,
+            expires_ms: nonce + 1,
+            deadline_ms: nonce + 2,
+            budget: crate::pay::issue(&NodeKey::from_seed([2; 32]), key.node_id(), 1, 10, u64::MAX),
+        };
+        let id = offer.id();
+        let result = JobResult {
+            job: id,
+            outcome: if nonce.is_multiple_of(2) {
+                Outcome::Failed(FailReason::NoAgreement)
+            } else {
+                Outcome::Accepted {
+                    output: vec![],
+                    agreeing: vec![],
+                    disagreeing: vec![],
+                }
+            },
+            workers_assigned: 2,
+            receipts: 0,
+            compute_us_max: 0,
+            unverified: false,
+        };
+        let sub = Submitted {
+            offer,
+            adaptive: false,
+            receipt_ids: Vec::new(),
+            waiters: Vec::new(),
+            result: Some(result),
+        };
+        (id, sub)
+    }
+
+    #[test]
+    fn decided_jobs_beyond_the_limit_leave_memory_and_stay_counted() {
+        let me = NodeKey::from_seed([1; 32]).node_id();
+        let mut side = SubmitterSide {
+            core: Submitter::new(me, SubmitterConfig::default()),
+            jobs: HashMap::new(),
+            by_offer: HashMap::new(),
+            to_reoffer: Vec::new(),
+            reoffering: false,
+            decided: std::collections::VecDeque::new(),
+            evicted: (0, 0),
+        };
+        let total = MAX_DECIDED_KEPT as u64 + 10;
+        let mut first = None;
+        for n in 0..total {
+            let (id, sub) = decided_job(n);
+            first.get_or_insert(id);
+            side.by_offer.insert(id, id);
+            side.jobs.insert(id, sub);
+            side.decided(id);
+        }
+        assert_eq!(side.jobs.len(), MAX_DECIDED_KEPT);
+        assert_eq!(side.by_offer.len(), MAX_DECIDED_KEPT);
+        assert_eq!(side.evicted.0 + side.evicted.1, 10);
+        assert_eq!((side.evicted.0, side.evicted.1), (5, 5));
+        assert!(
+            !side.jobs.contains_key(&first.unwrap()),
+            "the oldest verdict stayed"
+        );
     }
 }

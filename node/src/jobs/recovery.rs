@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use fleetmesh_consensus::payment::Spending;
 use fleetmesh_consensus::submitter::rebuild_reputation;
 use fleetmesh_protocol::JobId;
 use fleetmesh_protocol::messages::JobInput;
@@ -40,7 +41,15 @@ impl Jobs {
         {
             let mut side = self.submitter();
             side.core.set_reputation(reputation);
-            for (original, record) in store.submitted() {
+            // The numbers and running totals of this node's budgets, from its own receipts (each is on
+            // disk before it leaves), so no number is used twice after a crash.
+            side.core
+                .set_spending(Spending::restore(&self.inner.me, &receipts));
+            let mut records = store.submitted();
+            // Oldest first, so that the decided jobs kept in memory are the most recent.
+            records.sort_by_key(|(_, r)| r.offer.created_ms);
+            let mut verdicts = Vec::new();
+            for (original, record) in records {
                 // A decided job keeps its verdict; an unfinished one waits to be offered again (its old
                 // offer is unknown to the submitter core meanwhile, so late messages for it are refused).
                 if record.result.is_none() {
@@ -48,6 +57,7 @@ impl Jobs {
                     side.to_reoffer.push(original);
                 } else {
                     decided += 1;
+                    verdicts.push(original);
                 }
                 let id = record.offer.id();
                 side.by_offer.insert(id, original);
@@ -61,6 +71,9 @@ impl Jobs {
                         result: record.result,
                     },
                 );
+            }
+            for original in verdicts {
+                side.decided(original);
             }
         }
         for (job, record) in store.work() {
@@ -86,9 +99,9 @@ impl Jobs {
             match (record.done, record.offer.input.clone()) {
                 (Some(done), _) => {
                     recommit += 1;
-                    let submitter = record.offer.submitter;
+                    let (submitter, deadline) = (record.offer.submitter, record.offer.deadline_ms);
                     self.spawn(
-                        async move { this.send_commit(job, submitter, &done).await }
+                        async move { this.send_commit(job, submitter, deadline, &done).await }
                             .instrument(job_span(job, "worker", submitter, None)),
                     );
                 }

@@ -4,7 +4,7 @@
 //! decided job the countersigned receipts, stored before the job's waiters hear of it and then gossiped.
 
 use fleetmesh_consensus::job::Outcome;
-use fleetmesh_consensus::submitter::{Action, JobResult, Replication, SubmitError};
+use fleetmesh_consensus::submitter::{Action, JobResult, Replication, SubmitError, UNTRUSTED_QUORUM};
 use fleetmesh_protocol::codec;
 use fleetmesh_protocol::messages::{
     AgreementRule, Assignment, Bid, JobInput, JobOffer, Receipt, Reply, ReplyCode, RevealRequest, WorkReport,
@@ -19,12 +19,15 @@ use crate::metrics::OutcomeLabels;
 use crate::net::{self, Topic};
 use crate::store::SubmittedRecord;
 
+/// Longest idempotency key a client may give a submission.
+pub const MAX_SUBMIT_KEY: usize = 128;
+
 impl Jobs {
     /// Offers a job to the fleet: signs and gossips the offer. Returns its id; see [`Jobs::wait`].
     ///
     /// The job is on disk before this returns: a restart after `kill -9` offers it again.
     pub async fn submit(&self, model: ModelId, input: Vec<u8>, replicas: u8) -> anyhow::Result<JobId> {
-        self.submit_with(model, input, replicas.max(1), false).await
+        self.submit_with(model, input, replicas.max(1), false, None).await
     }
 
     /// Offers a job whose replication this node chooses: adaptive (see
@@ -32,9 +35,42 @@ impl Jobs {
     pub async fn submit_auto(&self, model: ModelId, input: Vec<u8>) -> anyhow::Result<JobId> {
         match self.inner.cfg.adaptive {
             // The offer asks for one replica: workers cannot tell a job that runs alone from a checked one.
-            Some(_) => self.submit_with(model, input, 1, true).await,
+            Some(_) => self.submit_with(model, input, 1, true, None).await,
             None => self.submit(model, input, 2).await,
         }
+    }
+
+    /// Submits a job once per client-chosen idempotency `key`: the first call offers it (with `replicas`,
+    /// or replication chosen by this node when `None`), every later call with the same key returns the
+    /// same job (also after a restart), so a client that retries after a dropped connection never gets
+    /// a second job. Returns the job and whether it was submitted by an earlier call.
+    pub async fn submit_once(
+        &self,
+        key: &str,
+        model: ModelId,
+        input: Vec<u8>,
+        replicas: Option<u8>,
+    ) -> anyhow::Result<(JobId, bool)> {
+        anyhow::ensure!(
+            !key.is_empty() && key.len() <= MAX_SUBMIT_KEY,
+            "an idempotency key is 1 to {MAX_SUBMIT_KEY} bytes"
+        );
+        // One keyed submission at a time, so two concurrent retries cannot both submit.
+        let _one = self.inner.keyed.lock().await;
+        if let Some(id) = self.inner.store.submit_key(key)
+            && self.submitter().jobs.contains_key(&id)
+        {
+            return Ok((id, true));
+        }
+        let (replicas, adaptive) = match (replicas, self.inner.cfg.adaptive) {
+            (Some(r), _) => (r.max(1), false),
+            (None, Some(_)) => (1, true),
+            (None, None) => (2, false),
+        };
+        let id = self
+            .submit_with(model, input, replicas, adaptive, Some(key))
+            .await?;
+        Ok((id, false))
     }
 
     async fn submit_with(
@@ -43,6 +79,7 @@ impl Jobs {
         input: Vec<u8>,
         replicas: u8,
         adaptive: bool,
+        key: Option<&str>,
     ) -> anyhow::Result<JobId> {
         let rule = self
             .registry()
@@ -50,6 +87,10 @@ impl Jobs {
             .map_or(AgreementRule::Exact, |m| m.manifest().rule);
         let offer = self.new_offer(model, JobInput::Inline(input), rule, replicas)?;
         let id = offer.id();
+        if let Some(key) = key {
+            // On disk with the job (the offer's flush writes both) before anyone sees the job.
+            self.inner.store.put_submit_key(key, &id)?;
+        }
         if let Err(e) = self.offer(id, offer, adaptive).await {
             self.forget(id);
             return Err(e);
@@ -70,6 +111,26 @@ impl Jobs {
         let cfg = &self.inner.cfg;
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce)?;
+        let reward = cfg.price_of(self.model_name(&model).as_deref());
+        let deadline_ms = now + cfg.deadline_ms;
+        // Enough left for every worker the job may draw (its replicas, three without a trusted one,
+        // and the extra ones).
+        let workers = usize::from(replicas).max(UNTRUSTED_QUORUM) + cfg.max_extra;
+        let budget = self
+            .submitter()
+            .core
+            .spending()
+            .pick(&cfg.budgets, &self.inner.me, reward, workers, deadline_ms)
+            .cloned()
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no budget to pay this job: this node holds {} budget(s) and none has {} micro-credits \
+                     left until the deadline (a payer issues one with `fleetmesh budget issue`; list it \
+                     under [jobs] budgets or pass --budget)",
+                    cfg.budgets.len(),
+                    reward.saturating_mul(workers as u64)
+                )
+            })?;
         let offer = JobOffer {
             submitter: self.inner.me,
             nonce: u64::from_le_bytes(nonce),
@@ -77,10 +138,11 @@ impl Jobs {
             input,
             rule,
             replicas,
-            reward: cfg.price_of(self.model_name(&model).as_deref()),
+            reward,
             created_ms: now,
             expires_ms: now + cfg.offer_ttl_ms,
-            deadline_ms: now + cfg.deadline_ms,
+            deadline_ms,
+            budget,
         };
         codec::encode_checked(&offer)?;
         Ok(offer)
@@ -196,10 +258,15 @@ impl Jobs {
         let rx = {
             let mut side = self.submitter();
             let original = side.by_offer.get(&job).copied().unwrap_or(job);
-            let sub = side
-                .jobs
-                .get_mut(&original)
-                .ok_or_else(|| anyhow::anyhow!("unknown job {job}"))?;
+            let Some(sub) = side.jobs.get_mut(&original) else {
+                // Decided long ago: its verdict left memory but not the store.
+                return self
+                    .inner
+                    .store
+                    .submitted_one(&original)
+                    .and_then(|r| r.result)
+                    .ok_or_else(|| anyhow::anyhow!("unknown job {job}"));
+            };
             if let Some(result) = &sub.result {
                 return Ok(result.clone());
             }
@@ -439,7 +506,9 @@ impl Jobs {
                     Some(sub) if sub.offer.id() == job => {
                         sub.result = Some(result.clone());
                         sub.receipt_ids = receipts.iter().map(receipt_id).collect();
-                        std::mem::take(&mut sub.waiters)
+                        let waiters = std::mem::take(&mut sub.waiters);
+                        side.decided(original);
+                        waiters
                     }
                     _ => Vec::new(),
                 }

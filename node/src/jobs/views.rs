@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use fleetmesh_consensus::job::{Job, Outcome, SlotState};
 use fleetmesh_consensus::ledger::Ledger;
 use fleetmesh_protocol::codec;
-use fleetmesh_protocol::messages::{Receipt, Verdict};
+use fleetmesh_protocol::messages::Receipt;
 use fleetmesh_protocol::{JobId, NodeId, Signed};
 
 use super::{Jobs, Submitted};
@@ -41,6 +41,8 @@ pub struct JobView {
     pub offered_ms: u64,
     /// Why the job failed.
     pub reason: Option<String>,
+    /// The job asked for one replica: its accepted output came from one worker, unchecked.
+    pub unverified: bool,
 }
 
 /// One assigned worker of a pending job.
@@ -50,6 +52,17 @@ pub struct WorkerView {
     pub node: String,
     /// Where its slot stands.
     pub state: &'static str,
+}
+
+/// One node's statement for an epoch ([`Jobs::statement`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Statement {
+    /// Jobs, credit and energy per payer.
+    pub by_payer: BTreeMap<NodeId, Earnings>,
+    /// The accepted receipts it counts (ids as in `GET /v1/jobs/{id}`).
+    pub receipt_ids: Vec<String>,
+    /// Budgets (payer, serial) voided by a fraud proof among the receipts held.
+    pub void_budgets: Vec<(NodeId, u64)>,
 }
 
 /// Per-node totals from the receipts this node has seen.
@@ -98,10 +111,31 @@ impl Jobs {
     /// A job this node submitted, as the local API shows it (by the id its user knows, or its current
     /// offer's).
     pub fn view(&self, job: &JobId) -> Option<JobView> {
-        let side = self.submitter();
-        let original = side.by_offer.get(job).unwrap_or(job);
-        let sub = side.jobs.get(original)?;
-        Some(self.view_of(original, sub, side.core.job(&sub.offer.id())))
+        {
+            let side = self.submitter();
+            let original = side.by_offer.get(job).unwrap_or(job);
+            if let Some(sub) = side.jobs.get(original) {
+                return Some(self.view_of(original, sub, side.core.job(&sub.offer.id())));
+            }
+        }
+        // Decided long ago: its verdict left memory but not the store.
+        let record = self.inner.store.submitted_one(job)?;
+        let offer = record.offer.id();
+        let receipt_ids = self
+            .book()
+            .receipts
+            .values()
+            .filter(|r| r.body.claim.body.job == offer)
+            .map(receipt_id)
+            .collect();
+        let sub = Submitted {
+            offer: record.offer,
+            adaptive: record.adaptive,
+            receipt_ids,
+            waiters: Vec::new(),
+            result: record.result,
+        };
+        Some(self.view_of(job, &sub, None))
     }
 
     /// The `n` most recently offered jobs this node submitted, newest first.
@@ -119,7 +153,9 @@ impl Jobs {
     pub fn submitted_counts(&self) -> SubmittedCounts {
         let side = self.submitter();
         let mut c = SubmittedCounts {
-            submitted: side.jobs.len() as u64,
+            submitted: side.jobs.len() as u64 + side.evicted.0 + side.evicted.1,
+            accepted: side.evicted.0,
+            failed: side.evicted.1,
             ..SubmittedCounts::default()
         };
         for s in side.jobs.values() {
@@ -156,6 +192,7 @@ impl Jobs {
             model_name: self.model_name(&sub.offer.model),
             offered_ms: sub.offer.created_ms,
             reason: None,
+            unverified: !sub.adaptive && sub.offer.replicas <= 1,
         };
         if let Some(result) = &sub.result {
             view.receipts = result.receipts;
@@ -195,7 +232,7 @@ impl Jobs {
             let receipts: Vec<Signed<Receipt>> = book.receipts.values().cloned().collect();
             (book.generation, receipts)
         };
-        let ledger: BTreeMap<NodeId, Earnings> = Ledger::from_receipts(&receipts)
+        let ledger: BTreeMap<NodeId, Earnings> = Ledger::from_receipts(&receipts, &self.inner.cfg.payers)
             .balances
             .into_iter()
             .map(|(node, b)| {
@@ -220,9 +257,45 @@ impl Jobs {
         self.book()
             .receipts
             .values()
-            .filter(|r| r.body.claim.body.worker == *worker && r.body.verdict == Verdict::Accepted)
+            .filter(|r| r.body.claim.body.worker == *worker && r.body.verdict.is_accepted())
             .map(|r| (r.body.claim.body.claimed_ms, r.body.claim.body.energy_uwh))
             .collect()
+    }
+
+    /// This node's statement for the epoch `from_ms..to_ms` (receipts issued then): jobs, energy and
+    /// credit per payer, which a payer can check against the receipts (their ids are listed), and the
+    /// budgets found overspent (void: they pay nothing) among every receipt this node holds.
+    pub fn statement(&self, from_ms: u64, to_ms: u64) -> Statement {
+        let receipts: Vec<Signed<Receipt>> = self.book().receipts.values().cloned().collect();
+        let payers = &self.inner.cfg.payers;
+        let me = self.inner.me;
+        let ledger = Ledger::from_receipts(&receipts, payers);
+        let by_payer = Ledger::statement(&receipts, payers, &me, from_ms..to_ms)
+            .into_iter()
+            .map(|(payer, b)| {
+                (
+                    payer,
+                    Earnings {
+                        jobs: b.jobs,
+                        credit: b.credit,
+                        energy_uwh: b.energy_uwh,
+                    },
+                )
+            })
+            .collect();
+        let receipt_ids = receipts
+            .iter()
+            .filter(|r| {
+                let c = &r.body.claim.body;
+                c.worker == me && r.body.verdict.is_accepted() && (from_ms..to_ms).contains(&r.body.issued_ms)
+            })
+            .map(receipt_id)
+            .collect();
+        Statement {
+            by_payer,
+            receipt_ids,
+            void_budgets: ledger.void.keys().copied().collect(),
+        }
     }
 
     /// Jobs assigned to this node as a worker: (still computing, computed).

@@ -34,6 +34,18 @@ impl Jobs {
         if offer.submitter == self.inner.me || now_ms() >= offer.expires_ms {
             return;
         }
+        // Only for a payer this node honours (before anything costly: a model fetch, a bid).
+        if let Some(why) = self.inner.cfg.payers.refuse(
+            &offer.budget.body,
+            &offer.submitter,
+            offer.reward,
+            offer.deadline_ms,
+            now_ms(),
+        ) {
+            self.inner.metrics.offers_unpaid.inc();
+            debug!(job = %offer.id().short(), why, "not bidding");
+            return;
+        }
         // Not while the car is not admitted (an estimate of 0 checks admission alone).
         if let Err(why) = self.inner.car.may_bid(0) {
             debug!(job = %offer.id().short(), %why, "not bidding");
@@ -78,7 +90,9 @@ impl Jobs {
                 .behaviour
                 .bid_energy_cost(self.inner.car.bid_energy_cost(job_ms)),
             est_ms: u32::try_from(est_ms).unwrap_or(u32::MAX),
-            expires_ms: offer.expires_ms,
+            // The bid stands until the job's deadline, so the submitter can still draw this worker to
+            // replace one that went silent after the offer stopped taking bids.
+            expires_ms: offer.deadline_ms,
         };
         let Ok(signed) = Signed::sign(bid, &self.inner.key) else {
             return;
@@ -216,11 +230,20 @@ impl Jobs {
             self.withdraw(job, &offer, WithdrawReason::Overloaded).await;
             return;
         }
-        self.send_commit(job, offer.submitter, &done).await;
+        self.send_commit(job, offer.submitter, offer.deadline_ms, &done)
+            .await;
     }
 
-    /// Sends the signed commitment to a computed result to the job's submitter.
-    pub(super) async fn send_commit(&self, job: JobId, submitter: NodeId, done: &DoneRecord) {
+    /// Sends the signed commitment to a computed result to the job's submitter; a commit that cannot be
+    /// delivered (the submitter is restarting, or unreachable for a moment) is sent again, backing off from
+    /// 250 ms to 4 s, until it is delivered, the job's `deadline_ms` passes or the work is handed back.
+    pub(super) async fn send_commit(
+        &self,
+        job: JobId,
+        submitter: NodeId,
+        deadline_ms: u64,
+        done: &DoneRecord,
+    ) {
         let commit = ResultCommit {
             job,
             worker: self.inner.me,
@@ -229,13 +252,25 @@ impl Jobs {
         let Ok(signed) = Signed::sign(commit, &self.inner.key) else {
             return;
         };
-        if let Err(e) = self
-            .inner
-            .net
-            .request(net::peer_id_of(&submitter), codec::encode(&signed))
-            .await
-        {
-            debug!(job = %job.short(), error = %e, "commit not delivered");
+        let bytes = codec::encode(&signed);
+        let mut backoff = std::time::Duration::from_millis(250);
+        loop {
+            let Err(e) = self
+                .inner
+                .net
+                .request(net::peer_id_of(&submitter), bytes.clone())
+                .await
+            else {
+                return;
+            };
+            let late = now_ms().saturating_add(backoff.as_millis() as u64) >= deadline_ms;
+            if late || !self.worker().work.contains_key(&job) {
+                debug!(job = %job.short(), error = %e, "commit not delivered; giving up");
+                return;
+            }
+            debug!(job = %job.short(), error = %e, retry_in_ms = backoff.as_millis() as u64, "commit not delivered");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(4));
         }
     }
 
@@ -386,12 +421,11 @@ impl Jobs {
             claimed_credit: self.inner.cfg.price_of(self.model_name(&model).as_deref()),
             claimed_ms: now_ms(),
         };
-        if let Some(forged) = self
-            .inner
-            .cfg
-            .behaviour
-            .forged_receipt(claim.clone(), &self.inner.key)
-        {
+        if let Some(forged) = self.inner.cfg.behaviour.forged_receipt(
+            claim.clone(),
+            record.offer.budget.clone(),
+            &self.inner.key,
+        ) {
             let net = self.inner.net.clone();
             self.spawn(async move {
                 let _ = net.publish(Topic::Receipts, codec::encode(&forged)).await;

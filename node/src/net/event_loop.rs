@@ -6,9 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fleetmesh_protocol::Signed;
-use fleetmesh_protocol::codec::{self, DecodeError, Message};
-use fleetmesh_protocol::messages::{JobOffer, Receipt};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -18,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::gossip::{self, GossipPolicy, RateLimiter, validate_gossip};
 use super::{Behaviour, BehaviourEvent, Command, NetError, NetEvent, NetStatus, Topic};
 use crate::clock::now_ms;
 use crate::metrics::{GossipOutcome, Metrics};
@@ -26,40 +24,6 @@ use crate::net::config::NetConfig;
 /// gossipsub's own size limit: above every kind's limit, so that oversize messages reach the node's
 /// validator, which counts and rejects them at the first hop.
 pub(super) const GOSSIP_TRANSPORT_LIMIT: usize = 1024 * 1024;
-
-/// Clock skew tolerated for messages that claim a creation time.
-const MAX_SKEW_MS: u64 = 30_000;
-
-fn classify(e: DecodeError) -> GossipOutcome {
-    match e {
-        DecodeError::Oversize { .. } => GossipOutcome::Oversize,
-        _ => GossipOutcome::Malformed,
-    }
-}
-
-fn check_signed<T: fleetmesh_protocol::signing::Signable>(data: &[u8]) -> Result<Signed<T>, GossipOutcome> {
-    if data.len() > <Signed<T> as Message>::MAX_LEN {
-        return Err(GossipOutcome::Oversize);
-    }
-    let msg: Signed<T> = codec::decode(data).map_err(classify)?;
-    msg.verify().map_err(|_| GossipOutcome::BadSignature)?;
-    Ok(msg)
-}
-
-/// Decides whether a gossiped message is valid for its topic at `now_ms`: the right kind, canonical,
-/// within its size limit, correctly signed, and (for offers) not expired.
-pub fn validate_gossip(topic: Topic, data: &[u8], now_ms: u64) -> Result<(), GossipOutcome> {
-    match topic {
-        Topic::Offers => {
-            let offer = check_signed::<JobOffer>(data)?;
-            offer
-                .body
-                .check_fresh(now_ms, MAX_SKEW_MS)
-                .map_err(|_| GossipOutcome::Expired)
-        }
-        Topic::Receipts => check_signed::<Receipt>(data).map(|_| ()),
-    }
-}
 
 type LookupReply = oneshot::Sender<Result<Vec<Multiaddr>, NetError>>;
 
@@ -97,6 +61,10 @@ pub(super) struct EventLoop {
     circuits: HashMap<libp2p::core::transport::ListenerId, Multiaddr>,
     /// Circuit addresses to listen on again, and when.
     relisten: Vec<(Instant, Multiaddr)>,
+    /// What gossip is let through.
+    policy: GossipPolicy,
+    /// Offers per submitter.
+    offer_limiter: RateLimiter,
 }
 
 /// Whether an address is a relay circuit (`.../p2p-circuit`).
@@ -121,12 +89,13 @@ impl EventLoop {
         mut swarm: Swarm<Behaviour>,
         cfg: &NetConfig,
         circuits: HashMap<libp2p::core::transport::ListenerId, Multiaddr>,
-        commands: mpsc::Receiver<Command>,
-        events: mpsc::Sender<NetEvent>,
+        (commands, events): (mpsc::Receiver<Command>, mpsc::Sender<NetEvent>),
         metrics: Metrics,
         connected: Arc<AtomicUsize>,
+        policy: GossipPolicy,
     ) -> Self {
         let now = Instant::now();
+        let offer_limiter = RateLimiter::new(policy.offers_per_s, policy.offer_burst);
         let bootstrap = cfg
             .bootstrap
             .iter()
@@ -164,6 +133,8 @@ impl EventLoop {
             next_provide: now,
             circuits,
             relisten: Vec::new(),
+            policy,
+            offer_limiter,
         }
     }
 
@@ -596,8 +567,14 @@ impl EventLoop {
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let topic = Topic::from_hash(&message.topic);
         let outcome = match topic {
-            Some(topic) => validate_gossip(topic, &message.data, now_ms()),
+            Some(topic) => validate_gossip(topic, &message.data, now_ms(), &self.policy),
             None => Err(GossipOutcome::UnknownTopic),
+        };
+        let outcome = match outcome {
+            Ok(Some(submitter)) if !self.offer_limiter.allow(submitter, Instant::now()) => {
+                Err(GossipOutcome::RateLimited)
+            }
+            other => other.map(|_| ()),
         };
         let name = topic.map(Topic::name).unwrap_or("unknown");
         let counted = outcome.err().unwrap_or(GossipOutcome::Accepted);
@@ -608,12 +585,7 @@ impl EventLoop {
                 outcome: counted,
             })
             .inc();
-        let acceptance = match outcome {
-            Ok(()) => gossipsub::MessageAcceptance::Accept,
-            // An expired offer may be an honest peer's late forward: drop it without penalty.
-            Err(GossipOutcome::Expired) => gossipsub::MessageAcceptance::Ignore,
-            Err(_) => gossipsub::MessageAcceptance::Reject,
-        };
+        let acceptance = gossip::acceptance(outcome);
         self.swarm
             .behaviour_mut()
             .gossip

@@ -10,6 +10,7 @@ mod behaviour;
 pub mod codec;
 pub mod config;
 mod event_loop;
+pub mod gossip;
 
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::net::config::{KadMode, NetConfig};
 
 pub use behaviour::{Behaviour, BehaviourEvent};
-pub use event_loop::validate_gossip;
+pub use gossip::{GossipPolicy, validate_gossip};
 
 /// Kademlia protocol name: fleetmesh's own DHT, separate from IPFS's.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/fleetmesh/kad/1.0.0");
@@ -310,6 +311,7 @@ pub fn start(
     cfg: &NetConfig,
     key: &NodeKey,
     metrics: Metrics,
+    policy: GossipPolicy,
     cancel: CancellationToken,
 ) -> anyhow::Result<(NetClient, mpsc::Receiver<NetEvent>, tokio::task::JoinHandle<()>)> {
     let keypair = keypair_of(key);
@@ -356,11 +358,15 @@ pub fn start(
                     .heartbeat_interval(Duration::from_millis(500))
                     .build()
                     .map_err(|e| format!("gossipsub config: {e}"))?;
-                let gossip = gossipsub::Behaviour::new(
+                let mut gossip = gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     gossip_cfg,
                 )
                 .map_err(|e| format!("gossipsub: {e}"))?;
+                let (score, thresholds) = gossip::peer_score();
+                gossip
+                    .with_peer_score(score, thresholds)
+                    .map_err(|e| format!("gossipsub peer scoring: {e}"))?;
                 let req = request_response::Behaviour::with_codec(
                     codec::FrameCodec {
                         max_request,
@@ -407,8 +413,15 @@ pub fn start(
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
     let connected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let event_loop =
-        event_loop::EventLoop::new(swarm, cfg, circuits, cmd_rx, event_tx, metrics, connected.clone());
+    let event_loop = event_loop::EventLoop::new(
+        swarm,
+        cfg,
+        circuits,
+        (cmd_rx, event_tx),
+        metrics,
+        connected.clone(),
+        policy,
+    );
     let task = tokio::spawn(event_loop.run(cancel));
     let client = NetClient {
         tx: cmd_tx,

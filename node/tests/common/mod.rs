@@ -13,6 +13,11 @@ use fleetmesh_protocol::NodeKey;
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
 
+/// The payer of every test fleet.
+pub fn test_payer() -> NodeKey {
+    NodeKey::from_seed([0xFA; 32])
+}
+
 /// A change to a node's configuration.
 pub type Configure = Box<dyn FnOnce(&mut fleetmesh_node::config::NodeConfig)>;
 
@@ -54,6 +59,8 @@ pub async fn fleet(
     for (i, spec) in specs.into_iter().enumerate() {
         let cancel = CancellationToken::new();
         let key = NodeKey::from_seed([seed.wrapping_add(i as u8); 32]);
+        // Every test fleet is paid by one payer that all its nodes honour (as the demo's).
+        let jobs = spec.jobs.funded_by(&test_payer(), key.node_id());
         let mut cfg = demo::node_config(boot.as_ref(), n);
         if let Some(change) = spec.config {
             change(&mut cfg);
@@ -62,7 +69,7 @@ pub async fn fleet(
             key,
             cfg,
             spec.registry,
-            spec.jobs,
+            jobs,
             spec.share,
             spec.store,
             cancel.clone(),

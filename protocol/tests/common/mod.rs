@@ -38,6 +38,34 @@ pub fn arb_rule() -> impl Strategy<Value = AgreementRule> {
     ]
 }
 
+/// The payer key of the tests' budgets.
+pub fn payer() -> NodeKey {
+    key(250)
+}
+
+/// A budget of the tests' payer for `holder`: `amount`, valid until `expires_ms`.
+pub fn budget_for(holder: NodeId, amount: u64, expires_ms: u64) -> Signed<Budget> {
+    let budget = Budget {
+        payer: payer().node_id(),
+        holder,
+        serial: 1,
+        amount,
+        expires_ms,
+    };
+    Signed::sign(budget, &payer()).unwrap()
+}
+
+/// Any budget for `holder`, signed by `payer`.
+pub fn arb_budget_for(payer: NodeId, holder: NodeId) -> impl Strategy<Value = Budget> {
+    any::<[u64; 3]>().prop_map(move |[serial, amount, expires_ms]| Budget {
+        payer,
+        holder,
+        serial,
+        amount,
+        expires_ms,
+    })
+}
+
 pub fn arb_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..=max)
 }
@@ -72,6 +100,7 @@ pub fn arb_offer_for(submitter: NodeId) -> impl Strategy<Value = JobOffer> {
                 created_ms: times[0],
                 expires_ms: times[1],
                 deadline_ms: times[2],
+                budget: budget_for(submitter, u64::MAX, u64::MAX),
             }
         })
 }
@@ -177,8 +206,9 @@ pub fn arb_receipt(worker: NodeKey, submitter: NodeKey) -> impl Strategy<Value =
         any::<bool>(),
         any::<u64>(),
         any::<u64>(),
+        any::<[u64; 2]>(),
     )
-        .prop_map(move |(claim, accepted, credit, issued_ms)| {
+        .prop_map(move |(claim, accepted, credit, issued_ms, [seq, extra])| {
             let (verdict, credit) = if accepted {
                 (Verdict::Accepted, credit.min(claim.claimed_credit))
             } else {
@@ -189,6 +219,9 @@ pub fn arb_receipt(worker: NodeKey, submitter: NodeKey) -> impl Strategy<Value =
                 verdict,
                 credit,
                 issued_ms,
+                budget: budget_for(submitter.node_id(), u64::MAX, u64::MAX),
+                seq,
+                spent: credit.saturating_add(extra),
             }
         })
 }

@@ -1,0 +1,227 @@
+//! What a node lets through gossip: each message's own validity, checked cheapest first (size, canonical
+//! bytes, expiry, payer, signatures last), a per-submitter rate limit on offers, and gossipsub's peer
+//! scoring, under which a peer that forwards invalid messages loses its score, stops receiving gossip
+//! from this node, is pruned from the mesh and then ignored (graylisted).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fleetmesh_consensus::payment::Payers;
+use fleetmesh_protocol::codec::{self, DecodeError, Message};
+use fleetmesh_protocol::messages::{JobOffer, Receipt};
+use fleetmesh_protocol::signing::Signable;
+use fleetmesh_protocol::{NodeId, Signed};
+use libp2p::gossipsub;
+
+use super::Topic;
+use crate::metrics::GossipOutcome;
+
+/// Clock skew tolerated for messages that claim a creation time.
+const MAX_SKEW_MS: u64 = 30_000;
+
+/// What a node's gossip validator checks beyond a message's own validity.
+#[derive(Debug, Clone)]
+pub struct GossipPolicy {
+    /// Offers are delivered and forwarded only when one of these payers funds them (`None`: any payer;
+    /// for tools and tests that relay without judging).
+    pub payers: Option<Payers>,
+    /// Offers one submitter may have delivered per second, sustained.
+    pub offers_per_s: f64,
+    /// ... and in a burst.
+    pub offer_burst: f64,
+}
+
+impl GossipPolicy {
+    /// Relays every valid offer, at the default rate limit.
+    pub fn open() -> Self {
+        Self {
+            payers: None,
+            ..Self::default()
+        }
+    }
+
+    /// Delivers only offers funded by `payers`, at the default rate limit.
+    pub fn funded_by(payers: Payers) -> Self {
+        Self {
+            payers: Some(payers),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for GossipPolicy {
+    fn default() -> Self {
+        Self {
+            payers: None,
+            offers_per_s: 50.0,
+            offer_burst: 200.0,
+        }
+    }
+}
+
+fn classify(e: DecodeError) -> GossipOutcome {
+    match e {
+        DecodeError::Oversize { .. } => GossipOutcome::Oversize,
+        _ => GossipOutcome::Malformed,
+    }
+}
+
+fn decode<T: Signable>(data: &[u8]) -> Result<Signed<T>, GossipOutcome> {
+    if data.len() > <Signed<T> as Message>::MAX_LEN {
+        return Err(GossipOutcome::Oversize);
+    }
+    codec::decode(data).map_err(classify)
+}
+
+/// Decides whether a gossiped message is valid for its topic at `now_ms` under `policy`, cheapest checks
+/// first: size, kind and canonical bytes, (for offers) expiry and payer, and the signatures last, so a
+/// flood of stale or unfunded offers costs no signature check. Returns the offer's submitter (for the
+/// rate limit), if the message is an offer.
+pub fn validate_gossip(
+    topic: Topic,
+    data: &[u8],
+    now_ms: u64,
+    policy: &GossipPolicy,
+) -> Result<Option<NodeId>, GossipOutcome> {
+    match topic {
+        Topic::Offers => {
+            let offer = decode::<JobOffer>(data)?;
+            let o = &offer.body;
+            o.check_fresh(now_ms, MAX_SKEW_MS)
+                .map_err(|_| GossipOutcome::Expired)?;
+            if let Some(payers) = &policy.payers
+                && payers
+                    .refuse(&o.budget.body, &o.submitter, o.reward, o.deadline_ms, now_ms)
+                    .is_some()
+            {
+                return Err(GossipOutcome::Unfunded);
+            }
+            offer.verify().map_err(|_| GossipOutcome::BadSignature)?;
+            Ok(Some(o.submitter))
+        }
+        Topic::Receipts => {
+            let receipt = decode::<Receipt>(data)?;
+            receipt.verify().map_err(|_| GossipOutcome::BadSignature)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Whether an outcome is the sender's fault: a rejected message lowers the forwarding peer's score; an
+/// expired, unfunded or rate-limited one may be an honest peer's late or foreign forward, and is only
+/// dropped.
+pub fn acceptance(outcome: Result<(), GossipOutcome>) -> gossipsub::MessageAcceptance {
+    match outcome {
+        Ok(()) => gossipsub::MessageAcceptance::Accept,
+        Err(GossipOutcome::Expired | GossipOutcome::Unfunded | GossipOutcome::RateLimited) => {
+            gossipsub::MessageAcceptance::Ignore
+        }
+        Err(_) => gossipsub::MessageAcceptance::Reject,
+    }
+}
+
+/// Most submitters the rate limiter tracks; beyond, the fullest buckets (idle submitters) are forgotten.
+const MAX_TRACKED: usize = 10_000;
+
+/// A token bucket per submitter.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_s: f64,
+    burst: f64,
+    buckets: HashMap<NodeId, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// `per_s` messages per second per submitter, `burst` at once.
+    pub fn new(per_s: f64, burst: f64) -> Self {
+        Self {
+            per_s,
+            burst: burst.max(1.0),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one token of `who`'s bucket at `now`; `false` when it is empty.
+    pub fn allow(&mut self, who: NodeId, now: Instant) -> bool {
+        if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&who) {
+            let (per_s, burst) = (self.per_s, self.burst);
+            self.buckets
+                .retain(|_, (tokens, at)| *tokens + per_s * now.duration_since(*at).as_secs_f64() < burst);
+            if self.buckets.len() >= MAX_TRACKED {
+                // Every tracked submitter is busy: the newcomer waits for room.
+                return false;
+            }
+        }
+        let (tokens, at) = self.buckets.entry(who).or_insert((self.burst, now));
+        *tokens = (*tokens + self.per_s * now.duration_since(*at).as_secs_f64()).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Gossipsub peer scoring for fleetmesh's topics: each invalid message a peer forwards costs it 20
+/// points squared by count (decaying by a tenth a second); below -10 this node stops gossiping to it,
+/// below -50 it does not publish to it, below -80 it ignores it altogether. Mesh-delivery rates are not
+/// scored (job topics are quiet, and a quiet honest peer must not look slow), nor is sharing one IP
+/// address (cars behind carrier NAT do).
+pub fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 0.1,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 50.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -20.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        decay_interval: Duration::from_secs(1),
+        decay_to_zero: 0.01,
+        ..gossipsub::PeerScoreParams::default()
+    };
+    for t in Topic::ALL {
+        params.topics.insert(t.ident().hash(), topic.clone());
+    }
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        ..gossipsub::PeerScoreThresholds::default()
+    };
+    (params, thresholds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submitter_gets_its_burst_then_its_rate() {
+        let mut limiter = RateLimiter::new(10.0, 5.0);
+        let who = fleetmesh_protocol::NodeKey::from_seed([1; 32]).node_id();
+        let t0 = Instant::now();
+        assert_eq!((0..8).filter(|_| limiter.allow(who, t0)).count(), 5);
+        assert!(limiter.allow(who, t0 + Duration::from_millis(100)));
+        assert!(!limiter.allow(who, t0 + Duration::from_millis(100)));
+        let other = fleetmesh_protocol::NodeKey::from_seed([2; 32]).node_id();
+        assert!(limiter.allow(other, t0));
+    }
+
+    #[test]
+    fn the_score_parameters_are_accepted_by_gossipsub() {
+        let (params, thresholds) = peer_score();
+        params.validate().unwrap();
+        thresholds.validate().unwrap();
+    }
+}
