@@ -62,7 +62,7 @@ impl Ledger {
         receipts: impl IntoIterator<Item = &'a Signed<Receipt>>,
         payers: &Payers,
     ) -> Self {
-        Self::build(receipts, payers, 0..u64::MAX)
+        Self::in_epoch(receipts, payers, 0..u64::MAX)
     }
 
     /// One worker's statement for an epoch (receipts issued in `epoch`, in ms): jobs, energy and credit
@@ -74,7 +74,7 @@ impl Ledger {
         worker: &NodeId,
         epoch: Range<u64>,
     ) -> BTreeMap<NodeId, Balance> {
-        Self::build(receipts, payers, epoch)
+        Self::in_epoch(receipts, payers, epoch)
             .by_payer
             .into_iter()
             .filter(|((w, _), _)| w == worker)
@@ -82,8 +82,9 @@ impl Ledger {
             .collect()
     }
 
-    /// [`Ledger::from_receipts`], counting only receipts issued in `window`.
-    fn build<'a>(
+    /// [`Ledger::from_receipts`], counting only receipts issued in `window` (fraud is judged on every
+    /// receipt given).
+    pub fn in_epoch<'a>(
         receipts: impl IntoIterator<Item = &'a Signed<Receipt>>,
         payers: &Payers,
         window: Range<u64>,

@@ -27,8 +27,8 @@ use fleetmesh_protocol::codec;
 use fleetmesh_protocol::messages::{Budget, Receipt};
 use fleetmesh_protocol::{NodeId, Signed};
 
-/// A budget's name: its payer and the payer's serial.
-pub type BudgetKey = (NodeId, u64);
+/// A budget's name: its payer, its holder and the payer's serial.
+pub type BudgetKey = (NodeId, NodeId, u64);
 
 /// The payers whose budgets a node honours.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,7 +107,8 @@ impl FraudProof {
         self.second.verify().map_err(|_| FraudError::Signature)?;
         let (a, b) = (&self.first.body, &self.second.body);
         let key = a.budget.body.key();
-        if key != b.budget.body.key() {
+        // One budget, one holder: the receipts' own submitter is the budget's holder (decoders check it).
+        if key != b.budget.body.key() || a.claim.body.submitter != b.claim.body.submitter {
             return Err(FraudError::OtherBudgets);
         }
         if contradict(a, b) || contradict(b, a) {

@@ -36,7 +36,8 @@ pub struct SubmitterConfig {
     /// Reputation settings (used by adaptive jobs, and for the reputation kept from every verdict).
     pub trust: TrustConfig,
     /// A job whose workers were chosen this long ago and that is still short of workers, with no bid
-    /// left to draw from, is offered again ([`Action::Reoffer`]): its offer reached too few cars.
+    /// left to draw from, or that has had no bid at all this long after its offer, is offered again
+    /// ([`Action::Reoffer`]): its offer reached too few cars.
     pub reoffer_after_ms: u64,
     /// How many times one job is offered again that way.
     pub max_reoffers: u32,
@@ -308,7 +309,9 @@ impl Submitter {
     /// A bid (signature already checked by the caller). During the bid window it is held; the window
     /// closes once `enough` bids are in (e.g. as many as connected peers: in a small fleet everyone has
     /// bid, in a large one that is a fair sample) or at its end ([`Action::WakeAt`]). Later bids are
-    /// replacements: for an adaptive job only from trusted workers (or anyone, if nobody trusted bid).
+    /// replacements, only from trusted workers (or anyone but those on probation, if nobody trusted
+    /// bid). `enough` below [`UNTRUSTED_QUORUM`] also means a fleet too small for three untrusted
+    /// workers: the caller's count of peers that could bid.
     pub fn on_bid(
         &mut self,
         bid: Bid,
@@ -372,8 +375,8 @@ impl Submitter {
     /// hours and already awake are preferred), chance and reputation decide within it, and no verdict may
     /// rest only on workers without validated history here: a fixed job ([`fixed_plan`]) and an adaptive
     /// one ([`trust::plan_preferring`]) both need a trusted worker or three agreeing untrusted ones (two
-    /// in a fleet of fewer than three bidders, which cannot do better), except a fixed job whose user
-    /// asked for one replica, which runs once and is marked unverified.
+    /// when the caller's `enough`, its count of peers, is below three: a fleet that cannot do better),
+    /// except a fixed job whose user asked for one replica, which runs once and is marked unverified.
     fn plan(&mut self, id: JobId, now_ms: u64, rng: &mut dyn Randomness) -> Vec<Action> {
         let cfg = self.job_config(1);
         let Some(f) = self.jobs.get_mut(&id) else {
@@ -504,13 +507,17 @@ impl Submitter {
                 self.drive(id, now_ms, |j| Ok(j.on_tick(now_ms)))
                     .unwrap_or_default(),
             );
+            // Starved: planned and short of workers with no bid left, or no bid at all (the offer was
+            // lost, or dropped by rate limits on its way).
             if let Some(f) = self.jobs.get_mut(&id)
-                && f.window.planned
                 && !f.reoffer_asked
                 && f.reoffers < max
-                && now_ms >= f.window.planned_at_ms.saturating_add(after)
                 && now_ms < f.offer.deadline_ms
-                && f.job.starved(now_ms)
+                && if f.window.planned {
+                    now_ms >= f.window.planned_at_ms.saturating_add(after) && f.job.starved(now_ms)
+                } else {
+                    f.bids_taken == 0 && now_ms >= f.offer.created_ms.saturating_add(after)
+                }
             {
                 f.reoffer_asked = true;
                 actions.push(Action::Reoffer {

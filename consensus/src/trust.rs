@@ -145,7 +145,7 @@ pub fn validated_by(agreeing: &[NodeId], reputation: &Reputation, now_ms: u64) -
 /// The replication plan for one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// Workers to assign first, in order (one or two).
+    /// Workers to assign first, in order (one to three).
     pub workers: Vec<NodeId>,
     /// Agreeing workers required.
     pub replicas: usize,

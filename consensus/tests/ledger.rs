@@ -100,7 +100,7 @@ fn honest(submitter: u8, budget: &Signed<Budget>, jobs: &[(u8, u8, u64, bool)]) 
 
 /// What the listed payer's budgets among `receipts` hold in total.
 fn covered(receipts: &[Signed<Receipt>]) -> u64 {
-    let budgets: BTreeMap<(NodeId, u64), u64> = receipts
+    let budgets: BTreeMap<(NodeId, NodeId, u64), u64> = receipts
         .iter()
         .filter(|r| r.body.budget.body.payer == key(PAYER).node_id())
         .map(|r| (r.body.budget.body.key(), r.body.budget.body.amount))
@@ -299,8 +299,8 @@ fn an_overspent_budget_yields_a_fraud_proof_and_counts_nothing() {
     receipts.push(paid(3, 10, 2, 1_000, Verdict::Accepted, &b, 2, 2_000));
     let ledger = Ledger::from_receipts(&receipts, &payers());
     assert!(ledger.balances.is_empty());
-    let proof = &ledger.void[&(key(PAYER).node_id(), 7)];
-    assert_eq!(proof.check(), Ok((key(PAYER).node_id(), 7)));
+    let proof = &ledger.void[&(key(PAYER).node_id(), key(10).node_id(), 7)];
+    assert_eq!(proof.check(), Ok((key(PAYER).node_id(), key(10).node_id(), 7)));
     assert_eq!(find_frauds(&receipts).len(), 1);
     // Two honest receipts prove nothing; a proof with a tampered receipt neither.
     let fine = FraudProof {
@@ -317,7 +317,23 @@ fn an_overspent_budget_yields_a_fraud_proof_and_counts_nothing() {
         first: receipts[1].clone(),
         second: twice,
     };
-    assert_eq!(proof.check(), Ok((key(PAYER).node_id(), 7)));
+    assert_eq!(proof.check(), Ok((key(PAYER).node_id(), key(10).node_id(), 7)));
+}
+
+#[test]
+fn two_holders_with_the_same_serial_do_not_void_each_other() {
+    let mut receipts = honest(10, &budget(PAYER, 10, 1, 4_000), &[(1, 0, 1_000, true)]);
+    receipts.extend(honest(11, &budget(PAYER, 11, 1, 4_000), &[(2, 1, 1_000, true)]));
+    let ledger = Ledger::from_receipts(&receipts, &payers());
+    assert!(ledger.void.is_empty());
+    assert_eq!(ledger.balance(&key(1).node_id()).credit, 1_000);
+    assert_eq!(ledger.balance(&key(2).node_id()).credit, 1_000);
+    // Nor can one holder's receipt serve in a proof against the other.
+    let proof = FraudProof {
+        first: receipts[0].clone(),
+        second: receipts[1].clone(),
+    };
+    assert_eq!(proof.check(), Err(FraudError::OtherBudgets));
 }
 
 #[test]

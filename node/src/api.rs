@@ -49,7 +49,10 @@ fn unauthorized(s: &ApiState, headers: &axum::http::HeaderMap) -> Option<Respons
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim)
         .unwrap_or("");
     let want = s.token.as_bytes();
@@ -352,7 +355,9 @@ async fn statement(
     let void: Vec<serde_json::Value> = st
         .void_budgets
         .iter()
-        .map(|(payer, serial)| serde_json::json!({ "payer": payer.to_string(), "serial": serial }))
+        .map(|(payer, holder, serial)| {
+            serde_json::json!({ "payer": payer.to_string(), "holder": holder.to_string(), "serial": serial })
+        })
         .collect();
     Json(serde_json::json!({
         "node": s.node_id.to_string(),

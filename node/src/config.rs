@@ -287,6 +287,10 @@ random_walk_secs = {walk}
 idle_timeout_secs = {idle}
 # Largest request accepted over request-response, in bytes.
 max_request_bytes = {maxreq}
+# Offers of one submitter taken from gossip per second, and at once (receipts: five times as many); more
+# are dropped and not forwarded.
+offers_per_submitter_per_s = 50.0
+offer_burst_per_submitter = 250.0
 
 [api]
 # Local HTTP API; loopback only by default. Port 0 picks a free port.

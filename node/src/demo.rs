@@ -130,6 +130,10 @@ pub fn node_config(bootstrap: Option<&Multiaddr>, peers: usize) -> NodeConfig {
     cfg.net.kademlia_mode = KadMode::Server;
     cfg.net.public = true;
     cfg.net.target_peers = peers;
+    // One owner's fleet: its one submitter may offer as fast as the fleet works (an open fleet limits
+    // every submitter to the default, 50 offers/s).
+    cfg.net.offers_per_submitter_per_s = 5_000.0;
+    cfg.net.offer_burst_per_submitter = 20_000.0;
     cfg.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     cfg
 }

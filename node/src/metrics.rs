@@ -26,6 +26,10 @@ pub enum GossipOutcome {
     Unfunded,
     /// An offer over its submitter's rate limit (dropped, not forwarded, no penalty).
     RateLimited,
+    /// Valid, but the node's queue to its job roles was full: not taken, not forwarded, no penalty.
+    Busy,
+    /// Another protocol version (dropped, not forwarded, no penalty).
+    OtherVersion,
 }
 
 /// Labels of the gossip counter.

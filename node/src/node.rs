@@ -101,7 +101,7 @@ pub async fn start_with(
     let metrics = Metrics::register(&mut metrics_registry);
     // The network outlives the node's own cancellation by the moment it takes to hand running work back.
     let net_cancel = CancellationToken::new();
-    let policy = net::GossipPolicy::funded_by(jobs_cfg.payers.clone());
+    let policy = net::GossipPolicy::funded_by(jobs_cfg.payers.clone(), &cfg.net);
     let (net, events, net_task) = net::start(&cfg.net, &key, metrics.clone(), policy, net_cancel.clone())?;
     // Stops the network if the node fails to start from here on, or once the event handler ends.
     let stop_net = net_cancel.drop_guard();

@@ -43,8 +43,9 @@ const MAX_FILE: u64 = 4_096;
 
 /// Credit a local fleet's payer gives each node (1,000 credits, in micro-credits).
 pub const LOCAL_BUDGET: u64 = 1_000_000_000;
-/// How long a local fleet's budgets last (30 days).
-pub const LOCAL_BUDGET_MS: u64 = 30 * 24 * 3_600_000;
+/// When a local fleet's budgets expire (2100-01-01): fixed, so that a node started again gets the very
+/// same budget (a budget signed anew with another expiry would contradict the old one's receipts).
+pub const LOCAL_BUDGET_EXPIRES_MS: u64 = 4_102_444_800_000;
 
 /// A budget of `payer` for `holder`.
 pub fn issue(payer: &NodeKey, holder: NodeId, serial: u64, amount: u64, expires_ms: u64) -> Signed<Budget> {
@@ -61,12 +62,10 @@ pub fn issue(payer: &NodeKey, holder: NodeId, serial: u64, amount: u64, expires_
     }
 }
 
-/// The budget a local fleet (the demo, tests) gives `holder` from its own `payer`: [`LOCAL_BUDGET`],
-/// valid for [`LOCAL_BUDGET_MS`] from now, numbered by the holder's id so each node's is distinct.
+/// The budget a local fleet (the demo, tests) gives `holder` from its own `payer`: [`LOCAL_BUDGET`]
+/// until [`LOCAL_BUDGET_EXPIRES_MS`], serial 1 (the same budget every time it is made).
 pub fn local_budget(payer: &NodeKey, holder: NodeId) -> Signed<Budget> {
-    let serial = u64::from_le_bytes(holder.as_bytes()[..8].try_into().unwrap_or([0; 8]));
-    let expires = crate::clock::now_ms().saturating_add(LOCAL_BUDGET_MS);
-    issue(payer, holder, serial, LOCAL_BUDGET, expires)
+    issue(payer, holder, 1, LOCAL_BUDGET, LOCAL_BUDGET_EXPIRES_MS)
 }
 
 /// Writes `budget` to `path` as one line of hex.

@@ -142,7 +142,8 @@ struct Inner {
 type Then = Box<dyn FnOnce() + Send>;
 
 enum Fetching {
-    Running(Vec<Then>),
+    /// Under way, for this submitter (the hinted peer), with what runs once it is installed.
+    Running(Option<PeerId>, Vec<Then>),
     /// Failed for a reason that may pass (no provider answered, a chunk was unavailable): tried again
     /// after `retry_after`.
     Failed(Instant),
@@ -151,8 +152,25 @@ enum Fetching {
     Refused,
 }
 
-/// Fetches one node runs at once (offers for more unknown models are not bid on meanwhile).
+/// Whether a failed fetch means the model is never tried again while the node runs: its weights did not
+/// build, its architecture cannot be built from weights, or it is larger than the node ever downloads
+/// (`max_download_bytes`; a metered link's lower limit passes, so that failure is retried).
+fn refused_for_good(e: &FetchError, max_download_bytes: u64) -> bool {
+    match e {
+        FetchError::Build(_) | FetchError::Unsupported { .. } => true,
+        FetchError::TooLarge { bytes, .. } => *bytes > max_download_bytes,
+        _ => false,
+    }
+}
+
+/// Fetches one node runs at once (offers for more unknown models are not bid on meanwhile); at most one
+/// of them for any one submitter, so a submitter naming many unknown models cannot hold every slot.
 pub const MAX_CONCURRENT_FETCHES: usize = 2;
+/// Models whose fetch state a node remembers (running, failed lately, refused); when full, failures
+/// past their retry time are forgotten, and if none is, no new fetch starts.
+pub const MAX_TRACKED_FETCHES: usize = 1_024;
+/// Offers waiting on one running fetch (more are not bid on).
+const MAX_WAITING: usize = 256;
 
 /// Model distribution for one node (cheap to clone).
 #[derive(Clone)]
@@ -230,16 +248,24 @@ impl Share {
         }
     }
 
-    /// Deletes a model's stored manifest and chunks (those no served model lists): what a fetch that
-    /// cannot end in a working model leaves behind does not stay on disk.
+    /// Deletes a model's stored manifest and chunks (those no other stored or served model lists): what a
+    /// fetch that cannot end in a working model leaves behind does not stay on disk.
     fn discard(&self, model: &ModelId) {
         let Some(manifest) = self.inner.store.manifest(model) else {
             return;
         };
-        let kept: HashSet<ChunkId> = lock(&self.inner.served)
+        let mut kept: HashSet<ChunkId> = lock(&self.inner.served)
             .values()
             .flat_map(|s| s.manifest.chunks.iter().copied())
             .collect();
+        kept.extend(
+            self.inner
+                .store
+                .manifests()
+                .iter()
+                .filter(|m| m.id() != *model)
+                .flat_map(|m| m.chunks.iter().copied()),
+        );
         let mut removed = 0usize;
         for chunk in manifest.chunks.iter().filter(|c| !kept.contains(c)) {
             removed += usize::from(self.inner.store.remove_chunk(chunk).is_ok());
@@ -354,23 +380,36 @@ impl Share {
         {
             let mut fetching = lock(&self.inner.fetching);
             match fetching.get_mut(&model) {
-                Some(Fetching::Running(waiting)) => {
-                    waiting.push(Box::new(then));
+                Some(Fetching::Running(_, waiting)) => {
+                    if waiting.len() < MAX_WAITING {
+                        waiting.push(Box::new(then));
+                    }
                     return;
                 }
                 Some(Fetching::Failed(at)) if at.elapsed() < self.inner.cfg.retry_after => return,
                 Some(Fetching::Refused) => return,
                 _ => {}
             }
-            let running = fetching
+            let running: Vec<Option<PeerId>> = fetching
                 .values()
-                .filter(|f| matches!(f, Fetching::Running(_)))
-                .count();
-            if running >= MAX_CONCURRENT_FETCHES {
+                .filter_map(|f| match f {
+                    Fetching::Running(for_peer, _) => Some(*for_peer),
+                    _ => None,
+                })
+                .collect();
+            if running.len() >= MAX_CONCURRENT_FETCHES || (hint.is_some() && running.contains(&hint)) {
                 debug!(model = %model.short(), "fetch limit reached; not fetching now");
                 return;
             }
-            fetching.insert(model, Fetching::Running(vec![Box::new(then)]));
+            if fetching.len() >= MAX_TRACKED_FETCHES {
+                let retry = self.inner.cfg.retry_after;
+                fetching.retain(|_, f| !matches!(f, Fetching::Failed(at) if at.elapsed() >= retry));
+                if fetching.len() >= MAX_TRACKED_FETCHES {
+                    debug!(model = %model.short(), "too many models tracked; not fetching now");
+                    return;
+                }
+            }
+            fetching.insert(model, Fetching::Running(hint, vec![Box::new(then)]));
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -378,15 +417,12 @@ impl Share {
             let waiting = {
                 let mut fetching = lock(&this.inner.fetching);
                 let waiting = match fetching.remove(&model) {
-                    Some(Fetching::Running(waiting)) => waiting,
+                    Some(Fetching::Running(_, waiting)) => waiting,
                     _ => Vec::new(),
                 };
+                let max = this.inner.cfg.max_download_bytes;
                 match &result {
-                    Err(
-                        e @ (FetchError::Build(_)
-                        | FetchError::Unsupported { .. }
-                        | FetchError::TooLarge { .. }),
-                    ) => {
+                    Err(e) if refused_for_good(e, max) => {
                         warn!(model = %model.short(), error = %e, "model fetch failed; not fetched again");
                         fetching.insert(model, Fetching::Refused);
                     }
@@ -398,10 +434,8 @@ impl Share {
                 }
                 waiting
             };
-            if matches!(
-                &result,
-                Err(FetchError::Build(_) | FetchError::Unsupported { .. } | FetchError::TooLarge { .. })
-            ) {
+            let max = this.inner.cfg.max_download_bytes;
+            if result.as_ref().is_err_and(|e| refused_for_good(e, max)) {
                 this.discard(&model);
             }
             if result.is_ok() {

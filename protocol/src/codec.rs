@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Version byte at the start of every encoded message.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// High bit of the tag byte: the body is a signed envelope.
 const SIGNED_FLAG: u8 = 0x80;

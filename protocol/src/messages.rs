@@ -224,7 +224,8 @@ pub struct Budget {
     pub payer: NodeId,
     /// The submitter allowed to spend it.
     pub holder: NodeId,
-    /// The payer's number for this budget; (payer, serial) names it.
+    /// The payer's number for this budget; (payer, holder, serial) names it. A payer that funds the same
+    /// holder again uses a new serial: two different budgets under one name void each other.
     pub serial: u64,
     /// The most credit all receipts under it may grant together, in micro-credits.
     pub amount: u64,
@@ -233,9 +234,9 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// The budget's name: its payer and the payer's serial.
-    pub fn key(&self) -> (NodeId, u64) {
-        (self.payer, self.serial)
+    /// The budget's name: its payer, its holder and the payer's serial.
+    pub fn key(&self) -> (NodeId, NodeId, u64) {
+        (self.payer, self.holder, self.serial)
     }
 }
 

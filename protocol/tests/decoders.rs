@@ -1,6 +1,13 @@
-//! Every decoder fed random, header-prefixed random and truncated bytes (10,000 cases each): it returns
-//! `Err` for anything it does not accept, never panics, and never holds more heap than its kind's size limit.
-#![allow(missing_docs, unsafe_code, clippy::unwrap_used)]
+//! Every decoder fed random, header-prefixed random, truncated and bit-flipped bytes: it returns `Err` for
+//! anything it does not accept, never panics, and never holds more heap than its kind's size limit.
+//!
+//! `cargo test` runs 100,000 cases per decoder (1 % of the full run); the full run is 10 million each,
+//! in release mode:
+//!
+//! ```text
+//! FLEETMESH_FUZZ_CASES=10000000 cargo test --release -p fleetmesh-protocol --test decoders
+//! ```
+#![allow(missing_docs, unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -73,16 +80,24 @@ fn samples<S: Strategy>(s: S, n: usize) -> Vec<S::Value> {
         .collect()
 }
 
+/// Cases per decoder: `FLEETMESH_FUZZ_CASES`, else 100,000.
+fn cases() -> u32 {
+    match std::env::var("FLEETMESH_FUZZ_CASES") {
+        Ok(v) => v.parse().expect("FLEETMESH_FUZZ_CASES must be a number"),
+        Err(_) => 100_000,
+    }
+}
+
 fn fuzz<T: Message>(valid: Vec<Vec<u8>>) {
     let max_random = (T::MAX_LEN + 16).min(4096);
     let header = vec![codec::PROTOCOL_VERSION, T::tag()];
     let mut runner = TestRunner::new(Config {
-        cases: 10_000,
+        cases: cases(),
         failure_persistence: None,
         ..Config::default()
     });
     let strategy = (
-        0u8..3,
+        0u8..4,
         proptest::collection::vec(any::<u8>(), 0..max_random),
         any::<usize>(),
         any::<usize>(),
@@ -93,7 +108,17 @@ fn fuzz<T: Message>(valid: Vec<Vec<u8>>) {
             let input = match mode {
                 0 => random,
                 1 => [header.as_slice(), &random].concat(),
-                _ => sample[..cut % sample.len()].to_vec(),
+                2 => sample[..cut % sample.len()].to_vec(),
+                // A valid message with a few bytes flipped (positions and masks from the random bytes).
+                _ => {
+                    let mut flipped = sample.clone();
+                    for pair in random.chunks(2).take(1 + cut % 4) {
+                        let at =
+                            (pair[0] as usize * 256 + *pair.get(1).unwrap_or(&0) as usize) % flipped.len();
+                        flipped[at] ^= pair.get(1).copied().unwrap_or(1).max(1);
+                    }
+                    flipped
+                }
             };
             let (decoded, peak) = measured::<T>(&input);
             prop_assert!(

@@ -234,11 +234,11 @@ fn header_errors_are_typed() {
         at_ms: 5,
     };
     let bytes = codec::encode(&w);
-    let mut v2 = bytes.clone();
-    v2[0] = 2;
+    let mut next = bytes.clone();
+    next[0] = codec::PROTOCOL_VERSION + 1;
     assert_eq!(
-        codec::decode::<Withdraw>(&v2),
-        Err(codec::DecodeError::UnknownVersion(2))
+        codec::decode::<Withdraw>(&next),
+        Err(codec::DecodeError::UnknownVersion(codec::PROTOCOL_VERSION + 1))
     );
     assert!(matches!(
         codec::decode::<Bid>(&bytes),

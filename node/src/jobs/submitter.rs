@@ -58,7 +58,7 @@ impl Jobs {
         // One keyed submission at a time, so two concurrent retries cannot both submit.
         let _one = self.inner.keyed.lock().await;
         if let Some(id) = self.inner.store.submit_key(key)
-            && self.submitter().jobs.contains_key(&id)
+            && (self.submitter().jobs.contains_key(&id) || self.inner.store.submitted_one(&id).is_some())
         {
             return Ok((id, true));
         }
@@ -474,15 +474,17 @@ impl Jobs {
                 {
                     warn!(job = %job.short(), error = %e, "cannot store the verdict");
                 }
+                let mut stored = true;
                 for r in &receipts {
                     if let Err(e) = store.put_receipt(r) {
                         warn!(job = %job.short(), error = %e, "cannot store a receipt");
+                        stored = false;
                     }
                 }
-                receipts
+                (receipts, stored)
             })
             .await;
-            let receipts = match signed {
+            let (receipts, mut stored) = match signed {
                 Ok(receipts) => receipts,
                 Err(e) => {
                     // Nothing was stored: nobody may hear of this verdict (waiters see the job dropped).
@@ -493,6 +495,7 @@ impl Jobs {
             // Durable before anyone hears of it: a verdict a user saw survives a crash.
             if let Err(e) = this.inner.store.flush().await {
                 warn!(job = %job.short(), error = %e, "cannot flush the verdict");
+                stored = false;
             }
             {
                 let mut book = this.book();
@@ -515,6 +518,12 @@ impl Jobs {
             };
             for tx in waiters {
                 let _ = tx.send(result.clone());
+            }
+            // A receipt that is not on disk never leaves: after a restart its number would be used again,
+            // and two receipts with one number void the budget.
+            if !stored {
+                warn!(job = %job.short(), "receipts not published: they could not be stored");
+                return;
             }
             let net = &this.inner.net;
             for r in receipts {

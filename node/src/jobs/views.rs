@@ -61,8 +61,8 @@ pub struct Statement {
     pub by_payer: BTreeMap<NodeId, Earnings>,
     /// The accepted receipts it counts (ids as in `GET /v1/jobs/{id}`).
     pub receipt_ids: Vec<String>,
-    /// Budgets (payer, serial) voided by a fraud proof among the receipts held.
-    pub void_budgets: Vec<(NodeId, u64)>,
+    /// Budgets (payer, holder, serial) voided by a fraud proof among the receipts held.
+    pub void_budgets: Vec<(NodeId, NodeId, u64)>,
 }
 
 /// Per-node totals from the receipts this node has seen.
@@ -269,25 +269,31 @@ impl Jobs {
         let receipts: Vec<Signed<Receipt>> = self.book().receipts.values().cloned().collect();
         let payers = &self.inner.cfg.payers;
         let me = self.inner.me;
-        let ledger = Ledger::from_receipts(&receipts, payers);
-        let by_payer = Ledger::statement(&receipts, payers, &me, from_ms..to_ms)
-            .into_iter()
-            .map(|(payer, b)| {
-                (
-                    payer,
-                    Earnings {
-                        jobs: b.jobs,
-                        credit: b.credit,
-                        energy_uwh: b.energy_uwh,
-                    },
-                )
+        let ledger = Ledger::in_epoch(&receipts, payers, from_ms..to_ms);
+        let by_payer = ledger
+            .by_payer
+            .iter()
+            .filter(|((worker, _), _)| *worker == me)
+            .map(|((_, payer), b)| {
+                let e = Earnings {
+                    jobs: b.jobs,
+                    credit: b.credit,
+                    energy_uwh: b.energy_uwh,
+                };
+                (*payer, e)
             })
             .collect();
+        // The receipts it counts: this node's accepted ones of the epoch, paid by a payer it honours from
+        // a budget not voided.
         let receipt_ids = receipts
             .iter()
             .filter(|r| {
-                let c = &r.body.claim.body;
-                c.worker == me && r.body.verdict.is_accepted() && (from_ms..to_ms).contains(&r.body.issued_ms)
+                let (c, b) = (&r.body.claim.body, &r.body.budget.body);
+                c.worker == me
+                    && r.body.verdict.is_accepted()
+                    && (from_ms..to_ms).contains(&r.body.issued_ms)
+                    && payers.contains(&b.payer)
+                    && !ledger.void.contains_key(&b.key())
             })
             .map(receipt_id)
             .collect();

@@ -43,6 +43,14 @@ pub struct NetConfig {
     pub idle_timeout_secs: u64,
     /// Largest request accepted over request-response, in bytes.
     pub max_request_bytes: usize,
+    /// Offers of one submitter this node takes from gossip per second, sustained (more are dropped,
+    /// not forwarded, without penalty to the forwarding peer); receipts of one submitter, five times
+    /// as many. Every offer let through costs every node of the topic, so this bounds what one
+    /// submitter, honest or not, can push into the fleet (at 200/s a funded submitter's flood cut a
+    /// 5-node testnet's honest throughput to 0.16x; at 50/s to 0.91x: `scripts/bench-flood.sh`).
+    pub offers_per_submitter_per_s: f64,
+    /// ... and at once.
+    pub offer_burst_per_submitter: f64,
 }
 
 impl Default for NetConfig {
@@ -65,6 +73,8 @@ impl Default for NetConfig {
             random_walk_secs: 30,
             idle_timeout_secs: 300,
             max_request_bytes: 512 * 1024,
+            offers_per_submitter_per_s: 50.0,
+            offer_burst_per_submitter: 250.0,
         }
     }
 }

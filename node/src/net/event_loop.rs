@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::gossip::{self, GossipPolicy, RateLimiter, validate_gossip};
+use super::gossip::{self, GossipPolicy, Limits, validate_gossip};
 use super::{Behaviour, BehaviourEvent, Command, NetError, NetEvent, NetStatus, Topic};
 use crate::clock::now_ms;
 use crate::metrics::{GossipOutcome, Metrics};
@@ -63,8 +63,8 @@ pub(super) struct EventLoop {
     relisten: Vec<(Instant, Multiaddr)>,
     /// What gossip is let through.
     policy: GossipPolicy,
-    /// Offers per submitter.
-    offer_limiter: RateLimiter,
+    /// Offers and receipts per submitter.
+    limits: Limits,
 }
 
 /// Whether an address is a relay circuit (`.../p2p-circuit`).
@@ -95,7 +95,7 @@ impl EventLoop {
         policy: GossipPolicy,
     ) -> Self {
         let now = Instant::now();
-        let offer_limiter = RateLimiter::new(policy.offers_per_s, policy.offer_burst);
+        let limits = Limits::new(&policy);
         let bootstrap = cfg
             .bootstrap
             .iter()
@@ -134,7 +134,7 @@ impl EventLoop {
             circuits,
             relisten: Vec::new(),
             policy,
-            offer_limiter,
+            limits,
         }
     }
 
@@ -567,14 +567,24 @@ impl EventLoop {
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let topic = Topic::from_hash(&message.topic);
         let outcome = match topic {
-            Some(topic) => validate_gossip(topic, &message.data, now_ms(), &self.policy),
+            Some(topic) => validate_gossip(
+                topic,
+                &message.data,
+                now_ms(),
+                &self.policy,
+                Some(&mut self.limits),
+            ),
             None => Err(GossipOutcome::UnknownTopic),
         };
-        let outcome = match outcome {
-            Ok(Some(submitter)) if !self.offer_limiter.allow(submitter, Instant::now()) => {
-                Err(GossipOutcome::RateLimited)
-            }
-            other => other.map(|_| ()),
+        // Back-pressure: a node that cannot take the message now (its queue to the job roles is full)
+        // neither delivers nor forwards it, and counts it as `Busy`.
+        let permit = match (outcome, topic) {
+            (Ok(()), Some(_)) => self.events.try_reserve().ok(),
+            _ => None,
+        };
+        let outcome = match (outcome, &permit) {
+            (Ok(()), None) => Err(GossipOutcome::Busy),
+            (other, _) => other,
         };
         let name = topic.map(Topic::name).unwrap_or("unknown");
         let counted = outcome.err().unwrap_or(GossipOutcome::Accepted);
@@ -585,22 +595,23 @@ impl EventLoop {
                 outcome: counted,
             })
             .inc();
-        let acceptance = gossip::acceptance(outcome);
         self.swarm
             .behaviour_mut()
             .gossip
-            .report_message_validation_result(&id, &source, acceptance);
-        if let (Ok(()), Some(topic)) = (outcome, topic) {
-            let event = NetEvent::Gossip {
+            .report_message_validation_result(&id, &source, gossip::acceptance(outcome));
+        match (permit, topic) {
+            (Some(permit), Some(topic)) => permit.send(NetEvent::Gossip {
                 topic,
                 data: message.data,
                 from: source,
-            };
-            if self.events.try_send(event).is_err() {
-                warn!(topic = name, "node is not keeping up; gossip message dropped");
+            }),
+            _ if counted == GossipOutcome::Busy => {
+                warn!(
+                    topic = name,
+                    "node is not keeping up; gossip message not taken (busy)"
+                )
             }
-        } else {
-            debug!(peer = %source, topic = name, outcome = ?counted, "gossip message rejected");
+            _ => debug!(peer = %source, topic = name, outcome = ?counted, "gossip message rejected"),
         }
     }
 }

@@ -25,14 +25,14 @@ pub struct GossipPolicy {
     /// Offers are delivered and forwarded only when one of these payers funds them (`None`: any payer;
     /// for tools and tests that relay without judging).
     pub payers: Option<Payers>,
-    /// Offers one submitter may have delivered per second, sustained.
+    /// Offers one submitter may have delivered per second, sustained (receipts: five times as many).
     pub offers_per_s: f64,
     /// ... and in a burst.
     pub offer_burst: f64,
 }
 
 impl GossipPolicy {
-    /// Relays every valid offer, at the default rate limit.
+    /// Relays every valid offer and receipt, at the default rate limit.
     pub fn open() -> Self {
         Self {
             payers: None,
@@ -40,21 +40,23 @@ impl GossipPolicy {
         }
     }
 
-    /// Delivers only offers funded by `payers`, at the default rate limit.
-    pub fn funded_by(payers: Payers) -> Self {
+    /// Delivers only offers and receipts funded by `payers`, at the rate limits of `cfg`.
+    pub fn funded_by(payers: Payers, cfg: &super::config::NetConfig) -> Self {
         Self {
             payers: Some(payers),
-            ..Self::default()
+            offers_per_s: cfg.offers_per_submitter_per_s,
+            offer_burst: cfg.offer_burst_per_submitter,
         }
     }
 }
 
 impl Default for GossipPolicy {
     fn default() -> Self {
+        let cfg = super::config::NetConfig::default();
         Self {
             payers: None,
-            offers_per_s: 50.0,
-            offer_burst: 200.0,
+            offers_per_s: cfg.offers_per_submitter_per_s,
+            offer_burst: cfg.offer_burst_per_submitter,
         }
     }
 }
@@ -70,20 +72,51 @@ fn decode<T: Signable>(data: &[u8]) -> Result<Signed<T>, GossipOutcome> {
     if data.len() > <Signed<T> as Message>::MAX_LEN {
         return Err(GossipOutcome::Oversize);
     }
+    // Another protocol version is a peer not yet (or no longer) upgraded, not an attacker.
+    if data.first().is_some_and(|v| *v != codec::PROTOCOL_VERSION) {
+        return Err(GossipOutcome::OtherVersion);
+    }
     codec::decode(data).map_err(classify)
 }
 
+/// The rate limits of a node's gossip: offers and receipts per submitter.
+#[derive(Debug)]
+pub struct Limits {
+    offers: RateLimiter,
+    receipts: RateLimiter,
+}
+
+impl Limits {
+    /// `policy`'s rate for offers, five times that for receipts.
+    pub fn new(policy: &GossipPolicy) -> Self {
+        Self {
+            offers: RateLimiter::new(policy.offers_per_s, policy.offer_burst),
+            receipts: RateLimiter::new(5.0 * policy.offers_per_s, 5.0 * policy.offer_burst),
+        }
+    }
+
+    fn of(&mut self, topic: Topic) -> &mut RateLimiter {
+        match topic {
+            Topic::Offers => &mut self.offers,
+            Topic::Receipts => &mut self.receipts,
+        }
+    }
+}
+
 /// Decides whether a gossiped message is valid for its topic at `now_ms` under `policy`, cheapest checks
-/// first: size, kind and canonical bytes, (for offers) expiry and payer, and the signatures last, so a
-/// flood of stale or unfunded offers costs no signature check. Returns the offer's submitter (for the
-/// rate limit), if the message is an offer.
+/// first: size, version, kind and canonical bytes, (for offers) expiry, the payer, the submitter's rate
+/// limit (if `limits` are given; only a message whose signatures verify uses up its submitter's
+/// allowance, so forged ones cannot spend an honest submitter's), and the signatures last, so a flood
+/// of stale, unfunded or too frequent messages costs no signature check.
 pub fn validate_gossip(
     topic: Topic,
     data: &[u8],
     now_ms: u64,
     policy: &GossipPolicy,
-) -> Result<Option<NodeId>, GossipOutcome> {
-    match topic {
+    mut limits: Option<&mut Limits>,
+) -> Result<(), GossipOutcome> {
+    let now = Instant::now();
+    let (submitter, verified) = match topic {
         Topic::Offers => {
             let offer = decode::<JobOffer>(data)?;
             let o = &offer.body;
@@ -96,14 +129,39 @@ pub fn validate_gossip(
             {
                 return Err(GossipOutcome::Unfunded);
             }
-            offer.verify().map_err(|_| GossipOutcome::BadSignature)?;
-            Ok(Some(o.submitter))
+            if let Some(l) = limits.as_deref_mut()
+                && !l.of(topic).has_token(&o.submitter, now)
+            {
+                return Err(GossipOutcome::RateLimited);
+            }
+            (o.submitter, offer.verify())
         }
         Topic::Receipts => {
             let receipt = decode::<Receipt>(data)?;
-            receipt.verify().map_err(|_| GossipOutcome::BadSignature)?;
-            Ok(None)
+            let (b, submitter) = (&receipt.body.budget.body, receipt.body.claim.body.submitter);
+            if let Some(payers) = &policy.payers
+                && !payers.contains(&b.payer)
+            {
+                return Err(GossipOutcome::Unfunded);
+            }
+            if let Some(l) = limits.as_deref_mut()
+                && !l.of(topic).has_token(&submitter, now)
+            {
+                return Err(GossipOutcome::RateLimited);
+            }
+            (submitter, receipt.verify())
         }
+    };
+    verified.map_err(|_| GossipOutcome::BadSignature)?;
+    match limits {
+        Some(l) => {
+            if l.of(topic).allow(submitter, now) {
+                Ok(())
+            } else {
+                Err(GossipOutcome::RateLimited)
+            }
+        }
+        None => Ok(()),
     }
 }
 
@@ -113,9 +171,13 @@ pub fn validate_gossip(
 pub fn acceptance(outcome: Result<(), GossipOutcome>) -> gossipsub::MessageAcceptance {
     match outcome {
         Ok(()) => gossipsub::MessageAcceptance::Accept,
-        Err(GossipOutcome::Expired | GossipOutcome::Unfunded | GossipOutcome::RateLimited) => {
-            gossipsub::MessageAcceptance::Ignore
-        }
+        Err(
+            GossipOutcome::Expired
+            | GossipOutcome::Unfunded
+            | GossipOutcome::RateLimited
+            | GossipOutcome::Busy
+            | GossipOutcome::OtherVersion,
+        ) => gossipsub::MessageAcceptance::Ignore,
         Err(_) => gossipsub::MessageAcceptance::Reject,
     }
 }
@@ -139,6 +201,13 @@ impl RateLimiter {
             burst: burst.max(1.0),
             buckets: HashMap::new(),
         }
+    }
+
+    /// Whether `who`'s bucket holds a token at `now` (takes none).
+    pub fn has_token(&self, who: &NodeId, now: Instant) -> bool {
+        self.buckets
+            .get(who)
+            .is_none_or(|(tokens, at)| tokens + self.per_s * now.duration_since(*at).as_secs_f64() >= 1.0)
     }
 
     /// Takes one token of `who`'s bucket at `now`; `false` when it is empty.
