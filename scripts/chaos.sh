@@ -6,6 +6,7 @@
 #
 #   scripts/chaos.sh [JOBS, default 10000]
 #
+# CHAOS_KEEP=1 keeps the testnet's folder (logs, timeline) for a look afterwards.
 # Prints a summary and, as its last line, one JSON object: jobs, distinct job ids, accepted, failed,
 # wrong, lost, the longest stretch without a new verdict outside the submitter's restarts (from its kill
 # until its API answers again, plus 5 s), worker and submitter kills.
@@ -16,7 +17,8 @@ jobs=${1:-10000}
 [[ "$jobs" =~ ^[0-9]+$ && "$jobs" -gt 0 ]] || { echo "usage: scripts/chaos.sh [JOBS]" >&2; exit 2; }
 target=${CARGO_TARGET_DIR:-$root/target}
 echo "building the release binary ..." >&2
-(cd "$root" && cargo build --release -q --bin fleetmesh) >&2
+# The same build as bench-flood.sh (one feature set, one build for all three scripts).
+(cd "$root" && cargo build --release -q --bin fleetmesh --example flood) >&2
 bin=$target/release/fleetmesh
 
 dir=$(mktemp -d)
@@ -27,7 +29,7 @@ cleanup() {
     [ -n "${load_pid:-}" ] && kill "$load_pid" 2>/dev/null || true
     # Nodes started again by this script are in the pids file too.
     "$root/scripts/testnet.sh" stop >/dev/null 2>&1 || true
-    rm -rf "$dir"
+    if [ -n "${CHAOS_KEEP:-}" ]; then echo "kept $dir" >&2; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
 "$root/scripts/testnet.sh" start 5 >&2

@@ -14,7 +14,8 @@ minutes=${1:-60}
 [[ "$minutes" =~ ^[0-9]+$ && "$minutes" -ge 6 ]] || { echo "usage: scripts/soak.sh [MINUTES >= 6]" >&2; exit 2; }
 target=${CARGO_TARGET_DIR:-$root/target}
 echo "building the release binary ..." >&2
-(cd "$root" && cargo build --release -q --bin fleetmesh) >&2
+# The same build as bench-flood.sh (one feature set, one build for all three scripts).
+(cd "$root" && cargo build --release -q --bin fleetmesh --example flood) >&2
 
 dir=$(mktemp -d)
 export TESTNET_DIR=$dir TESTNET_PORT=${TESTNET_PORT:-4900} TESTNET_API_PORT=${TESTNET_API_PORT:-7990}

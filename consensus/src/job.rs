@@ -19,7 +19,8 @@ use crate::quorum;
 pub struct JobConfig {
     /// Agreeing workers required (the offer's `replicas`).
     pub replicas: usize,
-    /// Extra workers that may be drawn when results disagree or workers drop out.
+    /// Extra workers that may be drawn when results disagree or workers drop out (workers that time out
+    /// or hand the job back do not count: they are replaced while bids last).
     pub max_extra: usize,
     /// Time an assigned worker has to send its commit.
     pub commit_timeout_ms: u64,
@@ -205,13 +206,23 @@ impl Job {
         let limit = self.cfg.replicas + self.cfg.max_extra;
         self.outcome.is_none()
             && self.active() < self.wanted()
-            && self.order.len() < limit
+            && self.counted() < limit
             && !self.bids.iter().any(|b| {
                 !self.slots.contains_key(&b.worker)
                     && !self.excluded.contains(&b.worker)
                     && b.expires_ms >= now_ms
                     && self.class_fits(b)
             })
+    }
+
+    /// Workers that count toward the job's limit of `replicas + max_extra`: every one assigned except
+    /// those that timed out or handed the job back (they produced nothing; a job replaces them for as
+    /// long as it has bids, and fails only when no worker is left).
+    fn counted(&self) -> usize {
+        self.slots
+            .values()
+            .filter(|s| !matches!(s, SlotState::TimedOut | SlotState::Withdrawn))
+            .count()
     }
 
     fn active(&self) -> usize {
@@ -248,7 +259,7 @@ impl Job {
     /// Assigns workers from the cheapest fitting bids until `wanted` are active (or the limit is hit).
     fn fill(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         let limit = self.cfg.replicas + self.cfg.max_extra;
-        while self.active() < self.wanted() && self.order.len() < limit {
+        while self.active() < self.wanted() && self.counted() < limit {
             let pick = self
                 .bids
                 .iter()
@@ -307,7 +318,7 @@ impl Job {
         if let Some((rep, agreeing)) = quorum::find_quorum(&self.rule, &revealed, self.cfg.replicas) {
             return self.finish(rep, agreeing, actions);
         }
-        let limit_reached = self.order.len() >= self.cfg.replicas + self.cfg.max_extra;
+        let limit_reached = self.counted() >= self.cfg.replicas + self.cfg.max_extra;
         let no_more_bids = !self.bids.iter().any(|b| {
             !self.slots.contains_key(&b.worker) && !self.excluded.contains(&b.worker) && self.class_fits(b)
         });

@@ -218,6 +218,12 @@ impl NodeConfig {
                 "net.listen needs at least one address".into(),
             ));
         }
+        if !(self.net.offers_per_submitter_per_s > 0.0 && self.net.offer_burst_per_submitter >= 1.0) {
+            return Err(ConfigError::Invalid(
+                "net.offers_per_submitter_per_s must be above 0 and net.offer_burst_per_submitter at least 1"
+                    .into(),
+            ));
+        }
         if self.net.max_request_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "net.max_request_bytes must be at least 1024".into(),

@@ -90,6 +90,12 @@ pub async fn start_with(
     cancel: CancellationToken,
 ) -> anyhow::Result<Node> {
     cfg.validate()?;
+    // This node paces its own offers to the per-submitter limit it applies to others'.
+    let jobs_cfg = JobsConfig {
+        offers_per_s: cfg.net.offers_per_submitter_per_s,
+        offer_burst: cfg.net.offer_burst_per_submitter,
+        ..jobs_cfg
+    };
     let exec_cfg = ExecutorConfig {
         workers: cfg.jobs.threads,
         linger: std::time::Duration::from_millis(cfg.jobs.batch_linger_ms),

@@ -68,6 +68,9 @@ pub struct DoneRecord {
     pub energy_uwh: u64,
 }
 
+/// Bytes of sled's page cache.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The node's sled database (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
@@ -95,6 +98,8 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(200))
+            // sled's default page cache is 1 GiB, which a car's node would fill with cold records.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| StoreError::Sled {
                 path: path.clone(),
@@ -108,6 +113,7 @@ impl Store {
         let path = "temporary".to_string();
         let db = sled::Config::new()
             .temporary(true)
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| StoreError::Sled {
                 path: path.clone(),

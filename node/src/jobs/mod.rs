@@ -76,6 +76,12 @@ pub struct JobsConfig {
     pub payers: Payers,
     /// The budgets this node pays its own jobs from (signatures checked when they were loaded).
     pub budgets: Vec<Signed<Budget>>,
+    /// Offers this node publishes per second, sustained, and at once: the fleet's per-submitter gossip
+    /// limit (`[net] offers_per_submitter_per_s`), so that its offers are not dropped on the way; more
+    /// submissions wait their turn.
+    pub offers_per_s: f64,
+    /// ... at once.
+    pub offer_burst: f64,
 }
 
 impl JobsConfig {
@@ -122,6 +128,8 @@ impl Default for JobsConfig {
             bid_window_ms: 25,
             payers: Payers::default(),
             budgets: Vec::new(),
+            offers_per_s: crate::net::config::NetConfig::default().offers_per_submitter_per_s,
+            offer_burst: crate::net::config::NetConfig::default().offer_burst_per_submitter,
         }
     }
 }
@@ -254,6 +262,8 @@ struct Inner {
     /// Held across one submission with an idempotency key (outside the three locks above, which it
     /// takes one at a time).
     keyed: tokio::sync::Mutex<()>,
+    /// The offer pacer's token bucket: (tokens, when last filled). Held while an offer waits its turn.
+    pacer: tokio::sync::Mutex<(f64, std::time::Instant)>,
 }
 
 /// The job roles of one node (cheap to clone).
@@ -335,6 +345,7 @@ impl Jobs {
             decided: std::collections::VecDeque::new(),
             evicted: (0, 0),
         };
+        let burst = cfg.offer_burst.max(1.0);
         Self {
             inner: Arc::new(Inner {
                 key,
@@ -351,6 +362,7 @@ impl Jobs {
                 worker: Mutex::new(WorkerSide::default()),
                 book: Mutex::new(ReceiptBook::default()),
                 keyed: tokio::sync::Mutex::new(()),
+                pacer: tokio::sync::Mutex::new((burst, std::time::Instant::now())),
             }),
         }
     }

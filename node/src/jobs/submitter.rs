@@ -85,6 +85,7 @@ impl Jobs {
             .registry()
             .get(&model)
             .map_or(AgreementRule::Exact, |m| m.manifest().rule);
+        self.paced().await;
         let offer = self.new_offer(model, JobInput::Inline(input), rule, replicas)?;
         let id = offer.id();
         if let Some(key) = key {
@@ -97,6 +98,25 @@ impl Jobs {
         }
         self.inner.metrics.jobs_submitted.inc();
         Ok(id)
+    }
+
+    /// Waits until this node may publish another offer under its pace ([`JobsConfig::offers_per_s`]):
+    /// an offer faster than the fleet takes would be dropped on its way and its job starve. The offer
+    /// is made after the wait, so its times start when it leaves.
+    async fn paced(&self) {
+        let cfg = &self.inner.cfg;
+        let (rate, burst) = (cfg.offers_per_s.max(0.001), cfg.offer_burst.max(1.0));
+        let mut bucket = self.inner.pacer.lock().await;
+        loop {
+            let now = std::time::Instant::now();
+            bucket.0 = (bucket.0 + rate * now.duration_since(bucket.1).as_secs_f64()).min(burst);
+            bucket.1 = now;
+            if bucket.0 >= 1.0 {
+                bucket.0 -= 1.0;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs_f64((1.0 - bucket.0) / rate)).await;
+        }
     }
 
     /// A fresh offer (new nonce and times) signed by this node.
@@ -232,6 +252,7 @@ impl Jobs {
                     (true, None) => (old.replicas.max(2), false),
                     (a, _) => (old.replicas, a),
                 };
+                this.paced().await;
                 let offered = match this.new_offer(old.model, old.input.clone(), old.rule, replicas) {
                     Ok(fresh) => this.offer(original, fresh, adaptive).await,
                     Err(e) => Err(e),

@@ -5,8 +5,8 @@
 use fleetmesh_consensus::submitter::Randomness;
 use fleetmesh_protocol::codec;
 use fleetmesh_protocol::messages::{
-    Assignment, Bid, JobInput, JobOffer, Reply, ResultCommit, ResultReveal, RevealRequest, Withdraw,
-    WithdrawReason, WorkClaim, WorkReport,
+    Assignment, Bid, JobInput, JobOffer, Reply, ReplyCode, ResultCommit, ResultReveal, RevealRequest,
+    Withdraw, WithdrawReason, WorkClaim, WorkReport,
 };
 use fleetmesh_protocol::{JobId, NodeId, Signed};
 use tracing::{Instrument, debug, warn};
@@ -63,7 +63,15 @@ impl Jobs {
         let id = offer.id();
         let (est_ms, job_ms) = {
             let mut side = self.worker();
-            let busy = side.work.values().filter(|w| !w.revealed).count();
+            // Capacity is compute: work still computing, within its deadline. Computed work waiting for
+            // its reveal costs nothing (and waits in vain if its submitter restarted and offered the job
+            // again under a new offer).
+            let now = now_ms();
+            let busy = side
+                .work
+                .values()
+                .filter(|w| w.done.is_none() && w.offer.deadline_ms > now)
+                .count();
             if busy >= self.inner.cfg.max_active_work || side.offers.contains_key(&id) {
                 return;
             }
@@ -99,11 +107,23 @@ impl Jobs {
         };
         let net = self.inner.net.clone();
         self.spawn(async move {
-            if let Err(e) = net
-                .request(net::peer_id_of(&offer.submitter), codec::encode(&signed))
-                .await
-            {
-                debug!(job = %id.short(), error = %e, "bid not delivered");
+            // A bid that cannot reach the submitter (no connection to it yet: it just restarted, or the
+            // link is slow to come up) is sent again, backing off from 250 ms, while the offer is open.
+            let bytes = codec::encode(&signed);
+            let mut backoff = std::time::Duration::from_millis(250);
+            loop {
+                let Err(e) = net
+                    .request(net::peer_id_of(&offer.submitter), bytes.clone())
+                    .await
+                else {
+                    return;
+                };
+                if now_ms().saturating_add(backoff.as_millis() as u64) >= offer.expires_ms {
+                    debug!(job = %id.short(), error = %e, "bid not delivered");
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
             }
         });
     }
@@ -255,13 +275,29 @@ impl Jobs {
         let bytes = codec::encode(&signed);
         let mut backoff = std::time::Duration::from_millis(250);
         loop {
-            let Err(e) = self
+            let e = match self
                 .inner
                 .net
                 .request(net::peer_id_of(&submitter), bytes.clone())
                 .await
-            else {
-                return;
+            {
+                Ok(answer) => {
+                    // Refused: the submitter replaced this worker (it timed out, or its connection
+                    // dropped) or the job is over. The work is dropped, so it takes no capacity.
+                    if let Ok(Reply { code, detail }) = codec::decode::<Reply>(&answer)
+                        && code == ReplyCode::Refused
+                    {
+                        debug!(job = %job.short(), %detail, "commit refused; dropping the work");
+                        if let Some(w) = self.worker().work.remove(&job) {
+                            w.cancel.cancel();
+                        }
+                        if let Err(e) = self.inner.store.remove_work(&job) {
+                            warn!(job = %job.short(), error = %e, "cannot forget refused work");
+                        }
+                    }
+                    return;
+                }
+                Err(e) => e,
             };
             let late = now_ms().saturating_add(backoff.as_millis() as u64) >= deadline_ms;
             if late || !self.worker().work.contains_key(&job) {

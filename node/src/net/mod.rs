@@ -374,7 +374,11 @@ pub fn start(
                         max_response: fleetmesh_protocol::messages::MAX_CHUNK_SIZE as usize + 4096,
                     },
                     [(codec::REQUEST_PROTOCOL, request_response::ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+                    // A submitter with many jobs in flight takes many bids, commits and reports from
+                    // one worker at once (each request is small and size-limited).
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(1_024),
                 );
                 Ok(Behaviour {
                     identify,
