@@ -104,7 +104,8 @@ echo "baseline ..." >&2
 rss_base=$(rss)
 base=$(load "$seconds")
 
-flooded() { # payer key or nothing -> jobs/s during a flood
+flooded() { # payer key or nothing -> jobs/s during a flood (the phase's peak RSS: $dir/sampling.peak)
+    rm -f "$dir/sampling.peak"
     touch "$dir/sampling"
     sample_peak "$dir/sampling" &
     local sampler=$!
@@ -119,9 +120,11 @@ flooded() { # payer key or nothing -> jobs/s during a flood
 }
 echo "flood from fresh unfunded keys ..." >&2
 unfunded=$(flooded)
+rss_peak_unfunded=$(cat "$dir/sampling.peak" 2>/dev/null || echo "$rss_base")
 echo "flood from one funded submitter ..." >&2
 funded=$(flooded "$dir/payer.key")
-rss_peak=$(cat "$dir/sampling.peak" 2>/dev/null || echo "$rss_base")
+rss_peak_funded=$(cat "$dir/sampling.peak" 2>/dev/null || echo "$rss_base")
+rss_peak=$(( rss_peak_unfunded > rss_peak_funded ? rss_peak_unfunded : rss_peak_funded ))
 unfunded_dropped=$(dropped Unfunded)
 rate_limited=$(dropped RateLimited)
 "$root/scripts/testnet.sh" stop >/dev/null
@@ -132,9 +135,9 @@ printf '\n%-34s %10s\n' "phase" "jobs/s"
 printf '%-34s %10s\n' "no flood" "$base"
 printf '%-34s %10s  (%sx)\n' "flood, unfunded fresh keys" "$unfunded" "$(ratio "$unfunded" "$base")"
 printf '%-34s %10s  (%sx)\n' "flood, one funded submitter" "$funded" "$(ratio "$funded" "$base")"
-printf 'testnet RSS: %s MB before, %s MB peak (%sx); offers dropped unfunded %s, rate-limited %s; disk %+d kB\n' \
-    "$rss_base" "$rss_peak" "$(ratio "$rss_peak" "$rss_base")" "$unfunded_dropped" "$rate_limited" \
-    $((disk_after - disk_before))
+printf 'testnet RSS: %s MB before, peak %s MB during the unfunded flood and %s MB during the funded one (%sx at most); offers dropped unfunded %s, rate-limited %s; disk %+d kB\n' \
+    "$rss_base" "$rss_peak_unfunded" "$rss_peak_funded" "$(ratio "$rss_peak" "$rss_base")" "$unfunded_dropped" \
+    "$rate_limited" $((disk_after - disk_before))
 printf '{"offers":%s,"seconds":%s,"baseline_jobs_per_s":%s,"unfunded_jobs_per_s":%s,"unfunded_ratio":%s,"funded_jobs_per_s":%s,"funded_ratio":%s,"rss_baseline_mb":%s,"rss_peak_mb":%s,"rss_ratio":%s,"dropped_unfunded":%s,"dropped_rate_limited":%s,"disk_growth_kb":%s}\n' \
     "$offers" "$seconds" "$base" "$unfunded" "$(ratio "$unfunded" "$base")" "$funded" "$(ratio "$funded" "$base")" \
     "$rss_base" "$rss_peak" "$(ratio "$rss_peak" "$rss_base")" "$unfunded_dropped" "$rate_limited" \

@@ -216,8 +216,8 @@ impl Job {
     }
 
     /// Workers that count toward the job's limit of `replicas + max_extra`: every one assigned except
-    /// those that timed out or handed the job back (they produced nothing; a job replaces them for as
-    /// long as it has bids, and fails only when no worker is left).
+    /// those that timed out or handed the job back (they produced nothing, so a job replaces them while
+    /// it has bids; each worker is drawn at most once, and the deadline still ends the job).
     fn counted(&self) -> usize {
         self.slots
             .values()

@@ -345,7 +345,6 @@ impl Jobs {
             decided: std::collections::VecDeque::new(),
             evicted: (0, 0),
         };
-        let burst = cfg.offer_burst.max(1.0);
         Self {
             inner: Arc::new(Inner {
                 key,
@@ -362,7 +361,8 @@ impl Jobs {
                 worker: Mutex::new(WorkerSide::default()),
                 book: Mutex::new(ReceiptBook::default()),
                 keyed: tokio::sync::Mutex::new(()),
-                pacer: tokio::sync::Mutex::new((burst, std::time::Instant::now())),
+                // Empty at start: peers keep this submitter's bucket across its restart.
+                pacer: tokio::sync::Mutex::new((0.0, std::time::Instant::now())),
             }),
         }
     }

@@ -56,6 +56,11 @@ impl Jobs {
                             self.act_all(actions);
                             reply(Reply::accepted())
                         }
+                        // A commit sent again (after the worker restarted, or lost the reply) by a worker
+                        // still in the job: taken already; the worker must keep its work for the reveal.
+                        Err(fleetmesh_consensus::submitter::SubmitError::Job(
+                            fleetmesh_consensus::job::JobError::OutOfOrder,
+                        )) => reply(Reply::accepted()),
                         Err(_) => refuse("commit not expected"),
                     }
                 }

@@ -105,7 +105,11 @@ impl Jobs {
     /// is made after the wait, so its times start when it leaves.
     async fn paced(&self) {
         let cfg = &self.inner.cfg;
-        let (rate, burst) = (cfg.offers_per_s.max(0.001), cfg.offer_burst.max(1.0));
+        // A little under the fleet's limit, so that jitter on the way does not push offers over it.
+        let (rate, burst) = (
+            0.9 * cfg.offers_per_s.max(0.001),
+            (0.9 * cfg.offer_burst).max(1.0),
+        );
         let mut bucket = self.inner.pacer.lock().await;
         loop {
             let now = std::time::Instant::now();

@@ -72,9 +72,17 @@ fn decode<T: Signable>(data: &[u8]) -> Result<Signed<T>, GossipOutcome> {
     if data.len() > <Signed<T> as Message>::MAX_LEN {
         return Err(GossipOutcome::Oversize);
     }
-    // Another protocol version is a peer not yet (or no longer) upgraded, not an attacker.
-    if data.first().is_some_and(|v| *v != codec::PROTOCOL_VERSION) {
-        return Err(GossipOutcome::OtherVersion);
+    // A neighbouring protocol version with a known kind is a peer not yet (or no longer) upgraded, not an
+    // attacker; anything else that does not decode is malformed (and costs its sender).
+    if let [version, tag, ..] = data
+        && *version != codec::PROTOCOL_VERSION
+    {
+        let neighbour = version.abs_diff(codec::PROTOCOL_VERSION) == 1;
+        return Err(if neighbour && codec::Kind::from_tag(*tag).is_some() {
+            GossipOutcome::OtherVersion
+        } else {
+            GossipOutcome::Malformed
+        });
     }
     codec::decode(data).map_err(classify)
 }
