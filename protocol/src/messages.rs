@@ -36,6 +36,14 @@ pub const MAX_CHUNK_SIZE: u32 = 4 * 1024 * 1024;
 /// Most dimensions of a tensor spec.
 pub const MAX_RANK: usize = 8;
 
+/// Refuses a message whose worker and submitter are one key (a node never judges, pays or assigns itself).
+fn distinct_parties(kind: Kind, worker: &NodeId, submitter: &NodeId) -> Result<(), DecodeError> {
+    if worker == submitter {
+        return Err(DecodeError::invalid(kind, "worker and submitter are one key"));
+    }
+    Ok(())
+}
+
 fn check_name(kind: Kind, s: &str, what: &'static str) -> Result<(), DecodeError> {
     if s.is_empty() || s.len() > MAX_NAME || !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(DecodeError::invalid(kind, what));
@@ -324,13 +332,7 @@ impl Message for Assignment {
     const MAX_LEN: usize = 192;
 
     fn validate(&self) -> Result<(), DecodeError> {
-        if self.worker == self.submitter {
-            return Err(DecodeError::invalid(
-                Self::KIND,
-                "worker and submitter are one key",
-            ));
-        }
-        Ok(())
+        distinct_parties(Self::KIND, &self.worker, &self.submitter)
     }
 }
 
@@ -504,13 +506,7 @@ impl Message for WorkClaim {
     const MAX_LEN: usize = 256;
 
     fn validate(&self) -> Result<(), DecodeError> {
-        if self.worker == self.submitter {
-            return Err(DecodeError::invalid(
-                Self::KIND,
-                "worker and submitter are one key",
-            ));
-        }
-        Ok(())
+        distinct_parties(Self::KIND, &self.worker, &self.submitter)
     }
 }
 
@@ -547,10 +543,7 @@ impl Message for Receipt {
     const MAX_LEN: usize = 768;
 
     fn validate(&self) -> Result<(), DecodeError> {
-        self.claim
-            .body
-            .validate()
-            .map_err(|_| DecodeError::invalid(Self::KIND, "worker and submitter are one key"))?;
+        distinct_parties(Self::KIND, &self.claim.body.worker, &self.claim.body.submitter)?;
         if self.verdict == Verdict::Rejected && self.credit != 0 {
             return Err(DecodeError::invalid(
                 Self::KIND,
@@ -695,13 +688,7 @@ impl Message for RevealRequest {
     const MAX_LEN: usize = 128;
 
     fn validate(&self) -> Result<(), DecodeError> {
-        if self.worker == self.submitter {
-            return Err(DecodeError::invalid(
-                Self::KIND,
-                "worker and submitter are one key",
-            ));
-        }
-        Ok(())
+        distinct_parties(Self::KIND, &self.worker, &self.submitter)
     }
 }
 

@@ -167,6 +167,19 @@ struct SubmitterSide {
 pub const MAX_DECIDED_KEPT: usize = 4_096;
 
 impl SubmitterSide {
+    /// Around `core`, with no job submitted yet.
+    fn new(core: Submitter) -> Self {
+        Self {
+            core,
+            jobs: HashMap::new(),
+            by_offer: HashMap::new(),
+            to_reoffer: Vec::new(),
+            reoffering: false,
+            decided: std::collections::VecDeque::new(),
+            evicted: (0, 0),
+        }
+    }
+
     /// Notes that `original` was decided; the oldest decided jobs beyond [`MAX_DECIDED_KEPT`] leave memory.
     fn decided(&mut self, original: JobId) {
         self.decided.push_back(original);
@@ -336,15 +349,7 @@ impl Jobs {
         metrics: Metrics,
     ) -> Self {
         let me = key.node_id();
-        let submitter = SubmitterSide {
-            core: Submitter::new(me, cfg.submitter_config()),
-            jobs: HashMap::new(),
-            by_offer: HashMap::new(),
-            to_reoffer: Vec::new(),
-            reoffering: false,
-            decided: std::collections::VecDeque::new(),
-            evicted: (0, 0),
-        };
+        let submitter = SubmitterSide::new(Submitter::new(me, cfg.submitter_config()));
         Self {
             inner: Arc::new(Inner {
                 key,
@@ -482,15 +487,7 @@ mod tests {
     #[test]
     fn decided_jobs_beyond_the_limit_leave_memory_and_stay_counted() {
         let me = NodeKey::from_seed([1; 32]).node_id();
-        let mut side = SubmitterSide {
-            core: Submitter::new(me, SubmitterConfig::default()),
-            jobs: HashMap::new(),
-            by_offer: HashMap::new(),
-            to_reoffer: Vec::new(),
-            reoffering: false,
-            decided: std::collections::VecDeque::new(),
-            evicted: (0, 0),
-        };
+        let mut side = SubmitterSide::new(Submitter::new(me, SubmitterConfig::default()));
         let total = MAX_DECIDED_KEPT as u64 + 10;
         let mut first = None;
         for n in 0..total {
