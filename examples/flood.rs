@@ -9,7 +9,7 @@
 //! Without `PAYER_KEY` every offer comes from a fresh submitter key with a budget of a payer of the
 //! attacker's own (unfunded: no honest node honours it). With the key file of a payer the fleet honours,
 //! all offers come from one submitter that payer funded (a paying submitter gone rogue). Prints one JSON
-//! line: offers published, seconds taken.
+//! line: offers published (those gossipsub took), offers asked for, seconds taken.
 
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let expires = fleetmesh_node::clock::now_ms() + 3_600_000;
     let rogue = fresh_key()?;
     let t0 = Instant::now();
+    let mut published = 0u64;
     for n in 0..offers {
         let data = match &payer {
             // One funded submitter.
@@ -112,7 +113,10 @@ async fn main() -> anyhow::Result<()> {
                 offer(&key, budget, n)?
             }
         };
-        let _ = client.publish(Topic::Offers, data).await;
+        // gossipsub refuses a publish when no peer takes the topic: only offers that left count.
+        if client.publish(Topic::Offers, data).await.is_ok() {
+            published += 1;
+        }
         // Keep to the asked rate.
         let due = Duration::from_secs_f64(seconds * (n + 1) as f64 / offers as f64);
         if let Some(wait) = due.checked_sub(t0.elapsed()) {
@@ -121,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({ "published": offers, "seconds": t0.elapsed().as_secs_f64(), "funded": payer.is_some() })
+        serde_json::json!({ "published": published, "asked": offers, "seconds": t0.elapsed().as_secs_f64(), "funded": payer.is_some() })
     );
     Ok(())
 }

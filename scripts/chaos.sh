@@ -93,7 +93,11 @@ while kill -0 "$load_pid" 2>/dev/null; do
         { [ "$submitter_kills" -eq 1 ] && [ "$done_now" -ge $((2 * jobs / 3)) ]; }; }; then
         t0=$(date +%s.%N)
         restart 1
-        until api_up "$api"; do sleep 0.1; done
+        up_by=$(( $(date +%s) + 60 ))
+        until api_up "$api"; do
+            [ "$(date +%s)" -lt "$up_by" ] || { echo "the submitter did not come back within 60 s" >&2; break; }
+            sleep 0.1
+        done
         echo "$t0 $(date +%s.%N)" >> "$dir/restarts"
         submitter_kills=$((submitter_kills + 1))
         echo "submitter killed and restarted ($submitter_kills)" >&2

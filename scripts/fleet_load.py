@@ -39,6 +39,12 @@ def call(port, method, path, token=None, body=None, timeout=120):
         return json.load(r)
 
 
+def permanent(e):
+    """A refusal that asking again cannot change (bad request, unknown model): 4xx but for an
+    unauthorised (token being rewritten), timed out or rate-limited request."""
+    return isinstance(e, urllib.error.HTTPError) and 400 <= e.code < 500 and e.code not in (401, 408, 429)
+
+
 def read_token(path):
     with open(path) as f:
         return f.read().strip()
@@ -55,7 +61,9 @@ def rate(port, token_file, seconds, clients=8):
             try:
                 view = call(port, "POST", "/v1/jobs", token,
                             {"model": "digits", "input": PIXELS, "replicas": 2, "wait": True})
-            except Exception:
+            except Exception as e:
+                if permanent(e):
+                    sys.exit(f"the node refused the load for good: HTTP {e.code} {e.read().decode(errors='replace')}")
                 time.sleep(0.05)
                 continue
             if view.get("state") == "accepted":
@@ -78,6 +86,7 @@ def argmax(values):
 def batch(port, token_file, jobs, clients, prefix, timeline_file):
     ids = [None] * jobs
     retried = [0]
+    refused = []
     lock = threading.Lock()
     next_job = [0]
     stop_sampling = threading.Event()
@@ -109,7 +118,12 @@ def batch(port, token_file, jobs, clients, prefix, timeline_file):
                     view = call(port, "POST", "/v1/jobs", read_token(token_file), body, timeout=30)
                     ids[i] = view["job"]
                     break
-                except Exception:
+                except Exception as e:
+                    if permanent(e):
+                        with lock:
+                            refused.append(i)
+                        print(f"job {i} refused for good: HTTP {e.code}", file=sys.stderr)
+                        break
                     with lock:
                         retried[0] += 1
                     time.sleep(0.2)
@@ -124,9 +138,9 @@ def batch(port, token_file, jobs, clients, prefix, timeline_file):
     # Every job's verdict.
     deadline = time.time() + 600
     verdicts = {}
-    while len(verdicts) < jobs and time.time() < deadline:
+    while len(verdicts) < jobs - len(refused) and time.time() < deadline:
         for i, job in enumerate(ids):
-            if i in verdicts:
+            if i in verdicts or job is None:
                 continue
             try:
                 view = call(port, "GET", f"/v1/jobs/{job}", timeout=5)
@@ -136,7 +150,7 @@ def batch(port, token_file, jobs, clients, prefix, timeline_file):
             if view["state"] != "pending":
                 verdicts[i] = view
         else:
-            if len(verdicts) < jobs:
+            if len(verdicts) < jobs - len(refused):
                 time.sleep(0.5)
     stop_sampling.set()
     sampling.join()
@@ -144,7 +158,8 @@ def batch(port, token_file, jobs, clients, prefix, timeline_file):
     wrong = sum(1 for v in accepted if not v.get("values") or argmax(v["values"]) != EXPECTED_CLASS)
     print(json.dumps({
         "jobs": jobs,
-        "distinct_ids": len(set(ids)),
+        "distinct_ids": len(set(i for i in ids if i is not None)),
+        "refused": len(refused),
         "accepted": len(accepted),
         "failed": sum(1 for v in verdicts.values() if v["state"] == "failed"),
         "wrong": wrong,

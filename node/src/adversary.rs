@@ -1,6 +1,7 @@
-//! Adversarial worker behaviours, in one named place: they exist to test the fleet's defences (the demo's
-//! `--malicious`, the node tests). `fleetmesh run` cannot select any of them; the worker role asks this
-//! module, at three points, what a misbehaving worker would do instead of the honest thing.
+//! Adversarial behaviours, in one named place: they exist to test the fleet's defences (the demo's
+//! `--malicious`, the node tests). `fleetmesh run` cannot select any of them. The worker role asks this
+//! module, at three points, what a misbehaving worker would do instead of the honest thing; the model
+//! server asks it whether to tamper with a chunk it serves.
 
 use fleetmesh_protocol::messages::{Budget, Receipt, Verdict, WorkClaim};
 use fleetmesh_protocol::{JobId, NodeKey, Signed};
@@ -87,5 +88,26 @@ impl WorkerBehaviour {
         };
         let signature = key.sign_digest(&fleetmesh_protocol::signing::signing_digest(&body));
         Some(Signed { body, signature })
+    }
+}
+
+/// How a node serves model chunks to peers. Only tests set anything but [`ServeBehaviour::Honest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServeBehaviour {
+    /// Serves the true bytes.
+    #[default]
+    Honest,
+    /// Flips a byte in every chunk it serves (to test that fetchers refuse corrupted chunks).
+    CorruptChunks,
+}
+
+impl ServeBehaviour {
+    /// Changes a chunk about to be served the way this server lies (an honest one leaves it as it is).
+    pub fn tamper(self, chunk: &mut [u8]) {
+        if self == ServeBehaviour::CorruptChunks
+            && let Some(b) = chunk.first_mut()
+        {
+            *b ^= 0x5a;
+        }
     }
 }

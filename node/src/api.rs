@@ -120,6 +120,14 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
 }
 
+/// Runs `answer` on tokio's blocking threads: answers that read the store or go over every receipt
+/// (ledgers, statements, a job's view) must not hold an async worker thread.
+async fn off_thread(answer: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(answer)
+        .await
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("answer failed: {e}")))
+}
+
 async fn status(State(s): State<ApiState>) -> Response {
     match s.net.status().await {
         Ok(n) => Json(StatusResponse {
@@ -175,6 +183,10 @@ async fn recent_jobs(State(s): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
+    off_thread(move || metrics_text(&s)).await
+}
+
+fn metrics_text(s: &ApiState) -> Response {
     // This node's balance, from the ledger of the receipts it holds (computed when scraped).
     let mine = s.jobs.earnings().get(&s.node_id).copied().unwrap_or_default();
     s.metrics.credit.set(mine.credit as i64);
@@ -275,26 +287,32 @@ async fn submit(
     } else {
         StatusCode::ACCEPTED
     };
-    match s.jobs.view(&job) {
+    off_thread(move || match s.jobs.view(&job) {
         Some(view) => (code, Json(view)).into_response(),
         None => error(StatusCode::INTERNAL_SERVER_ERROR, "job vanished"),
-    }
+    })
+    .await
 }
 
 async fn job(State(s): State<ApiState>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
     let Ok(id) = id.parse::<fleetmesh_protocol::JobId>() else {
         return error(StatusCode::BAD_REQUEST, "a job id is 64 hex digits");
     };
-    match s.jobs.view(&id) {
+    off_thread(move || match s.jobs.view(&id) {
         Some(view) => Json(view).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             format!("no job {id} submitted from this node"),
         ),
-    }
+    })
+    .await
 }
 
 async fn earnings(State(s): State<ApiState>) -> Response {
+    off_thread(move || earnings_rows(&s)).await
+}
+
+fn earnings_rows(s: &ApiState) -> Response {
     let rows: Vec<serde_json::Value> = s
         .jobs
         .earnings()
@@ -342,6 +360,10 @@ async fn statement(
     if from_ms > to_ms {
         return error(StatusCode::BAD_REQUEST, "from_ms must not be after to_ms");
     }
+    off_thread(move || statement_of(&s, from_ms, to_ms)).await
+}
+
+fn statement_of(s: &ApiState, from_ms: u64, to_ms: u64) -> Response {
     let st = s.jobs.statement(from_ms, to_ms);
     let by_payer: Vec<serde_json::Value> = st
         .by_payer
@@ -407,16 +429,31 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// Why the local API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Its address could not be bound (in use, or not this machine's).
+    #[error("cannot bind the local API on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+}
+
 /// Binds the API and serves it until `cancel` fires. Returns the bound address and the server task.
 pub async fn serve(
     listen: SocketAddr,
     state: ApiState,
     cancel: CancellationToken,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ApiError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot bind the local API on {listen}: {e}"))?;
-    let addr = listener.local_addr()?;
+        .map_err(|source| ApiError::Bind { addr: listen, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ApiError::Bind { addr: listen, source })?;
     let app = router(state);
     let task = tokio::spawn(async move {
         let shutdown = async move { cancel.cancelled().await };

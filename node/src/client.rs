@@ -1,7 +1,7 @@
-//! A minimal client for a node's local HTTP API (loopback, HTTP/1.0, JSON), used by `fleetmesh submit`.
+//! A client for a node's local HTTP API (loopback, JSON, on `ureq`), used by `fleetmesh submit`, `status`
+//! and `earnings`, the examples and the tests.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Why a call to the local API failed.
@@ -23,6 +23,12 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// Answers larger than this are refused (the API's largest, `/v1/jobs` with outputs, is far smaller).
+const MAX_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long a connection to the local API may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Sends a request and returns the status code and the JSON body.
 pub fn call(
     addr: SocketAddr,
@@ -43,36 +49,8 @@ pub fn call_with_token(
     timeout: Duration,
     token: Option<&str>,
 ) -> Result<(u16, serde_json::Value), ClientError> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|source| ClientError::Unreachable { addr, source })?;
-    let protocol = |e: std::io::Error| ClientError::Protocol(e.to_string());
-    stream.set_read_timeout(Some(timeout)).map_err(protocol)?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(protocol)?;
-    let mut response = Vec::new();
-    stream
-        .take(16 * 1024 * 1024)
-        .read_to_end(&mut response)
-        .map_err(protocol)?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, json) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| ClientError::Protocol("no HTTP header".into()))?;
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| ClientError::Protocol("no status code".into()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| ClientError::Protocol(format!("body is not JSON: {e}")))?;
+    let (code, value) = exchange(addr, method, path, &body, timeout, token)?;
     if code >= 400 {
         let msg = value
             .get("error")
@@ -82,4 +60,63 @@ pub fn call_with_token(
         return Err(ClientError::Refused(msg));
     }
     Ok((code, value))
+}
+
+/// One request with a raw body, returning any status code (4xx and 5xx included) and the JSON answer.
+pub fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<(u16, serde_json::Value), ClientError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_global(Some(timeout + CONNECT_TIMEOUT))
+        // 4xx and 5xx answers carry the node's reason in JSON: read them, do not turn them into errors.
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("Content-Type", "application/json");
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(body.to_string())
+        .map_err(|e| ClientError::Protocol(format!("bad request: {e}")))?;
+    let mut response = agent.run(request).map_err(|e| failed(addr, e))?;
+    let code = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_ANSWER_BYTES)
+        .read_to_string()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ClientError::Protocol(format!("body is not JSON: {e}")))?;
+    Ok((code, value))
+}
+
+/// A failed call: nobody listening (or nothing answering within the connect timeout) is `Unreachable`;
+/// anything else is a protocol failure.
+fn failed(addr: SocketAddr, e: ureq::Error) -> ClientError {
+    use std::io::{Error, ErrorKind};
+    let source = match e {
+        ureq::Error::Io(io)
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset | ErrorKind::AddrNotAvailable
+            ) =>
+        {
+            io
+        }
+        ureq::Error::ConnectionFailed => Error::new(ErrorKind::ConnectionRefused, "connection failed"),
+        ureq::Error::Timeout(ureq::Timeout::Connect) => Error::new(ErrorKind::TimedOut, "connect timed out"),
+        other => return ClientError::Protocol(other.to_string()),
+    };
+    ClientError::Unreachable { addr, source }
 }

@@ -1,7 +1,7 @@
 //! `fleetmesh demo`: a local fleet in one process — real libp2p nodes on loopback TCP, each with its own key,
 //! executor and job roles — doing verified inference on the embedded digits model.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,7 +138,36 @@ pub fn node_config(bootstrap: Option<&Multiaddr>, peers: usize) -> NodeConfig {
     cfg
 }
 
-fn random_key() -> anyhow::Result<NodeKey> {
+/// Why a local fleet or the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The demo's settings cannot work (too few nodes for the replicas, say).
+    #[error("{0}")]
+    Settings(String),
+    /// A node could not start.
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    /// The mesh failed.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    /// A temporary database could not be made.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The digits model or its data could not be loaded or run.
+    #[error(transparent)]
+    Models(#[from] crate::inference::InferenceError),
+    /// A car refused a state change.
+    #[error(transparent)]
+    Car(#[from] crate::vehicle::ReportError),
+    /// The system gave no randomness for the fleet's keys.
+    #[error("no system randomness: {0}")]
+    Random(#[from] getrandom::Error),
+    /// The nodes did not all connect in time.
+    #[error("the fleet did not connect within 30 s")]
+    NotConnected,
+}
+
+fn random_key() -> Result<NodeKey, DemoError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)?;
     Ok(NodeKey::from_seed(seed))
@@ -162,13 +191,13 @@ pub struct Fleet {
 impl Fleet {
     /// Starts `n` nodes with fresh keys on loopback (node 1 is everyone's bootstrap peer) and waits until
     /// each is connected to all others.
-    pub async fn start(n: usize) -> anyhow::Result<Self> {
+    pub async fn start(n: usize) -> Result<Self, DemoError> {
         Self::start_with(n, 0, None).await
     }
 
     /// Like [`Fleet::start`], with nodes 2 to `malicious + 1` misbehaving (alternately always wrong and
     /// lazy), and each node on a simulated car if `cars` is given (stationary otherwise).
-    pub async fn start_with(n: usize, malicious: usize, cars: Option<FleetCars>) -> anyhow::Result<Self> {
+    pub async fn start_with(n: usize, malicious: usize, cars: Option<FleetCars>) -> Result<Self, DemoError> {
         let cancel = CancellationToken::new();
         let registry = Registry::with_defaults(None)?;
         // The fleet's own payer: every node honours it and holds a budget of it.
@@ -191,7 +220,9 @@ impl Fleet {
                     ..JobsConfig::default()
                 }
                 .funded_by(&payer, key.node_id());
-                node::start_with(key, cfg, registry, jobs, Default::default(), store, cancel).await
+                Ok::<_, DemoError>(
+                    node::start_with(key, cfg, registry, jobs, Default::default(), store, cancel).await?,
+                )
             }
         };
         let first = start_node(0, None, WorkerBehaviour::Honest).await?;
@@ -216,10 +247,9 @@ impl Fleet {
             if connected == nodes.len() {
                 break;
             }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(30),
-                "the fleet did not connect within 30 s"
-            );
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(DemoError::NotConnected);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(Self { nodes, cancel })
@@ -245,23 +275,27 @@ impl Fleet {
 }
 
 /// Runs the demo; progress goes to stderr.
-pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
-    anyhow::ensure!(
+pub async fn run(cfg: DemoConfig) -> Result<DemoSummary, DemoError> {
+    let settings = |ok: bool, why: String| if ok { Ok(()) } else { Err(DemoError::Settings(why)) };
+    settings(
         cfg.nodes > usize::from(cfg.replicas),
-        "need at least replicas + 1 nodes (one submits)"
-    );
+        "need at least replicas + 1 nodes (one submits)".into(),
+    )?;
     let honest = cfg.nodes - 1 - cfg.malicious.min(cfg.nodes - 1);
-    anyhow::ensure!(
+    settings(
         honest > cfg.malicious,
-        "--malicious {} leaves {honest} honest workers: honest workers must outnumber adversaries",
-        cfg.malicious
-    );
-    anyhow::ensure!(
+        format!(
+            "--malicious {} leaves {honest} honest workers: honest workers must outnumber adversaries",
+            cfg.malicious
+        ),
+    )?;
+    settings(
         cfg.drivers_return + usize::from(cfg.replicas) < cfg.nodes,
-        "--drivers-return {} leaves fewer than {} workers admitted",
-        cfg.drivers_return,
-        cfg.replicas
-    );
+        format!(
+            "--drivers-return {} leaves fewer than {} workers admitted",
+            cfg.drivers_return, cfg.replicas
+        ),
+    )?;
     eprintln!(
         "starting {} nodes on 127.0.0.1 ({} returning wrong outputs) ...",
         cfg.nodes, cfg.malicious
@@ -276,7 +310,7 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
     let model = submitter
         .registry()
         .by_name("digits")
-        .ok_or_else(|| anyhow::anyhow!("digits model missing"))?
+        .ok_or_else(|| DemoError::Settings("the digits model is missing".into()))?
         .id();
     let replication = if cfg.adaptive {
         "adaptive replication".to_string()
@@ -345,6 +379,13 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
     let mut done = 0;
     let mut last_print = Instant::now();
     let tty = std::io::stderr().is_terminal();
+    // Live progress: a bar on a terminal (indicatif), a line a second otherwise (logs, CI).
+    let bar = indicatif::ProgressBar::new(cfg.jobs as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("  [{bar:30}] {pos:>5}/{len} jobs  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("#>-"),
+    );
     while let Some((sample, result)) = rx.recv().await {
         let label = sample.label;
         done += 1;
@@ -353,10 +394,12 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
             for node in fleet.nodes.iter().rev().take(cfg.drivers_return) {
                 node.car.set_driver_in(true)?;
             }
-            eprintln!(
-                "  {} driver(s) got in: their cars' running jobs are preempted and handed back",
-                cfg.drivers_return
-            );
+            bar.suspend(|| {
+                eprintln!(
+                    "  {} driver(s) got in: their cars' running jobs are preempted and handed back",
+                    cfg.drivers_return
+                )
+            });
         }
         match result {
             Ok(r) => {
@@ -377,29 +420,22 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<DemoSummary> {
                 failed += 1;
             }
         }
-        // Live progress: redrawn in place on a terminal, a line a second otherwise.
-        let every = if tty {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(1)
-        };
-        if last_print.elapsed() > every || done == cfg.jobs {
+        let rate = verified as f64 / begun.elapsed().as_secs_f64().max(1e-9);
+        if tty {
+            bar.set_position(done as u64);
+            bar.set_message(format!(
+                "verified {verified}  failed {failed}  {rate:.1} verified jobs/s"
+            ));
+        } else if last_print.elapsed() > Duration::from_secs(1) || done == cfg.jobs {
             last_print = Instant::now();
-            let rate = verified as f64 / begun.elapsed().as_secs_f64().max(1e-9);
-            let line = format!(
+            eprintln!(
                 "  jobs {done:>5}/{}  verified {verified:>5}  failed {failed:>3}  {rate:>7.1} verified jobs/s",
                 cfg.jobs
             );
-            if tty {
-                eprint!("\r{line}");
-                let _ = std::io::stderr().flush();
-            } else {
-                eprintln!("{line}");
-            }
         }
     }
     if tty {
-        eprintln!();
+        bar.finish();
     }
     let elapsed = begun.elapsed().as_secs_f64();
     // Give the last receipts a moment to be gossiped.

@@ -18,9 +18,10 @@ use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, NetClient, NetEvent};
 use crate::share::{Share, ShareConfig};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::vehicle::Car;
 use fleetmesh_protocol::codec::{self, Kind};
+use fleetmesh_protocol::messages::Reply;
 
 /// A started node. Dropping it does not stop it: cancel the token given to [`start`], then [`Node::join`].
 pub struct Node {
@@ -50,6 +51,45 @@ impl Node {
     }
 }
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The database could not be opened (another process may hold it).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The configuration is not valid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The models could not be loaded.
+    #[error(transparent)]
+    Models(#[from] crate::inference::InferenceError),
+    /// A budget in the configuration is held by another node.
+    #[error("a budget of payer {payer} is held by {holder}, not by this node ({me})")]
+    ForeignBudget {
+        /// The budget's payer.
+        payer: fleetmesh_protocol::NodeId,
+        /// Who holds it.
+        holder: fleetmesh_protocol::NodeId,
+        /// This node.
+        me: fleetmesh_protocol::NodeId,
+    },
+    /// The car settings are not valid.
+    #[error("car: {0}")]
+    Car(String),
+    /// The network could not start.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// The API token could not be read or made.
+    #[error(transparent)]
+    Token(#[from] crate::keyfile::KeyFileError),
+    /// The system gave no randomness.
+    #[error("no system randomness: {0}")]
+    Random(#[from] getrandom::Error),
+    /// The local API could not bind its address.
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+}
+
 /// Starts a node with `key` and `cfg`, keeping its database in `home/db` and loading fetched models from
 /// `assets` (if given); it runs until `cancel` fires.
 pub async fn start(
@@ -58,7 +98,7 @@ pub async fn start(
     home: &std::path::Path,
     assets: Option<&std::path::Path>,
     cancel: CancellationToken,
-) -> anyhow::Result<Node> {
+) -> Result<Node, NodeError> {
     let store = Store::open(&home.join("db"))?;
     let mut cfg = cfg;
     if cfg.api.token_file.is_none() {
@@ -66,14 +106,12 @@ pub async fn start(
     }
     let registry = Registry::with_defaults(assets)?;
     let jobs = cfg.jobs.jobs_config()?;
-    for b in &jobs.budgets {
-        anyhow::ensure!(
-            b.body.holder == key.node_id(),
-            "a budget of payer {} is held by {}, not by this node ({})",
-            b.body.payer,
-            b.body.holder,
-            key.node_id()
-        );
+    if let Some(b) = jobs.budgets.iter().find(|b| b.body.holder != key.node_id()) {
+        return Err(NodeError::ForeignBudget {
+            payer: b.body.payer,
+            holder: b.body.holder,
+            me: key.node_id(),
+        });
     }
     start_with(key, cfg, registry, jobs, ShareConfig::default(), store, cancel).await
 }
@@ -88,7 +126,7 @@ pub async fn start_with(
     share_cfg: ShareConfig,
     store: Store,
     cancel: CancellationToken,
-) -> anyhow::Result<Node> {
+) -> Result<Node, NodeError> {
     cfg.validate()?;
     // This node paces its own offers to the per-submitter limit it applies to others'.
     let jobs_cfg = JobsConfig {
@@ -101,8 +139,7 @@ pub async fn start_with(
         linger: std::time::Duration::from_millis(cfg.jobs.batch_linger_ms),
         ..ExecutorConfig::default()
     };
-    let car =
-        Car::new(cfg.car_config(), exec_cfg.workers, Some(store.clone())).map_err(anyhow::Error::msg)?;
+    let car = Car::new(cfg.car_config(), exec_cfg.workers, Some(store.clone())).map_err(NodeError::Car)?;
     let mut metrics_registry = MetricsRegistry::default();
     let metrics = Metrics::register(&mut metrics_registry);
     // The network outlives the node's own cancellation by the moment it takes to hand running work back.
@@ -125,12 +162,16 @@ pub async fn start_with(
         car.clone(),
         metrics.clone(),
     );
-    jobs.resume();
+    // Reading back every receipt and record is disk work: off the async worker threads.
+    let resumer = jobs.clone();
+    tokio::task::spawn_blocking(move || resumer.resume())
+        .await
+        .map_err(|e| NodeError::Store(StoreError::Task(e.to_string())))?;
     let token = match &cfg.api.token_file {
         Some(path) => crate::keyfile::load_or_create_token(path)?,
         None => {
             let mut secret = [0u8; 32];
-            getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+            getrandom::fill(&mut secret)?;
             hex::encode(secret)
         }
     };
@@ -243,7 +284,12 @@ async fn handle_events(
                     let (jobs, share, net) = (jobs.clone(), share.clone(), net.clone());
                     tokio::spawn(async move {
                         let answer = match codec::peek_kind(&data) {
-                            Ok((Kind::ManifestRequest | Kind::ChunkRequest, false)) => share.on_request(&data),
+                            // Chunks are read from files and the store: off the async worker threads.
+                            Ok((Kind::ManifestRequest | Kind::ChunkRequest, false)) => {
+                                tokio::task::spawn_blocking(move || share.on_request(&data))
+                                    .await
+                                    .unwrap_or_else(|_| codec::encode(&Reply::refused("cannot serve now")))
+                            }
                             _ => jobs.on_request(peer, &data).await,
                         };
                         let _ = net.respond(channel, answer).await;

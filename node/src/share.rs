@@ -10,7 +10,7 @@
 //! `kill -9`) resumes with what it already has; a complete model is rebuilt from the store at start.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,20 +21,11 @@ use futures::StreamExt;
 use libp2p::PeerId;
 use tracing::{debug, info, warn};
 
+use crate::adversary::ServeBehaviour;
 use crate::inference::executor::Executor;
 use crate::inference::{self, FETCHABLE_ARCHITECTURES, InferenceError, Model, WeightsSource};
 use crate::net::NetClient;
 use crate::store::{Store, StoreError};
-
-/// How a node serves chunks. Only tests set anything but [`ServeBehaviour::Honest`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ServeBehaviour {
-    /// Serves the true bytes.
-    #[default]
-    Honest,
-    /// Flips a byte in every chunk it serves (to test that fetchers refuse corrupted chunks).
-    CorruptChunks,
-}
 
 /// Settings of model distribution.
 #[derive(Debug, Clone)]
@@ -219,6 +210,18 @@ impl Share {
     /// Installs the models fetched in earlier runs (complete in the store), and announces every model this
     /// node can serve.
     pub async fn start(&self) {
+        // Reading the stored chunks back and building models is disk and CPU work: off the async threads.
+        let this = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || this.install_stored()).await {
+            warn!(error = %e, "cannot install the models fetched earlier");
+        }
+        for model in self.inner.executor.registry().models() {
+            self.serve(model.as_ref()).await;
+        }
+    }
+
+    /// Installs the complete models the store holds from earlier runs; deletes those that cannot be used.
+    fn install_stored(&self) {
         let registry = self.inner.executor.registry();
         for manifest in self.inner.store.manifests() {
             let id = manifest.id();
@@ -242,9 +245,6 @@ impl Share {
                     self.discard(&id);
                 }
             }
-        }
-        for model in registry.models() {
-            self.serve(model.as_ref()).await;
         }
     }
 
@@ -356,11 +356,7 @@ impl Share {
         let Some(mut data) = data else {
             return refuse("chunk unavailable");
         };
-        if self.inner.cfg.behaviour == ServeBehaviour::CorruptChunks
-            && let Some(b) = data.first_mut()
-        {
-            *b ^= 0x5a;
-        }
+        self.inner.cfg.behaviour.tamper(&mut data);
         codec::encode(&Chunk {
             model: req.model,
             index: req.index,
@@ -436,7 +432,8 @@ impl Share {
             };
             let max = this.inner.cfg.max_download_bytes;
             if result.as_ref().is_err_and(|e| refused_for_good(e, max)) {
-                this.discard(&model);
+                let discarding = this.clone();
+                let _ = tokio::task::spawn_blocking(move || discarding.discard(&model)).await;
             }
             if result.is_ok() {
                 for then in waiting {
@@ -485,11 +482,18 @@ impl Share {
                 limit,
             });
         }
-        self.inner.store.put_manifest(&manifest)?;
-
-        let missing: Vec<usize> = (0..manifest.chunks.len())
-            .filter(|i| self.inner.store.chunk(&manifest.chunks[*i]).is_none())
-            .collect();
+        let chunks = manifest.chunks.clone();
+        let stored = manifest.clone();
+        let missing: Vec<usize> = self
+            .inner
+            .store
+            .off_thread(move |s| {
+                s.put_manifest(&stored)?;
+                Ok((0..chunks.len())
+                    .filter(|i| s.chunk(&chunks[*i]).is_none())
+                    .collect())
+            })
+            .await?;
         let mut report = FetchReport {
             reused: manifest.chunks.len() - missing.len(),
             providers: providers.len(),
@@ -497,7 +501,7 @@ impl Share {
         };
         info!(model = %name, id = %model.short(), chunks = manifest.chunks.len(), have = report.reused,
               providers = providers.len(), "fetching model from peers");
-        let progress = Progress::new(&name, manifest.chunks.len(), report.reused);
+        let progress = progress_bar(&name, manifest.chunks.len(), report.reused);
         let bad: Mutex<HashSet<PeerId>> = Mutex::new(HashSet::new());
         let corrupt = std::sync::atomic::AtomicUsize::new(0);
         let mut results = futures::stream::iter(missing)
@@ -508,7 +512,7 @@ impl Share {
             match result {
                 Ok(()) => {
                     report.fetched += 1;
-                    progress.step();
+                    progress.inc(1);
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -516,26 +520,29 @@ impl Share {
             }
         }
         drop(results);
-        progress.finish();
+        progress.finish_and_clear();
         report.corrupt_refused = corrupt.into_inner();
         if let Some(e) = first_error {
             return Err(e);
         }
         self.inner.store.flush().await?;
-        let weights = self
-            .assemble(&manifest)?
-            .ok_or_else(|| FetchError::ChunkUnavailable {
-                model: name.clone(),
-                index: 0,
-            })?;
+        // Reading the chunks back and building the model: off the async worker threads.
         let built = {
-            let manifest = manifest.clone();
-            tokio::task::spawn_blocking(move || inference::build(&manifest, &weights))
-                .await
-                .map_err(|e| InferenceError::Weights {
-                    model: name.clone(),
-                    reason: e.to_string(),
-                })??
+            let (this, manifest) = (self.clone(), manifest.clone());
+            tokio::task::spawn_blocking(move || {
+                let weights = this
+                    .assemble(&manifest)?
+                    .ok_or_else(|| FetchError::ChunkUnavailable {
+                        model: manifest.name.clone(),
+                        index: 0,
+                    })?;
+                Ok::<_, FetchError>(inference::build(&manifest, &weights)?)
+            })
+            .await
+            .map_err(|e| InferenceError::Weights {
+                model: name.clone(),
+                reason: e.to_string(),
+            })??
         };
         self.inner.executor.registry().insert(built.clone());
         self.serve(built.as_ref()).await;
@@ -595,7 +602,10 @@ impl Share {
             };
             match codec::decode::<Chunk>(&answer) {
                 Ok(c) if c.model == model && c.index as usize == index && ChunkId::of(&c.data) == want => {
-                    self.inner.store.put_chunk(&want, &c.data)?;
+                    self.inner
+                        .store
+                        .off_thread(move |s| s.put_chunk(&want, &c.data))
+                        .await?;
                     return Ok(());
                 }
                 Ok(_) => {
@@ -621,52 +631,19 @@ fn read_range(path: &std::path::Path, offset: u64, len: usize) -> std::io::Resul
     Ok(buf)
 }
 
-/// A progress bar on a terminal's stderr; nothing otherwise (logs say when a fetch starts and ends).
-struct Progress {
-    name: String,
-    total: usize,
-    done: std::sync::atomic::AtomicUsize,
-    tty: bool,
-}
-
-impl Progress {
-    fn new(name: &str, total: usize, done: usize) -> Self {
-        let p = Self {
-            name: name.into(),
-            total,
-            done: done.into(),
-            tty: std::io::stderr().is_terminal(),
-        };
-        p.draw();
-        p
-    }
-
-    fn step(&self) {
-        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.draw();
-    }
-
-    fn draw(&self) {
-        if !self.tty || self.total == 0 {
-            return;
-        }
-        let done = self.done.load(std::sync::atomic::Ordering::Relaxed);
-        let filled = done * 30 / self.total;
-        let _ = write!(
-            std::io::stderr(),
-            "\rfetching {} [{}{}] {done}/{} chunks",
-            self.name,
-            "#".repeat(filled),
-            " ".repeat(30 - filled),
-            self.total
-        );
-    }
-
-    fn finish(&self) {
-        if self.tty {
-            let _ = writeln!(std::io::stderr());
-        }
-    }
+/// A progress bar on a terminal's stderr (indicatif draws nothing when stderr is not a terminal; logs
+/// say when a fetch starts and ends).
+fn progress_bar(name: &str, total: usize, done: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64).with_position(done as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "fetching {prefix} [{bar:30}] {pos}/{len} chunks ({eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("#>-"),
+    );
+    bar.set_prefix(name.to_string());
+    bar
 }
 
 impl std::fmt::Debug for Share {

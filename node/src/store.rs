@@ -30,6 +30,9 @@ pub enum StoreError {
     /// A record could not be encoded.
     #[error("cannot encode a {0} record")]
     Encode(&'static str),
+    /// A store task on the blocking threads did not finish (it panicked, or the runtime is stopping).
+    #[error("store task failed: {0}")]
+    Task(String),
 }
 
 /// A job this node submitted: the offer now in force (a job re-offered after a restart gets a fresh offer)
@@ -158,6 +161,21 @@ impl Store {
         match tokio::task::spawn_blocking(move || db.flush()).await {
             Ok(result) => result.map(|_| ()).map_err(|e| self.err(e)),
             Err(e) => Err(self.err(sled::Error::ReportableBug(format!("flush task failed: {e}")))),
+        }
+    }
+
+    /// Runs `op` on this store on tokio's blocking threads: what async code calls instead of a store
+    /// method, since sled may block on the disk (its log, a page not in the cache) and async worker
+    /// threads must not.
+    pub async fn off_thread<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || op(&store)).await {
+            Ok(result) => result,
+            Err(e) => Err(StoreError::Task(e.to_string())),
         }
     }
 

@@ -206,7 +206,12 @@ async fn a_returning_driver_preempts_running_work_within_a_second_and_the_job_co
     assert!(!agreeing.contains(&car.jobs.node_id()));
 
     // No credit for the preempted car or for the car that did not bid; the others' receipts carry energy.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paid_jobs = || submitter.jobs.earnings().values().map(|e| e.jobs).sum::<u64>();
+    assert!(
+        common::eventually(Duration::from_secs(10), || paid_jobs() >= 4).await,
+        "only {} jobs paid",
+        paid_jobs()
+    );
     let ledger = submitter.jobs.earnings();
     assert!(
         ledger.get(&car.jobs.node_id()).is_none_or(|e| e.credit == 0),
@@ -262,7 +267,12 @@ async fn the_submitter_prefers_an_awake_car_in_off_peak_hours_and_the_other_stay
             .unwrap();
         submitter.jobs.wait(id).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paid_jobs = || submitter.jobs.earnings().values().map(|e| e.jobs).sum::<u64>();
+    assert!(
+        common::eventually(Duration::from_secs(10), || paid_jobs() >= 10).await,
+        "only {} jobs paid",
+        paid_jobs()
+    );
     let ledger = submitter.jobs.earnings();
     let jobs_of = |n: &fleetmesh_node::node::Node| ledger.get(&n.jobs.node_id()).map_or(0, |e| e.jobs);
     assert_eq!((jobs_of(offpeak), jobs_of(peak)), (10, 0), "{ledger:?}");

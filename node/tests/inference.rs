@@ -35,7 +35,7 @@ fn mnist_or_skip() -> Option<(MnistCnn, Vec<mnist::LabelledImage>)> {
 }
 
 #[test]
-fn digits_held_out_accuracy_is_at_least_95_percent() {
+fn digits_held_out_accuracy_is_the_readmes_98_percent() {
     let model = Digits::embedded().unwrap();
     let held_out = digits::held_out().unwrap();
     assert_eq!(held_out.len(), 359);
@@ -45,7 +45,8 @@ fn digits_held_out_accuracy_is_at_least_95_percent() {
         accuracy * 100.0,
         held_out.len()
     );
-    assert!(accuracy >= 0.95, "held-out accuracy {accuracy}");
+    // The README's figure: 98.05 % (352 of 359; the weights are committed and inference is exact).
+    assert!(accuracy >= 352.0 / 359.0, "held-out accuracy {accuracy}");
 }
 
 /// Bitwise determinism of a model: repeated runs, batch positions, and rayon thread counts.
@@ -116,7 +117,8 @@ fn mnist_cnn_matches_pytorch_accuracy_and_golden_logits() {
     }
     let accuracy = correct as f64 / images.len() as f64;
     println!("mnist-cnn accuracy {accuracy:.4} on 5,000 images (PyTorch: 0.9970)");
-    assert!(accuracy >= 0.995, "accuracy {accuracy}");
+    // The README's figure (and PyTorch's on the same weights): 0.997.
+    assert!(accuracy >= 0.997, "accuracy {accuracy}");
 }
 
 #[test]

@@ -93,7 +93,8 @@ fn embeddings_match_the_pytorch_reference() {
         "max abs difference to PyTorch: {worst:.2e} over {} sentences",
         items.len()
     );
-    assert!(worst <= 1e-4, "max abs difference {worst}");
+    // The README's bound (2e-7 measured on this machine kind).
+    assert!(worst <= 1e-6, "max abs difference {worst}");
 }
 
 #[test]

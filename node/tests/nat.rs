@@ -106,6 +106,19 @@ fn peer_id(home: &std::path::Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Waits until a line of the log at `path` contains every one of `needles`, for at most `deadline`.
+fn wait_for_log(path: &std::path::Path, needles: &[&str], deadline: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 fn spawn_in(ns: &str, home: &std::path::Path, log: &std::path::Path, args: &[String]) -> Child {
     let out = std::fs::File::create(log).unwrap();
     Command::new("ip")
@@ -168,7 +181,14 @@ fn dcutr_upgrades_a_relayed_connection_between_two_natted_nodes() {
             s("server"),
         ],
     )];
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_for_log(
+            &dir.path().join("relay.log"),
+            &["listening", "quic-v1"],
+            Duration::from_secs(10)
+        ),
+        "the relay did not start listening"
+    );
     // B reserves a circuit at the relay and listens only there (and on its private QUIC port).
     let relay_b = format!("/ip4/10.77.2.1/udp/{port}/quic-v1/p2p/{relay_id}");
     children.push(spawn_in(
@@ -184,7 +204,15 @@ fn dcutr_upgrades_a_relayed_connection_between_two_natted_nodes() {
             relay_b.clone(),
         ],
     ));
-    std::thread::sleep(Duration::from_secs(2));
+    // B listens on the circuit once the relay accepted its reservation.
+    assert!(
+        wait_for_log(
+            &dir.path().join("b.log"),
+            &["listening", "p2p-circuit"],
+            Duration::from_secs(15)
+        ),
+        "B got no reservation at the relay"
+    );
     // A dials B through the relay; DCUtR should then punch a direct QUIC path through both NATs.
     let relay_a = format!("/ip4/10.77.1.1/udp/{port}/quic-v1/p2p/{relay_id}");
     children.push(spawn_in(

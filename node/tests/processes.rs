@@ -1,8 +1,6 @@
 //! Multi-process tests: real `fleetmesh` binaries on loopback, started as a user would.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +19,7 @@ fn testnet_pids(file: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Sends one HTTP/1.0 request to a local API, returning the status code and the JSON body.
+/// Sends one request to a local API, returning the status code and the JSON body.
 fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, serde_json::Value)> {
     request(port, method, path, body, None)
 }
@@ -39,22 +37,8 @@ fn request(
     body: &str,
     token: Option<&str>,
 ) -> Option<(u16, serde_json::Value)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let json = serde_json::from_str(response.split("\r\n\r\n").nth(1)?).ok()?;
-    Some((code, json))
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    fleetmesh_node::client::exchange(addr, method, path, body, Duration::from_secs(30), token).ok()
 }
 
 /// GET a path from a local API, returning the JSON body.
@@ -773,11 +757,12 @@ fn each_dashboard_shows_its_node_in_a_real_browser_and_metrics_parse_and_move() 
 
         // /metrics is valid Prometheus text, and its counters move with work.
         let scrape = || -> prometheus_parse::Scrape {
-            let mut stream = TcpStream::connect(("127.0.0.1", api)).unwrap();
-            write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
-            let body = text.split("\r\n\r\n").nth(1).unwrap().to_string();
+            let body = ureq::get(format!("http://127.0.0.1:{api}/metrics"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap();
             prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap()
         };
         let value = |scrape: &prometheus_parse::Scrape, name: &str| -> f64 {

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetmesh_consensus::job::Outcome;
+use fleetmesh_node::adversary::ServeBehaviour;
 use fleetmesh_node::inference::digits::{self, Digits};
 use fleetmesh_node::inference::{Model, Registry};
 use fleetmesh_node::jobs::JobsConfig;
-use fleetmesh_node::share::{FetchError, ServeBehaviour, ShareConfig};
+use fleetmesh_node::share::{FetchError, ShareConfig};
 use fleetmesh_node::store::Store;
 
 mod common;

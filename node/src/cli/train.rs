@@ -3,10 +3,13 @@
 
 use std::path::PathBuf;
 
+#[cfg(feature = "train")]
 use anyhow::Context;
+#[cfg(feature = "train")]
 use fleetmesh_node::inference::digits;
 
 #[derive(Debug, clap::Args)]
+#[cfg_attr(not(feature = "train"), allow(dead_code))]
 pub(crate) struct TrainDigitsArgs {
     /// Where to write the safetensors weights.
     #[arg(long, default_value = "node/assets/digits/digits-cnn.safetensors")]
@@ -19,7 +22,16 @@ pub(crate) struct TrainDigitsArgs {
     seed: u64,
 }
 
+/// Without the `train` feature: says how to get a build that trains.
+#[cfg(not(feature = "train"))]
+pub(crate) fn run(_args: TrainDigitsArgs) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this fleetmesh was built without training; run `cargo run --release --features train -- train-digits`"
+    )
+}
+
 /// Trains, writes the weights to `--out` and prints the held-out accuracy.
+#[cfg(feature = "train")]
 pub(crate) fn run(args: TrainDigitsArgs) -> anyhow::Result<()> {
     let TrainDigitsArgs { out, epochs, seed } = args;
     let (weights, accuracy) = digits::train(epochs, seed, |epoch, loss, acc| {

@@ -8,13 +8,17 @@ use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+#[cfg(feature = "train")]
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+#[cfg(feature = "train")]
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
+#[cfg(feature = "train")]
+use burn::tensor::{Int, TensorData};
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
@@ -117,6 +121,7 @@ impl DigitsNet {
     }
 }
 
+#[cfg(feature = "train")]
 fn to_floats(pixels: &[u8]) -> Vec<f32> {
     pixels
         .iter()
@@ -124,6 +129,7 @@ fn to_floats(pixels: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+#[cfg(feature = "train")]
 fn images(rows: &[Vec<f32>], n: usize, device: &Device) -> Tensor<4> {
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     Tensor::from_data(TensorData::new(flat, [n, 1, 8, 8]), device)
@@ -131,7 +137,9 @@ fn images(rows: &[Vec<f32>], n: usize, device: &Device) -> Tensor<4> {
 
 /// Trains a new network on the training rows; returns its safetensors bytes and held-out accuracy.
 ///
-/// `progress` is called after each epoch with (epoch, mean loss, held-out accuracy).
+/// `progress` is called after each epoch with (epoch, mean loss, held-out accuracy). Built with the
+/// `train` feature (burn's autodiff and optimisers).
+#[cfg(feature = "train")]
 pub fn train(
     epochs: usize,
     seed: u64,

@@ -193,15 +193,26 @@ pub fn check_weights(model: &str, weights: &[u8], expected_blake3: &str) -> Resu
 pub enum Backend {
     /// burn's `flex` CPU backend (default; fastest measured here).
     Flex,
-    /// burn's NdArray backend (deprecated in burn 0.22; with BLAS when built with the `blas` feature).
+    /// burn's NdArray backend (deprecated in burn 0.22; built with the `ndarray` feature, with BLAS when
+    /// built with the `blas` feature).
+    #[cfg(feature = "ndarray")]
     NdArray,
 }
 
 impl Backend {
-    /// The backend chosen by `FLEETMESH_BURN_BACKEND` (`flex` or `ndarray`); flex when unset or unknown.
+    /// The backend chosen by `FLEETMESH_BURN_BACKEND` (`flex` or `ndarray`); flex when unset or unknown,
+    /// and flex (with a warning) for `ndarray` in a build without the `ndarray` feature.
     pub fn from_env() -> Self {
         match std::env::var("FLEETMESH_BURN_BACKEND").as_deref() {
+            #[cfg(feature = "ndarray")]
             Ok("ndarray") => Backend::NdArray,
+            #[cfg(not(feature = "ndarray"))]
+            Ok("ndarray") => {
+                tracing::warn!(
+                    "FLEETMESH_BURN_BACKEND=ndarray needs a build with `--features ndarray`; using flex"
+                );
+                Backend::Flex
+            }
             _ => Backend::Flex,
         }
     }
@@ -211,6 +222,7 @@ impl Backend {
     pub fn device(self) -> burn::tensor::Device {
         match self {
             Backend::Flex => burn::tensor::Device::flex(),
+            #[cfg(feature = "ndarray")]
             Backend::NdArray => burn::tensor::Device::ndarray(),
         }
     }
@@ -218,6 +230,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::Flex => "burn-flex-0.22.1",
+            #[cfg(feature = "ndarray")]
             Backend::NdArray => "burn-ndarray-0.22.1",
         }
     }

@@ -18,7 +18,7 @@ mod submitter;
 mod views;
 mod worker;
 
-pub use submitter::MAX_SUBMIT_KEY;
+pub use submitter::{JobsError, MAX_SUBMIT_KEY};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -268,6 +268,8 @@ struct Inner {
     metrics: Metrics,
     /// Every task the job roles spawn, so that a stopping node can wait for them.
     tasks: TaskTracker,
+    /// Fires when the node starts stopping: retry loops (bids, commits) end at once.
+    stopping: tokio_util::sync::CancellationToken,
     /// Locks are never nested: each is taken, used and released on its own.
     submitter: Mutex<SubmitterSide>,
     worker: Mutex<WorkerSide>,
@@ -362,6 +364,7 @@ impl Jobs {
                 car,
                 metrics,
                 tasks: TaskTracker::new(),
+                stopping: tokio_util::sync::CancellationToken::new(),
                 submitter: Mutex::new(submitter),
                 worker: Mutex::new(WorkerSide::default()),
                 book: Mutex::new(ReceiptBook::default()),

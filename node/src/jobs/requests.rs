@@ -24,9 +24,12 @@ impl Jobs {
             }
             Topic::Receipts => {
                 if let Ok(receipt) = codec::decode::<Signed<Receipt>>(data) {
-                    if let Err(e) = self.inner.store.put_receipt(&receipt) {
-                        warn!(error = %e, "cannot store a receipt");
-                    }
+                    let (store, stored) = (self.inner.store.clone(), receipt.clone());
+                    self.spawn(async move {
+                        if let Err(e) = store.off_thread(move |s| s.put_receipt(&stored)).await {
+                            warn!(error = %e, "cannot store a receipt");
+                        }
+                    });
                     self.book().keep(receipt);
                 }
             }
@@ -79,11 +82,11 @@ impl Jobs {
                 Err(why) => refuse(why),
             },
             Kind::Assignment => match authored::<Assignment>(&peer, data) {
-                Ok(a) => self.on_assignment(a.body),
+                Ok(a) => self.on_assignment(a.body).await,
                 Err(why) => refuse(why),
             },
             Kind::RevealRequest => match authored::<RevealRequest>(&peer, data) {
-                Ok(r) => self.on_reveal_request(r.body),
+                Ok(r) => self.on_reveal_request(r.body).await,
                 Err(why) => refuse(why),
             },
             _ => refuse("unexpected message kind"),

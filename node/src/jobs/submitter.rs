@@ -22,17 +22,58 @@ use crate::store::SubmittedRecord;
 /// Longest idempotency key a client may give a submission.
 pub const MAX_SUBMIT_KEY: usize = 128;
 
+/// Why a job could not be submitted, or its verdict not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// The idempotency key is empty or too long.
+    #[error("an idempotency key is 1 to {MAX_SUBMIT_KEY} bytes")]
+    BadKey,
+    /// None of this node's budgets has enough left to pay the job's workers.
+    #[error(
+        "no budget to pay this job: this node holds {held} budget(s) and none has {needed} micro-credits \
+         left until the deadline (a payer issues one with `fleetmesh budget issue`; list it under [jobs] \
+         budgets or pass --budget)"
+    )]
+    NoBudget {
+        /// Budgets this node holds.
+        held: usize,
+        /// Micro-credits the job may cost.
+        needed: u64,
+    },
+    /// The offer did not make a valid message (too large an input, say).
+    #[error("the offer is not valid: {0}")]
+    Offer(#[from] fleetmesh_protocol::codec::DecodeError),
+    /// The offer could not be signed.
+    #[error("cannot sign the offer: {0}")]
+    Sign(#[from] fleetmesh_protocol::signing::VerifyError),
+    /// The system gave no randomness for the offer's nonce.
+    #[error("no system randomness: {0}")]
+    Random(#[from] getrandom::Error),
+    /// The job could not be made durable.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The mesh did not take the offer.
+    #[error("cannot publish the offer: {0}")]
+    Publish(#[from] crate::net::NetError),
+    /// No job of that id was submitted from this node.
+    #[error("unknown job {0}")]
+    UnknownJob(JobId),
+    /// The node stopped before the job was decided.
+    #[error("the node stopped before the job was decided")]
+    Stopped,
+}
+
 impl Jobs {
     /// Offers a job to the fleet: signs and gossips the offer. Returns its id; see [`Jobs::wait`].
     ///
     /// The job is on disk before this returns: a restart after `kill -9` offers it again.
-    pub async fn submit(&self, model: ModelId, input: Vec<u8>, replicas: u8) -> anyhow::Result<JobId> {
+    pub async fn submit(&self, model: ModelId, input: Vec<u8>, replicas: u8) -> Result<JobId, JobsError> {
         self.submit_with(model, input, replicas.max(1), false, None).await
     }
 
     /// Offers a job whose replication this node chooses: adaptive (see
     /// [`JobsConfig::adaptive`](super::JobsConfig::adaptive)) if enabled, two replicas otherwise.
-    pub async fn submit_auto(&self, model: ModelId, input: Vec<u8>) -> anyhow::Result<JobId> {
+    pub async fn submit_auto(&self, model: ModelId, input: Vec<u8>) -> Result<JobId, JobsError> {
         match self.inner.cfg.adaptive {
             // The offer asks for one replica: workers cannot tell a job that runs alone from a checked one.
             Some(_) => self.submit_with(model, input, 1, true, None).await,
@@ -50,15 +91,20 @@ impl Jobs {
         model: ModelId,
         input: Vec<u8>,
         replicas: Option<u8>,
-    ) -> anyhow::Result<(JobId, bool)> {
-        anyhow::ensure!(
-            !key.is_empty() && key.len() <= MAX_SUBMIT_KEY,
-            "an idempotency key is 1 to {MAX_SUBMIT_KEY} bytes"
-        );
+    ) -> Result<(JobId, bool), JobsError> {
+        if key.is_empty() || key.len() > MAX_SUBMIT_KEY {
+            return Err(JobsError::BadKey);
+        }
         // One keyed submission at a time, so two concurrent retries cannot both submit.
         let _one = self.inner.keyed.lock().await;
-        if let Some(id) = self.inner.store.submit_key(key)
-            && (self.submitter().jobs.contains_key(&id) || self.inner.store.submitted_one(&id).is_some())
+        let k = key.to_string();
+        let known = self
+            .inner
+            .store
+            .off_thread(move |s| Ok(s.submit_key(&k).map(|id| (id, s.submitted_one(&id).is_some()))))
+            .await?;
+        if let Some((id, stored)) = known
+            && (stored || self.submitter().jobs.contains_key(&id))
         {
             return Ok((id, true));
         }
@@ -80,7 +126,7 @@ impl Jobs {
         replicas: u8,
         adaptive: bool,
         key: Option<&str>,
-    ) -> anyhow::Result<JobId> {
+    ) -> Result<JobId, JobsError> {
         let rule = self
             .registry()
             .get(&model)
@@ -90,10 +136,14 @@ impl Jobs {
         let id = offer.id();
         if let Some(key) = key {
             // On disk with the job (the offer's flush writes both) before anyone sees the job.
-            self.inner.store.put_submit_key(key, &id)?;
+            let key = key.to_string();
+            self.inner
+                .store
+                .off_thread(move |s| s.put_submit_key(&key, &id))
+                .await?;
         }
         if let Err(e) = self.offer(id, offer, adaptive).await {
-            self.forget(id);
+            self.forget(id).await;
             return Err(e);
         }
         self.inner.metrics.jobs_submitted.inc();
@@ -130,7 +180,7 @@ impl Jobs {
         input: JobInput,
         rule: AgreementRule,
         replicas: u8,
-    ) -> anyhow::Result<JobOffer> {
+    ) -> Result<JobOffer, JobsError> {
         let now = now_ms();
         let cfg = &self.inner.cfg;
         let mut nonce = [0u8; 8];
@@ -146,14 +196,9 @@ impl Jobs {
             .spending()
             .pick(&cfg.budgets, &self.inner.me, reward, workers, deadline_ms)
             .cloned()
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no budget to pay this job: this node holds {} budget(s) and none has {} micro-credits \
-                     left until the deadline (a payer issues one with `fleetmesh budget issue`; list it \
-                     under [jobs] budgets or pass --budget)",
-                    cfg.budgets.len(),
-                    reward.saturating_mul(workers as u64)
-                )
+            .ok_or_else(|| JobsError::NoBudget {
+                held: cfg.budgets.len(),
+                needed: reward.saturating_mul(workers as u64),
             })?;
         let offer = JobOffer {
             submitter: self.inner.me,
@@ -174,7 +219,12 @@ impl Jobs {
 
     /// Records `offer` as the one in force for the job its user knows as `original`, makes that durable,
     /// then gossips it.
-    pub(super) async fn offer(&self, original: JobId, offer: JobOffer, adaptive: bool) -> anyhow::Result<()> {
+    pub(super) async fn offer(
+        &self,
+        original: JobId,
+        offer: JobOffer,
+        adaptive: bool,
+    ) -> Result<(), JobsError> {
         let id = offer.id();
         let signed = Signed::sign(offer.clone(), &self.inner.key)?;
         let record = SubmittedRecord {
@@ -182,7 +232,10 @@ impl Jobs {
             adaptive,
             result: None,
         };
-        self.inner.store.put_submitted(&original, &record)?;
+        self.inner
+            .store
+            .off_thread(move |s| s.put_submitted(&original, &record))
+            .await?;
         {
             let mut side = self.submitter();
             let replication = if adaptive && self.inner.cfg.adaptive.is_some() {
@@ -219,7 +272,7 @@ impl Jobs {
     }
 
     /// Drops a job whose offer could not be published.
-    fn forget(&self, original: JobId) {
+    async fn forget(&self, original: JobId) {
         {
             let mut side = self.submitter();
             if let Some(sub) = side.jobs.remove(&original) {
@@ -228,7 +281,11 @@ impl Jobs {
                 side.core.forget(&id);
             }
         }
-        let _ = self.inner.store.remove_submitted(&original);
+        let _ = self
+            .inner
+            .store
+            .off_thread(move |s| s.remove_submitted(&original))
+            .await;
     }
 
     /// Offers the jobs queued for it again, under fresh offers: those found unfinished at start (once the
@@ -279,27 +336,32 @@ impl Jobs {
     }
 
     /// Waits for the verdict of a job this node submitted (by the id its user knows, or its current offer's).
-    pub async fn wait(&self, job: JobId) -> anyhow::Result<JobResult> {
-        let rx = {
+    pub async fn wait(&self, job: JobId) -> Result<JobResult, JobsError> {
+        let (original, rx) = {
             let mut side = self.submitter();
             let original = side.by_offer.get(&job).copied().unwrap_or(job);
-            let Some(sub) = side.jobs.get_mut(&original) else {
-                // Decided long ago: its verdict left memory but not the store.
-                return self
-                    .inner
-                    .store
-                    .submitted_one(&original)
-                    .and_then(|r| r.result)
-                    .ok_or_else(|| anyhow::anyhow!("unknown job {job}"));
-            };
-            if let Some(result) = &sub.result {
-                return Ok(result.clone());
+            match side.jobs.get_mut(&original) {
+                Some(sub) => {
+                    if let Some(result) = &sub.result {
+                        return Ok(result.clone());
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    sub.waiters.push(tx);
+                    (original, Some(rx))
+                }
+                None => (original, None),
             }
-            let (tx, rx) = oneshot::channel();
-            sub.waiters.push(tx);
-            rx
         };
-        Ok(rx.await?)
+        match rx {
+            Some(rx) => rx.await.map_err(|_| JobsError::Stopped),
+            // Decided long ago: its verdict left memory but not the store.
+            None => self
+                .inner
+                .store
+                .off_thread(move |s| Ok(s.submitted_one(&original).and_then(|r| r.result)))
+                .await?
+                .ok_or(JobsError::UnknownJob(job)),
+        }
     }
 
     /// A bid for a job this node submitted, handed to the core with the number of connected peers as the

@@ -105,7 +105,11 @@ impl Jobs {
         let Ok(signed) = Signed::sign(bid, &self.inner.key) else {
             return;
         };
-        let net = self.inner.net.clone();
+        let (net, stopping) = (self.inner.net.clone(), self.inner.stopping.clone());
+        // However long the submitter says its offer lasts, this node tries no longer than its own offers last.
+        let give_up_ms = offer
+            .expires_ms
+            .min(now_ms().saturating_add(self.inner.cfg.offer_ttl_ms));
         self.spawn(async move {
             // A bid that cannot reach the submitter (no connection to it yet: it just restarted, or the
             // link is slow to come up) is sent again, backing off from 250 ms, while the offer is open.
@@ -118,17 +122,20 @@ impl Jobs {
                 else {
                     return;
                 };
-                if now_ms().saturating_add(backoff.as_millis() as u64) >= offer.expires_ms {
+                if now_ms().saturating_add(backoff.as_millis() as u64) >= give_up_ms {
                     debug!(job = %id.short(), error = %e, "bid not delivered");
                     return;
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = stopping.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
             }
         });
     }
 
-    pub(super) fn on_assignment(&self, a: Assignment) -> Vec<u8> {
+    pub(super) async fn on_assignment(&self, a: Assignment) -> Vec<u8> {
         if a.worker != self.inner.me {
             return refuse("assignment for another worker");
         }
@@ -136,7 +143,7 @@ impl Jobs {
             return refuse("the car is not admitted for work now");
         }
         let cancel = CancelFlag::default();
-        let (offer, input) = {
+        let (offer, input, record) = {
             let mut side = self.worker();
             let Some(offer) = side.offers.get(&a.job).cloned() else {
                 return refuse("unknown job");
@@ -156,13 +163,21 @@ impl Jobs {
                 cancel: cancel.clone(),
                 revealed: false,
             };
-            if let Err(e) = self.inner.store.put_work(&a.job, &work.record()) {
-                warn!(job = %a.job.short(), error = %e, "cannot store the assignment");
-                return refuse("cannot store the assignment");
-            }
+            let record = work.record();
             side.work.insert(a.job, work);
-            (offer, input)
+            (offer, input, record)
         };
+        let job = a.job;
+        if let Err(e) = self
+            .inner
+            .store
+            .off_thread(move |s| s.put_work(&job, &record))
+            .await
+        {
+            warn!(job = %a.job.short(), error = %e, "cannot store the assignment");
+            self.worker().work.remove(&a.job);
+            return refuse("cannot store the assignment");
+        }
         if self.inner.cfg.behaviour.is_silent() {
             return reply(Reply::accepted()); // and never heard of again
         }
@@ -241,7 +256,12 @@ impl Jobs {
             w.record()
         };
         // The salt must survive a crash before the commitment leaves, or the output could never be revealed.
-        let stored = match self.inner.store.put_work(&job, &record) {
+        let stored = match self
+            .inner
+            .store
+            .off_thread(move |s| s.put_work(&job, &record))
+            .await
+        {
             Ok(()) => self.inner.store.flush().await,
             Err(e) => Err(e),
         };
@@ -291,7 +311,7 @@ impl Jobs {
                         if let Some(w) = self.worker().work.remove(&job) {
                             w.cancel.cancel();
                         }
-                        if let Err(e) = self.inner.store.remove_work(&job) {
+                        if let Err(e) = self.inner.store.off_thread(move |s| s.remove_work(&job)).await {
                             warn!(job = %job.short(), error = %e, "cannot forget refused work");
                         }
                     }
@@ -305,7 +325,11 @@ impl Jobs {
                 return;
             }
             debug!(job = %job.short(), error = %e, retry_in_ms = backoff.as_millis() as u64, "commit not delivered");
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                // The result stays on disk: the commit goes out again at the next start.
+                _ = self.inner.stopping.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
             backoff = (backoff * 2).min(std::time::Duration::from_secs(4));
         }
     }
@@ -362,6 +386,7 @@ impl Jobs {
     /// every task of the job roles (verdicts being stored among them) gets the rest of `limit` to finish,
     /// and the store is flushed. Computed results stay on disk and are committed again at the next start.
     pub async fn shutdown(&self, limit: std::time::Duration) {
+        self.inner.stopping.cancel();
         let deadline = tokio::time::Instant::now() + limit;
         let running = self.take_unfinished();
         if !running.is_empty() {
@@ -399,7 +424,7 @@ impl Jobs {
         if let Some(w) = self.worker().work.remove(&job) {
             w.cancel.cancel();
         }
-        if let Err(e) = self.inner.store.remove_work(&job) {
+        if let Err(e) = self.inner.store.off_thread(move |s| s.remove_work(&job)).await {
             warn!(job = %job.short(), error = %e, "cannot forget handed-back work");
         }
         let w = Withdraw {
@@ -417,7 +442,7 @@ impl Jobs {
         }
     }
 
-    pub(super) fn on_reveal_request(&self, r: RevealRequest) -> Vec<u8> {
+    pub(super) async fn on_reveal_request(&self, r: RevealRequest) -> Vec<u8> {
         if r.worker != self.inner.me {
             return refuse("reveal request for another worker");
         }
@@ -435,7 +460,13 @@ impl Jobs {
             work.revealed = true;
             (done, work.offer.model, work.record())
         };
-        if let Err(e) = self.inner.store.put_work(&r.job, &record) {
+        let stored = record.clone();
+        if let Err(e) = self
+            .inner
+            .store
+            .off_thread(move |s| s.put_work(&r.job, &stored))
+            .await
+        {
             warn!(job = %r.job.short(), error = %e, "cannot store the reveal");
         }
         let reveal = ResultReveal {
@@ -493,10 +524,17 @@ impl Jobs {
             }
             expired
         };
-        for id in expired {
-            if let Err(e) = self.inner.store.remove_work(&id) {
-                warn!(job = %id.short(), error = %e, "cannot forget old work");
-            }
+        if expired.is_empty() {
+            return;
         }
+        let store = self.inner.store.clone();
+        self.spawn(async move {
+            let forgotten = store
+                .off_thread(move |s| expired.iter().try_for_each(|id| s.remove_work(id)))
+                .await;
+            if let Err(e) = forgotten {
+                warn!(error = %e, "cannot forget old work");
+            }
+        });
     }
 }

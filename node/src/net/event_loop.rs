@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::gossip::{self, GossipPolicy, Limits, validate_gossip};
+use super::gossip::{self, GossipPolicy, Limits, Unverified};
 use super::{Behaviour, BehaviourEvent, Command, NetError, NetEvent, NetStatus, Topic};
 use crate::clock::now_ms;
 use crate::metrics::{GossipOutcome, Metrics};
@@ -26,6 +26,43 @@ use crate::net::config::NetConfig;
 pub(super) const GOSSIP_TRANSPORT_LIMIT: usize = 1024 * 1024;
 
 type LookupReply = oneshot::Sender<Result<Vec<Multiaddr>, NetError>>;
+
+/// Gossip messages whose signatures wait to be checked; more answer `Busy` (not taken, not forwarded).
+const MAX_VERIFYING: usize = 1_024;
+
+/// A gossiped message on its way through the verifier thread.
+struct Verifying {
+    id: gossipsub::MessageId,
+    source: PeerId,
+    data: Vec<u8>,
+    pending: Unverified,
+}
+
+/// A message back from the verifier thread, with the result of its signature check.
+type Verified = (Verifying, Result<(), GossipOutcome>);
+
+/// The node's gossip verifier: a thread that checks the signatures of messages that passed every
+/// cheaper check, so that ed25519 never runs on the swarm task. It stops when the event loop drops its
+/// sender.
+fn start_verifier() -> (mpsc::Sender<Verifying>, mpsc::Receiver<Verified>) {
+    let (to_verify, mut verify) = mpsc::channel::<Verifying>(MAX_VERIFYING);
+    let (to_done, done) = mpsc::channel(MAX_VERIFYING);
+    let spawned = std::thread::Builder::new()
+        .name("gossip-verify".into())
+        .spawn(move || {
+            while let Some(job) = verify.blocking_recv() {
+                let result = job.pending.verify();
+                if to_done.blocking_send((job, result)).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the thread every message waits in vain and is counted `Busy` once the queue is full.
+        warn!(error = %e, "cannot start the gossip verifier thread; gossip will not be taken");
+    }
+    (to_verify, done)
+}
 
 /// A bootstrap peer and when to try it next.
 struct BootstrapPeer {
@@ -65,6 +102,9 @@ pub(super) struct EventLoop {
     policy: GossipPolicy,
     /// Offers and receipts per submitter.
     limits: Limits,
+    /// Messages to the verifier thread, and what it verified.
+    to_verify: mpsc::Sender<Verifying>,
+    verified: mpsc::Receiver<Verified>,
 }
 
 /// Whether an address is a relay circuit (`.../p2p-circuit`).
@@ -96,6 +136,7 @@ impl EventLoop {
     ) -> Self {
         let now = Instant::now();
         let limits = Limits::new(&policy);
+        let (to_verify, verified) = start_verifier();
         let bootstrap = cfg
             .bootstrap
             .iter()
@@ -135,6 +176,8 @@ impl EventLoop {
             relisten: Vec::new(),
             policy,
             limits,
+            to_verify,
+            verified,
         }
     }
 
@@ -148,6 +191,7 @@ impl EventLoop {
                     Some(c) => self.on_command(c),
                     None => break,
                 },
+                Some((job, result)) = self.verified.recv() => self.on_verified(job, result),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -564,18 +608,59 @@ impl EventLoop {
         }
     }
 
+    /// A gossiped message arrived: the cheap checks run here, the signatures on the verifier thread.
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let topic = Topic::from_hash(&message.topic);
-        let outcome = match topic {
-            Some(topic) => validate_gossip(
-                topic,
-                &message.data,
-                now_ms(),
-                &self.policy,
-                Some(&mut self.limits),
-            ),
-            None => Err(GossipOutcome::UnknownTopic),
+        let Some(topic) = Topic::from_hash(&message.topic) else {
+            return self.judged(id, source, None, Err(GossipOutcome::UnknownTopic), message.data);
         };
+        let pending = match gossip::precheck(topic, &message.data, now_ms(), &self.policy, Some(&self.limits))
+        {
+            Ok(pending) => pending,
+            Err(outcome) => return self.judged(id, source, Some(topic), Err(outcome), message.data),
+        };
+        let job = Verifying {
+            id,
+            source,
+            data: message.data,
+            pending,
+        };
+        // A full verifier queue is back-pressure like a full queue to the job roles.
+        if let Err(e) = self.to_verify.try_send(job) {
+            let job = e.into_inner();
+            self.judged(
+                job.id,
+                job.source,
+                Some(topic),
+                Err(GossipOutcome::Busy),
+                job.data,
+            );
+        }
+    }
+
+    /// The verifier thread checked a message's signatures: a valid one spends its submitter's allowance.
+    fn on_verified(&mut self, job: Verifying, result: Result<(), GossipOutcome>) {
+        let (topic, submitter) = (job.pending.topic(), job.pending.submitter());
+        // A message the node cannot take now (its queue to the job roles is full) is `Busy` before it
+        // spends any of its submitter's allowance. This task is that queue's only sender, so the room seen
+        // here is still there when the message is handed on.
+        let outcome = match result {
+            Ok(()) if self.events.capacity() == 0 => Err(GossipOutcome::Busy),
+            Ok(()) => gossip::admit(&mut self.limits, topic, submitter, Instant::now()),
+            Err(e) => Err(e),
+        };
+        self.judged(job.id, job.source, Some(topic), outcome, job.data);
+    }
+
+    /// Reports a judged message to gossipsub (accepted ones are forwarded), counts it, and hands an
+    /// accepted one to the node.
+    fn judged(
+        &mut self,
+        id: gossipsub::MessageId,
+        source: PeerId,
+        topic: Option<Topic>,
+        outcome: Result<(), GossipOutcome>,
+        data: Vec<u8>,
+    ) {
         // Back-pressure: a node that cannot take the message now (its queue to the job roles is full)
         // neither delivers nor forwards it, and counts it as `Busy`.
         let permit = match (outcome, topic) {
@@ -602,7 +687,7 @@ impl EventLoop {
         match (permit, topic) {
             (Some(permit), Some(topic)) => permit.send(NetEvent::Gossip {
                 topic,
-                data: message.data,
+                data,
                 from: source,
             }),
             _ if counted == GossipOutcome::Busy => {

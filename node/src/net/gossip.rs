@@ -19,6 +19,15 @@ use crate::metrics::GossipOutcome;
 /// Clock skew tolerated for messages that claim a creation time.
 const MAX_SKEW_MS: u64 = 30_000;
 
+/// How old a gossiped receipt may be. Receipts are gossiped once, when issued; an older one is a replay
+/// (which would spend its submitter's receipt allowance) and is dropped unread. Together with the skew,
+/// this stays inside gossipsub's duplicate cache ([`DUPLICATE_CACHE`]), so a replay is either a known
+/// duplicate or too old.
+pub const MAX_RECEIPT_AGE_MS: u64 = 60_000;
+
+/// How long gossipsub remembers a message id and drops the same message again.
+pub const DUPLICATE_CACHE: Duration = Duration::from_secs(120);
+
 /// What a node's gossip validator checks beyond a message's own validity.
 #[derive(Debug, Clone)]
 pub struct GossipPolicy {
@@ -109,22 +118,65 @@ impl Limits {
             Topic::Receipts => &mut self.receipts,
         }
     }
+
+    fn of_ref(&self, topic: Topic) -> &RateLimiter {
+        match topic {
+            Topic::Offers => &self.offers,
+            Topic::Receipts => &self.receipts,
+        }
+    }
 }
 
-/// Decides whether a gossiped message is valid for its topic at `now_ms` under `policy`, cheapest checks
-/// first: size, version, kind and canonical bytes, (for offers) expiry, the payer, the submitter's rate
-/// limit (if `limits` are given; only a message whose signatures verify uses up its submitter's
-/// allowance, so forged ones cannot spend an honest submitter's), and the signatures last, so a flood
-/// of stale, unfunded or too frequent messages costs no signature check.
-pub fn validate_gossip(
+/// A gossiped message that passed every check but its signatures. The swarm task makes these
+/// ([`precheck`]); the signatures are checked off that task ([`Unverified::verify`], on the node's
+/// gossip verifier thread), and only then does the message spend its submitter's allowance ([`admit`]).
+#[derive(Debug)]
+pub struct Unverified {
+    topic: Topic,
+    submitter: NodeId,
+    message: Decoded,
+}
+
+#[derive(Debug)]
+enum Decoded {
+    Offer(Box<Signed<JobOffer>>),
+    Receipt(Box<Signed<Receipt>>),
+}
+
+impl Unverified {
+    /// The message's topic.
+    pub fn topic(&self) -> Topic {
+        self.topic
+    }
+
+    /// The submitter whose allowance the message spends.
+    pub fn submitter(&self) -> NodeId {
+        self.submitter
+    }
+
+    /// Checks every signature of the message (ed25519: the costly part of validation).
+    pub fn verify(&self) -> Result<(), GossipOutcome> {
+        let verified = match &self.message {
+            Decoded::Offer(offer) => offer.verify(),
+            Decoded::Receipt(receipt) => receipt.verify(),
+        };
+        verified.map_err(|_| GossipOutcome::BadSignature)
+    }
+}
+
+/// Every check of a gossiped message for its topic at `now_ms` under `policy` but its signatures,
+/// cheapest first: size, version, kind and canonical bytes, (for offers) expiry, the payer, and whether
+/// the submitter has allowance left (if `limits` are given; none is spent here). A flood of stale,
+/// unfunded or too frequent messages costs no signature check.
+pub fn precheck(
     topic: Topic,
     data: &[u8],
     now_ms: u64,
     policy: &GossipPolicy,
-    mut limits: Option<&mut Limits>,
-) -> Result<(), GossipOutcome> {
+    limits: Option<&Limits>,
+) -> Result<Unverified, GossipOutcome> {
     let now = Instant::now();
-    let (submitter, verified) = match topic {
+    let (submitter, message) = match topic {
         Topic::Offers => {
             let offer = decode::<JobOffer>(data)?;
             let o = &offer.body;
@@ -137,38 +189,66 @@ pub fn validate_gossip(
             {
                 return Err(GossipOutcome::Unfunded);
             }
-            if let Some(l) = limits.as_deref_mut()
-                && !l.of(topic).has_token(&o.submitter, now)
-            {
-                return Err(GossipOutcome::RateLimited);
-            }
-            (o.submitter, offer.verify())
+            (o.submitter, Decoded::Offer(Box::new(offer)))
         }
         Topic::Receipts => {
             let receipt = decode::<Receipt>(data)?;
+            let issued = receipt.body.issued_ms;
+            if issued.saturating_add(MAX_RECEIPT_AGE_MS) < now_ms
+                || issued > now_ms.saturating_add(MAX_SKEW_MS)
+            {
+                return Err(GossipOutcome::Expired);
+            }
             let (b, submitter) = (&receipt.body.budget.body, receipt.body.claim.body.submitter);
             if let Some(payers) = &policy.payers
                 && !payers.contains(&b.payer)
             {
                 return Err(GossipOutcome::Unfunded);
             }
-            if let Some(l) = limits.as_deref_mut()
-                && !l.of(topic).has_token(&submitter, now)
-            {
-                return Err(GossipOutcome::RateLimited);
-            }
-            (submitter, receipt.verify())
+            (submitter, Decoded::Receipt(Box::new(receipt)))
         }
     };
-    verified.map_err(|_| GossipOutcome::BadSignature)?;
+    if let Some(l) = limits
+        && !l.of_ref(topic).has_token(&submitter, now)
+    {
+        return Err(GossipOutcome::RateLimited);
+    }
+    Ok(Unverified {
+        topic,
+        submitter,
+        message,
+    })
+}
+
+/// Spends one of `submitter`'s allowance on `topic` for a message whose signatures verified: only
+/// those do, so forged messages cannot spend an honest submitter's. `RateLimited` when none is left.
+pub fn admit(
+    limits: &mut Limits,
+    topic: Topic,
+    submitter: NodeId,
+    now: Instant,
+) -> Result<(), GossipOutcome> {
+    if limits.of(topic).allow(submitter, now) {
+        Ok(())
+    } else {
+        Err(GossipOutcome::RateLimited)
+    }
+}
+
+/// Decides, in one call, whether a gossiped message is valid for its topic at `now_ms` under `policy`:
+/// [`precheck`], then [`Unverified::verify`], then [`admit`] (if `limits` are given). The node runs the
+/// same three steps with the signatures checked off its swarm task.
+pub fn validate_gossip(
+    topic: Topic,
+    data: &[u8],
+    now_ms: u64,
+    policy: &GossipPolicy,
+    limits: Option<&mut Limits>,
+) -> Result<(), GossipOutcome> {
+    let pending = precheck(topic, data, now_ms, policy, limits.as_deref())?;
+    pending.verify()?;
     match limits {
-        Some(l) => {
-            if l.of(topic).allow(submitter, now) {
-                Ok(())
-            } else {
-                Err(GossipOutcome::RateLimited)
-            }
-        }
+        Some(l) => admit(l, topic, pending.submitter, Instant::now()),
         None => Ok(()),
     }
 }

@@ -121,6 +121,9 @@ pub enum NetError {
     /// Listening on an address failed.
     #[error("listen failed: {0}")]
     Listen(String),
+    /// The swarm could not be built (transport, behaviour or subscription setup).
+    #[error("cannot start the network: {0}")]
+    Build(String),
 }
 
 /// A snapshot of the mesh as seen by one node.
@@ -313,7 +316,8 @@ pub fn start(
     metrics: Metrics,
     policy: GossipPolicy,
     cancel: CancellationToken,
-) -> anyhow::Result<(NetClient, mpsc::Receiver<NetEvent>, tokio::task::JoinHandle<()>)> {
+) -> Result<(NetClient, mpsc::Receiver<NetEvent>, tokio::task::JoinHandle<()>), NetError> {
+    let build = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
     let keypair = keypair_of(key);
     let peer_id = keypair.public().to_peer_id();
     let relay_server = cfg.relay_server;
@@ -326,9 +330,11 @@ pub fn start(
             libp2p::tcp::Config::default().nodelay(true),
             libp2p::noise::Config::new,
             libp2p::yamux::Config::default,
-        )?
+        )
+        .map_err(|e| build(&e))?
         .with_quic()
-        .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)?
+        .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .map_err(|e| build(&e))?
         .with_behaviour(
             |key, relay_client| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
                 let peer_id = key.public().to_peer_id();
@@ -356,6 +362,7 @@ pub fn start(
                     // Let oversize messages through gossipsub's own limit so the node counts and rejects them.
                     .max_transmit_size(event_loop::GOSSIP_TRANSPORT_LIMIT)
                     .heartbeat_interval(Duration::from_millis(500))
+                    .duplicate_cache_time(gossip::DUPLICATE_CACHE)
                     .build()
                     .map_err(|e| format!("gossipsub config: {e}"))?;
                 let mut gossip = gossipsub::Behaviour::new(
@@ -394,18 +401,23 @@ pub fn start(
                     dcutr: dcutr::Behaviour::new(peer_id),
                 })
             },
-        )?
+        )
+        .map_err(|e| build(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(cfg.idle_timeout_secs)))
         .build();
 
     for topic in Topic::ALL {
-        swarm.behaviour_mut().gossip.subscribe(&topic.ident())?;
+        swarm
+            .behaviour_mut()
+            .gossip
+            .subscribe(&topic.ident())
+            .map_err(|e| build(&e))?;
     }
     let mut circuits = std::collections::HashMap::new();
     for addr in &cfg.listen {
         let id = swarm
             .listen_on(addr.clone())
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            .map_err(|e| NetError::Listen(format!("cannot listen on {addr}: {e}")))?;
         if event_loop::is_circuit(addr) {
             circuits.insert(id, addr.clone());
         }

@@ -407,13 +407,21 @@ impl Car {
         inner.unsaved.take()
     }
 
-    /// Writes a departure history to the store (outside the car's lock).
+    /// Writes a departure history to the store (outside the car's lock; on tokio's blocking threads when
+    /// called from the runtime, since sled may block on the disk).
     fn save(&self, history: Option<DeparturePredictor>) {
         let store = self.lock().store.clone();
-        if let (Some(history), Some(store)) = (history, store)
-            && let Err(e) = store.put_departures(&history)
-        {
-            tracing::warn!(error = %e, "cannot store the departure history");
+        let (Some(history), Some(store)) = (history, store) else {
+            return;
+        };
+        let write = move || {
+            if let Err(e) = store.put_departures(&history) {
+                tracing::warn!(error = %e, "cannot store the departure history");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(write)),
+            Err(_) => write(),
         }
     }
 

@@ -97,3 +97,17 @@ pub async fn fleet(
     }
     nodes
 }
+
+/// Polls `check` every 20 ms until it holds or `deadline` passes; returns whether it held.
+pub async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
