@@ -4,6 +4,8 @@
 #   scripts/testnet.sh start N     start N nodes (default 5) and print their peer ids and API addresses;
 #                                  the testnet has its own payer (TESTNET_DIR/payer.key): every node
 #                                  honours it and holds a budget of 1,000 credits from it
+#                                  (one owner's testnet: nodes run with --small-fleet, so a 3-node
+#                                  testnet's jobs may rest on its two workers before either is trusted)
 #   scripts/testnet.sh status      peer counts of every node
 #   scripts/testnet.sh stop        stop exactly the processes this script started
 #
@@ -77,7 +79,8 @@ start() {
                 "$car" "$i" "${TESTNET_CLOCK:-tue 01:00}" "$speed" > "$home/fleetmesh.toml"
         fi
         local args=(--home "$home" run --listen "/ip4/127.0.0.1/tcp/$port" --listen "/ip4/127.0.0.1/udp/$port/quic-v1"
-            --api "127.0.0.1:$api" --kad-mode server --public --payer "$payer" --budget "$home/budget")
+            --api "127.0.0.1:$api" --kad-mode server --public --payer "$payer" --budget "$home/budget"
+            --small-fleet)
         if [ "$i" -eq 1 ]; then
             args+=(--relay-server)
         else

@@ -14,6 +14,9 @@ use fleetmesh_protocol::{JobId, NodeId};
 
 use crate::quorum;
 
+/// A job draws at most this many times `replicas + max_extra` workers in all, replacements included.
+pub const DRAWS_PER_WORKER: usize = 3;
+
 /// Timing and redundancy of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobConfig {
@@ -203,10 +206,9 @@ impl Job {
     /// Undecided, short of workers, and with no unexpired fitting bid left to draw one from: only new
     /// bidders can save it.
     pub fn starved(&self, now_ms: u64) -> bool {
-        let limit = self.cfg.replicas + self.cfg.max_extra;
         self.outcome.is_none()
             && self.active() < self.wanted()
-            && self.counted() < limit
+            && self.may_draw()
             && !self.bids.iter().any(|b| {
                 !self.slots.contains_key(&b.worker)
                     && !self.excluded.contains(&b.worker)
@@ -223,6 +225,15 @@ impl Job {
             .values()
             .filter(|s| !matches!(s, SlotState::TimedOut | SlotState::Withdrawn))
             .count()
+    }
+
+    /// Whether the job may draw another worker: fewer than `replicas + max_extra` count, and fewer than
+    /// [`DRAWS_PER_WORKER`] times that were ever drawn. Replacing workers that time out or withdraw
+    /// costs them nothing, so without the second bound keys that take a job and hand it back at once
+    /// could keep it drawing until its deadline.
+    fn may_draw(&self) -> bool {
+        let limit = self.cfg.replicas + self.cfg.max_extra;
+        self.counted() < limit && self.slots.len() < limit * DRAWS_PER_WORKER
     }
 
     fn active(&self) -> usize {
@@ -258,8 +269,7 @@ impl Job {
 
     /// Assigns workers from the cheapest fitting bids until `wanted` are active (or the limit is hit).
     fn fill(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
-        let limit = self.cfg.replicas + self.cfg.max_extra;
-        while self.active() < self.wanted() && self.counted() < limit {
+        while self.active() < self.wanted() && self.may_draw() {
             let pick = self
                 .bids
                 .iter()
@@ -318,7 +328,7 @@ impl Job {
         if let Some((rep, agreeing)) = quorum::find_quorum(&self.rule, &revealed, self.cfg.replicas) {
             return self.finish(rep, agreeing, actions);
         }
-        let limit_reached = self.counted() >= self.cfg.replicas + self.cfg.max_extra;
+        let limit_reached = !self.may_draw();
         let no_more_bids = !self.bids.iter().any(|b| {
             !self.slots.contains_key(&b.worker) && !self.excluded.contains(&b.worker) && self.class_fits(b)
         });

@@ -160,12 +160,15 @@ pub fn find_frauds<'a>(
     frauds
 }
 
-/// A submitter's spending of its budgets: the next receipt number and the running total of each. Kept
-/// by [`crate::submitter::Submitter`]; after a restart, [`Spending::restore`] recovers it from the
-/// submitter's own receipts (which are on disk before they leave).
+/// A submitter's spending of its budgets: the next receipt number and the running total of each, and
+/// what jobs in flight may still cost (reserved when a job is offered, released when it is decided or
+/// dropped), so that no job is offered that its budget could not pay. Kept by
+/// [`crate::submitter::Submitter`]; after a restart, [`Spending::restore`] recovers the totals from the
+/// submitter's own receipts (which are on disk before they leave); the jobs offered again reserve anew.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Spending {
     used: BTreeMap<BudgetKey, (u64, u64)>,
+    reserved: BTreeMap<BudgetKey, u64>,
 }
 
 impl Spending {
@@ -193,9 +196,35 @@ impl Spending {
         self.used.get(&budget.key()).map_or(0, |u| u.1)
     }
 
-    /// What is left of `budget`.
+    /// Credit reserved under `budget` by jobs in flight.
+    pub fn reserved(&self, budget: &Budget) -> u64 {
+        self.reserved.get(&budget.key()).copied().unwrap_or(0)
+    }
+
+    /// What is left of `budget` for new jobs: its amount less what was granted and what jobs in flight
+    /// may still cost.
     pub fn left(&self, budget: &Budget) -> u64 {
-        budget.amount.saturating_sub(self.spent(budget))
+        budget
+            .amount
+            .saturating_sub(self.spent(budget))
+            .saturating_sub(self.reserved(budget))
+    }
+
+    /// Sets `amount` aside under `budget` for a job in flight.
+    pub fn reserve(&mut self, budget: &Budget, amount: u64) {
+        let r = self.reserved.entry(budget.key()).or_default();
+        *r = r.saturating_add(amount);
+    }
+
+    /// Gives back `amount` set aside under `budget` (the job was decided or dropped).
+    pub fn release(&mut self, budget: &Budget, amount: u64) {
+        let key = budget.key();
+        if let Some(r) = self.reserved.get_mut(&key) {
+            *r = r.saturating_sub(amount);
+            if *r == 0 {
+                self.reserved.remove(&key);
+            }
+        }
     }
 
     /// Numbers `receipts` (bodies of one job, under `budget`) and writes their running totals; a credit

@@ -207,6 +207,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             reoffer_after_ms: u64::MAX,
             max_reoffers: 0,
             trust: cfg.trust,
+            // 20 bidders per job: never a small fleet.
+            small_fleet: false,
         },
     );
     let class = NumericClass {

@@ -41,6 +41,11 @@ pub struct SubmitterConfig {
     pub reoffer_after_ms: u64,
     /// How many times one job is offered again that way.
     pub max_reoffers: u32,
+    /// Whether a submitter with fewer than three peers may accept two agreeing untrusted workers (a
+    /// small fleet of one owner, a local testnet). Off by default: a fresh, eclipsed or NATed submitter
+    /// with two peers could then be fooled by two keys; with it off such a job waits for a third
+    /// worker (or fails `NotEnoughWorkers` at its deadline) unless a trusted worker bids.
+    pub small_fleet: bool,
 }
 
 impl Default for SubmitterConfig {
@@ -52,6 +57,7 @@ impl Default for SubmitterConfig {
             trust: TrustConfig::default(),
             reoffer_after_ms: 3_000,
             max_reoffers: 2,
+            small_fleet: false,
         }
     }
 }
@@ -188,6 +194,8 @@ struct InFlight {
     reoffers: u32,
     reoffer_asked: bool,
     claims: BTreeMap<NodeId, Signed<WorkClaim>>,
+    /// Credit set aside under the offer's budget until the job is decided or dropped.
+    reserved: u64,
 }
 
 /// The submitter role of one node: every job it has in flight, and what it knows of the workers.
@@ -271,11 +279,19 @@ impl Submitter {
 
     /// Takes `offer` (already signed and about to be published) for the job its user knows as
     /// `original`. A job offered again under a fresh offer replaces the old one in flight.
+    ///
+    /// The most the job may cost ([`Submitter::reservation`]) is set aside under its budget until it is
+    /// decided or dropped: [`Spending::left`] counts it, so a budget is never promised twice.
     pub fn offer(&mut self, original: JobId, offer: JobOffer, replication: Replication) {
         let reoffers = match self.originals.insert(original, offer.id()) {
-            Some(old) => self.jobs.remove(&old).map_or(0, |j| j.reoffers + 1),
+            Some(old) => self.jobs.remove(&old).map_or(0, |j| {
+                self.spending.release(&j.offer.budget.body, j.reserved);
+                j.reoffers + 1
+            }),
             None => 0,
         };
+        let reserved = self.reservation(offer.reward, offer.replicas);
+        self.spending.reserve(&offer.budget.body, reserved);
         let job = Job::new(&offer, self.job_config(usize::from(offer.replicas.max(1))));
         self.jobs.insert(
             offer.id(),
@@ -289,8 +305,25 @@ impl Submitter {
                 reoffers,
                 reoffer_asked: false,
                 claims: BTreeMap::new(),
+                reserved,
             },
         );
+    }
+
+    /// The most a job offering `reward` per worker with `replicas` may cost: every worker it may draw
+    /// (its replicas, [`UNTRUSTED_QUORUM`] while no trusted worker bids, and the extra ones) paid in full.
+    pub fn reservation(&self, reward: u64, replicas: u8) -> u64 {
+        let workers = usize::from(replicas).max(UNTRUSTED_QUORUM) + self.cfg.max_extra;
+        reward.saturating_mul(workers as u64)
+    }
+
+    /// Gives back what the job offered as `job` set aside, before it is offered again under a fresh
+    /// offer (which reserves anew): so that the fresh offer can be paid from the same budget.
+    pub fn release(&mut self, job: &JobId) {
+        if let Some(f) = self.jobs.get_mut(job) {
+            self.spending
+                .release(&f.offer.budget.body, std::mem::take(&mut f.reserved));
+        }
     }
 
     /// Drops a job (its offer could not be published); returns whether it was in flight.
@@ -300,6 +333,7 @@ impl Submitter {
 
     fn remove(&mut self, job: &JobId) -> Option<InFlight> {
         let f = self.jobs.remove(job)?;
+        self.spending.release(&f.offer.budget.body, f.reserved);
         if self.originals.get(&f.original) == Some(job) {
             self.originals.remove(&f.original);
         }
@@ -375,7 +409,8 @@ impl Submitter {
     /// hours and already awake are preferred), chance and reputation decide within it, and no verdict may
     /// rest only on workers without validated history here: a fixed job ([`fixed_plan`]) and an adaptive
     /// one ([`trust::plan_preferring`]) both need a trusted worker or three agreeing untrusted ones (two
-    /// when the caller's `enough`, its count of peers, is below three: a fleet that cannot do better),
+    /// when the caller's `enough`, its count of peers, is below three and [`SubmitterConfig::small_fleet`]
+    /// allows it: a fleet that cannot do better),
     /// except a fixed job whose user asked for one replica, which runs once and is marked unverified.
     fn plan(&mut self, id: JobId, now_ms: u64, rng: &mut dyn Randomness) -> Vec<Action> {
         let cfg = self.job_config(1);
@@ -422,7 +457,8 @@ impl Submitter {
         };
         let asked_one = f.replication == Replication::Fixed && f.offer.replicas <= 1;
         let vouched = plan.workers.iter().any(|w| reputation.is_trusted(w, now_ms));
-        if !asked_one && !vouched && f.window.enough >= UNTRUSTED_QUORUM {
+        let too_small = f.window.enough < UNTRUSTED_QUORUM && self.cfg.small_fleet;
+        if !asked_one && !vouched && !too_small {
             plan.replicas = plan.replicas.max(UNTRUSTED_QUORUM);
         }
         f.job = Job::new(

@@ -214,6 +214,48 @@ fn a_withdrawn_worker_is_replaced_and_not_counted() {
 }
 
 #[test]
+fn keys_that_take_a_job_and_hand_it_back_draw_a_bounded_number_of_workers() {
+    // Two replicas and two extra: at most 3 x 4 = 12 workers drawn in all, however many keys bid.
+    let mut job = new_job(2, 2);
+    let bidders = 40u8;
+    for w in 1..=bidders {
+        job.on_bid(bid(&job, w, u64::from(w)), 0).unwrap();
+    }
+    let mut drawn = 0;
+    let mut withdrawn = 0;
+    let mut pending: Vec<NodeId> = job
+        .slots()
+        .filter(|(_, s)| matches!(s, SlotState::Assigned { .. }))
+        .map(|(w, _)| *w)
+        .collect();
+    drawn += pending.len();
+    let mut outcome = None;
+    while let Some(worker) = pending.pop() {
+        let w = (1..=bidders).find(|i| node(*i) == worker).unwrap();
+        let wd = Withdraw {
+            job: job.id(),
+            worker: node(w),
+            reason: WithdrawReason::Preempted,
+            at_ms: 5,
+        };
+        let actions = job.on_withdraw(&wd, 5).unwrap();
+        withdrawn += 1;
+        let fresh = assigned(&actions);
+        drawn += fresh.len();
+        pending.extend(fresh);
+        outcome = outcome.or(decided(&actions));
+    }
+    assert_eq!(drawn, 3 * 4, "workers drawn");
+    assert_eq!(withdrawn, drawn);
+    // Nobody is left to do the work: the job ends now instead of drawing keys until its deadline.
+    let outcome = outcome.or_else(|| decided(&job.on_tick(10)));
+    assert!(
+        matches!(outcome, Some(Outcome::Failed(FailReason::NotEnoughWorkers))),
+        "{outcome:?}"
+    );
+}
+
+#[test]
 fn disagreement_escalates_and_the_liar_is_outvoted() {
     let mut job = new_job(2, 2);
     for w in [1, 2, 3, 4] {

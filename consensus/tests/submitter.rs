@@ -512,6 +512,90 @@ fn a_job_whose_offer_drew_too_few_bids_is_offered_again_a_bounded_number_of_time
     }
 }
 
+#[test]
+fn a_budget_is_not_promised_twice_to_jobs_in_flight() {
+    let mut s = submitter(TrustConfig::default());
+    let o = offer(40, 2, 0);
+    let budget = o.budget.clone();
+    let per_job = s.reservation(o.reward, o.replicas);
+    // Three untrusted workers and two extra ones, paid in full: 5 x 1,000.
+    assert_eq!(per_job, 5_000);
+    let left = |s: &Submitter| s.spending().left(&budget.body);
+    let all = left(&s);
+    s.offer(o.id(), o.clone(), Replication::Fixed);
+    assert_eq!(left(&s), all - per_job);
+    // A budget that covers one such job has nothing left for a second while the first is in flight.
+    let small = Budget {
+        amount: per_job,
+        ..budget.body.clone()
+    };
+    assert_eq!(s.spending().left(&small), 0);
+    // Offered again under a fresh offer: the old reservation is given back, the new one taken.
+    let again = offer(41, 2, 1_000);
+    s.offer(o.id(), again.clone(), Replication::Fixed);
+    assert_eq!(left(&s), all - per_job);
+    // Dropped: all of it is back.
+    assert!(s.forget(&again.id()));
+    assert_eq!(left(&s), all);
+    // Decided: what was granted is spent, the rest given back.
+    let outputs: BTreeMap<u8, Vec<u8>> = (1..=3).map(|w| (w, vec![7])).collect();
+    let (_, receipts) = run_job(&mut s, 42, 2, Replication::Fixed, &[1, 2, 3], &outputs, 0);
+    let granted: u64 = receipts.iter().map(|r| r.credit).sum();
+    assert!(granted > 0);
+    assert_eq!(s.spending().reserved(&budget.body), 0);
+    assert_eq!(left(&s), all - granted);
+}
+
+#[test]
+fn two_untrusted_workers_decide_only_in_a_small_fleet_that_allows_it() {
+    for small_fleet in [false, true] {
+        let mut s = Submitter::new(
+            key(SUBMITTER).node_id(),
+            SubmitterConfig {
+                max_extra: 2,
+                step_timeout_ms: 100,
+                small_fleet,
+                ..SubmitterConfig::default()
+            },
+        );
+        let mut rng = Fixed(0.5);
+        let o = offer(50, 2, 0);
+        let id = o.id();
+        s.offer(id, o, Replication::Fixed);
+        // Two peers, both bid: the window closes with two bids ("enough" is the two peers).
+        s.on_bid(bid(id, 1, 0), 0, 2, &mut rng).unwrap();
+        let actions = s.on_bid(bid(id, 2, 0), 0, 2, &mut rng).unwrap();
+        let mut actions: Vec<Action> = actions.into_iter().chain(s.on_wake(id, 25, &mut rng)).collect();
+        let mut t = 25;
+        let mut verdict = None;
+        while t < 70_000 && verdict.is_none() {
+            let mut next = Vec::new();
+            for a in actions.drain(..) {
+                match a {
+                    Action::Assign { worker, .. } => {
+                        let w = if worker == key(1).node_id() { 1 } else { 2 };
+                        next.extend(s.on_commit(&commit(id, w, &[7]), t).unwrap_or_default());
+                    }
+                    Action::RequestReveal { worker, .. } => {
+                        let w = if worker == key(1).node_id() { 1 } else { 2 };
+                        let (reveal, claim) = report(id, w, &[7], 900);
+                        next.extend(s.on_report(&reveal, claim, t).unwrap_or_default());
+                    }
+                    Action::Decide { result, .. } => verdict = Some(result),
+                    _ => {}
+                }
+            }
+            if next.is_empty() {
+                t += 1_000;
+                next = s.on_tick(t);
+            }
+            actions = next;
+        }
+        let accepted = verdict.is_some_and(|r| matches!(r.outcome, Outcome::Accepted { .. }));
+        assert_eq!(accepted, small_fleet, "small_fleet {small_fleet}");
+    }
+}
+
 fn small_trust() -> TrustConfig {
     TrustConfig {
         trust_after: 2,

@@ -86,6 +86,10 @@ pub struct JobsSection {
     /// Budget files (from `fleetmesh budget issue`) this node pays its own jobs from. None: it cannot
     /// submit jobs.
     pub budgets: Vec<PathBuf>,
+    /// With fewer than three peers, accept two agreeing workers that have no validated history here
+    /// (a local testnet of one owner). Off: such jobs wait for a third worker or a trusted one, since
+    /// two fresh keys cost an attacker nothing.
+    pub small_fleet: bool,
 }
 
 impl Default for JobsSection {
@@ -104,6 +108,7 @@ impl Default for JobsSection {
             probation_hours: t.probation_ms / 3_600_000,
             payers: Vec::new(),
             budgets: Vec::new(),
+            small_fleet: false,
         }
     }
 }
@@ -129,6 +134,7 @@ impl JobsSection {
             price: self.price,
             model_prices: self.model_prices.clone(),
             max_active_work: self.max_active_work,
+            small_fleet: self.small_fleet,
             adaptive: self.adaptive.then_some(fleetmesh_consensus::trust::TrustConfig {
                 trust_after: self.trust_after,
                 probation_ms: self.probation_hours.saturating_mul(3_600_000),

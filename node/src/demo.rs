@@ -215,8 +215,10 @@ impl Fleet {
                     cfg.car.sim_speed = cars.speed;
                 }
                 let store = Store::temporary()?;
+                // One owner's fleet: with `--nodes 3` two workers may agree while none is trusted yet.
                 let jobs = JobsConfig {
                     behaviour,
+                    small_fleet: true,
                     ..JobsConfig::default()
                 }
                 .funded_by(&payer, key.node_id());

@@ -7,8 +7,8 @@ use crate::inference::InferenceError;
 /// Why an input file could not be turned into model inputs.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
+    /// The file could not be read (the cause follows in the error's chain).
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: String,
@@ -38,9 +38,19 @@ pub enum InputError {
 /// One image input: its pixels and, when the CSV row had one, its label.
 pub type ImageRow = (Vec<u8>, Option<u8>);
 
-/// Reads image inputs of `pixels` bytes each: a PNG (one image, grayscale, `side` x `side`, scaled to
-/// 0..=`max`) or CSV (one image per line: `pixels` integers, optionally followed by a label, which is
-/// returned).
+/// Reads image inputs of `pixels` bytes each: a PNG (one `side` x `side` image) or CSV (one image per
+/// line: `pixels` integers 0..=`max`, optionally followed by a label, which is returned).
+///
+/// A PNG is read as a user means it, as MNIST-style ink intensity scaled to 0..=`max` (the digit bright,
+/// its background dark):
+/// - any colour type and bit depth: palettes are expanded to their colours (not read as indices), 1-, 2-
+///   and 4-bit grey is expanded and 16-bit reduced to 8 bits; colour is turned into luma;
+/// - transparency: when any pixel is not fully opaque, the opaque strokes are the digit (ink = opacity,
+///   whatever their colour), as for a digit drawn on a transparent canvas;
+/// - polarity: an opaque image whose border is mostly light is a dark digit on a light background, and
+///   is inverted;
+/// - both checksums (each chunk's CRC and the image data's zlib Adler-32) are verified: a damaged file is
+///   refused, never read as some other image.
 pub fn read_images(path: &Path, pixels: usize, side: u32, max: u8) -> Result<Vec<ImageRow>, InputError> {
     let name = path.display().to_string();
     let invalid = |reason: String| InputError::Invalid {
@@ -52,36 +62,7 @@ pub fn read_images(path: &Path, pixels: usize, side: u32, max: u8) -> Result<Vec
         source,
     })?;
     if bytes.starts_with(b"\x89PNG") {
-        let decoder = png::Decoder::new(std::io::Cursor::new(bytes.as_slice()));
-        let mut reader = decoder
-            .read_info()
-            .map_err(|e| invalid(format!("not a readable PNG: {e}")))?;
-        let size = reader
-            .output_buffer_size()
-            .ok_or_else(|| invalid("PNG too large".into()))?;
-        let mut buf = vec![0u8; size];
-        let info = reader
-            .next_frame(&mut buf)
-            .map_err(|e| invalid(format!("PNG: {e}")))?;
-        if info.width != side || info.height != side || info.bit_depth != png::BitDepth::Eight {
-            return Err(invalid(format!(
-                "expected an 8-bit {side}x{side} image, got {}x{}",
-                info.width, info.height
-            )));
-        }
-        let channels = info.color_type.samples();
-        let gray: Vec<u8> = buf[..info.buffer_size()]
-            .chunks(channels)
-            .map(|px| {
-                let luma = if channels >= 3 {
-                    (u32::from(px[0]) * 299 + u32::from(px[1]) * 587 + u32::from(px[2]) * 114) / 1000
-                } else {
-                    u32::from(px[0])
-                };
-                ((luma * u32::from(max) + 127) / 255) as u8
-            })
-            .collect();
-        return Ok(vec![(gray, None)]);
+        return Ok(vec![(read_png(&bytes, side, max).map_err(invalid)?, None)]);
     }
     let text = String::from_utf8(bytes).map_err(|_| invalid("neither a PNG nor UTF-8 CSV".into()))?;
     let mut out = Vec::new();
@@ -118,4 +99,79 @@ pub fn read_images(path: &Path, pixels: usize, side: u32, max: u8) -> Result<Vec
         return Err(invalid("no input rows".into()));
     }
     Ok(out)
+}
+
+/// Largest decoded PNG this reader allocates for (a 28x28 RGBA image at 16 bits is 6 KiB).
+const MAX_PNG_BYTES: usize = 1024 * 1024;
+
+/// One `side` x `side` PNG as ink intensities 0..=`max` (see [`read_images`]); `Err` says what is wrong.
+fn read_png(bytes: &[u8], side: u32, max: u8) -> Result<Vec<u8>, String> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_limits(png::Limits { bytes: MAX_PNG_BYTES });
+    decoder.ignore_checksums(false);
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| format!("not a readable PNG: {e}"))?;
+    let (width, height, color, depth) = {
+        let info = reader.info();
+        (info.width, info.height, info.color_type, info.bit_depth)
+    };
+    if (width, height) != (side, side) {
+        return Err(format!(
+            "expected a {side}x{side} image, got {width}x{height} ({}-bit {color:?})",
+            depth as u8
+        ));
+    }
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| "PNG too large".to_string())?;
+    let mut buf = vec![0u8; size];
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| format!("damaged PNG image data: {e}"))?;
+    // Reading to the end checks the chunks after the image data too.
+    reader
+        .finish()
+        .map_err(|e| format!("damaged PNG after the image data: {e}"))?;
+    let (out_color, out_depth) = reader.output_color_type();
+    if out_depth != png::BitDepth::Eight {
+        return Err(format!("cannot read a {}-bit {color:?} PNG", depth as u8));
+    }
+    let samples = out_color.samples();
+    let has_alpha = matches!(out_color, png::ColorType::GrayscaleAlpha | png::ColorType::Rgba);
+    let pixels: Vec<(u32, u32)> = buf[..frame.buffer_size()]
+        .chunks_exact(samples)
+        .map(|px| {
+            let luma = if samples >= 3 {
+                (u32::from(px[0]) * 299 + u32::from(px[1]) * 587 + u32::from(px[2]) * 114) / 1000
+            } else {
+                u32::from(px[0])
+            };
+            let alpha = if has_alpha {
+                u32::from(px[samples - 1])
+            } else {
+                255
+            };
+            (luma, alpha)
+        })
+        .collect();
+    let ink: Vec<u32> = if pixels.iter().any(|(_, a)| *a < 255) {
+        pixels.iter().map(|(_, a)| *a).collect()
+    } else {
+        let n = side as usize;
+        let border: Vec<u32> = (0..n * n)
+            .filter(|i| i / n == 0 || i / n == n - 1 || i % n == 0 || i % n == n - 1)
+            .map(|i| pixels[i].0)
+            .collect();
+        let light_background = border.iter().sum::<u32>() > 127 * border.len() as u32;
+        pixels
+            .iter()
+            .map(|(l, _)| if light_background { 255 - l } else { *l })
+            .collect()
+    };
+    Ok(ink
+        .into_iter()
+        .map(|v| ((v * u32::from(max) + 127) / 255) as u8)
+        .collect())
 }

@@ -49,6 +49,10 @@ pub(crate) struct RunArgs {
     /// Pay this node's jobs from this budget file (repeat for several; adds to jobs.budgets).
     #[arg(long = "budget", value_name = "FILE")]
     budgets: Vec<PathBuf>,
+    /// With fewer than three peers, accept two agreeing workers without history here (a local testnet of
+    /// one owner; sets jobs.small_fleet). Off by default: two fresh keys cost an attacker nothing.
+    #[arg(long)]
+    small_fleet: bool,
 }
 
 /// The config file given with `--config`, else `HOME/fleetmesh.toml` if it exists, else the defaults.
@@ -98,6 +102,7 @@ pub(crate) fn run(home: &Path, assets: &Path, args: RunArgs) -> anyhow::Result<(
         cfg.net.kademlia_mode = mode;
     }
     cfg.net.relay_server |= args.relay_server;
+    cfg.jobs.small_fleet |= args.small_fleet;
     cfg.net.public |= args.public;
     cfg.jobs.payers.extend(args.payers);
     cfg.jobs.budgets.extend(args.budgets);

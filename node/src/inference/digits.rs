@@ -32,7 +32,8 @@ pub const WEIGHTS: &[u8] = include_bytes!("../../assets/digits/digits-cnn.safete
 pub const PIXELS: usize = 64;
 /// Largest pixel value.
 pub const MAX_PIXEL: u8 = 16;
-const NAME: &str = "digits";
+/// The model's name.
+pub const NAME: &str = "digits";
 
 /// One labelled image.
 #[derive(Debug, Clone, PartialEq, Eq)]

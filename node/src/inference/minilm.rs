@@ -18,7 +18,8 @@ use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSp
 
 use super::{InferenceError, Model, check_weights, manifest_for};
 
-const NAME: &str = "minilm";
+/// The model's name.
+pub const NAME: &str = "minilm";
 /// Longest accepted input text in bytes.
 pub const MAX_TEXT: usize = 2048;
 /// Embedding width.

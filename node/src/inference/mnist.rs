@@ -18,7 +18,8 @@ use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSp
 
 use super::{InferenceError, Model, check_len, check_weights, classify_images, head_rows, manifest_for};
 
-const NAME: &str = "mnist-cnn";
+/// The model's name.
+pub const NAME: &str = "mnist-cnn";
 /// Pixels per image.
 pub const PIXELS: usize = 28 * 28;
 /// Path of the checkpoint under the assets folder.

@@ -299,6 +299,22 @@ impl Registry {
         Ok(registry)
     }
 
+    /// A registry with only the model named `name` (the embedded one, or from `assets`), for a command
+    /// that runs one model and should not pay for loading the others; `None` if it is not installed.
+    pub fn with_one(name: &str, assets: &std::path::Path) -> Result<Option<Self>, InferenceError> {
+        let model: Option<Arc<dyn Model>> = match name {
+            digits::NAME => Some(Arc::new(digits::Digits::embedded()?)),
+            mnist::NAME => mnist::MnistCnn::from_assets(assets)?.map(|m| Arc::new(m) as Arc<dyn Model>),
+            minilm::NAME => minilm::MiniLm::from_assets(assets)?.map(|m| Arc::new(m) as Arc<dyn Model>),
+            _ => None,
+        };
+        Ok(model.map(|m| {
+            let registry = Registry::default();
+            registry.insert(m);
+            registry
+        }))
+    }
+
     /// Adds a model.
     pub fn insert(&self, model: Arc<dyn Model>) {
         let mut map = self

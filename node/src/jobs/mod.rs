@@ -82,6 +82,9 @@ pub struct JobsConfig {
     pub offers_per_s: f64,
     /// ... at once.
     pub offer_burst: f64,
+    /// Accept two agreeing untrusted workers while this node has fewer than three peers (see
+    /// [`SubmitterConfig::small_fleet`]); off by default.
+    pub small_fleet: bool,
 }
 
 impl JobsConfig {
@@ -108,6 +111,7 @@ impl JobsConfig {
             step_timeout_ms: self.step_timeout_ms,
             bid_window_ms: self.bid_window_ms,
             trust: self.adaptive.unwrap_or_default(),
+            small_fleet: self.small_fleet,
             ..SubmitterConfig::default()
         }
     }
@@ -130,6 +134,7 @@ impl Default for JobsConfig {
             budgets: Vec::new(),
             offers_per_s: crate::net::config::NetConfig::default().offers_per_submitter_per_s,
             offer_burst: crate::net::config::NetConfig::default().offer_burst_per_submitter,
+            small_fleet: false,
         }
     }
 }
@@ -256,6 +261,75 @@ impl ReceiptBook {
     }
 }
 
+/// Receipts waiting for the writer thread; more are written from tokio's blocking threads instead.
+const RECEIPT_QUEUE: usize = 4_096;
+
+enum ToWriter {
+    Put(Box<Signed<Receipt>>),
+    /// Answered once everything sent before is written.
+    Sync(oneshot::Sender<()>),
+}
+
+/// Writes the receipts that gossip brings to the store, on a thread of its own: every node stores every
+/// job's receipts, and writing them in bursts there costs fewer thread switches than a blocking task
+/// each. The thread ends when the job roles are dropped.
+struct ReceiptWriter {
+    tx: std::sync::mpsc::SyncSender<ToWriter>,
+    store: Store,
+}
+
+impl ReceiptWriter {
+    fn start(store: Store) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ToWriter>(RECEIPT_QUEUE);
+        let writer = store.clone();
+        let spawned = std::thread::Builder::new()
+            .name("receipt-writer".into())
+            .spawn(move || {
+                while let Ok(message) = rx.recv() {
+                    match message {
+                        ToWriter::Put(receipt) => {
+                            if let Err(e) = writer.put_receipt(&receipt) {
+                                tracing::warn!(error = %e, "cannot store a receipt");
+                            }
+                        }
+                        ToWriter::Sync(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no receipt writer thread; receipts are written from blocking tasks");
+        }
+        Self { tx, store }
+    }
+
+    /// Stores `receipt` (on the writer thread; from a blocking task when its queue is full or it is gone).
+    fn put(&self, receipt: Signed<Receipt>) {
+        if let Err(
+            std::sync::mpsc::TrySendError::Full(ToWriter::Put(receipt))
+            | std::sync::mpsc::TrySendError::Disconnected(ToWriter::Put(receipt)),
+        ) = self.tx.try_send(ToWriter::Put(Box::new(receipt)))
+        {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.put_receipt(&receipt) {
+                    tracing::warn!(error = %e, "cannot store a receipt");
+                }
+            });
+        }
+    }
+
+    /// Waits until every receipt handed over before is written.
+    async fn sync(&self) {
+        let (done, written) = oneshot::channel();
+        let tx = self.tx.clone();
+        // The queue may be full: hand the marker over from a blocking thread.
+        let _ = tokio::task::spawn_blocking(move || tx.send(ToWriter::Sync(done))).await;
+        let _ = written.await;
+    }
+}
+
 struct Inner {
     key: NodeKey,
     me: NodeId,
@@ -274,6 +348,8 @@ struct Inner {
     submitter: Mutex<SubmitterSide>,
     worker: Mutex<WorkerSide>,
     book: Mutex<ReceiptBook>,
+    /// Gossiped receipts on their way to the store, written by the receipt writer thread.
+    receipts: ReceiptWriter,
     /// Held across one submission with an idempotency key (outside the three locks above, which it
     /// takes one at a time).
     keyed: tokio::sync::Mutex<()>,
@@ -352,6 +428,7 @@ impl Jobs {
     ) -> Self {
         let me = key.node_id();
         let submitter = SubmitterSide::new(Submitter::new(me, cfg.submitter_config()));
+        let receipts = ReceiptWriter::start(store.clone());
         Self {
             inner: Arc::new(Inner {
                 key,
@@ -368,6 +445,7 @@ impl Jobs {
                 submitter: Mutex::new(submitter),
                 worker: Mutex::new(WorkerSide::default()),
                 book: Mutex::new(ReceiptBook::default()),
+                receipts,
                 keyed: tokio::sync::Mutex::new(()),
                 // Empty at start: peers keep this submitter's bucket across its restart.
                 pacer: tokio::sync::Mutex::new((0.0, std::time::Instant::now())),

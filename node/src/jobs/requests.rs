@@ -8,7 +8,7 @@ use fleetmesh_protocol::messages::{
     Assignment, Bid, JobOffer, Receipt, Reply, ResultCommit, RevealRequest, Withdraw,
 };
 use libp2p::PeerId;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{Jobs, authored, now_ms, refuse, reply};
 use crate::net::Topic;
@@ -24,12 +24,7 @@ impl Jobs {
             }
             Topic::Receipts => {
                 if let Ok(receipt) = codec::decode::<Signed<Receipt>>(data) {
-                    let (store, stored) = (self.inner.store.clone(), receipt.clone());
-                    self.spawn(async move {
-                        if let Err(e) = store.off_thread(move |s| s.put_receipt(&stored)).await {
-                            warn!(error = %e, "cannot store a receipt");
-                        }
-                    });
+                    self.inner.receipts.put(receipt.clone());
                     self.book().keep(receipt);
                 }
             }

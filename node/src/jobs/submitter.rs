@@ -314,6 +314,8 @@ impl Jobs {
                     (a, _) => (old.replicas, a),
                 };
                 this.paced().await;
+                // What the old offer set aside goes back to its budget, for the fresh offer to take.
+                this.submitter().core.release(&old.id());
                 let offered = match this.new_offer(old.model, old.input.clone(), old.rule, replicas) {
                     Ok(fresh) => this.offer(original, fresh, adaptive).await,
                     Err(e) => Err(e),

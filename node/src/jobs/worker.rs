@@ -27,6 +27,12 @@ fn random_salt() -> Option<[u8; 32]> {
     Some(salt)
 }
 
+/// Assigned work not yet revealed that one submitter may have this node hold.
+const MAX_HELD_PER_SUBMITTER: usize = 256;
+
+/// Assigned work this node holds in all (revealed work stays until its deadline has passed a minute).
+const MAX_HELD: usize = 4_096;
+
 impl Jobs {
     /// An offer seen in gossip: bid on it if the car admits work, this node has capacity and the model
     /// (fetched from peers first if missing).
@@ -153,6 +159,17 @@ impl Jobs {
             }
             if side.work.contains_key(&a.job) {
                 return refuse("already assigned");
+            }
+            // A submitter that assigns and never asks for the reveals would have this car keep its work
+            // (memory, disk) until each job's deadline, which it chooses: its held work is capped, and so
+            // is all held work.
+            let held = side
+                .work
+                .values()
+                .filter(|w| w.offer.submitter == a.submitter && !w.revealed)
+                .count();
+            if held >= MAX_HELD_PER_SUBMITTER || side.work.len() >= MAX_HELD {
+                return refuse("too much unrevealed work held");
             }
             let JobInput::Inline(input) = offer.input.clone() else {
                 return refuse("inputs by content id are not supported yet");
@@ -413,6 +430,12 @@ impl Jobs {
                 tasks = self.inner.tasks.len(),
                 "stopping with tasks still running"
             );
+        }
+        if tokio::time::timeout_at(deadline, self.inner.receipts.sync())
+            .await
+            .is_err()
+        {
+            debug!("stopping before every gossiped receipt was written");
         }
         if let Err(e) = self.inner.store.flush().await {
             warn!(error = %e, "cannot flush the store while stopping");
