@@ -355,6 +355,8 @@ struct Inner {
     keyed: tokio::sync::Mutex<()>,
     /// The offer pacer's token bucket: (tokens, when last filled). Held while an offer waits its turn.
     pacer: tokio::sync::Mutex<(f64, std::time::Instant)>,
+    /// Whether the user was told that a fleet of fewer than three peers needs `small_fleet`.
+    warned_small_fleet: std::sync::atomic::AtomicBool,
 }
 
 /// The job roles of one node (cheap to clone).
@@ -449,6 +451,7 @@ impl Jobs {
                 keyed: tokio::sync::Mutex::new(()),
                 // Empty at start: peers keep this submitter's bucket across its restart.
                 pacer: tokio::sync::Mutex::new((0.0, std::time::Instant::now())),
+                warned_small_fleet: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }

@@ -132,6 +132,20 @@ impl Jobs {
             .get(&model)
             .map_or(AgreementRule::Exact, |m| m.manifest().rule);
         self.paced().await;
+        let peers = self.inner.net.connected_peers();
+        if peers < UNTRUSTED_QUORUM
+            && !self.inner.cfg.small_fleet
+            && !self
+                .inner
+                .warned_small_fleet
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            warn!(
+                peers,
+                "fewer than three peers: a job needs a trusted worker or three agreeing new ones, so jobs may \
+                 wait for more cars (a testnet of one owner can set [jobs] small_fleet = true)"
+            );
+        }
         let offer = self.new_offer(model, JobInput::Inline(input), rule, replicas)?;
         let id = offer.id();
         if let Some(key) = key {
