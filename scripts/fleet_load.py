@@ -16,6 +16,7 @@ Only the standard library; loopback only.
 """
 
 import json
+import os
 import sys
 import threading
 import time
@@ -63,7 +64,10 @@ def rate(port, token_file, seconds, clients=8):
                             {"model": "digits", "input": PIXELS, "replicas": 2, "wait": True})
             except Exception as e:
                 if permanent(e):
-                    sys.exit(f"the node refused the load for good: HTTP {e.code} {e.read().decode(errors='replace')}")
+                    # From a worker thread: end the whole script, not only this thread.
+                    print(f"the node refused the load for good: HTTP {e.code} {e.read().decode(errors='replace')}",
+                          file=sys.stderr, flush=True)
+                    os._exit(1)
                 time.sleep(0.05)
                 continue
             if view.get("state") == "accepted":

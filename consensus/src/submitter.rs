@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use fleetmesh_protocol::messages::{
-    Bid, JobOffer, Receipt, ResultCommit, ResultReveal, Verdict, Withdraw, WithdrawReason, WorkClaim,
+    Bid, Budget, JobOffer, Receipt, ResultCommit, ResultReveal, Verdict, Withdraw, WithdrawReason, WorkClaim,
 };
 use fleetmesh_protocol::{JobId, NodeId, Signed};
 
@@ -283,6 +283,41 @@ impl Submitter {
     /// The most the job may cost ([`Submitter::reservation`]) is set aside under its budget until it is
     /// decided or dropped: [`Spending::left`] counts it, so a budget is never promised twice.
     pub fn offer(&mut self, original: JobId, offer: JobOffer, replication: Replication) {
+        let reserved = self.reservation(offer.reward, offer.replicas);
+        self.spending.reserve(&offer.budget.body, reserved);
+        self.offer_reserved(original, offer, replication);
+    }
+
+    /// Picks the budget among `budgets` to pay a job offering `reward` per worker with `replicas`
+    /// until `deadline_ms` ([`Spending::pick`]) and sets its [`Submitter::reservation`] aside at once,
+    /// so that jobs being offered at the same time cannot all count on the same credit. The caller then
+    /// offers the job with [`Submitter::offer_reserved`], or gives the credit back with
+    /// [`Submitter::give_back`] if it cannot.
+    pub fn take_budget(
+        &mut self,
+        budgets: &[Signed<Budget>],
+        reward: u64,
+        replicas: u8,
+        deadline_ms: u64,
+    ) -> Option<Signed<Budget>> {
+        let workers = usize::from(replicas).max(UNTRUSTED_QUORUM) + self.cfg.max_extra;
+        let budget = self
+            .spending
+            .pick(budgets, &self.me, reward, workers, deadline_ms)?
+            .clone();
+        let amount = self.reservation(reward, replicas);
+        self.spending.reserve(&budget.body, amount);
+        Some(budget)
+    }
+
+    /// Gives back what [`Submitter::take_budget`] set aside for an offer that was not made.
+    pub fn give_back(&mut self, budget: &Budget, reward: u64, replicas: u8) {
+        let amount = self.reservation(reward, replicas);
+        self.spending.release(budget, amount);
+    }
+
+    /// [`Submitter::offer`] for an offer whose credit [`Submitter::take_budget`] already set aside.
+    pub fn offer_reserved(&mut self, original: JobId, offer: JobOffer, replication: Replication) {
         let reoffers = match self.originals.insert(original, offer.id()) {
             Some(old) => self.jobs.remove(&old).map_or(0, |j| {
                 self.spending.release(&j.offer.budget.body, j.reserved);
@@ -291,7 +326,6 @@ impl Submitter {
             None => 0,
         };
         let reserved = self.reservation(offer.reward, offer.replicas);
-        self.spending.reserve(&offer.budget.body, reserved);
         let job = Job::new(&offer, self.job_config(usize::from(offer.replicas.max(1))));
         self.jobs.insert(
             offer.id(),
@@ -323,6 +357,22 @@ impl Submitter {
         if let Some(f) = self.jobs.get_mut(job) {
             self.spending
                 .release(&f.offer.budget.body, std::mem::take(&mut f.reserved));
+        }
+    }
+
+    /// Sets aside again what [`Submitter::release`] gave back, when the fresh offer could not be made.
+    pub fn hold(&mut self, job: &JobId) {
+        let Some(amount) = self
+            .jobs
+            .get(job)
+            .filter(|f| f.reserved == 0)
+            .map(|f| self.reservation(f.offer.reward, f.offer.replicas))
+        else {
+            return;
+        };
+        if let Some(f) = self.jobs.get_mut(job) {
+            f.reserved = amount;
+            self.spending.reserve(&f.offer.budget.body, amount);
         }
     }
 

@@ -547,6 +547,42 @@ fn a_budget_is_not_promised_twice_to_jobs_in_flight() {
 }
 
 #[test]
+fn a_budget_taken_for_an_offer_is_set_aside_at_once_and_can_be_given_back() {
+    let mut s = submitter(TrustConfig::default());
+    let o = offer(60, 2, 0);
+    let per_job = s.reservation(o.reward, o.replicas);
+    let payer = NodeKey::from_seed([250; 32]);
+    let small = Signed::sign(
+        Budget {
+            amount: per_job,
+            ..o.budget.body.clone()
+        },
+        &payer,
+    )
+    .unwrap();
+    let budgets = [small.clone()];
+    // Two offers made at the same time: only the first gets the budget.
+    let first = s.take_budget(&budgets, o.reward, o.replicas, o.deadline_ms);
+    assert!(first.is_some());
+    assert!(
+        s.take_budget(&budgets, o.reward, o.replicas, o.deadline_ms)
+            .is_none()
+    );
+    // The first was not made after all: the credit is back.
+    s.give_back(&small.body, o.reward, o.replicas);
+    assert_eq!(s.spending().left(&small.body), per_job);
+    // Made: offered with the credit already set aside (not twice).
+    let taken = s
+        .take_budget(&budgets, o.reward, o.replicas, o.deadline_ms)
+        .unwrap();
+    let made = JobOffer { budget: taken, ..o };
+    s.offer_reserved(made.id(), made.clone(), Replication::Fixed);
+    assert_eq!(s.spending().reserved(&small.body), per_job);
+    assert!(s.forget(&made.id()));
+    assert_eq!(s.spending().reserved(&small.body), 0);
+}
+
+#[test]
 fn two_untrusted_workers_decide_only_in_a_small_fleet_that_allows_it() {
     for small_fleet in [false, true] {
         let mut s = Submitter::new(

@@ -275,6 +275,11 @@ async fn submit(
     };
     let (job, again) = match submitted {
         Ok(job) => job,
+        // What asking again cannot change is the client's mistake; the rest may pass (a budget set
+        // aside by jobs in flight comes back, the mesh gets peers).
+        Err(e @ (crate::jobs::JobsError::BadKey | crate::jobs::JobsError::Offer(_))) => {
+            return error(StatusCode::BAD_REQUEST, e);
+        }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
     };
     if req.wait

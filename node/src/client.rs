@@ -72,6 +72,8 @@ pub fn exchange(
     token: Option<&str>,
 ) -> Result<(u16, serde_json::Value), ClientError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        // The API is on loopback: never through a proxy named in the environment (it would see the token).
+        .proxy(None)
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_global(Some(timeout + CONNECT_TIMEOUT))
         // 4xx and 5xx answers carry the node's reason in JSON: read them, do not turn them into errors.

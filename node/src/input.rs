@@ -45,8 +45,9 @@ pub type ImageRow = (Vec<u8>, Option<u8>);
 /// its background dark):
 /// - any colour type and bit depth: palettes are expanded to their colours (not read as indices), 1-, 2-
 ///   and 4-bit grey is expanded and 16-bit reduced to 8 bits; colour is turned into luma;
-/// - transparency: when any pixel is not fully opaque, the opaque strokes are the digit (ink = opacity,
-///   whatever their colour), as for a digit drawn on a transparent canvas;
+/// - transparency: when at least a quarter of the pixels are not fully opaque (a digit drawn on a
+///   transparent canvas), the opaque strokes are the digit (ink = opacity, whatever their colour); an
+///   otherwise opaque image is read by its colours;
 /// - polarity: an opaque image whose border is mostly light is a dark digit on a light background, and
 ///   is inverted;
 /// - both checksums (each chunk's CRC and the image data's zlib Adler-32) are verified: a damaged file is
@@ -156,7 +157,10 @@ fn read_png(bytes: &[u8], side: u32, max: u8) -> Result<Vec<u8>, String> {
             (luma, alpha)
         })
         .collect();
-    let ink: Vec<u32> = if pixels.iter().any(|(_, a)| *a < 255) {
+    // A transparent canvas: at least a quarter of the image not fully opaque (one soft corner of an
+    // otherwise opaque image does not count).
+    let transparent = pixels.iter().filter(|(_, a)| *a < 255).count();
+    let ink: Vec<u32> = if transparent * 4 >= pixels.len() {
         pixels.iter().map(|(_, a)| *a).collect()
     } else {
         let n = side as usize;

@@ -257,6 +257,9 @@ async fn drive_car(
     }
 }
 
+/// Manifest and chunk requests served at once; more are refused (the fetcher asks another provider).
+const MODEL_REQUESTS_AT_ONCE: usize = 8;
+
 /// Routes what the mesh delivers to the job roles, and ticks their clocks. When the node stops, hands its
 /// unfinished work back ([`Jobs::shutdown`]), then stops the network.
 async fn handle_events(
@@ -268,6 +271,7 @@ async fn handle_events(
     _stop_net: tokio_util::sync::DropGuard,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let serving = Arc::new(tokio::sync::Semaphore::new(MODEL_REQUESTS_AT_ONCE));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -281,15 +285,21 @@ async fn handle_events(
                     jobs.on_gossip(topic, &data);
                 }
                 Some(NetEvent::Request { peer, data, channel }) => {
-                    let (jobs, share, net) = (jobs.clone(), share.clone(), net.clone());
+                    let (jobs, share, net, serving) = (jobs.clone(), share.clone(), net.clone(), serving.clone());
                     tokio::spawn(async move {
                         let answer = match codec::peek_kind(&data) {
-                            // Chunks are read from files and the store: off the async worker threads.
-                            Ok((Kind::ManifestRequest | Kind::ChunkRequest, false)) => {
-                                tokio::task::spawn_blocking(move || share.on_request(&data))
-                                    .await
-                                    .unwrap_or_else(|_| codec::encode(&Reply::refused("cannot serve now")))
-                            }
+                            // Chunks are read from files and the store: off the async worker threads, a
+                            // few at a time, so that serving models never takes the blocking threads
+                            // commits and verdicts are stored from.
+                            Ok((Kind::ManifestRequest | Kind::ChunkRequest, false)) => match serving.try_acquire_owned() {
+                                Ok(permit) => tokio::task::spawn_blocking(move || {
+                                    let _permit = permit;
+                                    share.on_request(&data)
+                                })
+                                .await
+                                .unwrap_or_else(|_| codec::encode(&Reply::refused("cannot serve now"))),
+                                Err(_) => codec::encode(&Reply::refused("busy serving models; ask another provider")),
+                            },
                             _ => jobs.on_request(peer, &data).await,
                         };
                         let _ = net.respond(channel, answer).await;

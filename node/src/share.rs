@@ -282,12 +282,21 @@ impl Share {
         if !FETCHABLE_ARCHITECTURES.contains(&manifest.architecture.as_str()) {
             return;
         }
+        let id = model.id();
         let source = match model.weights_source() {
             Some(source) => Source::Weights(source),
-            None if self.inner.store.manifest(&model.id()).is_some() => Source::Store,
-            None => return,
+            None => {
+                let stored = self
+                    .inner
+                    .store
+                    .off_thread(move |s| Ok(s.manifest(&id).is_some()))
+                    .await;
+                if !matches!(stored, Ok(true)) {
+                    return;
+                }
+                Source::Store
+            }
         };
-        let id = model.id();
         lock(&self.inner.served).insert(id, Arc::new(Served { manifest, source }));
         if let Err(e) = self.inner.net.provide(id.as_bytes().to_vec()).await {
             debug!(error = %e, "cannot announce a model");

@@ -95,6 +95,22 @@ fn on_a_transparent_canvas_the_opaque_strokes_are_the_digit() {
 }
 
 #[test]
+fn one_soft_corner_does_not_make_an_opaque_image_transparent() {
+    let (pixels, _) = digit();
+    // An opaque grey digit whose corner pixel is half transparent: still read by its colours.
+    let mut rgba: Vec<u8> = pixels
+        .iter()
+        .flat_map(|v| {
+            let g = to_8bit(*v);
+            [g, g, g, 255]
+        })
+        .collect();
+    rgba[3] = 128;
+    let png = encode(png::ColorType::Rgba, png::BitDepth::Eight, None, &rgba);
+    assert_eq!(read(&png).unwrap(), pixels);
+}
+
+#[test]
 fn a_16_bit_grey_png_is_reduced_to_8_bits() {
     let (pixels, _) = digit();
     let wide: Vec<u8> = pixels

@@ -757,7 +757,9 @@ fn each_dashboard_shows_its_node_in_a_real_browser_and_metrics_parse_and_move() 
 
         // /metrics is valid Prometheus text, and its counters move with work.
         let scrape = || -> prometheus_parse::Scrape {
-            let body = ureq::get(format!("http://127.0.0.1:{api}/metrics"))
+            let agent: ureq::Agent = ureq::Agent::config_builder().proxy(None).build().into();
+            let body = agent
+                .get(format!("http://127.0.0.1:{api}/metrics"))
                 .call()
                 .unwrap()
                 .body_mut()

@@ -16,7 +16,8 @@ pub(crate) struct InferArgs {
     /// Input file. Image models: CSV rows (the model's pixel count of integers, 0..=16 for digits and
     /// 0..=255 for mnist-cnn, optionally followed by a label), or one PNG of the model's size (8x8 or
     /// 28x28) of any colour type and bit depth: read as a bright digit on a dark background (an image with
-    /// a light border is inverted; in an image with transparency the opaque strokes are the digit).
+    /// a light border is inverted; in an image with transparency, a quarter of it or more not fully
+    /// opaque, the opaque strokes are the digit).
     /// minilm: one sentence per line.
     #[arg(long)]
     input: PathBuf,

@@ -151,10 +151,15 @@ impl Jobs {
         if let Some(key) = key {
             // On disk with the job (the offer's flush writes both) before anyone sees the job.
             let key = key.to_string();
-            self.inner
+            if let Err(e) = self
+                .inner
                 .store
                 .off_thread(move |s| s.put_submit_key(&key, &id))
-                .await?;
+                .await
+            {
+                self.give_back(&offer);
+                return Err(e.into());
+            }
         }
         if let Err(e) = self.offer(id, offer, adaptive).await {
             self.forget(id).await;
@@ -204,12 +209,12 @@ impl Jobs {
         // Enough left for every worker the job may draw (its replicas, three without a trusted one,
         // and the extra ones).
         let workers = usize::from(replicas).max(UNTRUSTED_QUORUM) + cfg.max_extra;
+        // Picked and set aside in one step, so offers made at the same time cannot count on one credit;
+        // given back below if the offer is not made.
         let budget = self
             .submitter()
             .core
-            .spending()
-            .pick(&cfg.budgets, &self.inner.me, reward, workers, deadline_ms)
-            .cloned()
+            .take_budget(&cfg.budgets, reward, replicas, deadline_ms)
             .ok_or_else(|| JobsError::NoBudget {
                 held: cfg.budgets.len(),
                 needed: reward.saturating_mul(workers as u64),
@@ -227,8 +232,18 @@ impl Jobs {
             deadline_ms,
             budget,
         };
-        codec::encode_checked(&offer)?;
+        if let Err(e) = codec::encode_checked(&offer) {
+            self.give_back(&offer);
+            return Err(e.into());
+        }
         Ok(offer)
+    }
+
+    /// Gives back the credit [`Jobs::new_offer`] set aside for an offer that is not made after all.
+    fn give_back(&self, offer: &JobOffer) {
+        self.submitter()
+            .core
+            .give_back(&offer.budget.body, offer.reward, offer.replicas);
     }
 
     /// Records `offer` as the one in force for the job its user knows as `original`, makes that durable,
@@ -240,16 +255,27 @@ impl Jobs {
         adaptive: bool,
     ) -> Result<(), JobsError> {
         let id = offer.id();
-        let signed = Signed::sign(offer.clone(), &self.inner.key)?;
+        let signed = match Signed::sign(offer.clone(), &self.inner.key) {
+            Ok(signed) => signed,
+            Err(e) => {
+                self.give_back(&offer);
+                return Err(e.into());
+            }
+        };
         let record = SubmittedRecord {
             offer: offer.clone(),
             adaptive,
             result: None,
         };
-        self.inner
+        if let Err(e) = self
+            .inner
             .store
             .off_thread(move |s| s.put_submitted(&original, &record))
-            .await?;
+            .await
+        {
+            self.give_back(&offer);
+            return Err(e.into());
+        }
         {
             let mut side = self.submitter();
             let replication = if adaptive && self.inner.cfg.adaptive.is_some() {
@@ -257,7 +283,7 @@ impl Jobs {
             } else {
                 Replication::Fixed
             };
-            side.core.offer(original, offer.clone(), replication);
+            side.core.offer_reserved(original, offer.clone(), replication);
             let waiters = match side.jobs.remove(&original) {
                 Some(old) => {
                     side.by_offer.remove(&old.offer.id());
@@ -332,7 +358,11 @@ impl Jobs {
                 this.submitter().core.release(&old.id());
                 let offered = match this.new_offer(old.model, old.input.clone(), old.rule, replicas) {
                     Ok(fresh) => this.offer(original, fresh, adaptive).await,
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        // Not offered again: the old offer keeps its credit set aside.
+                        this.submitter().core.hold(&old.id());
+                        Err(e)
+                    }
                 };
                 match offered {
                     Ok(()) => done += 1,

@@ -30,8 +30,12 @@ fn random_salt() -> Option<[u8; 32]> {
 /// Assigned work not yet revealed that one submitter may have this node hold.
 const MAX_HELD_PER_SUBMITTER: usize = 256;
 
-/// Assigned work this node holds in all (revealed work stays until its deadline has passed a minute).
+/// Assigned work not yet revealed that this node holds in all.
 const MAX_HELD: usize = 4_096;
+
+/// Work kept in all, revealed included (revealed work stays until its deadline has passed a minute, to
+/// answer a repeated reveal request); beyond this the revealed work nearest its deadline is dropped.
+const MAX_KEPT: usize = 16_384;
 
 impl Jobs {
     /// An offer seen in gossip: bid on it if the car admits work, this node has capacity and the model
@@ -161,15 +165,41 @@ impl Jobs {
                 return refuse("already assigned");
             }
             // A submitter that assigns and never asks for the reveals would have this car keep its work
-            // (memory, disk) until each job's deadline, which it chooses: its held work is capped, and so
-            // is all held work.
+            // (memory, disk) until each job's deadline, which it chooses: unrevealed work is capped per
+            // submitter and in all.
+            let unrevealed = |w: &&Work| !w.revealed;
             let held = side
                 .work
                 .values()
-                .filter(|w| w.offer.submitter == a.submitter && !w.revealed)
+                .filter(unrevealed)
+                .filter(|w| w.offer.submitter == a.submitter)
                 .count();
-            if held >= MAX_HELD_PER_SUBMITTER || side.work.len() >= MAX_HELD {
+            if held >= MAX_HELD_PER_SUBMITTER || side.work.values().filter(unrevealed).count() >= MAX_HELD {
                 return refuse("too much unrevealed work held");
+            }
+            // Revealed work is kept only to answer a repeated reveal request: beyond the cap, the half
+            // nearest its deadline goes.
+            if side.work.len() >= MAX_KEPT {
+                let mut revealed: Vec<(u64, JobId)> = side
+                    .work
+                    .iter()
+                    .filter(|(_, w)| w.revealed)
+                    .map(|(id, w)| (w.offer.deadline_ms, *id))
+                    .collect();
+                revealed.sort_unstable();
+                revealed.truncate(revealed.len() / 2 + 1);
+                for (_, id) in &revealed {
+                    side.work.remove(id);
+                }
+                let (store, ids) = (self.inner.store.clone(), revealed);
+                self.spawn(async move {
+                    let dropped = store
+                        .off_thread(move |s| ids.iter().try_for_each(|(_, id)| s.remove_work(id)))
+                        .await;
+                    if let Err(e) = dropped {
+                        warn!(error = %e, "cannot forget revealed work");
+                    }
+                });
             }
             let JobInput::Inline(input) = offer.input.clone() else {
                 return refuse("inputs by content id are not supported yet");

@@ -30,12 +30,25 @@ type LookupReply = oneshot::Sender<Result<Vec<Multiaddr>, NetError>>;
 /// Gossip messages whose signatures wait to be checked; more answer `Busy` (not taken, not forwarded).
 const MAX_VERIFYING: usize = 1_024;
 
+/// Of those, from one forwarding peer: a peer that floods cannot take the queue from the others.
+const MAX_VERIFYING_PER_PEER: usize = 32;
+
 /// A gossiped message on its way through the verifier thread.
 struct Verifying {
     id: gossipsub::MessageId,
     source: PeerId,
     data: Vec<u8>,
     pending: Unverified,
+}
+
+/// Counts one waiting message of `key` less.
+fn release<K: std::hash::Hash + Eq>(waiting: &mut HashMap<K, usize>, key: K) {
+    if let std::collections::hash_map::Entry::Occupied(mut e) = waiting.entry(key) {
+        *e.get_mut() = e.get().saturating_sub(1);
+        if *e.get() == 0 {
+            e.remove();
+        }
+    }
 }
 
 /// A message back from the verifier thread, with the result of its signature check.
@@ -105,6 +118,10 @@ pub(super) struct EventLoop {
     /// Messages to the verifier thread, and what it verified.
     to_verify: mpsc::Sender<Verifying>,
     verified: mpsc::Receiver<Verified>,
+    /// Messages waiting for their signature check, per forwarding peer and per (topic, submitter)
+    /// (entries exist only while some wait, so at most [`MAX_VERIFYING`] of each).
+    waiting_by_peer: HashMap<PeerId, usize>,
+    waiting_by_submitter: HashMap<(Topic, fleetmesh_protocol::NodeId), usize>,
 }
 
 /// Whether an address is a relay circuit (`.../p2p-circuit`).
@@ -178,6 +195,8 @@ impl EventLoop {
             limits,
             to_verify,
             verified,
+            waiting_by_peer: HashMap::new(),
+            waiting_by_submitter: HashMap::new(),
         }
     }
 
@@ -618,6 +637,22 @@ impl EventLoop {
             Ok(pending) => pending,
             Err(outcome) => return self.judged(id, source, Some(topic), Err(outcome), message.data),
         };
+        // The submitter's allowance must cover the messages already waiting too, or forgeries under its
+        // name would each cost a signature check; and one peer may not fill the queue.
+        let submitter = (topic, pending.submitter());
+        let by_submitter = self.waiting_by_submitter.get(&submitter).copied().unwrap_or(0);
+        if self.limits.tokens(topic, &submitter.1, Instant::now()) < (by_submitter + 1) as f64 {
+            return self.judged(
+                id,
+                source,
+                Some(topic),
+                Err(GossipOutcome::RateLimited),
+                message.data,
+            );
+        }
+        if self.waiting_by_peer.get(&source).copied().unwrap_or(0) >= MAX_VERIFYING_PER_PEER {
+            return self.judged(id, source, Some(topic), Err(GossipOutcome::Busy), message.data);
+        }
         let job = Verifying {
             id,
             source,
@@ -625,21 +660,29 @@ impl EventLoop {
             pending,
         };
         // A full verifier queue is back-pressure like a full queue to the job roles.
-        if let Err(e) = self.to_verify.try_send(job) {
-            let job = e.into_inner();
-            self.judged(
-                job.id,
-                job.source,
-                Some(topic),
-                Err(GossipOutcome::Busy),
-                job.data,
-            );
+        match self.to_verify.try_send(job) {
+            Ok(()) => {
+                *self.waiting_by_peer.entry(source).or_default() += 1;
+                *self.waiting_by_submitter.entry(submitter).or_default() += 1;
+            }
+            Err(e) => {
+                let job = e.into_inner();
+                self.judged(
+                    job.id,
+                    job.source,
+                    Some(topic),
+                    Err(GossipOutcome::Busy),
+                    job.data,
+                );
+            }
         }
     }
 
     /// The verifier thread checked a message's signatures: a valid one spends its submitter's allowance.
     fn on_verified(&mut self, job: Verifying, result: Result<(), GossipOutcome>) {
         let (topic, submitter) = (job.pending.topic(), job.pending.submitter());
+        release(&mut self.waiting_by_peer, job.source);
+        release(&mut self.waiting_by_submitter, (topic, submitter));
         // A message the node cannot take now (its queue to the job roles is full) is `Busy` before it
         // spends any of its submitter's allowance. This task is that queue's only sender, so the room seen
         // here is still there when the message is handed on.

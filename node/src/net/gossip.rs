@@ -125,6 +125,11 @@ impl Limits {
             Topic::Receipts => &self.receipts,
         }
     }
+
+    /// The allowance `who` has on `topic` at `now` (whole and part messages; none spent).
+    pub fn tokens(&self, topic: Topic, who: &NodeId, now: Instant) -> f64 {
+        self.of_ref(topic).tokens(who, now)
+    }
 }
 
 /// A gossiped message that passed every check but its signatures. The swarm task makes these
@@ -166,8 +171,10 @@ impl Unverified {
 
 /// Every check of a gossiped message for its topic at `now_ms` under `policy` but its signatures,
 /// cheapest first: size, version, kind and canonical bytes, (for offers) expiry, the payer, and whether
-/// the submitter has allowance left (if `limits` are given; none is spent here). A flood of stale,
-/// unfunded or too frequent messages costs no signature check.
+/// the submitter has allowance left (if `limits` are given; none is spent here). A flood of stale or
+/// unfunded messages costs no signature check; the node also counts the messages already waiting for
+/// their signature check against the submitter's allowance and against the peer that sent them, so a
+/// flood of forgeries under one submitter's name costs at most its allowance in checks.
 pub fn precheck(
     topic: Topic,
     data: &[u8],
@@ -293,9 +300,14 @@ impl RateLimiter {
 
     /// Whether `who`'s bucket holds a token at `now` (takes none).
     pub fn has_token(&self, who: &NodeId, now: Instant) -> bool {
-        self.buckets
-            .get(who)
-            .is_none_or(|(tokens, at)| tokens + self.per_s * now.duration_since(*at).as_secs_f64() >= 1.0)
+        self.tokens(who, now) >= 1.0
+    }
+
+    /// The tokens in `who`'s bucket at `now` (a full bucket for a submitter not seen yet).
+    pub fn tokens(&self, who: &NodeId, now: Instant) -> f64 {
+        self.buckets.get(who).map_or(self.burst, |(tokens, at)| {
+            (tokens + self.per_s * now.duration_since(*at).as_secs_f64()).min(self.burst)
+        })
     }
 
     /// Takes one token of `who`'s bucket at `now`; `false` when it is empty.
