@@ -30,8 +30,10 @@ type LookupReply = oneshot::Sender<Result<Vec<Multiaddr>, NetError>>;
 /// Gossip messages whose signatures wait to be checked; more answer `Busy` (not taken, not forwarded).
 const MAX_VERIFYING: usize = 1_024;
 
-/// Of those, from one forwarding peer: a peer that floods cannot take the queue from the others.
-const MAX_VERIFYING_PER_PEER: usize = 32;
+/// Of those, from one forwarding peer: a peer that floods cannot take the queue from the others (an
+/// honest submitter publishes its receipts in bursts of a few hundred: a message refused as `Busy` is not
+/// delivered again, since gossipsub then drops its other copies as duplicates).
+const MAX_VERIFYING_PER_PEER: usize = 256;
 
 /// A gossiped message on its way through the verifier thread.
 struct Verifying {
