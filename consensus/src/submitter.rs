@@ -300,7 +300,7 @@ impl Submitter {
         replicas: u8,
         deadline_ms: u64,
     ) -> Option<Signed<Budget>> {
-        let workers = usize::from(replicas).max(UNTRUSTED_QUORUM) + self.cfg.max_extra;
+        let workers = self.workers_paid(replicas);
         let budget = self
             .spending
             .pick(budgets, &self.me, reward, workers, deadline_ms)?
@@ -347,8 +347,13 @@ impl Submitter {
     /// The most a job offering `reward` per worker with `replicas` may cost: every worker it may draw
     /// (its replicas, [`UNTRUSTED_QUORUM`] while no trusted worker bids, and the extra ones) paid in full.
     pub fn reservation(&self, reward: u64, replicas: u8) -> u64 {
-        let workers = usize::from(replicas).max(UNTRUSTED_QUORUM) + self.cfg.max_extra;
-        reward.saturating_mul(workers as u64)
+        reward.saturating_mul(self.workers_paid(replicas) as u64)
+    }
+
+    /// Every worker a job with `replicas` may draw and pay: its replicas, [`UNTRUSTED_QUORUM`] while no
+    /// trusted worker bids, and the extra ones.
+    fn workers_paid(&self, replicas: u8) -> usize {
+        usize::from(replicas).max(UNTRUSTED_QUORUM) + self.cfg.max_extra
     }
 
     /// Gives back what the job offered as `job` set aside, before it is offered again under a fresh

@@ -148,20 +148,7 @@ impl Jobs {
         }
         let offer = self.new_offer(model, JobInput::Inline(input), rule, replicas)?;
         let id = offer.id();
-        if let Some(key) = key {
-            // On disk with the job (the offer's flush writes both) before anyone sees the job.
-            let key = key.to_string();
-            if let Err(e) = self
-                .inner
-                .store
-                .off_thread(move |s| s.put_submit_key(&key, &id))
-                .await
-            {
-                self.give_back(&offer);
-                return Err(e.into());
-            }
-        }
-        if let Err(e) = self.offer(id, offer, adaptive).await {
+        if let Err(e) = self.offer(id, offer, adaptive, key.map(str::to_string)).await {
             self.forget(id).await;
             return Err(e);
         }
@@ -206,19 +193,16 @@ impl Jobs {
         getrandom::fill(&mut nonce)?;
         let reward = cfg.price_of(self.model_name(&model).as_deref());
         let deadline_ms = now + cfg.deadline_ms;
-        // Enough left for every worker the job may draw (its replicas, three without a trusted one,
-        // and the extra ones).
-        let workers = usize::from(replicas).max(UNTRUSTED_QUORUM) + cfg.max_extra;
-        // Picked and set aside in one step, so offers made at the same time cannot count on one credit;
-        // given back below if the offer is not made.
-        let budget = self
-            .submitter()
-            .core
-            .take_budget(&cfg.budgets, reward, replicas, deadline_ms)
-            .ok_or_else(|| JobsError::NoBudget {
+        // Enough left for every worker the job may draw, picked and set aside in one step, so offers
+        // made at the same time cannot count on one credit; given back below if the offer is not made.
+        let budget = {
+            let mut side = self.submitter();
+            let taken = side.core.take_budget(&cfg.budgets, reward, replicas, deadline_ms);
+            taken.ok_or_else(|| JobsError::NoBudget {
                 held: cfg.budgets.len(),
-                needed: reward.saturating_mul(workers as u64),
-            })?;
+                needed: side.core.reservation(reward, replicas),
+            })?
+        };
         let offer = JobOffer {
             submitter: self.inner.me,
             nonce: u64::from_le_bytes(nonce),
@@ -246,13 +230,14 @@ impl Jobs {
             .give_back(&offer.budget.body, offer.reward, offer.replicas);
     }
 
-    /// Records `offer` as the one in force for the job its user knows as `original`, makes that durable,
-    /// then gossips it.
+    /// Records `offer` as the one in force for the job its user knows as `original` (submitted under the
+    /// idempotency `key`, if any), makes that durable, then gossips it.
     pub(super) async fn offer(
         &self,
         original: JobId,
         offer: JobOffer,
         adaptive: bool,
+        key: Option<String>,
     ) -> Result<(), JobsError> {
         let id = offer.id();
         let signed = match Signed::sign(offer.clone(), &self.inner.key) {
@@ -267,12 +252,19 @@ impl Jobs {
             adaptive,
             result: None,
         };
-        if let Err(e) = self
+        // The idempotency key, if any, is on disk with the job (the flush below writes both) before
+        // anyone sees the job.
+        let stored = self
             .inner
             .store
-            .off_thread(move |s| s.put_submitted(&original, &record))
-            .await
-        {
+            .off_thread(move |s| {
+                if let Some(key) = &key {
+                    s.put_submit_key(key, &original)?;
+                }
+                s.put_submitted(&original, &record)
+            })
+            .await;
+        if let Err(e) = stored {
             self.give_back(&offer);
             return Err(e.into());
         }
@@ -357,7 +349,7 @@ impl Jobs {
                 // What the old offer set aside goes back to its budget, for the fresh offer to take.
                 this.submitter().core.release(&old.id());
                 let offered = match this.new_offer(old.model, old.input.clone(), old.rule, replicas) {
-                    Ok(fresh) => this.offer(original, fresh, adaptive).await,
+                    Ok(fresh) => this.offer(original, fresh, adaptive, None).await,
                     Err(e) => {
                         // Not offered again: the old offer keeps its credit set aside.
                         this.submitter().core.hold(&old.id());
