@@ -13,6 +13,17 @@ use fleetmesh_protocol::NodeKey;
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
 
+/// With `RUST_LOG` set (e.g. `RUST_LOG=fleetmesh_node=debug`), the nodes' logs go to the test's output
+/// (shown for a failing test), to find out why it failed.
+pub fn logs_from_env() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// The payer of every test fleet.
 pub fn test_payer() -> NodeKey {
     NodeKey::from_seed([0xFA; 32])
@@ -53,6 +64,7 @@ pub async fn fleet(
     boot: Option<Multiaddr>,
     others: usize,
 ) -> Vec<(Node, CancellationToken)> {
+    logs_from_env();
     let n = specs.len() + others;
     let mut nodes: Vec<(Node, CancellationToken)> = Vec::new();
     let mut boot = boot;
