@@ -135,6 +135,145 @@ fn mnist_cnn_outputs_are_bitwise_deterministic() {
     assert_deterministic(&model, &inputs);
 }
 
+/// Largest absolute difference between two outputs of little-endian f32s.
+fn max_abs_diff(a: &[u8], b: &[u8]) -> f32 {
+    f32s(a)
+        .iter()
+        .zip(f32s(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn mnist_cnn_packed_forward_equals_burns_within_1e4_and_any_batch_gives_the_same_bits() {
+    let Some((model, images)) = mnist_or_skip() else {
+        return;
+    };
+    let refs: Vec<&[u8]> = images.iter().take(512).map(|(x, _)| x.as_slice()).collect();
+    let packed: Vec<Vec<u8>> = refs
+        .chunks(64)
+        .flat_map(|c| model.run_batch(c).unwrap())
+        .collect();
+    let burn: Vec<Vec<u8>> = refs
+        .chunks(64)
+        .flat_map(|c| model.run_batch_burn(c).unwrap())
+        .collect();
+    let worst = packed
+        .iter()
+        .zip(&burn)
+        .map(|(p, b)| max_abs_diff(p, b))
+        .fold(0.0, f32::max);
+    println!("mnist-cnn packed vs burn flex: max abs logit difference {worst:e} over 512 images");
+    // The README's tolerance between the packed forward and burn's (both f32, other summation orders).
+    assert!(worst <= 1e-4, "packed forward differs from burn's by {worst}");
+    // Every batch size cuts the work differently between threads; an image's bits never change.
+    for size in [1, 2, 3, 7, 31, 33, 64, 65] {
+        let start = 100 % (refs.len() - size);
+        let out = model.run_batch(&refs[start..start + size]).unwrap();
+        assert_eq!(
+            out,
+            packed[start..start + size],
+            "batch of {size} gives other bits"
+        );
+    }
+}
+
+/// The packed forward of `model` equals the plain scalar reference (one fused multiply-add per term, K in
+/// fixed chunks, no SIMD, no cache blocking) bit for bit: its output depends on neither the vector kernel
+/// gemm picks (AVX2 or AVX-512) nor the L1 geometry gemm blocks K by.
+fn assert_equals_scalar_reference(
+    net: &fleetmesh_node::inference::cnn::PackedCnn,
+    model: &dyn Model,
+    images: &[(Vec<u8>, Vec<f32>)],
+) {
+    use fleetmesh_node::inference::cnn::reference_logits;
+    let refs: Vec<&[u8]> = images.iter().map(|(raw, _)| raw.as_slice()).collect();
+    let packed = model.run_batch(&refs).unwrap();
+    for (i, (out, (_, normalised))) in packed.iter().zip(images).enumerate() {
+        let reference: Vec<u8> = reference_logits(net, normalised)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            *out,
+            reference,
+            "image {i}: packed {:?} vs scalar reference {:?}",
+            f32s(out),
+            f32s(&reference)
+        );
+    }
+}
+
+#[test]
+fn mnist_cnn_bits_depend_on_neither_the_simd_kernel_nor_the_cache_geometry() {
+    let Some((model, images)) = mnist_or_skip() else {
+        return;
+    };
+    let some: Vec<(Vec<u8>, Vec<f32>)> = images
+        .iter()
+        .step_by(625)
+        .map(|(x, _)| (x.clone(), MnistCnn::normalised(x)))
+        .collect();
+    assert_equals_scalar_reference(model.packed(), &model, &some);
+}
+
+#[test]
+fn digits_bits_depend_on_neither_the_simd_kernel_nor_the_cache_geometry() {
+    let model = Digits::embedded().unwrap();
+    let some: Vec<(Vec<u8>, Vec<f32>)> = digits::held_out()
+        .unwrap()
+        .into_iter()
+        .step_by(37)
+        .map(|s| {
+            let normalised = s.pixels.iter().map(|p| f32::from(*p) / 16.0).collect();
+            (s.pixels, normalised)
+        })
+        .collect();
+    assert_equals_scalar_reference(model.packed(), &model, &some);
+}
+
+#[test]
+fn gemm_k_blocking_changes_bits_only_without_fixed_chunks() {
+    use fleetmesh_node::inference::cnn::{K_CHUNK, matmul, reference_matmul};
+    // The shape of mnist-cnn's first linear layer: K = 1152 > 512, where gemm would block K by the L1
+    // cache's geometry. Values from a fixed xorshift stream.
+    let (m, n, k) = (16, 256, 1152);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
+    let mut chunked = vec![0.0; m * n];
+    matmul(m, n, k, &a, k, &b, &mut chunked);
+    assert_eq!(
+        chunked,
+        reference_matmul(m, n, k, &a, &b, K_CHUNK),
+        "chunked gemm differs from the scalar sum in the same order"
+    );
+    // Other K blockings (gemm picks one from the L1 cache's geometry when it is given K > 512 in one call:
+    // none, or blocks of 576 or 288 on other CPUs) give other bits: fixing the chunks is what makes cars
+    // with other caches agree.
+    let differ: Vec<(usize, usize)> = [k, 576, 288]
+        .iter()
+        .map(|&block| {
+            let other = reference_matmul(m, n, k, &a, &b, block);
+            (block, other.iter().zip(&chunked).filter(|(x, y)| x != y).count())
+        })
+        .collect();
+    println!(
+        "elements of {} that another K blocking changes: {differ:?}",
+        m * n
+    );
+    assert!(
+        differ.iter().all(|(_, count)| *count > 0),
+        "a blocking gives the same bits: the test shows nothing"
+    );
+}
+
 #[test]
 fn bad_inputs_and_weights_are_typed_errors() {
     let model = Digits::embedded().unwrap();

@@ -132,3 +132,77 @@ fn minilm_outputs_are_bitwise_deterministic() {
     );
     assert!(model.check_input(b"").is_err());
 }
+
+#[test]
+fn packed_encoder_equals_burns_within_1e6_and_a_sentence_has_the_same_bits_in_any_batch() {
+    let Some(model) = model_or_skip() else { return };
+    let texts: Vec<&str> = include_str!("../../scripts/bench-sentences.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .cycle()
+        .take(32)
+        .collect();
+    let refs: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+    let packed = model.run_batch(&refs).unwrap();
+    let burn = model.run_batch_burn(&refs).unwrap();
+    let worst = packed
+        .iter()
+        .zip(&burn)
+        .flat_map(|(p, b)| f32s(p).into_iter().zip(f32s(b)).map(|(x, y)| (x - y).abs()))
+        .fold(0f32, f32::max);
+    println!(
+        "packed vs burn flex: max abs difference {worst:.2e} over {} sentences",
+        refs.len()
+    );
+    assert!(worst <= 1e-6, "packed encoder differs from burn's by {worst}");
+    for size in [1, 2, 5, 17] {
+        for start in [0, refs.len() - size] {
+            let out = model.run_batch(&refs[start..start + size]).unwrap();
+            assert_eq!(
+                out,
+                packed[start..start + size],
+                "a batch of {size} at {start} gives other bits"
+            );
+        }
+    }
+}
+
+/// erf in double precision by its Taylor series (|x| <= 4: 100 terms, cancellation leaves ~9 digits).
+fn erf_series(x: f64) -> f64 {
+    let (mut term, mut sum) = (x, x);
+    for n in 1..100 {
+        term *= -x * x / n as f64;
+        sum += term / (2 * n + 1) as f64;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+#[test]
+fn gelu_and_exp_from_basic_operations_are_within_their_stated_error() {
+    use fleetmesh_node::inference::bert::{erf, exp, gelu};
+    let (mut erf_err, mut exp_err, mut gelu_err) = (0f64, 0f64, 0f64);
+    for i in -8000..=8000 {
+        let x = i as f32 / 1000.0;
+        // erf is 1 to within 1.6e-8 beyond 4, where the series loses its digits.
+        let want = if x.abs() <= 4.0 {
+            erf_series(f64::from(x))
+        } else {
+            f64::from(x.signum())
+        };
+        erf_err = erf_err.max((f64::from(erf(x)) - want).abs());
+        if x.abs() <= 5.6 {
+            let want = 0.5 * f64::from(x) * (1.0 + erf_series(f64::from(x) / 2f64.sqrt()));
+            gelu_err = gelu_err.max((f64::from(gelu(x)) - want).abs());
+        }
+    }
+    for i in -87_000..=0 {
+        let x = i as f32 / 1000.0;
+        let want = f64::from(x).exp();
+        exp_err = exp_err.max((f64::from(exp(x)) - want).abs() / want);
+    }
+    println!("erf abs error {erf_err:.2e}, gelu abs error {gelu_err:.2e}, exp relative error {exp_err:.2e}");
+    // The errors bert.rs states.
+    assert!(erf_err <= 5e-7, "erf error {erf_err}");
+    assert!(exp_err <= 3e-7, "exp error {exp_err}");
+    assert!(gelu_err <= 1e-6, "gelu error {gelu_err}");
+}

@@ -4,7 +4,6 @@
 //! Input: 64 bytes, the 8x8 image row-major, each pixel 0..=16. Output: 10 f32 logits (little-endian).
 
 use std::io::Read;
-use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -22,7 +21,10 @@ use burn::tensor::{Int, TensorData};
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
-use super::{InferenceError, Model, check_len, classify_images, head_rows, manifest_for};
+use super::cnn::PackedCnn;
+use super::{
+    InferenceError, Model, check_len, classify_packed, head_rows, manifest_for, pack_conv, pack_dense,
+};
 
 /// The data set, gzipped CSV (1,797 rows of 64 pixels and a label).
 pub const DATA_GZ: &[u8] = include_bytes!("../../assets/digits/digits.csv.gz");
@@ -120,6 +122,22 @@ impl DigitsNet {
         let x: Tensor<2> = x.flatten(1, 3);
         head_rows(x, |x| self.fc2.forward(relu(self.fc1.forward(x))))
     }
+
+    /// The same network packed for [`PackedCnn`], which runs jobs.
+    pub fn packed(&self) -> Result<PackedCnn, InferenceError> {
+        let convs = vec![
+            pack_conv(NAME, &self.conv1, false)?,
+            pack_conv(NAME, &self.conv2, true)?,
+        ];
+        let dense = vec![
+            pack_dense(NAME, &self.fc1, true)?,
+            pack_dense(NAME, &self.fc2, false)?,
+        ];
+        PackedCnn::new(8, convs, dense).map_err(|reason| InferenceError::Weights {
+            model: NAME.into(),
+            reason,
+        })
+    }
 }
 
 #[cfg(feature = "train")]
@@ -181,12 +199,7 @@ pub fn train(
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(1e-3, model, grads);
         }
-        let inference = Digits::from_net(
-            model.clone().valid(),
-            Vec::new(),
-            Device::flex(),
-            super::CHUNK_SIZE,
-        );
+        let inference = Digits::from_net(&model.clone().valid(), Vec::new(), super::CHUNK_SIZE)?;
         accuracy = inference.accuracy(&test)?;
         progress(epoch, total / steps as f32, accuracy);
     }
@@ -207,8 +220,7 @@ pub fn train(
 
 /// The digits model, ready to run.
 pub struct Digits {
-    net: Mutex<DigitsNet>,
-    device: Device,
+    net: PackedCnn,
     manifest: ModelManifest,
     id: ModelId,
     weights: std::sync::Arc<[u8]>,
@@ -242,10 +254,10 @@ impl Digits {
             model: NAME.into(),
             reason: e.to_string(),
         })?;
-        Ok(Self::from_net(net, weights.to_vec(), device, chunk_size))
+        Self::from_net(&net, weights.to_vec(), chunk_size)
     }
 
-    fn from_net(net: DigitsNet, weights: Vec<u8>, device: Device, chunk_size: u32) -> Self {
+    fn from_net(net: &DigitsNet, weights: Vec<u8>, chunk_size: u32) -> Result<Self, InferenceError> {
         let manifest = manifest_for(
             NAME,
             1,
@@ -263,13 +275,17 @@ impl Digits {
             AgreementRule::Exact,
         );
         let id = manifest.id();
-        Self {
-            net: Mutex::new(net),
-            device,
+        Ok(Self {
+            net: net.packed()?,
             manifest,
             id,
             weights: weights.into(),
-        }
+        })
+    }
+
+    /// The packed network jobs run on.
+    pub fn packed(&self) -> &PackedCnn {
+        &self.net
     }
 
     /// Fraction of `samples` whose predicted digit is the label.
@@ -317,14 +333,8 @@ impl Model for Digits {
         for input in inputs {
             self.check_input(input)?;
         }
-        classify_images(
-            NAME,
-            &self.net,
-            &self.device,
-            inputs,
-            8,
-            |p| f32::from(p) / f32::from(MAX_PIXEL),
-            DigitsNet::forward,
-        )
+        Ok(classify_packed(&self.net, inputs, |p| {
+            f32::from(p) / f32::from(MAX_PIXEL)
+        }))
     }
 }

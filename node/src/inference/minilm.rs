@@ -16,19 +16,18 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
-use super::{InferenceError, Model, check_weights, manifest_for};
+use super::bert::{self, PackedBert};
+use super::{InferenceError, Model, check_weights, manifest_for, values};
 
 /// The model's name.
 pub const NAME: &str = "minilm";
 /// Longest accepted input text in bytes.
 pub const MAX_TEXT: usize = 2048;
 /// Embedding width.
-pub const DIM: usize = 384;
-const HEADS: usize = 12;
+pub const DIM: usize = bert::DIM;
+use bert::{HEADS, INTERMEDIATE, MAX_POSITIONS};
 const LAYERS: usize = 6;
-const INTERMEDIATE: usize = 1536;
 const VOCAB: usize = 30_522;
-const MAX_POSITIONS: usize = 512;
 /// blake3 of `model.safetensors` (its sha256 is pinned in scripts/fetch-assets.sh).
 pub const WEIGHTS_BLAKE3: &str = "8087e9bf97c265f8435ed268733ecf3791825ad24850fd5d84d89e32ee3a589a";
 /// blake3 of `tokenizer.json`.
@@ -158,10 +157,61 @@ impl Bert {
         }
         x
     }
+
+    /// The same encoder packed for [`PackedBert`], which runs jobs.
+    fn packed(&self) -> Result<PackedBert, InferenceError> {
+        let v = |t: Tensor<2>| values(NAME, t);
+        let v1 = |t: Tensor<1>| values(NAME, t);
+        let missing = |what: &str| InferenceError::Weights {
+            model: NAME.into(),
+            reason: format!("{what} without bias"),
+        };
+        let linear = |l: &Linear| -> Result<bert::Linear, InferenceError> {
+            Ok(bert::Linear {
+                w: v(l.weight.val())?,
+                b: v1(l.bias.as_ref().ok_or_else(|| missing("a linear layer"))?.val())?,
+            })
+        };
+        let norm = |n: &LayerNorm| -> Result<bert::Norm, InferenceError> {
+            Ok(bert::Norm {
+                gamma: v1(n.gamma.val())?,
+                beta: v1(n.beta.as_ref().ok_or_else(|| missing("a layer norm"))?.val())?,
+                eps: 1e-12,
+            })
+        };
+        let e = &self.embeddings;
+        let layers = self
+            .encoder
+            .layer
+            .iter()
+            .map(|l| {
+                let a = &l.attention.self_attn;
+                Ok(bert::Layer {
+                    qkv: bert::Linear::fuse_qkv(&linear(&a.query)?, &linear(&a.key)?, &linear(&a.value)?),
+                    out: linear(&l.attention.output.dense)?,
+                    norm1: norm(&l.attention.output.layer_norm)?,
+                    up: linear(&l.intermediate.dense)?,
+                    down: linear(&l.output.dense)?,
+                    norm2: norm(&l.output.layer_norm)?,
+                })
+            })
+            .collect::<Result<_, InferenceError>>()?;
+        let types = v(e.token_type_embeddings.weight.val())?;
+        Ok(PackedBert {
+            word: v(e.word_embeddings.weight.val())?,
+            position: v(e.position_embeddings.weight.val())?,
+            token_type: types[..DIM].to_vec(),
+            norm: norm(&e.layer_norm)?,
+            layers,
+        })
+    }
 }
 
 /// The minilm model, ready to run.
 pub struct MiniLm {
+    /// What runs jobs.
+    packed: PackedBert,
+    /// burn's own forward of the same weights, kept as the reference it is compared with.
     net: Mutex<Bert>,
     tokenizer: tokenizers::Tokenizer,
     device: Device,
@@ -227,6 +277,7 @@ impl MiniLm {
         );
         let id = manifest.id();
         Ok(Self {
+            packed: net.packed()?,
             net: Mutex::new(net),
             tokenizer,
             device,
@@ -274,11 +325,38 @@ impl Model for MiniLm {
     }
 
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {
+        let tokenised = self.tokenise(inputs)?;
+        Ok(self
+            .packed
+            .embed(&tokenised)
+            .iter()
+            .map(|row| row.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect())
+    }
+}
+
+impl MiniLm {
+    /// Checks and tokenises every input (each gives 2 to 128 ids inside the vocabulary).
+    fn tokenise(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u32>>, InferenceError> {
         let mut tokenised = Vec::with_capacity(inputs.len());
         for input in inputs {
             self.check_input(input)?;
-            tokenised.push(self.token_ids(std::str::from_utf8(input).unwrap_or_default())?);
+            let ids = self.token_ids(std::str::from_utf8(input).unwrap_or_default())?;
+            if ids.len() < 2 || ids.len() > MAX_POSITIONS || ids.iter().any(|id| *id as usize >= VOCAB) {
+                return Err(InferenceError::Weights {
+                    model: NAME.into(),
+                    reason: format!("the tokenizer gave {} ids outside the model's range", ids.len()),
+                });
+            }
+            tokenised.push(ids);
         }
+        Ok(tokenised)
+    }
+
+    /// Embeddings from burn's own forward pass on the flex backend (the packed forward's reference: equal
+    /// within float rounding, not bit for bit).
+    pub fn run_batch_burn(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {
+        let tokenised = self.tokenise(inputs)?;
         // Texts of equal token length run together as one unpadded batch; every forward pass has at least
         // two rows in each matmul ([CLS] and [SEP] make two tokens), so a text's output bits do not depend
         // on what else is in the batch (tested), and no padding is ever computed.

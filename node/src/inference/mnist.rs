@@ -16,7 +16,11 @@ use burn::tensor::{Device, Tensor};
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
-use super::{InferenceError, Model, check_len, check_weights, classify_images, head_rows, manifest_for};
+use super::cnn::PackedCnn;
+use super::{
+    InferenceError, Model, check_len, check_weights, classify_images, classify_packed, head_rows,
+    manifest_for, pack_conv, pack_dense,
+};
 
 /// The model's name.
 pub const NAME: &str = "mnist-cnn";
@@ -55,6 +59,23 @@ impl MnistNet {
         }
     }
 
+    /// The same network packed for [`PackedCnn`] (each convolution followed by ReLU and the pool).
+    pub fn packed(&self) -> Result<PackedCnn, InferenceError> {
+        let convs = self
+            .conv_layers
+            .iter()
+            .map(|c| pack_conv(NAME, c, true))
+            .collect::<Result<_, _>>()?;
+        let dense = vec![
+            pack_dense(NAME, &self.fc_layers[0], true)?,
+            pack_dense(NAME, &self.fc_layers[1], false)?,
+        ];
+        PackedCnn::new(28, convs, dense).map_err(|reason| InferenceError::Weights {
+            model: NAME.into(),
+            reason,
+        })
+    }
+
     /// Logits `[n, 10]` for normalised images `[n, 1, 28, 28]`.
     pub fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
         for conv in &self.conv_layers {
@@ -69,6 +90,9 @@ impl MnistNet {
 
 /// The MNIST model, ready to run.
 pub struct MnistCnn {
+    /// What runs jobs.
+    packed: PackedCnn,
+    /// burn's own forward of the same weights, kept as the reference it is compared with.
     net: Mutex<MnistNet>,
     device: Device,
     manifest: ModelManifest,
@@ -149,6 +173,7 @@ impl MnistCnn {
         );
         let id = manifest.id();
         Ok(Self {
+            packed: net.packed()?,
             net: Mutex::new(net),
             device,
             manifest,
@@ -179,7 +204,32 @@ impl Model for MnistCnn {
         for input in inputs {
             self.check_input(input)?;
         }
-        let normalise = |p: u8| (f32::from(p) / 255.0 - 0.1307) / 0.3081;
+        Ok(classify_packed(&self.packed, inputs, normalise))
+    }
+}
+
+/// The checkpoint's input normalisation of a 0..=255 pixel.
+fn normalise(p: u8) -> f32 {
+    (f32::from(p) / 255.0 - 0.1307) / 0.3081
+}
+
+impl MnistCnn {
+    /// The packed network jobs run on.
+    pub fn packed(&self) -> &PackedCnn {
+        &self.packed
+    }
+
+    /// Normalised pixels of one image, as [`MnistCnn::packed`] takes them.
+    pub fn normalised(image: &[u8]) -> Vec<f32> {
+        image.iter().map(|p| normalise(*p)).collect()
+    }
+
+    /// Logits from burn's own forward pass on the flex backend (the packed forward's reference: equal
+    /// within float rounding, not bit for bit).
+    pub fn run_batch_burn(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {
+        for input in inputs {
+            self.check_input(input)?;
+        }
         classify_images(
             NAME,
             &self.net,

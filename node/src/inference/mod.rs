@@ -4,6 +4,8 @@
 //! Every model takes and returns bytes in the layout its manifest declares (inputs are validated before
 //! any tensor is built), so the same bytes travel in job offers and come back in result reveals.
 
+pub mod bert;
+pub mod cnn;
 pub mod digits;
 pub mod executor;
 pub mod minilm;
@@ -237,26 +239,28 @@ impl Backend {
 }
 
 /// The numeric class of this node's engine: outputs compared exactly must come from one class.
+///
+/// What decides the bits: the code of the forward passes (`packed-v1`: every model runs [`cnn`] or
+/// [`bert`], whose sums have a fixed order: K in fixed chunks of at most 512, so gemm never blocks K by the
+/// L1 cache's geometry, and one fused multiply-add per term, equal to plain scalar code in tests) and the
+/// vector extension gemm's kernels use (AVX-512 or AVX2, both with FMA; a CPU without FMA multiplies and
+/// adds separately and gets other bits). The AVX-512 and AVX2 kernels should then agree, but only the
+/// AVX-512 path has been run here, so they stay separate classes.
 pub fn numeric_class() -> NumericClass {
     let arch = std::env::consts::ARCH;
     #[cfg(target_arch = "x86_64")]
     let simd = if std::arch::is_x86_feature_detected!("avx512f") {
         "avx512"
-    } else if std::arch::is_x86_feature_detected!("avx2") {
+    } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         "avx2"
     } else {
         "sse2"
     };
     #[cfg(not(target_arch = "x86_64"))]
     let simd = "base";
-    let features = if cfg!(feature = "blas") {
-        "simd+rayon+openblas"
-    } else {
-        "simd+rayon"
-    };
     NumericClass {
         backend: Backend::from_env().name().into(),
-        features: features.into(),
+        features: "gemm-0.19-x86v4+packed-v1".into(),
         arch: format!("{arch}-{simd}"),
     }
 }
@@ -408,6 +412,84 @@ pub(crate) fn classify_images<N>(
             reason: format!("{e:?}"),
         })?;
     Ok(rows_to_bytes(&values, classes, inputs.len()))
+}
+
+/// The values of a tensor, for packing weights.
+pub(crate) fn values<const D: usize>(
+    model: &str,
+    t: burn::tensor::Tensor<D>,
+) -> Result<Vec<f32>, InferenceError> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| InferenceError::Weights {
+            model: model.into(),
+            reason: format!("{e:?}"),
+        })
+}
+
+/// Packs a burn convolution (3x3, padding 1, with bias) for [`cnn::PackedCnn`].
+pub(crate) fn pack_conv(
+    model: &str,
+    conv: &burn::nn::conv::Conv2d,
+    pool: bool,
+) -> Result<cnn::Conv, InferenceError> {
+    let [c_out, c_in, _, _] = conv.weight.dims();
+    let bias = conv.bias.as_ref().ok_or_else(|| InferenceError::Weights {
+        model: model.into(),
+        reason: "a convolution without bias".into(),
+    })?;
+    cnn::Conv::new(
+        c_in,
+        c_out,
+        pool,
+        &values(model, conv.weight.val())?,
+        &values(model, bias.val())?,
+    )
+    .map_err(|reason| InferenceError::Weights {
+        model: model.into(),
+        reason,
+    })
+}
+
+/// Packs a burn linear layer (with bias) for [`cnn::PackedCnn`].
+pub(crate) fn pack_dense(
+    model: &str,
+    linear: &burn::nn::Linear,
+    relu: bool,
+) -> Result<cnn::Dense, InferenceError> {
+    let [d_in, d_out] = linear.weight.dims();
+    let bias = linear.bias.as_ref().ok_or_else(|| InferenceError::Weights {
+        model: model.into(),
+        reason: "a linear layer without bias".into(),
+    })?;
+    cnn::Dense::new(
+        d_in,
+        d_out,
+        relu,
+        &values(model, linear.weight.val())?,
+        &values(model, bias.val())?,
+    )
+    .map_err(|reason| InferenceError::Weights {
+        model: model.into(),
+        reason,
+    })
+}
+
+/// Runs checked grayscale images (pixels mapped by `scale`) through a packed classifier and returns each
+/// row of logits as little-endian f32 bytes.
+pub(crate) fn classify_packed(
+    net: &cnn::PackedCnn,
+    inputs: &[&[u8]],
+    scale: impl Fn(u8) -> f32,
+) -> Vec<Vec<u8>> {
+    if inputs.is_empty() {
+        return Vec::new();
+    }
+    let flat: Vec<f32> = inputs
+        .iter()
+        .flat_map(|img| img.iter().map(|p| scale(*p)))
+        .collect();
+    rows_to_bytes(&net.forward(&flat), net.classes(), inputs.len())
 }
 
 /// Splits a `[n, width]` float output into per-row little-endian byte strings, keeping the first `keep` rows.
