@@ -375,6 +375,44 @@ async fn executor_batches_concurrent_jobs_without_changing_outputs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_single_threaded_workers_drain_bursts_of_jobs_without_deadlock() {
+    // A worker gathering a batch once waited for the queue's lock while the other worker held it
+    // waiting for a job: with every job of the burst in the first worker's batch, neither moved again.
+    let model = Digits::embedded().unwrap();
+    let id = model.id();
+    let samples = digits::held_out().unwrap();
+    let executor = Executor::start(
+        Registry::with_defaults(None).unwrap(),
+        ExecutorConfig {
+            workers: 2,
+            threads_per_worker: 1,
+            ..ExecutorConfig::default()
+        },
+    );
+    let expected: Vec<Vec<u8>> = samples[..16]
+        .iter()
+        .map(|s| model.run_batch(&[&s.pixels]).unwrap().remove(0))
+        .collect();
+    let rounds = async {
+        for _ in 0..300 {
+            let jobs = samples[..16]
+                .iter()
+                .map(|s| executor.run(&id, vec![s.pixels.clone()], CancelFlag::default()));
+            let outs: Vec<Vec<u8>> = futures::future::join_all(jobs)
+                .await
+                .into_iter()
+                .map(|r| r.unwrap().outputs.remove(0))
+                .collect();
+            assert_eq!(outs, expected);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), rounds)
+        .await
+        .expect("300 bursts of 16 jobs did not finish in 60 s (1 s here): the workers are stuck");
+    assert_eq!(executor.queue_depth(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_job_is_cancelled_within_a_second() {
     let model = Digits::embedded().unwrap();
     let executor = Executor::start(

@@ -52,6 +52,10 @@ struct Task {
 pub struct ExecutorConfig {
     /// Worker threads.
     pub workers: usize,
+    /// Threads each worker's forward passes use: 0 shares the process-wide pool (all cores) between the
+    /// workers; `n` gives each worker its own pool of `n` threads, the worker itself one of them (with
+    /// several workers, 1 keeps them from competing for the cores).
+    pub threads_per_worker: usize,
     /// Jobs that may wait in the queue.
     pub queue: usize,
     /// Most inputs run in one forward pass (also the cancellation granularity).
@@ -64,6 +68,7 @@ impl Default for ExecutorConfig {
     fn default() -> Self {
         Self {
             workers: 1,
+            threads_per_worker: 0,
             queue: 256,
             max_batch: 64,
             linger: Duration::from_millis(1),
@@ -182,6 +187,20 @@ fn worker(
     passes: Arc<AtomicUsize>,
     cfg: ExecutorConfig,
 ) {
+    let pool = match cfg.threads_per_worker {
+        0 => None,
+        n => match rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .use_current_thread()
+            .build()
+        {
+            Ok(pool) => Some(pool),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build an inference worker's own thread pool: it shares the process's");
+                None
+            }
+        },
+    };
     let mut held: VecDeque<Task> = VecDeque::new();
     loop {
         // Take the first job (one held back from the last round, or the next in the queue).
@@ -198,7 +217,9 @@ fn worker(
         let deadline = Instant::now() + cfg.linger;
         // Gather more jobs of the same model while the batch has room and the linger time lasts.
         while inputs < cfg.max_batch {
-            let next = rx.lock().ok().and_then(|mut r| r.try_recv().ok());
+            // `try_lock`: another worker may hold the queue while it waits for a job; waiting for it
+            // here, with a batch in hand that nobody else will run, would deadlock both.
+            let next = rx.try_lock().ok().and_then(|mut r| r.try_recv().ok());
             match next {
                 Some(t) if t.model.id() == model_id => {
                     inputs += t.inputs.len();
@@ -210,7 +231,10 @@ fn worker(
             }
         }
         let jobs = batch.len();
-        run_batch(batch, cfg.max_batch, &passes);
+        match &pool {
+            Some(pool) => pool.install(|| run_batch(batch, cfg.max_batch, &passes)),
+            None => run_batch(batch, cfg.max_batch, &passes),
+        }
         depth.fetch_sub(jobs, Ordering::Relaxed);
     }
 }
