@@ -66,7 +66,9 @@ pub struct JobsSection {
     pub model_prices: std::collections::BTreeMap<String, u64>,
     /// Jobs this node runs at once as a worker.
     pub max_active_work: usize,
-    /// Inference threads.
+    /// Inference workers. One worker uses every core inside each forward pass; several run one job
+    /// (batch) each, on one thread apiece. Default: 2 where the machine has two cores or more (measured
+    /// faster than one worker on both cores: `scripts/bench-inference.sh`, the `-exec` rows), else 1.
     pub threads: usize,
     /// How long an inference thread waits for more jobs of the same model to run them as one batch (ms).
     pub batch_linger_ms: u64,
@@ -92,6 +94,11 @@ pub struct JobsSection {
     pub small_fleet: bool,
 }
 
+/// Two inference workers of one thread each where the machine has two cores or more, else one.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
 impl Default for JobsSection {
     fn default() -> Self {
         let t = fleetmesh_consensus::trust::TrustConfig::default();
@@ -99,7 +106,7 @@ impl Default for JobsSection {
             price: 1_000,
             model_prices: std::collections::BTreeMap::new(),
             max_active_work: 64,
-            threads: 1,
+            threads: default_workers(),
             batch_linger_ms: 1,
             adaptive: true,
             trust_after: t.trust_after,
@@ -317,7 +324,8 @@ price = {price}
 model_prices = {{}}
 # Jobs run at once as a worker; no bids beyond.
 max_active_work = {maxwork}
-# Inference threads, and how long one waits for more jobs of the same model to run them as one batch (ms).
+# Inference workers (1: one worker on every core; more: one thread each), and how long one waits for more
+# jobs of the same model to run them as one batch (ms).
 threads = {threads}
 batch_linger_ms = {linger}
 # Jobs submitted without a replica count: replicas follow the workers' reputation.

@@ -136,6 +136,8 @@ pub async fn start_with(
     };
     let exec_cfg = ExecutorConfig {
         workers: cfg.jobs.threads,
+        // One worker uses every core; several would only compete for them.
+        threads_per_worker: usize::from(cfg.jobs.threads > 1),
         linger: std::time::Duration::from_millis(cfg.jobs.batch_linger_ms),
         ..ExecutorConfig::default()
     };
