@@ -276,6 +276,9 @@ impl PackedBert {
 
     /// Sentence embeddings: the mean of each sentence's token embeddings, scaled to unit length.
     pub fn embed(&self, sentences: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        if sentences.is_empty() {
+            return Vec::new();
+        }
         let tokens = self.forward(sentences);
         let mut out = Vec::with_capacity(sentences.len());
         let mut start = 0;

@@ -13,8 +13,9 @@
 //!   number of threads, so an image's GEMMs have the same shapes alone or inside any batch;
 //! - every reduction over K is cut into fixed chunks of at most [`K_CHUNK`] and the chunks are added in
 //!   order: gemm 0.19 only blocks K by the CPU's L1 cache geometry when K > 512, so no chunk is split;
-//! - the fully connected layers never multiply a single row (gemm has a separate matrix-vector path for one
-//!   row): a lone image is run as two rows;
+//! - no product has a single row or column or a K below 3 (gemm has separate vector paths for those): a
+//!   lone image's fully connected layers run as two rows, layers have at least two outputs, short K is
+//!   padded with zero terms;
 //! - inside a chunk, gemm's kernels (AVX2 or AVX-512) accumulate each element with one fused multiply-add
 //!   per term, in K order, from zero.
 //!
@@ -53,6 +54,9 @@ pub struct Conv {
 impl Conv {
     /// Packs burn/PyTorch weights `[c_out, c_in, 3, 3]` and bias `[c_out]`.
     pub fn new(c_in: usize, c_out: usize, pool: bool, weight: &[f32], bias: &[f32]) -> Result<Self, String> {
+        if c_out < 2 {
+            return Err(format!("conv {c_in}->{c_out}: fewer than two output channels"));
+        }
         if weight.len() != c_out * c_in * 9 || bias.len() != c_out {
             return Err(format!(
                 "conv {c_in}->{c_out}: weight has {} values, bias {}",
@@ -96,6 +100,9 @@ pub struct Dense {
 impl Dense {
     /// Takes burn's weights `[d_in, d_out]` and bias `[d_out]`.
     pub fn new(d_in: usize, d_out: usize, relu: bool, weight: &[f32], bias: &[f32]) -> Result<Self, String> {
+        if d_out < 2 {
+            return Err(format!("linear {d_in}->{d_out}: fewer than two outputs"));
+        }
         if weight.len() != d_in * d_out || bias.len() != d_out {
             return Err(format!(
                 "linear {d_in}->{d_out}: weight has {} values, bias {}",
@@ -255,14 +262,32 @@ fn k_chunks(k: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>
     })
 }
 
+/// The shortest K gemm runs through its FMA kernels (it multiplies K <= 2 by a separate vector path
+/// that rounds each product).
+const MIN_K: usize = 3;
+
 /// `c[m, n] = a[m, k] b[k, n]` (row-major, `a` with row stride `lda`) with gemm on this thread, K summed
-/// in the chunks of [`k_chunks`]`(k, `[`K_CHUNK`]`)`, added in order.
+/// in the chunks of [`k_chunks`]`(k, `[`K_CHUNK`]`)`, added in order. K below 3 is padded with zero terms
+/// (a fused multiply-add of 0 by 0 leaves the sum as it is).
 ///
 /// # Panics
-/// If `m < 2` (gemm multiplies one row by another path) or a slice is too short for its shape.
+/// If `m < 2` or `n < 2` (gemm multiplies one row or one column by other paths, whose sums run across
+/// SIMD lanes) or a slice is too short for its shape.
 pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [f32]) {
-    assert!(m >= 2, "one-row products take another summation path");
+    assert!(
+        m >= 2 && n >= 2,
+        "one-row or one-column products take another summation path"
+    );
     assert!(a.len() >= (m - 1) * lda + k && b.len() >= k * n && c.len() >= m * n);
+    if k < MIN_K {
+        let mut ap = vec![0.0; m * MIN_K];
+        for (i, row) in ap.chunks_exact_mut(MIN_K).enumerate() {
+            row[..k].copy_from_slice(&a[i * lda..i * lda + k]);
+        }
+        let mut bp = vec![0.0; MIN_K * n];
+        bp[..k * n].copy_from_slice(&b[..k * n]);
+        return matmul(m, n, MIN_K, &ap, MIN_K, &bp, c);
+    }
     for (i, chunk) in k_chunks(k, K_CHUNK).enumerate() {
         let (k0, kc) = (chunk.start, chunk.len());
         // SAFETY: the asserts above keep every access of the m x kc, kc x n and m x n views in bounds, and

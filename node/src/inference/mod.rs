@@ -260,7 +260,12 @@ pub fn numeric_class() -> NumericClass {
     let simd = "base";
     NumericClass {
         backend: Backend::from_env().name().into(),
-        features: "gemm-0.19-x86v4+packed-v1".into(),
+        features: if cfg!(target_arch = "x86_64") {
+            "gemm-0.19-x86v4+packed-v1"
+        } else {
+            "gemm-0.19+packed-v1"
+        }
+        .into(),
         arch: format!("{arch}-{simd}"),
     }
 }
