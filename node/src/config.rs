@@ -67,8 +67,9 @@ pub struct JobsSection {
     /// Jobs this node runs at once as a worker.
     pub max_active_work: usize,
     /// Inference workers. One worker uses every core inside each forward pass; several run one job
-    /// (batch) each, on one thread apiece. Default: 2 where the machine has two cores or more (measured
-    /// faster than one worker on both cores: `scripts/bench-inference.sh`, the `-exec` rows), else 1.
+    /// (batch) each and share the cores out (one thread apiece on two cores). Default: 2 where the
+    /// machine has two cores or more (on two cores measured faster than one worker on both:
+    /// `scripts/bench-inference.sh`, the `-exec` rows), else 1.
     pub threads: usize,
     /// How long an inference thread waits for more jobs of the same model to run them as one batch (ms).
     pub batch_linger_ms: u64,
@@ -324,7 +325,7 @@ price = {price}
 model_prices = {{}}
 # Jobs run at once as a worker; no bids beyond.
 max_active_work = {maxwork}
-# Inference workers (1: one worker on every core; more: one thread each), and how long one waits for more
+# Inference workers (1: one worker on every core; more: the cores shared out), and how long one waits for more
 # jobs of the same model to run them as one batch (ms).
 threads = {threads}
 batch_linger_ms = {linger}

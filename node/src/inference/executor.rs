@@ -80,6 +80,7 @@ impl Default for ExecutorConfig {
 #[derive(Clone)]
 pub struct Executor {
     tx: mpsc::Sender<Task>,
+    workers: usize,
     registry: Arc<Registry>,
     depth: Arc<AtomicUsize>,
     passes: Arc<AtomicUsize>,
@@ -112,6 +113,7 @@ impl Executor {
         }
         Self {
             tx,
+            workers: cfg.workers.max(1),
             registry: Arc::new(registry),
             depth,
             passes,
@@ -124,6 +126,11 @@ impl Executor {
             passes: self.passes.load(Ordering::Relaxed),
             queued: self.depth.load(Ordering::Relaxed),
         }
+    }
+
+    /// Worker threads (jobs, or batches of jobs, that run at once).
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// The models this executor runs.
@@ -214,9 +221,22 @@ fn worker(
         let model_id = first.model.id();
         let mut batch = vec![first];
         let mut inputs: usize = batch[0].inputs.len();
+        // Jobs of this model held back from earlier rounds join first, in their order.
+        let mut i = 0;
+        while i < held.len() && inputs < cfg.max_batch {
+            if held[i].model.id() == model_id
+                && let Some(t) = held.remove(i)
+            {
+                inputs += t.inputs.len();
+                batch.push(t);
+            } else {
+                i += 1;
+            }
+        }
         let deadline = Instant::now() + cfg.linger;
-        // Gather more jobs of the same model while the batch has room and the linger time lasts.
-        while inputs < cfg.max_batch {
+        // Gather more jobs of the same model while the batch has room and the linger time lasts (and this
+        // worker holds back fewer jobs of other models than the queue takes).
+        while inputs < cfg.max_batch && held.len() < cfg.queue.max(1) {
             // `try_lock`: another worker may hold the queue while it waits for a job; waiting for it
             // here, with a batch in hand that nobody else will run, would deadlock both.
             let next = rx.try_lock().ok().and_then(|mut r| r.try_recv().ok());
@@ -231,19 +251,36 @@ fn worker(
             }
         }
         let jobs = batch.len();
-        match &pool {
-            Some(pool) => pool.install(|| run_batch(batch, cfg.max_batch, &passes)),
-            None => run_batch(batch, cfg.max_batch, &passes),
+        let answered = AtomicUsize::new(0);
+        let run = || run_batch(batch, cfg.max_batch, &passes, &depth, &answered);
+        // A model that panics fails its batch (the callers see `Stopped`), not the worker.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        }));
+        if ran.is_err() {
+            let lost = jobs.saturating_sub(answered.load(Ordering::Relaxed));
+            depth.fetch_sub(lost, Ordering::Relaxed);
+            tracing::error!(jobs = lost, "an inference batch panicked; its jobs failed");
         }
-        depth.fetch_sub(jobs, Ordering::Relaxed);
     }
 }
 
-fn run_batch(tasks: Vec<Task>, max_batch: usize, passes: &AtomicUsize) {
+/// Runs a batch and answers each task, taking it off `depth` just before its answer (so whoever gets an
+/// answer sees the queue without its job) and counting it in `answered`.
+fn run_batch(
+    tasks: Vec<Task>,
+    max_batch: usize,
+    passes: &AtomicUsize,
+    depth: &AtomicUsize,
+    answered: &AtomicUsize,
+) {
     let model = tasks[0].model.clone();
     let mut live: Vec<Task> = Vec::with_capacity(tasks.len());
     for t in tasks {
         if t.cancel.is_cancelled() {
+            depth.fetch_sub(1, Ordering::Relaxed);
+            answered.fetch_add(1, Ordering::Relaxed);
             let _ = t.reply.send(Err(InferenceError::Cancelled));
         } else {
             live.push(t);
@@ -290,6 +327,8 @@ fn run_batch(tasks: Vec<Task>, max_batch: usize, passes: &AtomicUsize) {
                 compute,
             })
         };
+        depth.fetch_sub(1, Ordering::Relaxed);
+        answered.fetch_add(1, Ordering::Relaxed);
         let _ = task.reply.send(result);
     }
 }

@@ -85,10 +85,12 @@ impl Jobs {
             if busy >= self.inner.cfg.max_active_work || side.offers.contains_key(&id) {
                 return;
             }
-            // Expected time to finish: the model's mean compute time, behind the jobs still computing here.
+            // Expected time to finish: the model's mean compute time, behind the jobs still computing here
+            // (shared between the executor's workers).
             let ahead = side.work.values().filter(|w| w.done.is_none()).count();
             let per_job = side.compute_ms.get(&offer.model).copied().unwrap_or(10.0);
-            let est_ms = (per_job * (ahead + 1) as f64).ceil() as u64;
+            let rounds = ahead / self.inner.executor.workers() + 1;
+            let est_ms = (per_job * rounds as f64).ceil() as u64;
             if let Err(why) = self.inner.car.may_bid(est_ms) {
                 debug!(job = %id.short(), %why, "not bidding");
                 return;
