@@ -240,7 +240,7 @@ impl Backend {
 
 /// The numeric class of this node's engine: outputs compared exactly must come from one class.
 ///
-/// What decides the bits: the code of the forward passes (`packed-v1`: every model runs [`cnn`] or
+/// What decides the bits: the code of the forward passes (`packed-v2`: every model runs [`cnn`] or
 /// [`bert`], whose sums have a fixed order: K in fixed chunks of at most 512, so gemm never blocks K by the
 /// L1 cache's geometry, and one fused multiply-add per term, equal to plain scalar code in tests) and the
 /// vector extension gemm's kernels use (AVX-512 or AVX2, both with FMA; a CPU without FMA multiplies and
@@ -261,9 +261,9 @@ pub fn numeric_class() -> NumericClass {
     NumericClass {
         backend: Backend::from_env().name().into(),
         features: if cfg!(target_arch = "x86_64") {
-            "gemm-0.19-x86v4+packed-v1"
+            "gemm-0.19-x86v4+packed-v2"
         } else {
-            "gemm-0.19+packed-v1"
+            "gemm-0.19+packed-v2"
         }
         .into(),
         arch: format!("{arch}-{simd}"),
