@@ -136,12 +136,6 @@ pub async fn start_with(
     };
     let exec_cfg = ExecutorConfig {
         workers: cfg.jobs.threads,
-        // One worker uses every core; several share the cores out (one each on two cores).
-        threads_per_worker: if cfg.jobs.threads > 1 {
-            (std::thread::available_parallelism().map_or(1, usize::from) / cfg.jobs.threads).max(1)
-        } else {
-            0
-        },
         linger: std::time::Duration::from_millis(cfg.jobs.batch_linger_ms),
         ..ExecutorConfig::default()
     };

@@ -44,7 +44,31 @@ struct Task {
     model: Arc<dyn Model>,
     inputs: Vec<Vec<u8>>,
     cancel: CancelFlag,
-    reply: oneshot::Sender<Result<JobOutput, InferenceError>>,
+    reply: Reply,
+}
+
+/// Where a job's answer goes. The job leaves the queue depth exactly once: just before its answer, or when
+/// it is dropped unanswered (a full or stopped queue, a panicking batch, a worker that ends).
+struct Reply {
+    tx: Option<oneshot::Sender<Result<JobOutput, InferenceError>>>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl Reply {
+    fn send(mut self, result: Result<JobOutput, InferenceError>) {
+        if let Some(tx) = self.tx.take() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if self.tx.take().is_some() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Executor settings.
@@ -52,9 +76,9 @@ struct Task {
 pub struct ExecutorConfig {
     /// Worker threads.
     pub workers: usize,
-    /// Threads each worker's forward passes use: 0 shares the process-wide pool (all cores) between the
-    /// workers; `n` gives each worker its own pool of `n` threads, the worker itself one of them (with
-    /// several workers, 1 keeps them from competing for the cores).
+    /// Threads each worker's forward passes use, in a pool of its own with the worker itself one of
+    /// them. 0: a lone worker uses the process-wide pool (every core), several share the cores out
+    /// (cores / workers each, at least one).
     pub threads_per_worker: usize,
     /// Jobs that may wait in the queue.
     pub queue: usize,
@@ -103,10 +127,10 @@ impl Executor {
         let depth = Arc::new(AtomicUsize::new(0));
         let passes = Arc::new(AtomicUsize::new(0));
         for i in 0..cfg.workers.max(1) {
-            let (rx, depth, passes) = (rx.clone(), depth.clone(), passes.clone());
+            let (rx, passes) = (rx.clone(), passes.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("inference-{i}"))
-                .spawn(move || worker(rx, depth, passes, cfg));
+                .spawn(move || worker(rx, passes, cfg));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start an inference worker");
             }
@@ -163,8 +187,13 @@ impl Executor {
         for input in &inputs {
             model.check_input(input)?;
         }
-        let (reply, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         self.depth.fetch_add(1, Ordering::Relaxed);
+        let reply = Reply {
+            tx: Some(tx),
+            depth: self.depth.clone(),
+        };
+        // A task the queue refuses is dropped with its reply, which takes it off the depth.
         if self
             .tx
             .send(Task {
@@ -176,7 +205,6 @@ impl Executor {
             .await
             .is_err()
         {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
             return Err(InferenceError::Stopped);
         }
         rx.await.map_err(|_| InferenceError::Stopped)?
@@ -188,13 +216,13 @@ impl Executor {
     }
 }
 
-fn worker(
-    rx: Arc<Mutex<mpsc::Receiver<Task>>>,
-    depth: Arc<AtomicUsize>,
-    passes: Arc<AtomicUsize>,
-    cfg: ExecutorConfig,
-) {
-    let pool = match cfg.threads_per_worker {
+fn worker(rx: Arc<Mutex<mpsc::Receiver<Task>>>, passes: Arc<AtomicUsize>, cfg: ExecutorConfig) {
+    let threads = match (cfg.threads_per_worker, cfg.workers) {
+        (0, 0 | 1) => 0,
+        (0, workers) => (std::thread::available_parallelism().map_or(1, usize::from) / workers).max(1),
+        (n, _) => n,
+    };
+    let pool = match threads {
         0 => None,
         n => match rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -251,37 +279,24 @@ fn worker(
             }
         }
         let jobs = batch.len();
-        let answered = AtomicUsize::new(0);
-        let run = || run_batch(batch, cfg.max_batch, &passes, &depth, &answered);
+        let run = || run_batch(batch, cfg.max_batch, &passes);
         // A model that panics fails its batch (the callers see `Stopped`), not the worker.
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &pool {
             Some(pool) => pool.install(run),
             None => run(),
         }));
         if ran.is_err() {
-            let lost = jobs.saturating_sub(answered.load(Ordering::Relaxed));
-            depth.fetch_sub(lost, Ordering::Relaxed);
-            tracing::error!(jobs = lost, "an inference batch panicked; its jobs failed");
+            tracing::error!(jobs, "an inference batch panicked; its jobs failed");
         }
     }
 }
 
-/// Runs a batch and answers each task, taking it off `depth` just before its answer (so whoever gets an
-/// answer sees the queue without its job) and counting it in `answered`.
-fn run_batch(
-    tasks: Vec<Task>,
-    max_batch: usize,
-    passes: &AtomicUsize,
-    depth: &AtomicUsize,
-    answered: &AtomicUsize,
-) {
+fn run_batch(tasks: Vec<Task>, max_batch: usize, passes: &AtomicUsize) {
     let model = tasks[0].model.clone();
     let mut live: Vec<Task> = Vec::with_capacity(tasks.len());
     for t in tasks {
         if t.cancel.is_cancelled() {
-            depth.fetch_sub(1, Ordering::Relaxed);
-            answered.fetch_add(1, Ordering::Relaxed);
-            let _ = t.reply.send(Err(InferenceError::Cancelled));
+            t.reply.send(Err(InferenceError::Cancelled));
         } else {
             live.push(t);
         }
@@ -327,8 +342,6 @@ fn run_batch(
                 compute,
             })
         };
-        depth.fetch_sub(1, Ordering::Relaxed);
-        answered.fetch_add(1, Ordering::Relaxed);
-        let _ = task.reply.send(result);
+        task.reply.send(result);
     }
 }
