@@ -24,6 +24,7 @@ use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSp
 use super::cnn::PackedCnn;
 use super::{
     InferenceError, Model, check_len, classify_packed, head_rows, manifest_for, pack_conv, pack_dense,
+    weights_error,
 };
 
 /// The data set, gzipped CSV (1,797 rows of 64 pixels and a label).
@@ -133,10 +134,7 @@ impl DigitsNet {
             pack_dense(NAME, &self.fc1, true)?,
             pack_dense(NAME, &self.fc2, false)?,
         ];
-        PackedCnn::new(8, convs, dense).map_err(|reason| InferenceError::Weights {
-            model: NAME.into(),
-            reason,
-        })
+        PackedCnn::new(8, convs, dense).map_err(|reason| weights_error(NAME, reason))
     }
 }
 

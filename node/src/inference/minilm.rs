@@ -17,7 +17,7 @@ use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 
 use super::bert::{self, PackedBert};
-use super::{InferenceError, Model, check_weights, manifest_for, values};
+use super::{InferenceError, Model, bias_values, check_weights, manifest_for, values};
 
 /// The model's name.
 pub const NAME: &str = "minilm";
@@ -161,21 +161,16 @@ impl Bert {
     /// The same encoder packed for [`PackedBert`], which runs jobs.
     fn packed(&self) -> Result<PackedBert, InferenceError> {
         let v = |t: Tensor<2>| values(NAME, t);
-        let v1 = |t: Tensor<1>| values(NAME, t);
-        let missing = |what: &str| InferenceError::Weights {
-            model: NAME.into(),
-            reason: format!("{what} without bias"),
-        };
         let linear = |l: &Linear| -> Result<bert::Linear, InferenceError> {
             Ok(bert::Linear {
                 w: v(l.weight.val())?,
-                b: v1(l.bias.as_ref().ok_or_else(|| missing("a linear layer"))?.val())?,
+                b: bias_values(NAME, l.bias.as_ref(), "a linear layer")?,
             })
         };
         let norm = |n: &LayerNorm| -> Result<bert::Norm, InferenceError> {
             Ok(bert::Norm {
-                gamma: v1(n.gamma.val())?,
-                beta: v1(n.beta.as_ref().ok_or_else(|| missing("a layer norm"))?.val())?,
+                gamma: values(NAME, n.gamma.val())?,
+                beta: bias_values(NAME, n.beta.as_ref(), "a layer norm")?,
                 eps: 1e-12,
             })
         };
@@ -336,7 +331,7 @@ impl Model for MiniLm {
 }
 
 impl MiniLm {
-    /// Checks and tokenises every input (each gives 2 to 128 ids inside the vocabulary).
+    /// Checks and tokenises every input (each must give 2 to `MAX_POSITIONS` ids inside the vocabulary).
     fn tokenise(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u32>>, InferenceError> {
         let mut tokenised = Vec::with_capacity(inputs.len());
         for input in inputs {
@@ -379,15 +374,8 @@ impl MiniLm {
             };
             let pooled: Tensor<2> = tokens.mean_dim(1).reshape([b, DIM]);
             let norm = pooled.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
-            let values =
-                (pooled / norm)
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| InferenceError::Weights {
-                        model: NAME.into(),
-                        reason: format!("{e:?}"),
-                    })?;
-            for (row, i) in values.chunks_exact(DIM).zip(members) {
+            let embedded = values(NAME, pooled / norm)?;
+            for (row, i) in embedded.chunks_exact(DIM).zip(members) {
                 outputs[i] = row.iter().flat_map(|v| v.to_le_bytes()).collect();
             }
         }

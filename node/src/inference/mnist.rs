@@ -19,7 +19,7 @@ use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSp
 use super::cnn::PackedCnn;
 use super::{
     InferenceError, Model, check_len, check_weights, classify_images, classify_packed, head_rows,
-    manifest_for, pack_conv, pack_dense,
+    manifest_for, pack_conv, pack_dense, weights_error,
 };
 
 /// The model's name.
@@ -70,10 +70,7 @@ impl MnistNet {
             pack_dense(NAME, &self.fc_layers[0], true)?,
             pack_dense(NAME, &self.fc_layers[1], false)?,
         ];
-        PackedCnn::new(28, convs, dense).map_err(|reason| InferenceError::Weights {
-            model: NAME.into(),
-            reason,
-        })
+        PackedCnn::new(28, convs, dense).map_err(|reason| weights_error(NAME, reason))
     }
 
     /// Logits `[n, 10]` for normalised images `[n, 1, 28, 28]`.

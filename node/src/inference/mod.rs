@@ -409,27 +409,35 @@ pub(crate) fn classify_images<N>(
         forward(&net, x)
     };
     let classes = logits.dims()[1];
-    let values = logits
-        .into_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| InferenceError::Weights {
-            model: model.into(),
-            reason: format!("{e:?}"),
-        })?;
-    Ok(rows_to_bytes(&values, classes, inputs.len()))
+    Ok(rows_to_bytes(&values(model, logits)?, classes, inputs.len()))
 }
 
-/// The values of a tensor, for packing weights.
+/// The values of a float tensor (weights to pack, or a forward pass's output).
 pub(crate) fn values<const D: usize>(
     model: &str,
     t: burn::tensor::Tensor<D>,
 ) -> Result<Vec<f32>, InferenceError> {
     t.into_data()
         .try_into_vec::<f32>()
-        .map_err(|e| InferenceError::Weights {
-            model: model.into(),
-            reason: format!("{e:?}"),
-        })
+        .map_err(|e| weights_error(model, format!("{e:?}")))
+}
+
+/// A weights error of `model`.
+pub(crate) fn weights_error(model: &str, reason: String) -> InferenceError {
+    InferenceError::Weights {
+        model: model.into(),
+        reason,
+    }
+}
+
+/// The values of a layer's bias (or a norm's shift), which the packed forwards need.
+pub(crate) fn bias_values(
+    model: &str,
+    bias: Option<&burn::module::Param<burn::tensor::Tensor<1>>>,
+    layer: &str,
+) -> Result<Vec<f32>, InferenceError> {
+    let bias = bias.ok_or_else(|| weights_error(model, format!("{layer} without bias")))?;
+    values(model, bias.val())
 }
 
 /// Packs a burn convolution (3x3, padding 1, with bias) for [`cnn::PackedCnn`].
@@ -439,21 +447,14 @@ pub(crate) fn pack_conv(
     pool: bool,
 ) -> Result<cnn::Conv, InferenceError> {
     let [c_out, c_in, _, _] = conv.weight.dims();
-    let bias = conv.bias.as_ref().ok_or_else(|| InferenceError::Weights {
-        model: model.into(),
-        reason: "a convolution without bias".into(),
-    })?;
     cnn::Conv::new(
         c_in,
         c_out,
         pool,
         &values(model, conv.weight.val())?,
-        &values(model, bias.val())?,
+        &bias_values(model, conv.bias.as_ref(), "a convolution")?,
     )
-    .map_err(|reason| InferenceError::Weights {
-        model: model.into(),
-        reason,
-    })
+    .map_err(|reason| weights_error(model, reason))
 }
 
 /// Packs a burn linear layer (with bias) for [`cnn::PackedCnn`].
@@ -463,21 +464,14 @@ pub(crate) fn pack_dense(
     relu: bool,
 ) -> Result<cnn::Dense, InferenceError> {
     let [d_in, d_out] = linear.weight.dims();
-    let bias = linear.bias.as_ref().ok_or_else(|| InferenceError::Weights {
-        model: model.into(),
-        reason: "a linear layer without bias".into(),
-    })?;
     cnn::Dense::new(
         d_in,
         d_out,
         relu,
         &values(model, linear.weight.val())?,
-        &values(model, bias.val())?,
+        &bias_values(model, linear.bias.as_ref(), "a linear layer")?,
     )
-    .map_err(|reason| InferenceError::Weights {
-        model: model.into(),
-        reason,
-    })
+    .map_err(|reason| weights_error(model, reason))
 }
 
 /// Runs checked grayscale images (pixels mapped by `scale`) through a packed classifier and returns each
