@@ -1,8 +1,9 @@
 //! # fleetmesh-node
 //!
 //! The node every car runs: identity, libp2p mesh, local HTTP API, burn inference engine, sled storage,
-//! and (coming) vehicle state. The `fleetmesh` binary is a thin CLI over this library, so that tests can
-//! start nodes in-process.
+//! the car's state and admission, and the job roles over the sans-IO cores of `fleetmesh-consensus`. The
+//! `fleetmesh` binary is a thin CLI over this library (`node/src/cli/`), so that tests can start nodes
+//! in-process.
 
 pub mod adversary;
 pub mod api;
