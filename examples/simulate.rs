@@ -1,6 +1,8 @@
 //! A simulated fleet of 1,000 workers and 100,000 jobs over the sans-IO core (no network): for each kind
-//! of adversary at 10 % of the fleet, how many wrong outputs were accepted, how many replicas a job needs at
-//! steady state, how long an honest newcomer takes to be trusted, and what each kind of worker earned.
+//! of adversary at 10 % of the fleet, how many wrong outputs were accepted, how many of them were revised
+//! after the fact (a worker caught lying has the results it ran alone revoked and rechecked), how many
+//! replicas a job needs at steady state (rechecks included), how long an honest newcomer takes to be
+//! trusted, and what each kind of worker earned (revoked receipts pay nothing).
 //!
 //! ```text
 //! cargo run --release -p fleetmesh-examples --example simulate            # the full table
@@ -28,11 +30,12 @@ fn main() -> anyhow::Result<()> {
     ];
     println!("1,000 workers (10 % adversaries of one kind per row), {jobs} jobs, 20 bidders per job");
     println!(
-        "{:<18} {:>9} {:>9} {:>12} {:>10} {:>10} {:>12} {:>12} {:>9} {:>9}",
+        "{:<18} {:>9} {:>7} {:>8} {:>12} {:>10} {:>10} {:>12} {:>12} {:>9} {:>9}",
         "adversary",
         "accepted",
         "wrong",
-        "wrong rate",
+        "revised",
+        "wrong after",
         "replicas",
         "steady",
         "newcomer",
@@ -50,11 +53,12 @@ fn main() -> anyhow::Result<()> {
         let r = simulation::run(&cfg);
         let credit = |k: &str| r.credit_per_worker.get(k).copied().unwrap_or(0.0);
         println!(
-            "{:<18} {:>9} {:>9} {:>12.2e} {:>10.3} {:>10.3} {:>12} {:>12.0} {:>9.0} {:>9}   ({:.1} s)",
+            "{:<18} {:>9} {:>7} {:>8} {:>12.2e} {:>10.3} {:>10.3} {:>12} {:>12.0} {:>9.0} {:>9}   ({:.1} s)",
             adversary.name(),
             r.accepted,
             r.accepted_wrong,
-            r.wrong_accept_rate(),
+            r.revised,
+            r.wrong_after_revision_rate(),
             r.mean_replicas,
             r.steady_replicas,
             r.newcomer_trusted_after

@@ -12,12 +12,18 @@
 //! canonical encoding is kept (any fixed rule would do; this one needs no clock). Credit per accepted
 //! replica is BOINC's rule: the least credit any accepted replica of the same job claimed, capped by what
 //! the submitter granted.
+//!
+//! A receipt its submitter revoked ([`Revocation`]) counts nothing, but only with the evidence the
+//! revocation names: a valid `Rejected` receipt of the same submitter for the same worker on another job,
+//! issued no earlier than the revoked receipt and at most [`REVOCATION_WINDOW_MS`] after it. So a
+//! submitter can take back only results a worker delivered before it was caught returning a wrong output,
+//! within a day; older credit is final, and a worker never caught keeps all of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use fleetmesh_protocol::codec;
-use fleetmesh_protocol::messages::Receipt;
+use fleetmesh_protocol::messages::{REVOCATION_WINDOW_MS, Receipt, Revocation, Verdict};
 use fleetmesh_protocol::{JobId, NodeId, Signed};
 
 use crate::payment::{self, BudgetKey, FraudProof, Payers};
@@ -53,6 +59,11 @@ pub struct Ledger {
     pub duplicates: usize,
     /// Budgets voided by a fraud proof, with the proof; their receipts count nothing.
     pub void: BTreeMap<BudgetKey, FraudProof>,
+    /// The (job, worker) of every receipt revoked by its submitter with the evidence: they count nothing.
+    pub revoked: BTreeSet<(JobId, NodeId)>,
+    /// Revocations that were not honoured: a bad signature, no receipt of that submitter to revoke, or
+    /// no evidence in the receipts given (one that arrives before its receipts counts here until then).
+    pub revocations_ignored: usize,
 }
 
 impl Ledger {
@@ -62,7 +73,16 @@ impl Ledger {
         receipts: impl IntoIterator<Item = &'a Signed<Receipt>>,
         payers: &Payers,
     ) -> Self {
-        Self::in_epoch(receipts, payers, 0..u64::MAX)
+        Self::in_epoch(receipts, &[], payers, 0..u64::MAX)
+    }
+
+    /// [`Ledger::from_receipts`], honouring `revocations` that come with their evidence.
+    pub fn with_revocations<'a>(
+        receipts: impl IntoIterator<Item = &'a Signed<Receipt>>,
+        revocations: &[Signed<Revocation>],
+        payers: &Payers,
+    ) -> Self {
+        Self::in_epoch(receipts, revocations, payers, 0..u64::MAX)
     }
 
     /// One worker's statement for an epoch (receipts issued in `epoch`, in ms): jobs, energy and credit
@@ -70,11 +90,12 @@ impl Ledger {
     /// not only the epoch's.
     pub fn statement<'a>(
         receipts: impl IntoIterator<Item = &'a Signed<Receipt>>,
+        revocations: &[Signed<Revocation>],
         payers: &Payers,
         worker: &NodeId,
         epoch: Range<u64>,
     ) -> BTreeMap<NodeId, Balance> {
-        Self::in_epoch(receipts, payers, epoch)
+        Self::in_epoch(receipts, revocations, payers, epoch)
             .by_payer
             .into_iter()
             .filter(|((w, _), _)| w == worker)
@@ -82,10 +103,11 @@ impl Ledger {
             .collect()
     }
 
-    /// [`Ledger::from_receipts`], counting only receipts issued in `window` (fraud is judged on every
+    /// [`Ledger::with_revocations`], counting only receipts issued in `window` (fraud is judged on every
     /// receipt given).
     pub fn in_epoch<'a>(
         receipts: impl IntoIterator<Item = &'a Signed<Receipt>>,
+        revocations: &[Signed<Revocation>],
         payers: &Payers,
         window: Range<u64>,
     ) -> Self {
@@ -93,12 +115,20 @@ impl Ledger {
         // (job, worker) -> canonical bytes and receipt of the one kept.
         let mut kept: BTreeMap<(JobId, NodeId), Kept<'a>> = BTreeMap::new();
         let mut valid: Vec<&'a Signed<Receipt>> = Vec::new();
+        // Evidence for revocations: (job, worker, submitter) -> when each valid rejection was issued.
+        let mut rejections: BTreeMap<(JobId, NodeId, NodeId), BTreeSet<u64>> = BTreeMap::new();
         let mut seen = 0usize;
         for r in receipts {
             let (claim, budget) = (&r.body.claim.body, &r.body.budget.body);
             if r.verify().is_err() || claim.worker == claim.submitter {
                 ledger.forged += 1;
                 continue;
+            }
+            if r.body.verdict == Verdict::Rejected {
+                rejections
+                    .entry((claim.job, claim.worker, claim.submitter))
+                    .or_default()
+                    .insert(r.body.issued_ms);
             }
             if !payers.contains(&budget.payer)
                 || budget.holder != claim.submitter
@@ -126,6 +156,10 @@ impl Ledger {
         ledger.duplicates = seen - kept.len();
         ledger.void = payment::find_frauds(valid);
         kept.retain(|_, (_, r)| !ledger.void.contains_key(&r.body.budget.body.key()));
+        let revoked = honoured_revocations(revocations, &kept, &rejections);
+        ledger.revocations_ignored = revocations.len() - revoked.values().sum::<usize>();
+        ledger.revoked = revoked.into_keys().collect();
+        kept.retain(|pair, _| !ledger.revoked.contains(pair));
 
         // BOINC's rule per job: the least credit any accepted replica claimed.
         let mut least: BTreeMap<JobId, u64> = BTreeMap::new();
@@ -160,4 +194,37 @@ impl Ledger {
     pub fn balance(&self, node: &NodeId) -> Balance {
         self.balances.get(node).copied().unwrap_or_default()
     }
+}
+
+/// The (job, worker) pairs of `kept` receipts that a valid revocation takes back with its evidence in
+/// `rejections`, each with the number of revocations naming it (repeats included).
+fn honoured_revocations(
+    revocations: &[Signed<Revocation>],
+    kept: &BTreeMap<(JobId, NodeId), Kept<'_>>,
+    rejections: &BTreeMap<(JobId, NodeId, NodeId), BTreeSet<u64>>,
+) -> BTreeMap<(JobId, NodeId), usize> {
+    let mut revoked: BTreeMap<(JobId, NodeId), usize> = BTreeMap::new();
+    for rv in revocations {
+        let b = &rv.body;
+        let Some((_, target)) = kept.get(&(b.job, b.worker)) else {
+            continue;
+        };
+        let issued = target.body.issued_ms;
+        let caught_in_window = rejections
+            .get(&(b.evidence, b.worker, b.submitter))
+            .is_some_and(|at| {
+                at.range(issued..=issued.saturating_add(REVOCATION_WINDOW_MS))
+                    .next()
+                    .is_some()
+            });
+        if target.body.claim.body.submitter == b.submitter
+            && target.body.verdict.is_accepted()
+            && caught_in_window
+            && b.job != b.evidence
+            && rv.verify().is_ok()
+        {
+            *revoked.entry((b.job, b.worker)).or_default() += 1;
+        }
+    }
+    revoked
 }

@@ -10,6 +10,8 @@
 //! - [`trust`]: reputation from verdicts, and adaptive replication (how many replicas a job gets).
 //! - [`ledger`]: credit balances as a pure function of a set of co-signed receipts.
 //! - [`payment`]: who pays (payer budgets), numbering of a budget's receipts, fraud proofs.
+//! - [`revision`]: lies undone after the fact (results accepted on one worker's word, revoked and
+//!   rechecked when that worker is caught).
 //! - [`submitter`]: the submitter's decisions over all its jobs (bid window, worker plan, credit rule,
 //!   reputation updates); the node and every simulation drive this same code.
 //! - [`simulation`]: a large simulated fleet with adversaries, driven through all of the above.
@@ -19,6 +21,7 @@ pub mod job;
 pub mod ledger;
 pub mod payment;
 pub mod quorum;
+pub mod revision;
 pub mod simulation;
 pub mod submitter;
 pub mod trust;

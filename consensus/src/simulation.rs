@@ -7,11 +7,11 @@
 //!
 //! `cargo run --release -p fleetmesh-examples --example simulate` prints the table in the README.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use fleetmesh_protocol::messages::{
     AgreementRule, Bid, Budget, JobInput, JobOffer, NumericClass, Receipt, ResultCommit, ResultReveal,
-    Verdict, WorkClaim,
+    Revocation, Verdict, WorkClaim,
 };
 use fleetmesh_protocol::signing::SignatureBytes;
 use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
@@ -19,7 +19,7 @@ use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
 use crate::job::Outcome;
 use crate::ledger::Ledger;
 use crate::payment::Payers;
-use crate::submitter::{Action, Randomness, Replication, Submitter, SubmitterConfig};
+use crate::submitter::{Action, JobResult, Randomness, Replication, Submitter, SubmitterConfig};
 use crate::trust::TrustConfig;
 
 /// How a simulated worker behaves.
@@ -116,12 +116,25 @@ pub struct SimReport {
     pub forged_refused: usize,
     /// Receipts the ledger counted once although repeated.
     pub duplicates_ignored: usize,
+    /// Jobs rechecked because the worker they were accepted from alone was caught lying later.
+    pub rechecks: usize,
+    /// Verdicts a recheck revised (the output accepted first was wrong).
+    pub revised: usize,
+    /// Accepted outputs still wrong at the end, after revisions.
+    pub wrong_after_revision: usize,
+    /// Receipts the ledger counts as revoked.
+    pub revoked: usize,
 }
 
 impl SimReport {
     /// Accepted wrong outputs per accepted job.
     pub fn wrong_accept_rate(&self) -> f64 {
         self.accepted_wrong as f64 / self.accepted.max(1) as f64
+    }
+
+    /// Accepted outputs still wrong after revisions, per accepted job.
+    pub fn wrong_after_revision_rate(&self) -> f64 {
+        self.wrong_after_revision as f64 / self.accepted.max(1) as f64
     }
 }
 
@@ -211,25 +224,34 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             small_fleet: false,
         },
     );
-    let class = NumericClass {
-        backend: "sim".into(),
-        features: "none".into(),
-        arch: "sim".into(),
+    let mut fleet = Fleet {
+        model: ModelId::of(b"simulated model"),
+        class: NumericClass {
+            backend: "sim".into(),
+            features: "none".into(),
+            arch: "sim".into(),
+        },
+        submitter_key,
+        budget,
+        by_id: workers.iter().enumerate().map(|(i, w)| (w.id, i)).collect(),
+        sign: cfg.receipts,
     };
-    let model = ModelId::of(b"simulated model");
     let mut report = SimReport::default();
     let mut receipts: Vec<Signed<Receipt>> = Vec::new();
+    let mut revocations: Vec<Signed<Revocation>> = Vec::new();
+    // Every accepted job's truth and its output now (revisions replace it).
+    let mut accepted: HashMap<JobId, (Vec<u8>, Vec<u8>)> = HashMap::new();
     let (mut assigned_total, mut assigned_steady) = (0usize, 0usize);
     let half = cfg.jobs / 2;
     let mut newcomer: Option<usize> = None;
-    let mut by_id: BTreeMap<NodeId, usize> = workers.iter().enumerate().map(|(i, w)| (w.id, i)).collect();
+    let mut nonce = cfg.jobs as u64;
 
     for j in 0..cfg.jobs {
         let now = j as u64 * STEP_MS;
         if j == half {
             // An honest newcomer joins at the midpoint.
             let key = NodeKey::from_seed([0xCD; 32]);
-            by_id.insert(key.node_id(), workers.len());
+            fleet.by_id.insert(key.node_id(), workers.len());
             newcomer = Some(workers.len());
             workers.push(Worker {
                 id: key.node_id(),
@@ -237,43 +259,192 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 behaviour: Behaviour::Honest,
             });
         }
-        let mut candidates: Vec<NodeId> = (0..cfg.bidders)
-            .map(|_| workers[rng.below(workers.len())].id)
-            .collect();
-        if let Some(n) = newcomer
-            && rng.unit() < cfg.bidders as f64 / workers.len() as f64
-        {
-            candidates.push(workers[n].id);
-        }
-        candidates.sort();
-        candidates.dedup();
         // Every offer asks for one replica: the submitter replicates by reputation.
-        let offer = JobOffer {
-            submitter: submitter_key.node_id(),
-            nonce: j as u64,
-            model,
+        let offer = fleet.offer(j as u64, 1, now);
+        let user_job = offer.id();
+        submitter.offer(user_job, offer.clone(), Replication::Adaptive);
+        // The job, then any rechecks its verdict caused (and theirs), at once.
+        let mut queue = VecDeque::from([(offer, Truth::of(&user_job), None::<JobId>)]);
+        let mut t = now;
+        while let Some((offer, truth, recheck_of)) = queue.pop_front() {
+            let candidates = sample(cfg, &workers, newcomer, &mut rng);
+            let (decided, after, end) =
+                fleet.drive(&mut submitter, &workers, &offer, &truth, &candidates, t, &mut rng);
+            t = end;
+            let Some((result, bodies)) = decided else {
+                submitter.forget(&offer.id());
+                if recheck_of.is_none() {
+                    report.failed += 1;
+                }
+                continue;
+            };
+            assigned_total += result.workers_assigned;
+            if j >= half {
+                assigned_steady += result.workers_assigned;
+            }
+            match &result.outcome {
+                Outcome::Accepted { output, agreeing, .. } => {
+                    if recheck_of.is_none() {
+                        report.accepted += 1;
+                        if *output != truth.output {
+                            report.accepted_wrong += 1;
+                        }
+                        accepted.insert(user_job, (truth.output.clone(), output.clone()));
+                    }
+                    if cfg.receipts {
+                        fleet.sign_receipts(&workers, bodies, agreeing, j as u64, &mut receipts);
+                    }
+                }
+                Outcome::Failed(_) if recheck_of.is_none() => report.failed += 1,
+                Outcome::Failed(_) => {}
+            }
+            for action in after {
+                match action {
+                    Action::Recheck {
+                        job,
+                        evidence,
+                        recheck,
+                    } => {
+                        report.rechecks += 1;
+                        if cfg.receipts {
+                            let revocation = Revocation {
+                                job,
+                                worker: recheck.suspect,
+                                submitter: fleet.submitter_key.node_id(),
+                                evidence,
+                                issued_ms: t,
+                            };
+                            if let Ok(r) = Signed::sign(revocation, &fleet.submitter_key) {
+                                revocations.push(r);
+                            }
+                        }
+                        nonce += 1;
+                        let offer = fleet.offer(nonce, 2, t);
+                        submitter.offer_recheck(offer.id(), offer.clone(), recheck);
+                        queue.push_back((offer, Truth::of(&recheck.of), Some(recheck.of)));
+                    }
+                    Action::Revise { job, output, .. } => {
+                        report.revised += 1;
+                        if let Some(a) = accepted.get_mut(&job) {
+                            a.1 = output;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(n) = newcomer
+            && report.newcomer_trusted_after.is_none()
+            && submitter.reputation().is_trusted(&workers[n].id, t)
+        {
+            report.newcomer_trusted_after = Some(j - half);
+        }
+    }
+    report.wrong_after_revision = accepted.values().filter(|(truth, now)| truth != now).count();
+    report.mean_replicas = assigned_total as f64 / cfg.jobs.max(1) as f64;
+    report.steady_replicas = assigned_steady as f64 / (cfg.jobs - half).max(1) as f64;
+    if cfg.receipts {
+        let ledger = Ledger::with_revocations(&receipts, &revocations, &payers);
+        report.forged_refused = ledger.forged;
+        report.duplicates_ignored = ledger.duplicates;
+        report.revoked = ledger.revoked.len();
+        let mut per: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        for w in &workers {
+            let e = per.entry(w.behaviour.name()).or_default();
+            e.0 += ledger.balance(&w.id).credit as f64;
+            e.1 += 1;
+        }
+        report.credit_per_worker = per.into_iter().map(|(k, (c, n))| (k, c / n as f64)).collect();
+    }
+    report
+}
+
+/// The true output of a job, and the one colluders agree on.
+#[derive(Debug, Clone)]
+struct Truth {
+    output: Vec<u8>,
+    collusion: Vec<u8>,
+}
+
+impl Truth {
+    /// Of the job its user knows as `job` (a recheck has the same).
+    fn of(job: &JobId) -> Self {
+        Self {
+            output: blake3::hash(job.as_bytes()).as_bytes()[..8].to_vec(),
+            collusion: blake3::hash(&[job.as_bytes().as_slice(), b"collude"].concat()).as_bytes()[..8]
+                .to_vec(),
+        }
+    }
+}
+
+/// The bidders of one job: a random sample of the fleet (the newcomer with its fair chance).
+fn sample(cfg: &SimConfig, workers: &[Worker], newcomer: Option<usize>, rng: &mut Rng) -> Vec<NodeId> {
+    let mut candidates: Vec<NodeId> = (0..cfg.bidders)
+        .map(|_| workers[rng.below(workers.len())].id)
+        .collect();
+    if let Some(n) = newcomer
+        && rng.unit() < cfg.bidders as f64 / workers.len() as f64
+    {
+        candidates.push(workers[n].id);
+    }
+    candidates.sort();
+    candidates.dedup();
+    candidates
+}
+
+/// What every job of the simulation shares.
+struct Fleet {
+    model: ModelId,
+    class: NumericClass,
+    submitter_key: NodeKey,
+    budget: Signed<Budget>,
+    by_id: BTreeMap<NodeId, usize>,
+    /// Sign claims (a ledger is computed).
+    sign: bool,
+}
+
+/// A decided job's result and receipt bodies, the actions after its verdict (rechecks, revisions), and
+/// the time it ended.
+type Driven = (Option<(JobResult, Vec<Receipt>)>, Vec<Action>, u64);
+
+impl Fleet {
+    fn offer(&self, nonce: u64, replicas: u8, now: u64) -> JobOffer {
+        JobOffer {
+            submitter: self.submitter_key.node_id(),
+            nonce,
+            model: self.model,
             input: JobInput::Inline(Vec::new()),
             rule: AgreementRule::Exact,
-            replicas: 1,
+            replicas,
             reward: PRICE,
             created_ms: now,
             expires_ms: now + 10 * TIMEOUT_MS,
             deadline_ms: now + STEP_MS - 1,
-            budget: budget.clone(),
-        };
-        let job_id = offer.id();
-        submitter.offer(job_id, offer.clone(), Replication::Adaptive);
-        let truth = blake3::hash(job_id.as_bytes()).as_bytes()[..8].to_vec();
-        let collusion =
-            blake3::hash(&[job_id.as_bytes().as_slice(), b"collude"].concat()).as_bytes()[..8].to_vec();
+            budget: self.budget.clone(),
+        }
+    }
 
+    /// Takes every candidate's bid and drives the job to its verdict: workers answer at once, silent
+    /// ones never; time jumps past deadlines.
+    #[allow(clippy::too_many_arguments)]
+    fn drive(
+        &self,
+        submitter: &mut Submitter,
+        workers: &[Worker],
+        offer: &JobOffer,
+        truth: &Truth,
+        candidates: &[NodeId],
+        now: u64,
+        rng: &mut Rng,
+    ) -> Driven {
+        let job_id = offer.id();
         // Every sampled worker bids; the window closes with the last bid.
         let mut actions = Vec::new();
-        for w in &candidates {
+        for w in candidates {
             let bid = Bid {
                 job: job_id,
                 worker: *w,
-                class: class.clone(),
+                class: self.class.clone(),
                 price: PRICE,
                 energy_cost: 0,
                 est_ms: 1,
@@ -281,15 +452,13 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             };
             actions.extend(
                 submitter
-                    .on_bid(bid, now, candidates.len(), &mut rng)
+                    .on_bid(bid, now, candidates.len(), rng)
                     .unwrap_or_default(),
             );
         }
-
-        // Drive the job: workers answer at once, silent ones never; time jumps past deadlines.
         let mut t = now;
         let mut done: BTreeMap<NodeId, Computed> = BTreeMap::new();
-        let mut decided = None;
+        let (mut decided, mut after) = (None, Vec::new());
         let mut wake: Option<u64> = None;
         for _ in 0..64 {
             if actions.is_empty() {
@@ -299,7 +468,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 actions = match wake.take() {
                     Some(at) => {
                         t = t.max(at);
-                        submitter.on_wake(job_id, t, &mut rng)
+                        submitter.on_wake(job_id, t, rng)
                     }
                     None => {
                         t += TIMEOUT_MS + 1;
@@ -312,10 +481,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             for action in actions.drain(..) {
                 match action {
                     Action::Assign { worker, .. } => {
-                        let w = &workers[by_id[&worker]];
-                        let Some(computed) =
-                            compute(w.behaviour, &job_id, &worker, &truth, &collusion, &done, &mut rng)
-                        else {
+                        let w = &workers[self.by_id[&worker]];
+                        let Some(computed) = compute(w.behaviour, &job_id, &worker, truth, &done, rng) else {
                             continue;
                         };
                         let commit = ResultCommit {
@@ -328,28 +495,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                     }
                     Action::RequestReveal { worker, .. } => {
                         if let Some((output, salt, _)) = done.get(&worker).cloned() {
-                            let claim = WorkClaim {
-                                job: job_id,
-                                model,
-                                worker,
-                                submitter: submitter_key.node_id(),
-                                output_digest: *blake3::hash(&output).as_bytes(),
-                                compute_us: 1_000,
-                                energy_uwh: 5,
-                                claimed_credit: PRICE,
-                                claimed_ms: t,
-                            };
-                            let claim = if cfg.receipts {
-                                match Signed::sign(claim, &workers[by_id[&worker]].key) {
-                                    Ok(c) => c,
-                                    Err(_) => continue,
-                                }
-                            } else {
-                                // Nobody checks signatures when no ledger is computed.
-                                Signed {
-                                    body: claim,
-                                    signature: SignatureBytes([0; 64]),
-                                }
+                            let Some(claim) = self.claim(&workers[self.by_id[&worker]], job_id, &output, t)
+                            else {
+                                continue;
                             };
                             let reveal = ResultReveal {
                                 job: job_id,
@@ -368,71 +516,75 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                     Action::Decide {
                         result, receipts: r, ..
                     } => decided = Some((result, r)),
+                    a @ (Action::Recheck { .. } | Action::Revise { .. }) => after.push(a),
                 }
             }
             actions = next;
             if decided.is_some() {
+                // (The actions after a verdict come with it.)
+                after.append(&mut actions);
                 break;
             }
         }
-        let Some((result, bodies)) = decided else {
-            submitter.forget(&job_id);
-            report.failed += 1;
-            continue;
+        (decided, after, t)
+    }
+
+    /// The worker's signed claim over `output` (unsigned when no ledger is computed).
+    fn claim(&self, worker: &Worker, job: JobId, output: &[u8], t: u64) -> Option<Signed<WorkClaim>> {
+        let claim = WorkClaim {
+            job,
+            model: self.model,
+            worker: worker.id,
+            submitter: self.submitter_key.node_id(),
+            output_digest: *blake3::hash(output).as_bytes(),
+            compute_us: 1_000,
+            energy_uwh: 5,
+            claimed_credit: PRICE,
+            claimed_ms: t,
         };
-        assigned_total += result.workers_assigned;
-        if j >= half {
-            assigned_steady += result.workers_assigned;
+        if !self.sign {
+            // Nobody checks signatures when no ledger is computed.
+            return Some(Signed {
+                body: claim,
+                signature: SignatureBytes([0; 64]),
+            });
         }
-        match &result.outcome {
-            Outcome::Accepted { output, agreeing, .. } => {
-                report.accepted += 1;
-                if *output != truth {
-                    report.accepted_wrong += 1;
-                }
-                if cfg.receipts {
-                    for body in bodies {
-                        let worker = &workers[by_id[&body.claim.body.worker]];
-                        let Ok(r) = Signed::sign(body, &submitter_key) else {
-                            continue;
-                        };
-                        if worker.behaviour == Behaviour::ReceiptReplayer {
-                            receipts.extend(std::iter::repeat_n(r.clone(), 3));
-                        }
-                        receipts.push(r);
-                    }
-                    for w in agreeing {
-                        let worker = &workers[by_id[w]];
-                        if worker.behaviour == Behaviour::ReceiptForger {
-                            receipts.push(forged(&worker.key, &submitter_key, &budget, model, j as u64));
-                        }
-                    }
-                }
+        Signed::sign(claim, &worker.key).ok()
+    }
+
+    /// Countersigns a decided job's receipt bodies into `receipts`, with the forgers' and replayers'
+    /// extras.
+    fn sign_receipts(
+        &self,
+        workers: &[Worker],
+        bodies: Vec<Receipt>,
+        agreeing: &[NodeId],
+        n: u64,
+        receipts: &mut Vec<Signed<Receipt>>,
+    ) {
+        for body in bodies {
+            let worker = &workers[self.by_id[&body.claim.body.worker]];
+            let Ok(r) = Signed::sign(body, &self.submitter_key) else {
+                continue;
+            };
+            if worker.behaviour == Behaviour::ReceiptReplayer {
+                receipts.extend(std::iter::repeat_n(r.clone(), 3));
             }
-            Outcome::Failed(_) => report.failed += 1,
+            receipts.push(r);
         }
-        if let Some(n) = newcomer
-            && report.newcomer_trusted_after.is_none()
-            && submitter.reputation().is_trusted(&workers[n].id, t)
-        {
-            report.newcomer_trusted_after = Some(j - half);
+        for w in agreeing {
+            let worker = &workers[self.by_id[w]];
+            if worker.behaviour == Behaviour::ReceiptForger {
+                receipts.push(forged(
+                    &worker.key,
+                    &self.submitter_key,
+                    &self.budget,
+                    self.model,
+                    n,
+                ));
+            }
         }
     }
-    report.mean_replicas = assigned_total as f64 / cfg.jobs.max(1) as f64;
-    report.steady_replicas = assigned_steady as f64 / (cfg.jobs - half).max(1) as f64;
-    if cfg.receipts {
-        let ledger = Ledger::from_receipts(&receipts, &payers);
-        report.forged_refused = ledger.forged;
-        report.duplicates_ignored = ledger.duplicates;
-        let mut per: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-        for w in &workers {
-            let e = per.entry(w.behaviour.name()).or_default();
-            e.0 += ledger.balance(&w.id).credit as f64;
-            e.1 += 1;
-        }
-        report.credit_per_worker = per.into_iter().map(|(k, (c, n))| (k, c / n as f64)).collect();
-    }
-    report
 }
 
 /// What a worker of `behaviour` commits to for an assigned job (`None`: it never answers).
@@ -440,11 +592,11 @@ fn compute(
     behaviour: Behaviour,
     job: &JobId,
     worker: &NodeId,
-    truth: &[u8],
-    collusion: &[u8],
+    truth: &Truth,
     done: &BTreeMap<NodeId, Computed>,
     rng: &mut Rng,
 ) -> Option<Computed> {
+    let (truth, collusion) = (&truth.output, &truth.collusion);
     let mut salt = [0u8; 32];
     salt[..8].copy_from_slice(&rng.next().to_le_bytes());
     let output = match behaviour {

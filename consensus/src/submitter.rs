@@ -8,7 +8,8 @@
 //! that and nothing more; the adversarial simulation ([`crate::simulation`]) drives this same type.
 //!
 //! A decided job leaves the machine (its [`JobResult`] goes out with [`Action::Decide`]), so the state
-//! held is bounded by the jobs in flight.
+//! held is bounded by the jobs in flight, plus the bounded [`Audit`] of results accepted on one worker's
+//! word, kept so that a worker caught lying later has them revoked and rechecked ([`crate::revision`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -21,6 +22,8 @@ pub use crate::assign::{Randomness, UNTRUSTED_QUORUM, fixed_plan};
 use crate::assign::{cost, price_pool};
 use crate::job::{self, Job, JobConfig, JobError, Outcome, SlotState};
 use crate::payment::Spending;
+pub use crate::revision::Recheck;
+use crate::revision::{Audit, Unchecked};
 use crate::trust::{self, Reputation, Standing, TrustConfig};
 
 /// Settings of the submitter role.
@@ -135,6 +138,31 @@ pub enum Action {
         /// One receipt body per worker that revealed, with its verdict and credit.
         receipts: Vec<Receipt>,
     },
+    /// `suspect` was caught returning a wrong output on the job `evidence` (decided just before, its
+    /// receipts include the rejection) after the job `recheck.of` was accepted on its word alone (offer
+    /// `job`): sign, store and publish a `Revocation` of its receipt for `job` naming `evidence`, then
+    /// offer `recheck.of`'s input again under a fresh offer with two replicas and hand it to
+    /// [`Submitter::offer_recheck`].
+    Recheck {
+        /// The offer whose receipt is revoked.
+        job: JobId,
+        /// The job on which the suspect was caught.
+        evidence: JobId,
+        /// What to recheck.
+        recheck: Recheck,
+    },
+    /// A recheck accepted another output than the one accepted before: the job its user knows as `job`
+    /// now has this output, from these workers. Store it and show the job as revised.
+    Revise {
+        /// The job as its user knows it.
+        job: JobId,
+        /// The recheck that found it (the id it was offered as).
+        recheck: JobId,
+        /// The corrected output.
+        output: Vec<u8>,
+        /// The workers that agreed on it in the recheck.
+        agreeing: Vec<NodeId>,
+    },
 }
 
 /// Most bids one job takes (window and later replacements together); more are answered
@@ -196,6 +224,8 @@ struct InFlight {
     claims: BTreeMap<NodeId, Signed<WorkClaim>>,
     /// Credit set aside under the offer's budget until the job is decided or dropped.
     reserved: u64,
+    /// This job re-runs another whose worker was caught lying.
+    recheck: Option<Recheck>,
 }
 
 /// The submitter role of one node: every job it has in flight, and what it knows of the workers.
@@ -208,6 +238,8 @@ pub struct Submitter {
     jobs: HashMap<JobId, InFlight>,
     /// The id a user knows -> the id of the offer in force.
     originals: HashMap<JobId, JobId>,
+    /// Results accepted on one worker's word.
+    audit: Audit,
 }
 
 impl Submitter {
@@ -220,7 +252,18 @@ impl Submitter {
             spending: Spending::new(),
             jobs: HashMap::new(),
             originals: HashMap::new(),
+            audit: Audit::new(),
         }
+    }
+
+    /// The results accepted on one worker's word, remembered for revision.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Remembers a result accepted on `worker`'s word (e.g. from the store after a restart).
+    pub fn remember_unchecked(&mut self, worker: NodeId, result: Unchecked) {
+        self.audit.record(worker, result);
     }
 
     /// The settings.
@@ -316,14 +359,15 @@ impl Submitter {
         self.spending.release(budget, amount);
     }
 
-    /// [`Submitter::offer`] for an offer whose credit [`Submitter::take_budget`] already set aside.
+    /// [`Submitter::offer`] for an offer whose credit [`Submitter::take_budget`] already set aside. (A
+    /// recheck offered again stays a recheck.)
     pub fn offer_reserved(&mut self, original: JobId, offer: JobOffer, replication: Replication) {
-        let reoffers = match self.originals.insert(original, offer.id()) {
-            Some(old) => self.jobs.remove(&old).map_or(0, |j| {
+        let (reoffers, recheck) = match self.originals.insert(original, offer.id()) {
+            Some(old) => self.jobs.remove(&old).map_or((0, None), |j| {
                 self.spending.release(&j.offer.budget.body, j.reserved);
-                j.reoffers + 1
+                (j.reoffers + 1, j.recheck)
             }),
-            None => 0,
+            None => (0, None),
         };
         let reserved = self.reservation(offer.reward, offer.replicas);
         let job = Job::new(&offer, self.job_config(usize::from(offer.replicas.max(1))));
@@ -340,8 +384,26 @@ impl Submitter {
                 reoffer_asked: false,
                 claims: BTreeMap::new(),
                 reserved,
+                recheck,
             },
         );
+    }
+
+    /// Offers a recheck ([`Action::Recheck`]) as the job `original` (a fresh id, e.g. the recheck
+    /// offer's own: the job rechecked keeps its verdict until [`Action::Revise`]): `offer` asks for two
+    /// replicas, and the suspect is not drawn. Credit is set aside as for [`Submitter::offer`].
+    pub fn offer_recheck(&mut self, original: JobId, offer: JobOffer, recheck: Recheck) {
+        let id = offer.id();
+        self.offer(original, offer, Replication::Fixed);
+        self.mark_recheck(&id, recheck);
+    }
+
+    /// Makes the job in flight under offer `job` a recheck (before its bids are in): the suspect is not
+    /// drawn, and a verdict with another output than the one accepted before revises that job.
+    pub fn mark_recheck(&mut self, job: &JobId, recheck: Recheck) {
+        if let Some(f) = self.jobs.get_mut(job) {
+            f.recheck = Some(recheck);
+        }
     }
 
     /// The most a job offering `reward` per worker with `replicas` may cost: every worker it may draw
@@ -436,7 +498,11 @@ impl Submitter {
         // Replacements come from trusted workers (from anyone but those on probation while nobody
         // trusted bid), so a late bid cannot slip an untrusted key into a job whatever it asks.
         let standing = self.reputation.standing(&bid.worker, now_ms);
-        if standing == Standing::Probation || (!f.window.none_trusted && standing != Standing::Trusted) {
+        let suspect = f.recheck.is_some_and(|r| r.suspect == bid.worker);
+        if suspect
+            || standing == Standing::Probation
+            || (!f.window.none_trusted && standing != Standing::Trusted)
+        {
             return Err(SubmitError::NotNeeded);
         }
         if f.bids_taken >= MAX_BIDS_PER_JOB {
@@ -481,7 +547,10 @@ impl Submitter {
         bids.sort_by_key(cost);
         let mut actions = Vec::new();
         let reputation = &self.reputation;
-        let eligible = |b: &&Bid| reputation.standing(&b.worker, now_ms) != Standing::Probation;
+        let suspect = f.recheck.map(|r| r.suspect);
+        let eligible = |b: &&Bid| {
+            reputation.standing(&b.worker, now_ms) != Standing::Probation && Some(b.worker) != suspect
+        };
         f.window.none_trusted = !bids.iter().any(|b| reputation.is_trusted(&b.worker, now_ms));
         let plan = match f.replication {
             Replication::Fixed => {
@@ -651,19 +720,19 @@ impl Submitter {
                     commit_by_ms,
                 }),
                 job::Action::RequestReveal { worker } => out.push(Action::RequestReveal { job: id, worker }),
-                job::Action::Decide(outcome) => {
-                    if let Some(d) = self.decide(id, outcome, now_ms) {
-                        out.push(d);
-                    }
-                }
+                job::Action::Decide(outcome) => out.extend(self.decide(id, outcome, now_ms)),
             }
         }
         out
     }
 
-    /// A job's verdict: reputation updates, the credit rule, the receipt bodies; the job leaves.
-    fn decide(&mut self, id: JobId, outcome: Outcome, now_ms: u64) -> Option<Action> {
-        let f = self.remove(&id)?;
+    /// A job's verdict: reputation updates, the credit rule, the receipt bodies; the job leaves. A result
+    /// accepted on one worker's word goes to the audit; a worker out-voted here has the results accepted
+    /// on its word revoked and rechecked; a recheck that accepted another output revises its job.
+    fn decide(&mut self, id: JobId, outcome: Outcome, now_ms: u64) -> Vec<Action> {
+        let Some(f) = self.remove(&id) else {
+            return Vec::new();
+        };
         let agreeing: &[NodeId] = match &outcome {
             Outcome::Accepted { agreeing, .. } => agreeing,
             Outcome::Failed(_) => &[],
@@ -686,6 +755,50 @@ impl Submitter {
         for w in invalid {
             self.reputation.invalid(w, now_ms);
         }
+        let mut after = Vec::new();
+        if let Outcome::Accepted {
+            output,
+            agreeing,
+            disagreeing,
+        } = &outcome
+        {
+            let digest = *blake3::hash(output).as_bytes();
+            if let [alone] = agreeing.as_slice()
+                && f.replication == Replication::Adaptive
+                && f.recheck.is_none()
+            {
+                let result = Unchecked {
+                    original: f.original,
+                    job: id,
+                    digest,
+                    accepted_ms: now_ms,
+                };
+                self.audit.record(*alone, result);
+            }
+            for suspect in disagreeing {
+                for u in self.audit.caught(suspect, now_ms) {
+                    after.push(Action::Recheck {
+                        job: u.job,
+                        evidence: id,
+                        recheck: Recheck {
+                            of: u.original,
+                            suspect: *suspect,
+                            accepted: u.digest,
+                        },
+                    });
+                }
+            }
+            if let Some(r) = f.recheck
+                && r.accepted != digest
+            {
+                after.push(Action::Revise {
+                    job: r.of,
+                    recheck: f.original,
+                    output: output.clone(),
+                    agreeing: agreeing.clone(),
+                });
+            }
+        }
         let unverified = f.replication == Replication::Fixed && f.offer.replicas <= 1;
         let mut receipts = receipts_for(&f.offer, agreeing, &f.claims, now_ms, unverified);
         self.spending.stamp(&f.offer.budget, &mut receipts);
@@ -706,11 +819,13 @@ impl Submitter {
             compute_us_max,
             unverified,
         };
-        Some(Action::Decide {
+        let mut actions = vec![Action::Decide {
             job: id,
             result,
             receipts,
-        })
+        }];
+        actions.extend(after);
+        actions
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use fleetmesh_consensus::ledger::Ledger;
 use fleetmesh_consensus::payment::{FraudError, FraudProof, Payers, Spending, find_frauds};
 use fleetmesh_protocol::codec;
-use fleetmesh_protocol::messages::{Budget, Receipt, Verdict, WorkClaim};
+use fleetmesh_protocol::messages::{Budget, REVOCATION_WINDOW_MS, Receipt, Revocation, Verdict, WorkClaim};
 use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
 use proptest::prelude::*;
 
@@ -198,12 +198,28 @@ proptest! {
         receipts in arb_receipts(),
         seed in any::<u64>(),
         repeats in proptest::collection::vec(0usize..3, 24),
+        revoke in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..8),
     ) {
-        let reference = Ledger::from_receipts(&receipts, &payers());
-        let again = Ledger::from_receipts(&shuffled(&receipts, seed, &repeats), &payers());
+        // Revocations of random receipts with random evidence, by the receipt's submitter: some with
+        // their evidence (the worker's rejection by that submitter), most without.
+        let revocations: Vec<Signed<Revocation>> = revoke
+            .iter()
+            .filter_map(|(t, e)| revoke_with(&receipts[t.index(receipts.len())], &receipts[e.index(receipts.len())]))
+            .collect();
+        let reference = Ledger::with_revocations(&receipts, &revocations, &payers());
+        let mut backwards = revocations.clone();
+        backwards.reverse();
+        backwards.extend(revocations.iter().take(2).cloned());
+        let again = Ledger::with_revocations(&shuffled(&receipts, seed, &repeats), &backwards, &payers());
         prop_assert_eq!(&again.balances, &reference.balances);
         prop_assert_eq!(again.receipts, reference.receipts);
         prop_assert_eq!(&again.void, &reference.void);
+        prop_assert_eq!(&again.revoked, &reference.revoked);
+        // A revocation only ever takes credit away.
+        let unrevoked = Ledger::from_receipts(&receipts, &payers());
+        for (worker, b) in &reference.balances {
+            prop_assert!(b.credit <= unrevoked.balance(worker).credit);
+        }
         // Nobody is paid by a payer nobody lists, and the listed payer never pays past its budgets.
         let total: u64 = reference.balances.values().map(|b| b.credit).sum();
         prop_assert!(total <= covered(&receipts), "{} paid, {} covered", total, covered(&receipts));
@@ -350,8 +366,100 @@ fn an_honest_submitter_never_grants_past_its_budget_and_a_statement_splits_by_pa
     let ledger = Ledger::from_receipts(&receipts, &payers());
     assert!(ledger.void.is_empty());
     assert_eq!(ledger.balance(&key(1).node_id()).credit, 2_500);
-    let statement = Ledger::statement(&receipts, &payers(), &key(1).node_id(), 0..10);
+    let statement = Ledger::statement(&receipts, &[], &payers(), &key(1).node_id(), 0..10);
     assert_eq!(statement.len(), 1);
     assert_eq!(statement[&key(PAYER).node_id()].jobs, 3);
-    assert!(Ledger::statement(&receipts, &payers(), &key(1).node_id(), 10..20).is_empty());
+    assert!(Ledger::statement(&receipts, &[], &payers(), &key(1).node_id(), 10..20).is_empty());
+}
+
+/// The revocation of `target` by its submitter (one of keys 10..=12) naming `evidence`'s job, if that is
+/// another job.
+fn revoke_with(target: &Signed<Receipt>, evidence: &Signed<Receipt>) -> Option<Signed<Revocation>> {
+    let claim = &target.body.claim.body;
+    let submitter = (10u8..=12).find(|k| key(*k).node_id() == claim.submitter)?;
+    let body = Revocation {
+        job: claim.job,
+        worker: claim.worker,
+        submitter: claim.submitter,
+        evidence: evidence.body.claim.body.job,
+        issued_ms: 5,
+    };
+    (body.job != body.evidence).then(|| Signed::sign(body, &key(submitter)).unwrap())
+}
+
+/// A revocation signed by `signer`, naming `submitter` (one key unless forged).
+fn revocation(signer: u8, submitter: u8, worker: u8, job: u8, evidence: u8) -> Signed<Revocation> {
+    let body = Revocation {
+        job: JobId::of(&[job]),
+        worker: key(worker).node_id(),
+        submitter: key(submitter).node_id(),
+        evidence: JobId::of(&[evidence]),
+        issued_ms: 5,
+    };
+    let signature = key(signer).sign_digest(&fleetmesh_protocol::signing::signing_digest(&body));
+    Signed { body, signature }
+}
+
+#[test]
+fn a_revocation_counts_only_from_the_receipts_submitter_with_its_evidence_and_in_any_order() {
+    let b = budget(PAYER, 10, 0, 10_000);
+    // Worker 1 ran jobs 0 and 1 alone and was accepted, then was out-voted on job 3; worker 2 ran job 2.
+    let receipts = honest(
+        10,
+        &b,
+        &[
+            (1, 0, 1_000, true),
+            (1, 1, 1_000, true),
+            (2, 2, 1_000, true),
+            (1, 3, 1_000, false),
+        ],
+    );
+    let before = Ledger::from_receipts(&receipts, &payers());
+    assert_eq!(before.balance(&key(1).node_id()).credit, 2_000);
+
+    let honoured = revocation(10, 10, 1, 0, 3);
+    let ignored = [
+        // Signed by another key in the submitter's name.
+        revocation(11, 10, 1, 1, 3),
+        // Another submitter revoking 10's receipt.
+        revocation(11, 11, 1, 1, 3),
+        // No rejection of worker 1 on job 2: no evidence.
+        revocation(10, 10, 1, 1, 2),
+        // Worker 2 was never caught.
+        revocation(10, 10, 2, 2, 3),
+        // A receipt nobody holds.
+        revocation(10, 10, 1, 9, 3),
+    ];
+    let mut all = vec![honoured.clone()];
+    all.extend(ignored.iter().cloned());
+    let ledger = Ledger::with_revocations(&receipts, &all, &payers());
+    assert_eq!(ledger.balance(&key(1).node_id()).credit, 1_000);
+    assert_eq!(ledger.balance(&key(1).node_id()).jobs, 1);
+    assert_eq!(ledger.balance(&key(2).node_id()).credit, 1_000);
+    assert_eq!(
+        ledger.revoked.iter().copied().collect::<Vec<_>>(),
+        vec![(JobId::of(&[0]), key(1).node_id())]
+    );
+    assert_eq!(ledger.revocations_ignored, ignored.len());
+    // Any order, any repetition: the same ledger.
+    let mut shuffled_receipts: Vec<_> = receipts.iter().rev().cloned().collect();
+    shuffled_receipts.push(receipts[0].clone());
+    let mut twice = all.clone();
+    twice.reverse();
+    twice.push(honoured.clone());
+    let again = Ledger::with_revocations(&shuffled_receipts, &twice, &payers());
+    assert_eq!(again.balances, ledger.balances);
+    assert_eq!(again.revoked, ledger.revoked);
+    // Without its evidence among the receipts, a revocation counts nothing.
+    let without = Ledger::with_revocations(&receipts[..3], &all, &payers());
+    assert_eq!(without.balance(&key(1).node_id()).credit, 2_000);
+    // A rejection issued before the receipt, or more than the window after it, is no evidence for it.
+    let mut late = receipts.clone();
+    late[3] = {
+        let mut body = late[3].body.clone();
+        body.issued_ms = 2 + REVOCATION_WINDOW_MS + 1;
+        Signed::sign(body, &key(10)).unwrap()
+    };
+    let stale = Ledger::with_revocations(&late, &all, &payers());
+    assert_eq!(stale.balance(&key(1).node_id()).credit, 2_000);
 }

@@ -214,7 +214,7 @@ fn run_job_bids(
                     next.extend(s.on_report(&reveal, claim, t).unwrap_or_default());
                 }
                 Action::WakeAt { job, at_ms } => next.extend(s.on_wake(job, at_ms.max(t), rng)),
-                Action::Reoffer { .. } => {}
+                Action::Reoffer { .. } | Action::Recheck { .. } | Action::Revise { .. } => {}
                 Action::Decide { .. } => unreachable!("handled above"),
             }
         }

@@ -145,3 +145,28 @@ fn a_quick_adversarial_fleet_accepts_no_wrong_output_with_few_replicas() {
     });
     assert!(colluding.wrong_accept_rate() <= 1e-3, "{colluding:?}");
 }
+
+#[test]
+fn a_rare_liar_caught_by_a_check_has_its_unchecked_results_revoked_rechecked_and_revised() {
+    // 100 workers, 10 of them lying on 5 % of jobs: each does ~1,000 jobs, so most liars are caught.
+    let run = |jobs| {
+        simulation::run(&SimConfig {
+            workers: 100,
+            jobs,
+            adversary: Behaviour::WrongWithProbability(0.05),
+            receipts: true,
+            ..SimConfig::default()
+        })
+    };
+    let r = run(20_000);
+    eprintln!("{r:?}");
+    assert!(r.rechecks > 0 && r.revised > 0, "{r:?}");
+    assert!(r.revised <= r.rechecks, "{r:?}");
+    assert_eq!(
+        r.accepted_wrong - r.wrong_after_revision,
+        r.revised,
+        "every revision corrects a wrong output: {r:?}"
+    );
+    assert!(r.revoked >= r.revised, "{r:?}");
+    assert!(r.steady_replicas <= 1.10, "{r:?}");
+}

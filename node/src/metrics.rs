@@ -98,6 +98,10 @@ pub struct Metrics {
     pub preemptions: Counter,
     /// Withdrawals received from workers of this node's jobs.
     pub withdrawals: Counter,
+    /// Receipts this node revoked (their worker was caught lying later), each job checked again.
+    pub rechecks: Counter,
+    /// Verdicts of this node's jobs that a recheck revised.
+    pub revisions: Counter,
     /// 1 while the car admits work.
     pub vehicle_admitted: Gauge,
     /// 1 while the car computer is awake.
@@ -123,6 +127,8 @@ impl Default for Metrics {
             receipts: Gauge::default(),
             preemptions: Counter::default(),
             withdrawals: Counter::default(),
+            rechecks: Counter::default(),
+            revisions: Counter::default(),
             vehicle_admitted: Gauge::default(),
             car_awake: Gauge::default(),
             offers_unpaid: Counter::default(),
@@ -204,6 +210,16 @@ impl Metrics {
             "fleetmesh_withdrawals",
             "Signed withdrawals received from workers of this node's jobs",
             m.withdrawals.clone(),
+        );
+        registry.register(
+            "fleetmesh_rechecks",
+            "Receipts this node revoked because their worker was caught lying later; each job is run again",
+            m.rechecks.clone(),
+        );
+        registry.register(
+            "fleetmesh_revisions",
+            "Verdicts of this node's jobs that a recheck revised (the output accepted first was wrong)",
+            m.revisions.clone(),
         );
         registry.register(
             "fleetmesh_vehicle_admitted",

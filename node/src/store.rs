@@ -1,5 +1,5 @@
-//! The node's durable state in sled: submitted jobs and their verdicts, assigned work and its results,
-//! receipts, model manifests and downloaded chunks.
+//! The node's durable state in sled: submitted jobs and their verdicts (and revisions), assigned work and
+//! its results, receipts and revocations, model manifests and downloaded chunks.
 //!
 //! Everything a node must not lose to `kill -9` goes through here, and a write that others will rely on
 //! (a job id handed to a user, a commitment sent to a submitter) is flushed to disk first. Protocol
@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use fleetmesh_protocol::codec::{self, Message};
-use fleetmesh_protocol::messages::{JobOffer, ModelManifest, Receipt};
+use fleetmesh_protocol::messages::{JobOffer, ModelManifest, Receipt, Revocation};
 use fleetmesh_protocol::{ChunkId, JobId, ModelId, NodeId, Signed};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::warn;
@@ -45,6 +45,20 @@ pub struct SubmittedRecord {
     pub adaptive: bool,
     /// The verdict, once reached.
     pub result: Option<JobResult>,
+}
+
+/// A submitted job's verdict corrected after the fact: the worker it was accepted from alone was caught
+/// lying, and a recheck by other workers accepted another output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionRecord {
+    /// The corrected output.
+    pub output: Vec<u8>,
+    /// The workers that agreed on it in the recheck.
+    pub agreeing: Vec<NodeId>,
+    /// The recheck job (its own receipts pay those workers).
+    pub recheck: JobId,
+    /// When the verdict was revised, ms since the Unix epoch.
+    pub revised_ms: u64,
 }
 
 /// Work this node accepted as a worker.
@@ -86,6 +100,8 @@ pub struct Store {
     chunks: sled::Tree,
     vehicle: sled::Tree,
     submit_keys: sled::Tree,
+    revocations: sled::Tree,
+    revisions: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -140,6 +156,8 @@ impl Store {
             chunks: tree("chunks")?,
             vehicle: tree("vehicle")?,
             submit_keys: tree("submit_keys")?,
+            revocations: tree("revocations")?,
+            revisions: tree("revisions")?,
             db,
             path,
         })
@@ -300,24 +318,61 @@ impl Store {
     /// ends the same whatever the arrival order. Returns whether the stored receipt changed.
     pub fn put_receipt(&self, receipt: &Signed<Receipt>) -> Result<bool, StoreError> {
         let claim = &receipt.body.claim.body;
-        let key = receipt_key(&claim.job, &claim.worker);
-        let bytes = codec::encode(receipt);
+        self.keep_smaller(
+            &self.receipts,
+            receipt_key(&claim.job, &claim.worker),
+            codec::encode(receipt),
+        )
+    }
+
+    /// Stores `bytes` under `key` unless what is there is no larger (the ledger's rule for two messages
+    /// naming one receipt); returns whether the stored value changed.
+    fn keep_smaller(&self, tree: &sled::Tree, key: [u8; 64], bytes: Vec<u8>) -> Result<bool, StoreError> {
         let mut changed = false;
-        self.receipts
-            .fetch_and_update(key, |old| match old {
-                Some(old) if old <= bytes.as_slice() => Some(old.to_vec()),
-                _ => {
-                    changed = true;
-                    Some(bytes.clone())
-                }
-            })
-            .map(|_| changed)
-            .map_err(|e| self.err(e))
+        tree.fetch_and_update(key, |old| match old {
+            Some(old) if old <= bytes.as_slice() => Some(old.to_vec()),
+            _ => {
+                changed = true;
+                Some(bytes.clone())
+            }
+        })
+        .map(|_| changed)
+        .map_err(|e| self.err(e))
     }
 
     /// Every stored receipt, each decoded and its signatures checked again.
     pub fn receipts(&self) -> Vec<Signed<Receipt>> {
         self.decoded(&self.receipts, |r: &Signed<Receipt>| r.verify().is_ok())
+    }
+
+    /// Stores a revocation under the (job, worker) of the receipt it revokes, by the receipts' rule: of
+    /// two different ones the smaller canonical encoding is kept. Returns whether the stored one changed.
+    pub fn put_revocation(&self, revocation: &Signed<Revocation>) -> Result<bool, StoreError> {
+        let key = receipt_key(&revocation.body.job, &revocation.body.worker);
+        self.keep_smaller(&self.revocations, key, codec::encode(revocation))
+    }
+
+    /// Every stored revocation, each decoded and its signature checked again.
+    pub fn revocations(&self) -> Vec<Signed<Revocation>> {
+        self.decoded(&self.revocations, |r: &Signed<Revocation>| r.verify().is_ok())
+    }
+
+    // ------------------------------------------------------------ revisions
+
+    /// Records the revised verdict of the submitted job its user knows as `original`.
+    pub fn put_revision(&self, original: &JobId, record: &RevisionRecord) -> Result<(), StoreError> {
+        self.put(&self.revisions, "revision", original.as_bytes(), record)
+    }
+
+    /// The revised verdict of `original`, if it was revised.
+    pub fn revision(&self, original: &JobId) -> Option<RevisionRecord> {
+        let bytes = self.revisions.get(original.as_bytes()).ok()??;
+        postcard::from_bytes(&bytes).ok()
+    }
+
+    /// Every revised verdict, by the id its user knows.
+    pub fn revisions(&self) -> Vec<(JobId, RevisionRecord)> {
+        self.by_job(&self.revisions, "revision")
     }
 
     // ------------------------------------------------------------ models

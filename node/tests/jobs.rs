@@ -329,3 +329,126 @@ async fn with_adaptive_replication_two_adversaries_get_nothing_accepted_and_noth
         cancel.cancel();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_worker_caught_lying_has_its_unchecked_results_revoked_rechecked_and_revised() {
+    // Three honest workers and one that lies on 30 % of jobs. It underbids, so once trusted (after two
+    // validated results) it runs nearly every job alone until a spot check (15 %) catches it; after a
+    // probation of 1 s it may earn trust again.
+    let liar_behaviour = WorkerBehaviour::WrongPercent(30);
+    let registry = Registry::with_defaults(None).unwrap();
+    let specs = [
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::Honest,
+        liar_behaviour,
+    ]
+    .iter()
+    .map(|b| {
+        let mut cfg = jobs_config(*b);
+        cfg.adaptive = Some(TrustConfig {
+            trust_after: 2,
+            probation_ms: 1_000,
+            spot_check: 0.15,
+            explore: 0.3,
+        });
+        common::Spec::new(registry.clone(), cfg)
+    })
+    .collect();
+    let nodes = common::fleet(specs, 90, None, 0).await;
+    let liar = nodes[4].0.jobs.node_id();
+    let submitter = nodes[0].0.jobs.clone();
+    let local = digits::Digits::embedded().unwrap();
+    let images = digits::held_out().unwrap();
+    // Rounds of 30 jobs until a revision happened (the liar had a lie accepted alone, then was caught),
+    // and until the liar has no result accepted on its word that is not rechecked yet (caught, or not
+    // trusted at the moment): a lie of a liar never caught cannot be revised.
+    let mut submitted = Vec::new();
+    for round in 0..20 {
+        let mut tasks = Vec::new();
+        for (i, sample) in images
+            .iter()
+            .cycle()
+            .skip(30 * round)
+            .take(30)
+            .cloned()
+            .enumerate()
+        {
+            let (jobs, id) = (submitter.clone(), local.id());
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20) * i as u32).await;
+                let job = jobs.submit_auto(id, sample.pixels.clone()).await.unwrap();
+                jobs.wait(job).await.unwrap();
+                (job, sample)
+            }));
+        }
+        for task in tasks {
+            submitted.push(
+                tokio::time::timeout(Duration::from_secs(60), task)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        if nodes[0].0.metrics.revisions.get() > 0 && submitter.unchecked_results(&liar) == 0 {
+            break;
+        }
+    }
+    assert!(
+        nodes[0].0.metrics.revisions.get() > 0,
+        "no lie accepted and then revised in {} jobs (rechecks: {})",
+        submitted.len(),
+        nodes[0].0.metrics.rechecks.get()
+    );
+    assert!(
+        submitter.reputation_of(&liar).invalid > 0,
+        "the liar was not caught"
+    );
+    assert_eq!(
+        submitter.unchecked_results(&liar),
+        0,
+        "the liar ended trusted, its lies unchecked"
+    );
+    // Every job ends with the true output: accepted right, or revised once its recheck is decided.
+    let truth = |pixels: &[u8]| hex::encode(&local.run_batch(&[pixels]).unwrap()[0]);
+    let settled = common::eventually(Duration::from_secs(60), || {
+        submitted.iter().all(|(job, sample)| {
+            submitter
+                .view(job)
+                .is_some_and(|v| v.output_hex.as_deref() == Some(truth(&sample.pixels).as_str()))
+        })
+    })
+    .await;
+    let revised: Vec<_> = submitted
+        .iter()
+        .filter_map(|(job, _)| submitter.view(job).filter(|v| v.state == "revised"))
+        .collect();
+    assert!(settled, "some job still has a wrong output; revised: {revised:?}");
+    assert!(!revised.is_empty());
+    for v in &revised {
+        assert!(v.first_output_hex.is_some() && v.revised_by.is_some(), "{v:?}");
+        assert!(!v.agreeing.contains(&liar.to_string()), "{v:?}");
+    }
+    // The revocations reach every node and count there with their evidence: the liar is paid for fewer
+    // jobs than it holds accepted receipts for, and every node computes the same ledger.
+    let paid_everywhere = common::eventually(Duration::from_secs(20), || {
+        nodes.iter().all(|(n, _)| {
+            let paid = n.jobs.earnings().get(&liar).map_or(0, |e| e.jobs) as usize;
+            paid < n.jobs.receipts_of(&liar).len()
+        }) && nodes[1..]
+            .iter()
+            .all(|(n, _)| n.jobs.earnings() == submitter.earnings())
+    })
+    .await;
+    assert!(paid_everywhere, "revocations not honoured on every node");
+    println!(
+        "{} jobs, {} revised, {} receipts revoked",
+        submitted.len(),
+        revised.len(),
+        nodes[0].0.metrics.rechecks.get()
+    );
+    for (_, cancel) in &nodes {
+        cancel.cancel();
+    }
+}

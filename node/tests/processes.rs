@@ -255,7 +255,10 @@ fn testnet_script_starts_five_connected_nodes_and_stops_them_all() {
     let stopping = Instant::now();
     for pid in &pids {
         while alive(pid) {
-            assert!(stopping.elapsed() < Duration::from_secs(5), "process {pid} survived stop");
+            assert!(
+                stopping.elapsed() < Duration::from_secs(5),
+                "process {pid} survived stop"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -51,11 +51,13 @@ pub enum Kind {
     Chunk = 15,
     /// [`Budget`](crate::messages::Budget)
     Budget = 16,
+    /// [`Revocation`](crate::messages::Revocation)
+    Revocation = 17,
 }
 
 impl Kind {
     /// All kinds, in tag order.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::JobOffer,
         Kind::Bid,
         Kind::Assignment,
@@ -72,6 +74,7 @@ impl Kind {
         Kind::ChunkRequest,
         Kind::Chunk,
         Kind::Budget,
+        Kind::Revocation,
     ];
 
     /// The kind with this tag (signed flag cleared), if any.
@@ -98,6 +101,7 @@ impl Kind {
             Kind::ChunkRequest => b"fleetmesh/chunk-request/v1",
             Kind::Chunk => b"fleetmesh/chunk/v1",
             Kind::Budget => b"fleetmesh/budget/v1",
+            Kind::Revocation => b"fleetmesh/revocation/v1",
         }
     }
 }

@@ -9,6 +9,7 @@
 //! worker    <-WorkReport: ResultReveal + WorkClaim---- (the answer to the RevealRequest)
 //! worker    --Withdraw (hands the job back)----------> submitter
 //! submitter --Receipt (co-signs the worker's WorkClaim with the verdict, gossip)--> every car
+//! submitter --Revocation (takes back a receipt of a worker caught lying, gossip)--> every car
 //! ```
 //!
 //! No message carries a location or anything that identifies the owner beyond the node key. Amounts of
@@ -581,6 +582,56 @@ impl Signable for Receipt {
     fn nested_checks(&self, out: &mut Vec<SignatureCheck>) -> Result<(), VerifyError> {
         self.claim.checks(out)?;
         self.budget.checks(out)
+    }
+}
+
+/// Longest time after a worker was caught lying in which its submitter may still revoke the receipts of
+/// results it accepted from that worker alone: a day (the probation of a caught worker). Credit older than
+/// that before the catch is final.
+pub const REVOCATION_WINDOW_MS: u64 = 24 * 3600 * 1000;
+
+/// A submitter takes back a receipt it issued for a result it accepted on one worker's word alone (no
+/// independent replica ran it), because that worker was later caught returning a wrong output: its
+/// result on the job `evidence` was out-voted, which the submitter's `Rejected` receipt of that job
+/// shows (a receipt carries the worker's own signed claim, so the submitter cannot make one up). The
+/// worker forfeits the credit of the job `job`; the submitter re-runs it on other workers and corrects
+/// its verdict if the output was wrong.
+///
+/// A ledger honours a revocation only together with that evidence, for a receipt issued at most
+/// [`REVOCATION_WINDOW_MS`] before the evidence's rejection and not after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// The job of the revoked receipt.
+    pub job: JobId,
+    /// The worker whose receipt is revoked.
+    pub worker: NodeId,
+    /// The submitter who issued the receipt and revokes it (the signer).
+    pub submitter: NodeId,
+    /// The job on which the worker was caught: the submitter's receipt for it rejects the worker.
+    pub evidence: JobId,
+    /// When the receipt was revoked.
+    pub issued_ms: u64,
+}
+
+impl Message for Revocation {
+    const KIND: Kind = Kind::Revocation;
+    const MAX_LEN: usize = 192;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        distinct_parties(Self::KIND, &self.worker, &self.submitter)?;
+        if self.job == self.evidence {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "a receipt is not revoked by its own job",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Signable for Revocation {
+    fn signer(&self) -> NodeId {
+        self.submitter
     }
 }
 

@@ -205,6 +205,13 @@ fuzz_signed_kind!(
 );
 
 fuzz_signed_kind!(
+    revocation,
+    Revocation,
+    arb_revocation(key(1).node_id(), key(2).node_id()),
+    key(2)
+);
+
+fuzz_signed_kind!(
     reveal_request,
     RevealRequest,
     arb_reveal_request_for(key(1).node_id()),

@@ -117,6 +117,12 @@ proptest! {
     }
 
     #[test]
+    fn revocation_signed((key, r) in arb_key().prop_flat_map(|k| { let id = k.node_id(); (Just(k), arb_revocation(key(3).node_id(), id)) }),
+                         at in any::<usize>(), mask in 1u8..) {
+        check_signed_kind(r, &key, at, mask);
+    }
+
+    #[test]
     fn budget_signed(b in arb_budget_for(payer().node_id(), key(3).node_id()), at in any::<usize>(), mask in 1u8..) {
         check_signed_kind(b, &payer(), at, mask);
     }

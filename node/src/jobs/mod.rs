@@ -10,10 +10,12 @@
 //! - [`worker`](self::worker): bidding, computing, committing, revealing, handing work back.
 //! - [`requests`](self::requests): gossip and request dispatch.
 //! - [`recovery`](self::recovery): what the store holds, picked up after a restart.
+//! - [`revision`](self::revision): lies undone after the fact (revocations, rechecks, revised verdicts).
 //! - [`views`](self::views): what the local API shows (jobs, receipts, earnings).
 
 mod recovery;
 mod requests;
+mod revision;
 mod submitter;
 mod views;
 mod worker;
@@ -27,7 +29,7 @@ use fleetmesh_consensus::payment::Payers;
 use fleetmesh_consensus::submitter::{Randomness, Submitter, SubmitterConfig};
 use fleetmesh_consensus::trust::TrustConfig;
 use fleetmesh_protocol::codec;
-use fleetmesh_protocol::messages::{Budget, JobOffer, Receipt, Reply};
+use fleetmesh_protocol::messages::{Budget, JobOffer, Receipt, Reply, Revocation};
 use fleetmesh_protocol::signing::Signable;
 use fleetmesh_protocol::{JobId, ModelId, NodeId, NodeKey, Signed};
 use libp2p::PeerId;
@@ -43,7 +45,7 @@ use crate::inference::executor::{CancelFlag, Executor};
 use crate::metrics::Metrics;
 use crate::net::{self, NetClient};
 use crate::share::Share;
-use crate::store::{DoneRecord, Store, WorkRecord};
+use crate::store::{DoneRecord, RevisionRecord, Store, WorkRecord};
 use crate::vehicle::Car;
 
 /// Settings of the job roles.
@@ -149,6 +151,8 @@ struct Submitted {
     receipt_ids: Vec<String>,
     waiters: Vec<oneshot::Sender<JobResult>>,
     result: Option<JobResult>,
+    /// The verdict corrected by a recheck, if it was.
+    revised: Option<RevisionRecord>,
 }
 
 /// The submitter role's state: the sans-IO core and, beside it, what users and the API follow.
@@ -236,11 +240,13 @@ struct WorkerSide {
     compute_ms: HashMap<ModelId, f64>,
 }
 
-/// Receipts this node has seen, and the ledger last computed from them.
+/// Receipts this node has seen, the revocations of those receipts, and the ledger last computed from them.
 #[derive(Default)]
 struct ReceiptBook {
     receipts: BTreeMap<(JobId, NodeId), Signed<Receipt>>,
-    /// Bumped whenever `receipts` changes.
+    /// By the (job, worker) of the receipt revoked: at most one per receipt held.
+    revocations: BTreeMap<(JobId, NodeId), Signed<Revocation>>,
+    /// Bumped whenever `receipts` or `revocations` change.
     generation: u64,
     /// The last ledger computed, and the generation it was computed from.
     ledger: Option<(u64, BTreeMap<NodeId, Earnings>)>,
@@ -258,6 +264,28 @@ impl ReceiptBook {
                 self.generation += 1;
             }
         }
+    }
+
+    /// Keeps `r` if it revokes a receipt held here that its signer issued (so the map is no larger than
+    /// the receipts), by the same rule as receipts; returns whether it changed what is kept. Whether the
+    /// ledger honours it depends on its evidence ([`fleetmesh_consensus::ledger`]).
+    fn keep_revocation(&mut self, r: Signed<Revocation>) -> bool {
+        let key = (r.body.job, r.body.worker);
+        let issued_by_signer = self
+            .receipts
+            .get(&key)
+            .is_some_and(|receipt| receipt.body.claim.body.submitter == r.body.submitter);
+        if !issued_by_signer
+            || self
+                .revocations
+                .get(&key)
+                .is_some_and(|old| codec::encode(old) <= codec::encode(&r))
+        {
+            return false;
+        }
+        self.revocations.insert(key, r);
+        self.generation += 1;
+        true
     }
 }
 
@@ -564,6 +592,7 @@ mod tests {
             receipt_ids: Vec::new(),
             waiters: Vec::new(),
             result: Some(result),
+            revised: None,
         };
         (id, sub)
     }

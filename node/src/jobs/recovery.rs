@@ -27,8 +27,12 @@ impl Jobs {
             for r in store.receipts() {
                 book.keep(r);
             }
+            for r in store.revocations() {
+                book.keep_revocation(r);
+            }
             book.receipts.values().cloned().collect::<Vec<_>>()
         };
+        let mut revisions: HashMap<JobId, _> = store.revisions().into_iter().collect();
         let trust = self.inner.cfg.submitter_config().trust;
         let reputation = rebuild_reputation(&self.inner.me, trust, &receipts);
         let mut receipt_ids: HashMap<JobId, Vec<String>> = HashMap::new();
@@ -69,6 +73,7 @@ impl Jobs {
                         receipt_ids: receipt_ids.remove(&id).unwrap_or_default(),
                         waiters: Vec::new(),
                         result: record.result,
+                        revised: revisions.remove(&original),
                     },
                 );
             }

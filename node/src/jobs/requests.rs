@@ -5,7 +5,7 @@
 use fleetmesh_protocol::Signed;
 use fleetmesh_protocol::codec::{self, Kind};
 use fleetmesh_protocol::messages::{
-    Assignment, Bid, JobOffer, Receipt, Reply, ResultCommit, RevealRequest, Withdraw,
+    Assignment, Bid, JobOffer, Receipt, Reply, ResultCommit, RevealRequest, Revocation, Withdraw,
 };
 use libp2p::PeerId;
 use tracing::debug;
@@ -26,6 +26,8 @@ impl Jobs {
                 if let Ok(receipt) = codec::decode::<Signed<Receipt>>(data) {
                     self.inner.receipts.put(receipt.clone());
                     self.book().keep(receipt);
+                } else if let Ok(revocation) = codec::decode::<Signed<Revocation>>(data) {
+                    self.on_revocation(revocation);
                 }
             }
         }

@@ -4,7 +4,9 @@
 //! decided job the countersigned receipts, stored before the job's waiters hear of it and then gossiped.
 
 use fleetmesh_consensus::job::Outcome;
-use fleetmesh_consensus::submitter::{Action, JobResult, Replication, SubmitError, UNTRUSTED_QUORUM};
+use fleetmesh_consensus::submitter::{
+    Action, JobResult, Recheck, Replication, SubmitError, UNTRUSTED_QUORUM,
+};
 use fleetmesh_protocol::codec;
 use fleetmesh_protocol::messages::{
     AgreementRule, Assignment, Bid, JobInput, JobOffer, Receipt, Reply, ReplyCode, RevealRequest, WorkReport,
@@ -148,7 +150,10 @@ impl Jobs {
         }
         let offer = self.new_offer(model, JobInput::Inline(input), rule, replicas)?;
         let id = offer.id();
-        if let Err(e) = self.offer(id, offer, adaptive, key.map(str::to_string)).await {
+        if let Err(e) = self
+            .offer(id, offer, adaptive, key.map(str::to_string), None)
+            .await
+        {
             self.forget(id).await;
             return Err(e);
         }
@@ -159,7 +164,7 @@ impl Jobs {
     /// Waits until this node may publish another offer under its pace ([`JobsConfig::offers_per_s`]):
     /// an offer faster than the fleet takes would be dropped on its way and its job starve. The offer
     /// is made after the wait, so its times start when it leaves.
-    async fn paced(&self) {
+    pub(super) async fn paced(&self) {
         let cfg = &self.inner.cfg;
         // A little under the fleet's limit, so that jitter on the way does not push offers over it.
         let (rate, burst) = (
@@ -238,6 +243,7 @@ impl Jobs {
         offer: JobOffer,
         adaptive: bool,
         key: Option<String>,
+        recheck: Option<Recheck>,
     ) -> Result<(), JobsError> {
         let id = offer.id();
         let signed = match Signed::sign(offer.clone(), &self.inner.key) {
@@ -276,6 +282,9 @@ impl Jobs {
                 Replication::Fixed
             };
             side.core.offer_reserved(original, offer.clone(), replication);
+            if let Some(recheck) = recheck {
+                side.core.mark_recheck(&id, recheck);
+            }
             let waiters = match side.jobs.remove(&original) {
                 Some(old) => {
                     side.by_offer.remove(&old.offer.id());
@@ -292,6 +301,7 @@ impl Jobs {
                     receipt_ids: Vec::new(),
                     waiters,
                     result: None,
+                    revised: None,
                 },
             );
         }
@@ -349,7 +359,7 @@ impl Jobs {
                 // What the old offer set aside goes back to its budget, for the fresh offer to take.
                 this.submitter().core.release(&old.id());
                 let offered = match this.new_offer(old.model, old.input.clone(), old.rule, replicas) {
-                    Ok(fresh) => this.offer(original, fresh, adaptive, None).await,
+                    Ok(fresh) => this.offer(original, fresh, adaptive, None, None).await,
                     Err(e) => {
                         // Not offered again: the old offer keeps its credit set aside.
                         this.submitter().core.hold(&old.id());
@@ -444,6 +454,17 @@ impl Jobs {
                 result,
                 receipts,
             } => self.finish(job, result, receipts),
+            Action::Recheck {
+                job,
+                evidence,
+                recheck,
+            } => self.recheck(job, evidence, recheck),
+            Action::Revise {
+                job,
+                recheck,
+                output,
+                agreeing,
+            } => self.revise(job, recheck, output, agreeing),
             Action::Reoffer { job, original } => {
                 debug!(job = %original.short(), "too few cars bid; offering the job again");
                 {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use fleetmesh_consensus::job::{Job, Outcome, SlotState};
 use fleetmesh_consensus::ledger::Ledger;
 use fleetmesh_protocol::codec;
-use fleetmesh_protocol::messages::Receipt;
+use fleetmesh_protocol::messages::{Receipt, Revocation};
 use fleetmesh_protocol::{JobId, NodeId, Signed};
 
 use super::{Jobs, Submitted};
@@ -18,13 +18,18 @@ pub struct JobView {
     pub job: String,
     /// Model id (hex).
     pub model: String,
-    /// `pending`, `accepted` or `failed`.
+    /// `pending`, `accepted`, `revised` (accepted, then corrected by a recheck: the output is the
+    /// corrected one) or `failed`.
     pub state: &'static str,
     /// Accepted output, hex.
     pub output_hex: Option<String>,
+    /// For a revised job: the output accepted first (wrong), hex.
+    pub first_output_hex: Option<String>,
+    /// For a revised job: the recheck job whose verdict corrected it (id, hex).
+    pub revised_by: Option<String>,
     /// Accepted output read as little-endian f32 (when its length allows).
     pub values: Option<Vec<f32>>,
-    /// Workers whose outputs agreed (node ids).
+    /// Workers whose outputs agreed (node ids; for a revised job, those of the recheck).
     pub agreeing: Vec<String>,
     /// Workers assigned so far.
     pub workers_assigned: usize,
@@ -134,6 +139,7 @@ impl Jobs {
             receipt_ids,
             waiters: Vec::new(),
             result: record.result,
+            revised: self.inner.store.revision(job),
         };
         Some(self.view_of(job, &sub, None))
     }
@@ -183,6 +189,8 @@ impl Jobs {
             model: sub.offer.model.to_string(),
             state: "pending",
             output_hex: None,
+            first_output_hex: None,
+            revised_by: None,
             values: None,
             agreeing: Vec::new(),
             workers_assigned: workers.len(),
@@ -213,6 +221,18 @@ impl Jobs {
                 }
             }
         }
+        if let Some(revised) = &sub.revised {
+            view.state = "revised";
+            view.first_output_hex = view.output_hex.take();
+            view.output_hex = Some(hex::encode(&revised.output));
+            view.values = revised
+                .output
+                .len()
+                .is_multiple_of(4)
+                .then(|| crate::inference::f32s(&revised.output));
+            view.agreeing = revised.agreeing.iter().map(NodeId::to_string).collect();
+            view.revised_by = Some(revised.recheck.to_string());
+        }
         view
     }
 
@@ -222,7 +242,7 @@ impl Jobs {
     /// The result is kept until the receipts change: the dashboard, `/metrics` and `/v1/earnings` ask
     /// often, and each computation checks every receipt's two signatures.
     pub fn earnings(&self) -> BTreeMap<NodeId, Earnings> {
-        let (generation, receipts) = {
+        let (generation, receipts, revocations) = {
             let book = self.book();
             if let Some((g, ledger)) = &book.ledger
                 && *g == book.generation
@@ -230,20 +250,22 @@ impl Jobs {
                 return ledger.clone();
             }
             let receipts: Vec<Signed<Receipt>> = book.receipts.values().cloned().collect();
-            (book.generation, receipts)
+            let revocations: Vec<Signed<Revocation>> = book.revocations.values().cloned().collect();
+            (book.generation, receipts, revocations)
         };
-        let ledger: BTreeMap<NodeId, Earnings> = Ledger::from_receipts(&receipts, &self.inner.cfg.payers)
-            .balances
-            .into_iter()
-            .map(|(node, b)| {
-                let e = Earnings {
-                    jobs: b.jobs,
-                    credit: b.credit,
-                    energy_uwh: b.energy_uwh,
-                };
-                (node, e)
-            })
-            .collect();
+        let ledger: BTreeMap<NodeId, Earnings> =
+            Ledger::with_revocations(&receipts, &revocations, &self.inner.cfg.payers)
+                .balances
+                .into_iter()
+                .map(|(node, b)| {
+                    let e = Earnings {
+                        jobs: b.jobs,
+                        credit: b.credit,
+                        energy_uwh: b.energy_uwh,
+                    };
+                    (node, e)
+                })
+                .collect();
         let mut book = self.book();
         if book.ledger.as_ref().is_none_or(|(g, _)| *g < generation) {
             book.ledger = Some((generation, ledger.clone()));
@@ -266,10 +288,16 @@ impl Jobs {
     /// credit per payer, which a payer can check against the receipts (their ids are listed), and the
     /// budgets found overspent (void: they pay nothing) among every receipt this node holds.
     pub fn statement(&self, from_ms: u64, to_ms: u64) -> Statement {
-        let receipts: Vec<Signed<Receipt>> = self.book().receipts.values().cloned().collect();
+        let (receipts, revocations): (Vec<Signed<Receipt>>, Vec<Signed<Revocation>>) = {
+            let book = self.book();
+            (
+                book.receipts.values().cloned().collect(),
+                book.revocations.values().cloned().collect(),
+            )
+        };
         let payers = &self.inner.cfg.payers;
         let me = self.inner.me;
-        let ledger = Ledger::in_epoch(&receipts, payers, from_ms..to_ms);
+        let ledger = Ledger::in_epoch(&receipts, &revocations, payers, from_ms..to_ms);
         let by_payer = ledger
             .by_payer
             .iter()
@@ -294,6 +322,7 @@ impl Jobs {
                     && (from_ms..to_ms).contains(&r.body.issued_ms)
                     && payers.contains(&b.payer)
                     && !ledger.void.contains_key(&b.key())
+                    && !ledger.revoked.contains(&(c.job, c.worker))
             })
             .map(receipt_id)
             .collect();
@@ -314,6 +343,12 @@ impl Jobs {
     /// Receipts this node has seen.
     pub fn receipt_count(&self) -> usize {
         self.book().receipts.len()
+    }
+
+    /// Results of this node's jobs accepted on `worker`'s word alone, remembered to be rechecked if it is
+    /// caught lying ([`fleetmesh_consensus::revision::Audit`]).
+    pub fn unchecked_results(&self, worker: &NodeId) -> usize {
+        self.submitter().core.audit().pending(worker)
     }
 
     /// Reputation of `worker` as this node's submitter core holds it.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fleetmesh_consensus::payment::Payers;
 use fleetmesh_protocol::codec::{self, DecodeError, Message};
-use fleetmesh_protocol::messages::{JobOffer, Receipt};
+use fleetmesh_protocol::messages::{JobOffer, Receipt, Revocation};
 use fleetmesh_protocol::signing::Signable;
 use fleetmesh_protocol::{NodeId, Signed};
 use libp2p::gossipsub;
@@ -146,6 +146,7 @@ pub struct Unverified {
 enum Decoded {
     Offer(Box<Signed<JobOffer>>),
     Receipt(Box<Signed<Receipt>>),
+    Revocation(Box<Signed<Revocation>>),
 }
 
 impl Unverified {
@@ -164,6 +165,7 @@ impl Unverified {
         let verified = match &self.message {
             Decoded::Offer(offer) => offer.verify(),
             Decoded::Receipt(receipt) => receipt.verify(),
+            Decoded::Revocation(revocation) => revocation.verify(),
         };
         verified.map_err(|_| GossipOutcome::BadSignature)
     }
@@ -198,14 +200,18 @@ pub fn precheck(
             }
             (o.submitter, Decoded::Offer(Box::new(offer)))
         }
+        // A submitter's revocations travel with its receipts, under the same age rule and allowance.
+        Topic::Receipts if codec::peek_kind(data).is_ok_and(|(k, _)| k == codec::Kind::Revocation) => {
+            let revocation = decode::<Revocation>(data)?;
+            fresh(revocation.body.issued_ms, now_ms)?;
+            (
+                revocation.body.submitter,
+                Decoded::Revocation(Box::new(revocation)),
+            )
+        }
         Topic::Receipts => {
             let receipt = decode::<Receipt>(data)?;
-            let issued = receipt.body.issued_ms;
-            if issued.saturating_add(MAX_RECEIPT_AGE_MS) < now_ms
-                || issued > now_ms.saturating_add(MAX_SKEW_MS)
-            {
-                return Err(GossipOutcome::Expired);
-            }
+            fresh(receipt.body.issued_ms, now_ms)?;
             let (b, submitter) = (&receipt.body.budget.body, receipt.body.claim.body.submitter);
             if let Some(payers) = &policy.payers
                 && !payers.contains(&b.payer)
@@ -225,6 +231,15 @@ pub fn precheck(
         submitter,
         message,
     })
+}
+
+/// Whether a receipt or revocation issued at `issued_ms` may still travel at `now_ms`.
+fn fresh(issued_ms: u64, now_ms: u64) -> Result<(), GossipOutcome> {
+    if issued_ms.saturating_add(MAX_RECEIPT_AGE_MS) < now_ms || issued_ms > now_ms.saturating_add(MAX_SKEW_MS)
+    {
+        return Err(GossipOutcome::Expired);
+    }
+    Ok(())
 }
 
 /// Spends one of `submitter`'s allowance on `topic` for a message whose signatures verified: only

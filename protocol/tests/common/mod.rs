@@ -183,6 +183,20 @@ pub fn arb_withdraw_for(worker: NodeId) -> impl Strategy<Value = Withdraw> {
     })
 }
 
+pub fn arb_revocation(worker: NodeId, submitter: NodeId) -> impl Strategy<Value = Revocation> {
+    (arb_job(), arb_job(), any::<u64>())
+        .prop_filter("a receipt is not revoked by its own job", |(job, evidence, _)| {
+            job != evidence
+        })
+        .prop_map(move |(job, evidence, issued_ms)| Revocation {
+            job,
+            worker,
+            submitter,
+            evidence,
+            issued_ms,
+        })
+}
+
 pub fn arb_claim(worker: NodeId, submitter: NodeId) -> impl Strategy<Value = WorkClaim> {
     (arb_job(), arb_model(), any::<[u8; 32]>(), any::<[u64; 4]>()).prop_map(move |(job, model, digest, n)| {
         WorkClaim {

@@ -1,0 +1,139 @@
+//! Lies undone after the fact, the node's side ([`fleetmesh_consensus::revision`] decides): when the
+//! submitter core catches a worker that had results accepted on its word alone, this node signs, stores
+//! and gossips a `Revocation` of each of those receipts, and offers each job again as a recheck (two
+//! replicas, the suspect excluded); a recheck that accepts another output revises the job's verdict
+//! (`GET /v1/jobs/{id}` then says `revised`, with the corrected output). Revocations from other
+//! submitters arrive by gossip with the receipts and count in the ledger with their evidence.
+
+use fleetmesh_consensus::submitter::Recheck;
+use fleetmesh_protocol::codec;
+use fleetmesh_protocol::messages::Revocation;
+use fleetmesh_protocol::{JobId, NodeId, Signed};
+use tracing::{debug, info, warn};
+
+use super::{Jobs, now_ms};
+use crate::net::Topic;
+use crate::store::RevisionRecord;
+
+impl Jobs {
+    /// The worker `recheck.suspect` was caught on the job `evidence`: revokes its receipt for the offer
+    /// `job` (durable before it leaves), then offers the job `recheck.of` again as a recheck.
+    pub(super) fn recheck(&self, job: JobId, evidence: JobId, recheck: Recheck) {
+        let revocation = Revocation {
+            job,
+            worker: recheck.suspect,
+            submitter: self.inner.me,
+            evidence,
+            issued_ms: now_ms(),
+        };
+        let Ok(signed) = Signed::sign(revocation, &self.inner.key) else {
+            return;
+        };
+        let this = self.clone();
+        self.spawn(async move {
+            let to_store = signed.clone();
+            let stored = this
+                .inner
+                .store
+                .off_thread(move |s| s.put_revocation(&to_store))
+                .await;
+            match stored {
+                Ok(_) => {
+                    if let Err(e) = this.inner.store.flush().await {
+                        warn!(error = %e, "cannot flush a revocation");
+                    }
+                    this.book().keep_revocation(signed.clone());
+                    if let Err(e) = this
+                        .inner
+                        .net
+                        .publish(Topic::Receipts, codec::encode(&signed))
+                        .await
+                    {
+                        debug!(error = %e, "revocation not gossiped");
+                    }
+                }
+                Err(e) => warn!(job = %job.short(), error = %e, "cannot store a revocation"),
+            }
+            this.inner.metrics.rechecks.inc();
+            info!(
+                job = %recheck.of.short(),
+                suspect = %recheck.suspect.short(),
+                caught_on = %evidence.short(),
+                "worker caught lying: its receipt revoked, the job it ran alone checked again"
+            );
+            // The job's input, from memory or (decided long ago) from the store.
+            let known = this.submitter().jobs.get(&recheck.of).map(|s| s.offer.clone());
+            let of = recheck.of;
+            let old = match known {
+                Some(offer) => Some(offer),
+                None => this
+                    .inner
+                    .store
+                    .off_thread(move |s| Ok(s.submitted_one(&of).map(|r| r.offer)))
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            let Some(old) = old else {
+                warn!(job = %recheck.of.short(), "cannot recheck a job this node no longer holds");
+                return;
+            };
+            this.paced().await;
+            let offered = match this.new_offer(old.model, old.input, old.rule, 2) {
+                // A recheck is a job of its own (its receipts pay its workers); the job it checks keeps its
+                // verdict until the recheck revises it.
+                Ok(fresh) => this.offer(fresh.id(), fresh, false, None, Some(recheck)).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = offered {
+                warn!(job = %recheck.of.short(), error = %e, "cannot offer the recheck");
+            }
+        });
+    }
+
+    /// The recheck `recheck` accepted `output` for the job its user knows as `original`, unlike the output
+    /// accepted before: the verdict is revised (stored, then shown).
+    pub(super) fn revise(&self, original: JobId, recheck: JobId, output: Vec<u8>, agreeing: Vec<NodeId>) {
+        let record = RevisionRecord {
+            output,
+            agreeing,
+            recheck,
+            revised_ms: now_ms(),
+        };
+        let this = self.clone();
+        self.spawn(async move {
+            let to_store = record.clone();
+            let stored = this
+                .inner
+                .store
+                .off_thread(move |s| s.put_revision(&original, &to_store))
+                .await;
+            if let Err(e) = stored {
+                warn!(job = %original.short(), error = %e, "cannot store a revised verdict");
+                return;
+            }
+            if let Err(e) = this.inner.store.flush().await {
+                warn!(job = %original.short(), error = %e, "cannot flush a revised verdict");
+            }
+            this.inner.metrics.revisions.inc();
+            info!(job = %original.short(), "verdict revised: a recheck accepted another output");
+            if let Some(sub) = this.submitter().jobs.get_mut(&original) {
+                sub.revised = Some(record);
+            }
+        });
+    }
+
+    /// A revocation from gossip (signature checked): kept and stored if it revokes a receipt this node
+    /// holds from its signer.
+    pub(super) fn on_revocation(&self, revocation: Signed<Revocation>) {
+        if !self.book().keep_revocation(revocation.clone()) {
+            return;
+        }
+        let store = self.inner.store.clone();
+        self.spawn(async move {
+            if let Err(e) = store.off_thread(move |s| s.put_revocation(&revocation)).await {
+                warn!(error = %e, "cannot store a revocation");
+            }
+        });
+    }
+}
