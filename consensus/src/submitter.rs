@@ -261,9 +261,15 @@ impl Submitter {
         &self.audit
     }
 
-    /// Remembers a result accepted on `worker`'s word (e.g. from the store after a restart).
-    pub fn remember_unchecked(&mut self, worker: NodeId, result: Unchecked) {
-        self.audit.record(worker, result);
+    /// Replaces the audit (e.g. with [`crate::revision::rebuild_audit`] after a restart).
+    pub fn set_audit(&mut self, audit: Audit) {
+        self.audit = audit;
+    }
+
+    /// Another submitter's receipts show `worker` out-voted ([`crate::revision::outvoted`]): it loses
+    /// its trust here ([`Reputation::distrust`]).
+    pub fn distrust(&mut self, worker: NodeId) {
+        self.reputation.distrust(worker);
     }
 
     /// The settings.

@@ -103,6 +103,15 @@ impl Reputation {
         r.last_invalid_ms = Some(now_ms);
     }
 
+    /// Another submitter's receipts show `node` out-voted ([`crate::revision::outvoted`]): it is no longer
+    /// trusted here and must earn trust again (no probation: the notice is that submitter's judgement, not
+    /// this one's).
+    pub fn distrust(&mut self, node: NodeId) {
+        if let Some(r) = self.records.get_mut(&node) {
+            r.streak = 0;
+        }
+    }
+
     /// The record of `node`.
     pub fn record(&self, node: &NodeId) -> Record {
         self.records.get(node).copied().unwrap_or_default()

@@ -14,7 +14,7 @@ use fleetmesh_protocol::{ChunkId, JobId, ModelId, NodeId, Signed};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::warn;
 
-use fleetmesh_consensus::submitter::JobResult;
+use fleetmesh_consensus::submitter::{JobResult, Recheck};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +102,7 @@ pub struct Store {
     submit_keys: sled::Tree,
     revocations: sled::Tree,
     revisions: sled::Tree,
+    rechecks: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -158,6 +159,7 @@ impl Store {
             submit_keys: tree("submit_keys")?,
             revocations: tree("revocations")?,
             revisions: tree("revisions")?,
+            rechecks: tree("rechecks")?,
             db,
             path,
         })
@@ -373,6 +375,21 @@ impl Store {
     /// Every revised verdict, by the id its user knows.
     pub fn revisions(&self) -> Vec<(JobId, RevisionRecord)> {
         self.by_job(&self.revisions, "revision")
+    }
+
+    /// Records that the submitted job `job` rechecks another (until it is decided).
+    pub fn put_recheck(&self, job: &JobId, recheck: &Recheck) -> Result<(), StoreError> {
+        self.put(&self.rechecks, "recheck", job.as_bytes(), recheck)
+    }
+
+    /// Every undecided recheck, by its job.
+    pub fn rechecks(&self) -> Vec<(JobId, Recheck)> {
+        self.by_job(&self.rechecks, "recheck")
+    }
+
+    /// Forgets a recheck (decided).
+    pub fn remove_recheck(&self, job: &JobId) -> Result<(), StoreError> {
+        self.remove(&self.rechecks, job.as_bytes())
     }
 
     // ------------------------------------------------------------ models

@@ -170,6 +170,9 @@ struct SubmitterSide {
     decided: std::collections::VecDeque<JobId>,
     /// Verdicts of the jobs that left memory: (accepted, failed).
     evicted: (u64, u64),
+    /// Undecided submitted jobs that recheck another (kept in the store too, so that a recheck offered
+    /// again after a restart stays one).
+    rechecks: HashMap<JobId, fleetmesh_consensus::submitter::Recheck>,
 }
 
 /// Decided jobs a submitter keeps in memory (the store keeps every one).
@@ -186,6 +189,7 @@ impl SubmitterSide {
             reoffering: false,
             decided: std::collections::VecDeque::new(),
             evicted: (0, 0),
+            rechecks: HashMap::new(),
         }
     }
 
@@ -248,6 +252,9 @@ struct ReceiptBook {
     revocations: BTreeMap<(JobId, NodeId), Signed<Revocation>>,
     /// Bumped whenever `receipts` or `revocations` change.
     generation: u64,
+    /// The receipts of the last jobs heard of by gossip, to read misbehaviour notices from
+    /// ([`fleetmesh_consensus::revision::outvoted`]): a job's receipts are published together.
+    recent: std::collections::VecDeque<(JobId, Vec<Signed<Receipt>>)>,
     /// The last ledger computed, and the generation it was computed from.
     ledger: Option<(u64, BTreeMap<NodeId, Earnings>)>,
 }
@@ -264,6 +271,34 @@ impl ReceiptBook {
                 self.generation += 1;
             }
         }
+    }
+
+    /// Adds a gossiped receipt to the last jobs' receipts and returns the workers they now show out-voted
+    /// (empty unless the job has a rejection). At most [`RECENT_JOBS`] jobs of [`RECENT_RECEIPTS`]
+    /// receipts each are kept.
+    fn notice(&mut self, r: &Signed<Receipt>) -> Vec<NodeId> {
+        let job = r.body.claim.body.job;
+        let at = match self.recent.iter().position(|(j, _)| *j == job) {
+            Some(at) => at,
+            None => {
+                if self.recent.len() >= RECENT_JOBS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((job, Vec::new()));
+                self.recent.len() - 1
+            }
+        };
+        let receipts = &mut self.recent[at].1;
+        if receipts.len() < RECENT_RECEIPTS {
+            receipts.push(r.clone());
+        }
+        if !receipts
+            .iter()
+            .any(|r| r.body.verdict == fleetmesh_protocol::messages::Verdict::Rejected)
+        {
+            return Vec::new();
+        }
+        fleetmesh_consensus::revision::outvoted(receipts)
     }
 
     /// Keeps `r` if it revokes a receipt held here that its signer issued (so the map is no larger than
@@ -288,6 +323,11 @@ impl ReceiptBook {
         true
     }
 }
+
+/// Jobs whose gossiped receipts are kept together to read misbehaviour notices from.
+const RECENT_JOBS: usize = 256;
+/// Receipts kept per such job (a job pays at most its replicas and extra workers).
+const RECENT_RECEIPTS: usize = 32;
 
 /// Receipts waiting for the writer thread; more are written from tokio's blocking threads instead.
 const RECEIPT_QUEUE: usize = 4_096;

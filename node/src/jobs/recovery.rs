@@ -1,14 +1,16 @@
-//! After a restart: what the store holds is picked up again. Receipts go back into the book and rebuild
-//! the submitter's reputation; decided jobs keep their verdicts; unfinished submitted jobs are offered
+//! After a restart: what the store holds is picked up again. Receipts and revocations go back into the
+//! book and rebuild the submitter's reputation and its audit of results accepted on one worker's word;
+//! decided jobs keep their verdicts (and revisions); rechecks stay rechecks; unfinished submitted jobs are offered
 //! again under a fresh offer (the id their user knows stays); finished but unrevealed work sends its
 //! commitment again; unfinished work is run again if its deadline allows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use fleetmesh_consensus::payment::Spending;
+use fleetmesh_consensus::revision::rebuild_audit;
 use fleetmesh_consensus::submitter::rebuild_reputation;
-use fleetmesh_protocol::JobId;
 use fleetmesh_protocol::messages::JobInput;
+use fleetmesh_protocol::{JobId, NodeId};
 use tracing::Instrument;
 
 use super::views::receipt_id;
@@ -22,7 +24,7 @@ impl Jobs {
         let store = &self.inner.store;
         let now = now_ms();
         let (mut pending, mut decided, mut recommit, mut rerun) = (0, 0, 0, 0);
-        let receipts = {
+        let (receipts, revoked) = {
             let mut book = self.book();
             for r in store.receipts() {
                 book.keep(r);
@@ -30,7 +32,8 @@ impl Jobs {
             for r in store.revocations() {
                 book.keep_revocation(r);
             }
-            book.receipts.values().cloned().collect::<Vec<_>>()
+            let revoked: BTreeSet<(JobId, NodeId)> = book.revocations.keys().copied().collect();
+            (book.receipts.values().cloned().collect::<Vec<_>>(), revoked)
         };
         let mut revisions: HashMap<JobId, _> = store.revisions().into_iter().collect();
         let trust = self.inner.cfg.submitter_config().trust;
@@ -80,6 +83,11 @@ impl Jobs {
             for original in verdicts {
                 side.decided(original);
             }
+            let audit = rebuild_audit(&self.inner.me, &receipts, &revoked, |job| {
+                side.by_offer.get(job).copied()
+            });
+            side.core.set_audit(audit);
+            side.rechecks = store.rechecks().into_iter().collect();
         }
         for (job, record) in store.work() {
             if record.offer.deadline_ms <= now || record.revealed {

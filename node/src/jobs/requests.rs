@@ -25,11 +25,32 @@ impl Jobs {
             Topic::Receipts => {
                 if let Ok(receipt) = codec::decode::<Signed<Receipt>>(data) {
                     self.inner.receipts.put(receipt.clone());
-                    self.book().keep(receipt);
+                    let outvoted = {
+                        let mut book = self.book();
+                        let outvoted = book.notice(&receipt);
+                        book.keep(receipt);
+                        outvoted
+                    };
+                    self.distrust(outvoted);
                 } else if let Ok(revocation) = codec::decode::<Signed<Revocation>>(data) {
                     self.on_revocation(revocation);
                 }
             }
+        }
+    }
+
+    /// Workers another submitter's receipts show out-voted lose the trust this node's submitter gave them.
+    fn distrust(&self, outvoted: Vec<fleetmesh_protocol::NodeId>) {
+        if outvoted.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut side = self.submitter();
+        for worker in outvoted {
+            if side.core.reputation().is_trusted(&worker, now) {
+                debug!(worker = %worker.short(), "another submitter's receipts show this worker out-voted: no longer trusted here");
+            }
+            side.core.distrust(worker);
         }
     }
 

@@ -81,8 +81,21 @@ impl Jobs {
             this.paced().await;
             let offered = match this.new_offer(old.model, old.input, old.rule, 2) {
                 // A recheck is a job of its own (its receipts pay its workers); the job it checks keeps its
-                // verdict until the recheck revises it.
-                Ok(fresh) => this.offer(fresh.id(), fresh, false, None, Some(recheck)).await,
+                // verdict until the recheck revises it. Marked in the store first: after a restart it is
+                // offered again as a recheck.
+                Ok(fresh) => {
+                    let id = fresh.id();
+                    this.submitter().rechecks.insert(id, recheck);
+                    let marked = this
+                        .inner
+                        .store
+                        .off_thread(move |s| s.put_recheck(&id, &recheck))
+                        .await;
+                    match marked {
+                        Ok(()) => this.offer(id, fresh, false, None, Some(recheck)).await,
+                        Err(e) => Err(e.into()),
+                    }
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = offered {

@@ -333,7 +333,8 @@ impl Jobs {
     /// Offers the jobs queued for it again, under fresh offers: those found unfinished at start (once the
     /// mesh has peers to take them), and those whose offer drew too few bidders.
     pub(super) fn reoffer(&self) {
-        let todo: Vec<(JobId, JobOffer, bool)> = {
+        type Todo = (JobId, JobOffer, bool, Option<Recheck>);
+        let todo: Vec<Todo> = {
             let mut side = self.submitter();
             if side.to_reoffer.is_empty() || side.reoffering {
                 return;
@@ -341,14 +342,19 @@ impl Jobs {
             side.reoffering = true;
             let ids = std::mem::take(&mut side.to_reoffer);
             ids.into_iter()
-                .filter_map(|id| side.jobs.get(&id).map(|s| (id, s.offer.clone(), s.adaptive)))
+                .filter_map(|id| {
+                    let recheck = side.rechecks.get(&id).copied();
+                    side.jobs
+                        .get(&id)
+                        .map(|s| (id, s.offer.clone(), s.adaptive, recheck))
+                })
                 .collect()
         };
         let this = self.clone();
         self.spawn(async move {
             let mut left = Vec::new();
             let mut done = 0usize;
-            for (original, old, adaptive) in todo {
+            for (original, old, adaptive, recheck) in todo {
                 // A job stored as adaptive, with adaptive replication now switched off, gets two replicas
                 // (its offer asked for one: alone it would run unchecked).
                 let (replicas, adaptive) = match (adaptive, this.inner.cfg.adaptive) {
@@ -359,7 +365,7 @@ impl Jobs {
                 // What the old offer set aside goes back to its budget, for the fresh offer to take.
                 this.submitter().core.release(&old.id());
                 let offered = match this.new_offer(old.model, old.input.clone(), old.rule, replicas) {
-                    Ok(fresh) => this.offer(original, fresh, adaptive, None, None).await,
+                    Ok(fresh) => this.offer(original, fresh, adaptive, None, recheck).await,
                     Err(e) => {
                         // Not offered again: the old offer keeps its credit set aside.
                         this.submitter().core.hold(&old.id());
@@ -609,8 +615,13 @@ impl Jobs {
                         result: Some(result.clone()),
                     })
             };
+            // A recheck decided under the offer in force is one no longer.
+            let recheck_done = record.is_some() && this.submitter().rechecks.remove(&original).is_some();
             let (store, key) = (this.inner.store.clone(), this.inner.key.clone());
             let signed = tokio::task::spawn_blocking(move || {
+                if recheck_done && let Err(e) = store.remove_recheck(&original) {
+                    warn!(job = %job.short(), error = %e, "cannot forget a decided recheck");
+                }
                 let receipts: Vec<Signed<Receipt>> = bodies
                     .into_iter()
                     .filter_map(|b| Signed::sign(b, &key).ok())
