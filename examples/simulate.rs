@@ -7,17 +7,35 @@
 //! ```text
 //! cargo run --release -p fleetmesh-examples --example simulate            # the full table
 //! cargo run --release -p fleetmesh-examples --example simulate -- 10000   # fewer jobs
+//! cargo run --release -p fleetmesh-examples --example simulate -- 100000 100   # 100 workers, 1,000 jobs each
 //! ```
 
 use fleetmesh_consensus::simulation::{self, Behaviour, SimConfig};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("simulate: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let jobs: usize = match std::env::args().nth(1) {
         Some(n) => n
             .parse()
             .map_err(|_| anyhow::anyhow!("the job count must be a number, got {n}"))?,
         None => 100_000,
     };
+    let workers: usize =
+        match std::env::args().nth(2) {
+            Some(n) => n.parse().ok().filter(|w| *w >= 20).ok_or_else(|| {
+                anyhow::anyhow!("the worker count must be a number of at least 20, got {n}")
+            })?,
+            None => 1_000,
+        };
     let kinds = [
         Behaviour::AlwaysWrong,
         Behaviour::WrongWithProbability(0.5),
@@ -28,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         Behaviour::ReceiptReplayer,
         Behaviour::Silent,
     ];
-    println!("1,000 workers (10 % adversaries of one kind per row), {jobs} jobs, 20 bidders per job");
+    println!("{workers} workers (10 % adversaries of one kind per row), {jobs} jobs, 20 bidders per job");
     println!(
         "{:<18} {:>9} {:>7} {:>8} {:>12} {:>10} {:>10} {:>12} {:>12} {:>9} {:>9}",
         "adversary",
@@ -48,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         let cfg = SimConfig {
             adversary,
             jobs,
+            workers,
             ..SimConfig::default()
         };
         let r = simulation::run(&cfg);
