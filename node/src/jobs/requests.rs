@@ -1,4 +1,4 @@
-//! What arrives from peers, dispatched by kind: offers and receipts from gossip (already validated by the
+//! What arrives from peers, dispatched by kind: offers, receipts and revocations from gossip (already validated by the
 //! network task), and bids, commits, withdrawals, assignments and reveal requests over request-response,
 //! each checked to be signed by the peer that sent it.
 
@@ -32,7 +32,10 @@ impl Jobs {
                         outvoted
                     };
                     self.distrust(outvoted);
-                } else if let Ok(revocation) = codec::decode::<Signed<Revocation>>(data) {
+                }
+            }
+            Topic::Revocations => {
+                if let Ok(revocation) = codec::decode::<Signed<Revocation>>(data) {
                     self.on_revocation(revocation);
                 }
             }

@@ -3,7 +3,8 @@
 //! and gossips a `Revocation` of each of those receipts, and offers each job again as a recheck (two
 //! replicas, the suspect excluded); a recheck that accepts another output revises the job's verdict
 //! (`GET /v1/jobs/{id}` then says `revised`, with the corrected output). Revocations from other
-//! submitters arrive by gossip with the receipts and count in the ledger with their evidence.
+//! submitters arrive by gossip (topic `fleetmesh/revocations/v1`) and count in the ledger with their
+//! evidence.
 
 use fleetmesh_consensus::submitter::Recheck;
 use fleetmesh_protocol::codec;
@@ -31,6 +32,9 @@ impl Jobs {
         };
         let this = self.clone();
         self.spawn(async move {
+            // At the pace of this node's offers (a caught worker may have thousands of results to revoke,
+            // and each revocation spends this node's gossip allowance on every peer).
+            this.paced().await;
             let to_store = signed.clone();
             let stored = this
                 .inner
@@ -46,7 +50,7 @@ impl Jobs {
                     if let Err(e) = this
                         .inner
                         .net
-                        .publish(Topic::Receipts, codec::encode(&signed))
+                        .publish(Topic::Revocations, codec::encode(&signed))
                         .await
                     {
                         debug!(error = %e, "revocation not gossiped");

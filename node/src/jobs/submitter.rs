@@ -322,11 +322,15 @@ impl Jobs {
                 side.by_offer.remove(&id);
                 side.core.forget(&id);
             }
+            side.rechecks.remove(&original);
         }
         let _ = self
             .inner
             .store
-            .off_thread(move |s| s.remove_submitted(&original))
+            .off_thread(move |s| {
+                s.remove_recheck(&original)?;
+                s.remove_submitted(&original)
+            })
             .await;
     }
 

@@ -112,17 +112,18 @@ impl Limits {
         }
     }
 
+    /// A submitter's revocations spend its receipt allowance.
     fn of(&mut self, topic: Topic) -> &mut RateLimiter {
         match topic {
             Topic::Offers => &mut self.offers,
-            Topic::Receipts => &mut self.receipts,
+            Topic::Receipts | Topic::Revocations => &mut self.receipts,
         }
     }
 
     fn of_ref(&self, topic: Topic) -> &RateLimiter {
         match topic {
             Topic::Offers => &self.offers,
-            Topic::Receipts => &self.receipts,
+            Topic::Receipts | Topic::Revocations => &self.receipts,
         }
     }
 
@@ -200,8 +201,8 @@ pub fn precheck(
             }
             (o.submitter, Decoded::Offer(Box::new(offer)))
         }
-        // A submitter's revocations travel with its receipts, under the same age rule and allowance.
-        Topic::Receipts if codec::peek_kind(data).is_ok_and(|(k, _)| k == codec::Kind::Revocation) => {
+        // Under the receipts' age rule and allowance.
+        Topic::Revocations => {
             let revocation = decode::<Revocation>(data)?;
             fresh(revocation.body.issued_ms, now_ms)?;
             (

@@ -40,17 +40,21 @@ pub enum Topic {
     Offers,
     /// Co-signed receipts.
     Receipts,
+    /// Revocations of receipts whose worker was caught lying later (a topic of their own, so that nodes
+    /// that predate them never receive a message kind they do not know).
+    Revocations,
 }
 
 impl Topic {
     /// Every topic a node subscribes to.
-    pub const ALL: [Topic; 2] = [Topic::Offers, Topic::Receipts];
+    pub const ALL: [Topic; 3] = [Topic::Offers, Topic::Receipts, Topic::Revocations];
 
     /// The gossipsub topic name.
     pub fn name(self) -> &'static str {
         match self {
             Topic::Offers => "fleetmesh/offers/v1",
             Topic::Receipts => "fleetmesh/receipts/v1",
+            Topic::Revocations => "fleetmesh/revocations/v1",
         }
     }
 
