@@ -222,6 +222,8 @@ struct Work {
     cancel: CancelFlag,
     /// The output was revealed: the job no longer takes this worker's capacity.
     revealed: bool,
+    /// When the result was computed (or found computed at a restart), ms since the Unix epoch.
+    done_ms: Option<u64>,
 }
 
 impl Work {

@@ -102,6 +102,7 @@ impl Jobs {
                     job,
                     Work {
                         offer: record.offer.clone(),
+                        done_ms: record.done.is_some().then_some(now),
                         done: record.done.clone(),
                         cancel: cancel.clone(),
                         revealed: false,

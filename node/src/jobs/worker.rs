@@ -33,6 +33,12 @@ const MAX_HELD_PER_SUBMITTER: usize = 256;
 /// Assigned work not yet revealed that this node holds in all.
 const MAX_HELD: usize = 4_096;
 
+/// Computed work whose reveal nobody asked for this long is presumed abandoned: its submitter restarted or
+/// offered the job again under a fresh offer (reveal requests follow the last commit within seconds). It
+/// is kept for a late reveal, but no longer counts toward its submitter's share of [`MAX_HELD_PER_SUBMITTER`],
+/// and it is the first to go when [`MAX_HELD`] is reached.
+const ABANDONED_AFTER_MS: u64 = 30_000;
+
 /// Work kept in all, revealed included (revealed work stays until its deadline has passed a minute, to
 /// answer a repeated reveal request); beyond this the revealed work nearest its deadline is dropped.
 const MAX_KEPT: usize = 16_384;
@@ -155,6 +161,8 @@ impl Jobs {
             return refuse("the car is not admitted for work now");
         }
         let cancel = CancelFlag::default();
+        // Work dropped to make room (forgotten in the store below).
+        let mut dropped: Vec<JobId> = Vec::new();
         let (offer, input, record) = {
             let mut side = self.worker();
             let Some(offer) = side.offers.get(&a.job).cloned() else {
@@ -168,16 +176,39 @@ impl Jobs {
             }
             // A submitter that assigns and never asks for the reveals would have this car keep its work
             // (memory, disk) until each job's deadline, which it chooses: unrevealed work is capped per
-            // submitter and in all.
-            let unrevealed = |w: &&Work| !w.revealed;
+            // submitter and in all. Work abandoned by its submitter (a restart, a job offered again) does
+            // not block that submitter's new work, and goes first when the node holds too much.
+            let now = now_ms();
+            let waiting = |w: &&Work| {
+                !w.revealed
+                    && w.done_ms
+                        .is_none_or(|t| now.saturating_sub(t) < ABANDONED_AFTER_MS)
+            };
             let held = side
                 .work
                 .values()
-                .filter(unrevealed)
+                .filter(waiting)
                 .filter(|w| w.offer.submitter == a.submitter)
                 .count();
-            if held >= MAX_HELD_PER_SUBMITTER || side.work.values().filter(unrevealed).count() >= MAX_HELD {
+            if held >= MAX_HELD_PER_SUBMITTER {
                 return refuse("too much unrevealed work held");
+            }
+            if side.work.values().filter(|w| !w.revealed).count() >= MAX_HELD {
+                let mut abandoned: Vec<(u64, JobId)> = side
+                    .work
+                    .iter()
+                    .filter(|(_, w)| !w.revealed && !waiting(w))
+                    .map(|(id, w)| (w.done_ms.unwrap_or(0), *id))
+                    .collect();
+                if abandoned.is_empty() {
+                    return refuse("too much unrevealed work held");
+                }
+                abandoned.sort_unstable();
+                abandoned.truncate(MAX_HELD / 8);
+                for (_, id) in &abandoned {
+                    side.work.remove(id);
+                }
+                dropped.extend(abandoned.into_iter().map(|(_, id)| id));
             }
             // Revealed work is kept only to answer a repeated reveal request: beyond the cap, the half
             // nearest its deadline goes.
@@ -193,15 +224,7 @@ impl Jobs {
                 for (_, id) in &revealed {
                     side.work.remove(id);
                 }
-                let (store, ids) = (self.inner.store.clone(), revealed);
-                self.spawn(async move {
-                    let dropped = store
-                        .off_thread(move |s| ids.iter().try_for_each(|(_, id)| s.remove_work(id)))
-                        .await;
-                    if let Err(e) = dropped {
-                        warn!(error = %e, "cannot forget revealed work");
-                    }
-                });
+                dropped.extend(revealed.into_iter().map(|(_, id)| id));
             }
             let JobInput::Inline(input) = offer.input.clone() else {
                 return refuse("inputs by content id are not supported yet");
@@ -211,11 +234,23 @@ impl Jobs {
                 done: None,
                 cancel: cancel.clone(),
                 revealed: false,
+                done_ms: None,
             };
             let record = work.record();
             side.work.insert(a.job, work);
             (offer, input, record)
         };
+        if !dropped.is_empty() {
+            let store = self.inner.store.clone();
+            self.spawn(async move {
+                let forgotten = store
+                    .off_thread(move |s| dropped.iter().try_for_each(|id| s.remove_work(id)))
+                    .await;
+                if let Err(e) = forgotten {
+                    warn!(error = %e, "cannot forget dropped work");
+                }
+            });
+        }
         let job = a.job;
         if let Err(e) = self
             .inner
@@ -302,6 +337,7 @@ impl Jobs {
                 return; // handed back meanwhile
             };
             w.done = Some(done.clone());
+            w.done_ms = Some(now_ms());
             w.record()
         };
         // The salt must survive a crash before the commitment leaves, or the output could never be revealed.
