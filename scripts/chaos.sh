@@ -109,21 +109,33 @@ while kill -0 "$load_pid" 2>/dev/null; do
 done
 wait "$load_pid" || true
 [ -s "$dir/result.json" ] || { echo "chaos: the load generator failed" >&2; exit 1; }
+# How the submitter judges its workers at the end (a worker on probation takes no more of its jobs).
+curl -sf --max-time 5 "http://127.0.0.1:$api/v1/reputation" > "$dir/reputation.json" 2>/dev/null || true
+python3 - "$dir/reputation.json" >&2 <<'PY' || true
+import json, sys
+for w in json.load(open(sys.argv[1])):
+    print(f"worker {w['node'][:8]}: {w['standing']}, {w['valid']} validated, {w['invalid']} invalid, missed {w['missed']}")
+PY
 
-gap=$(python3 - "$dir/timeline" "$dir/restarts" <<'PY'
+# A verdict is an accepted or a failed job; once every job has one, there is nothing left to wait for (the
+# load generator then reads every job's view, which takes a while).
+gap=$(python3 - "$dir/timeline" "$dir/restarts" "$jobs" <<'PY'
 import sys
 restarts = [tuple(map(float, l.split())) for l in open(sys.argv[2]) if l.strip()]
 excused = lambda t: any(a <= t <= b + 5 for a, b in restarts)
+jobs = int(sys.argv[3])
 last_t, last_n, gap = None, None, 0.0
 for line in open(sys.argv[1]):
-    t, acc, _ = line.split()
+    t, acc, failed = line.split()
     if acc == "down":
         continue
-    t, acc = float(t), int(acc)
-    if last_n is None or acc != last_n:
-        last_t, last_n = t, acc
+    t, decided = float(t), int(acc) + int(failed)
+    if last_n is None or decided != last_n:
+        last_t, last_n = t, decided
     elif not excused(t) and not excused(last_t):
         gap = max(gap, t - last_t)
+    if decided >= jobs:
+        break
 print(f"{gap:.1f}")
 PY
 )

@@ -743,16 +743,20 @@ impl Submitter {
             Outcome::Accepted { agreeing, .. } => agreeing,
             Outcome::Failed(_) => &[],
         };
-        // Reputation: agreement with an independent replica validates a result; an out-voted, unopenable
-        // or missing one is invalid.
+        // Reputation: agreement with an independent replica validates a result; an out-voted or unopenable
+        // one is invalid; a missing one (a crash, a lost link, or a silent worker) is a miss, invalid only
+        // after several in a row.
         let validated = trust::validated_by(agreeing, &self.reputation, now_ms);
         let mut invalid = Vec::new();
         if let Outcome::Accepted { disagreeing, .. } = &outcome {
             invalid.extend_from_slice(disagreeing);
         }
+        let mut missed = Vec::new();
         for (w, slot) in f.job.slots() {
-            if matches!(slot, SlotState::TimedOut | SlotState::Invalid) {
-                invalid.push(*w);
+            match slot {
+                SlotState::Invalid => invalid.push(*w),
+                SlotState::TimedOut => missed.push(*w),
+                _ => {}
             }
         }
         for w in validated {
@@ -760,6 +764,9 @@ impl Submitter {
         }
         for w in invalid {
             self.reputation.invalid(w, now_ms);
+        }
+        for w in missed {
+            self.reputation.missed(w, now_ms);
         }
         let mut after = Vec::new();
         if let Outcome::Accepted {

@@ -9,7 +9,8 @@
 //!   (who may collude), proves nothing and leaves the streak as it is.
 //! - [`TrustConfig::trust_after`] consecutive validated results make a node trusted; one invalid result
 //!   makes it untrusted at once, resets its streak and starts a probation during which it is not drawn to
-//!   earn trust again.
+//!   earn trust again. A job taken and not delivered in time is a miss, not a lie (cars crash and lose
+//!   their link): only [`MAX_MISSED`] misses in a row count as an invalid result.
 //! - A trusted worker runs alone except for a random spot-check fraction; an untrusted one always gets an
 //!   independent partner, trusted if any is available. The submitter draws the spot check once the bids
 //!   are in, from randomness the worker never sees; every offer asks for one replica and the worker's
@@ -54,6 +55,29 @@ pub struct Record {
     pub invalid: u64,
     /// When the last invalid result was seen.
     pub last_invalid_ms: Option<u64>,
+    /// Times since the last validated result that jobs taken were not delivered ([`Reputation::missed`]).
+    pub missed: u32,
+    /// When the last of those times began.
+    pub last_missed_ms: Option<u64>,
+}
+
+/// Times in a row a worker may take jobs and not deliver them (a crash, a lost link) before that counts as
+/// an invalid result: a car that restarts keeps its standing, a worker that never answers does not.
+pub const MAX_MISSED: u32 = 3;
+
+/// Jobs missed within this long of the first count as one time: a car that crashes misses every job it
+/// held at once.
+pub const MISSED_TOGETHER_MS: u64 = 30_000;
+
+impl Record {
+    /// How the record stands at `now_ms` under `cfg` (see [`Reputation::standing`]).
+    pub fn standing(&self, cfg: &TrustConfig, now_ms: u64) -> Standing {
+        match self.last_invalid_ms {
+            Some(t) if now_ms < t.saturating_add(cfg.probation_ms) => Standing::Probation,
+            _ if self.streak >= cfg.trust_after => Standing::Trusted,
+            _ => Standing::Untrusted,
+        }
+    }
 }
 
 /// How a node stands.
@@ -93,6 +117,30 @@ impl Reputation {
         let r = self.records.entry(node).or_default();
         r.streak = r.streak.saturating_add(1);
         r.valid += 1;
+        r.missed = 0;
+    }
+
+    /// `node` took a job and did not deliver in time. Jobs missed within [`MISSED_TOGETHER_MS`] count as
+    /// one time; the [`MAX_MISSED`]-th time without a validated result between counts as an invalid result
+    /// ([`Reputation::invalid`]).
+    pub fn missed(&mut self, node: NodeId, now_ms: u64) {
+        let r = self.records.entry(node).or_default();
+        if r.last_missed_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < MISSED_TOGETHER_MS && r.missed > 0)
+        {
+            return;
+        }
+        r.last_missed_ms = Some(now_ms);
+        r.missed = r.missed.saturating_add(1);
+        if r.missed >= MAX_MISSED {
+            r.missed = 0;
+            self.invalid(node, now_ms);
+        }
+    }
+
+    /// Every node judged, with its record.
+    pub fn records(&self) -> impl Iterator<Item = (&NodeId, &Record)> {
+        self.records.iter()
     }
 
     /// A result of `node` was out-voted (or it failed to deliver a committed result).
@@ -119,12 +167,7 @@ impl Reputation {
 
     /// How `node` stands at `now_ms`.
     pub fn standing(&self, node: &NodeId, now_ms: u64) -> Standing {
-        let r = self.record(node);
-        match r.last_invalid_ms {
-            Some(t) if now_ms < t.saturating_add(self.cfg.probation_ms) => Standing::Probation,
-            _ if r.streak >= self.cfg.trust_after => Standing::Trusted,
-            _ => Standing::Untrusted,
-        }
+        self.record(node).standing(&self.cfg, now_ms)
     }
 
     /// Whether `node` is trusted at `now_ms`.

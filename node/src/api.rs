@@ -313,6 +313,10 @@ async fn job(State(s): State<ApiState>, axum::extract::Path(id): axum::extract::
     .await
 }
 
+async fn reputation(State(s): State<ApiState>) -> Response {
+    Json(s.jobs.reputation()).into_response()
+}
+
 async fn earnings(State(s): State<ApiState>) -> Response {
     off_thread(move || earnings_rows(&s)).await
 }
@@ -428,6 +432,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs", axum::routing::post(submit).get(recent_jobs))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/earnings", get(earnings))
+        .route("/v1/reputation", get(reputation))
         .route("/v1/statement", get(statement))
         .route("/v1/vehicle", get(vehicle).post(report_vehicle))
         .route("/metrics", get(metrics))

@@ -250,9 +250,10 @@ async fn a_silent_worker_is_replaced_and_every_job_is_verified() {
         replaced += usize::from(result.workers_assigned >= 3);
     }
     // Every job was accepted (run_jobs checks it); the silent worker's slots timed out and were filled.
+    // (Three misses in a row count as an invalid result; fewer leave a count of misses.)
     let record = submitter.reputation_of(&silent);
     assert!(
-        record.invalid > 0,
+        record.invalid > 0 || record.missed > 0,
         "the silent worker was never drawn: the test proves nothing"
     );
     assert!(replaced > 0, "no job needed a replacement");

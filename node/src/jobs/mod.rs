@@ -39,7 +39,7 @@ use tokio_util::task::TaskTracker;
 pub use crate::adversary::WorkerBehaviour;
 pub use crate::clock::now_ms;
 pub use fleetmesh_consensus::submitter::JobResult;
-pub use views::{Earnings, JobView, Statement, SubmittedCounts, WorkerView, receipt_id};
+pub use views::{Earnings, JobView, Statement, SubmittedCounts, WorkerStanding, WorkerView, receipt_id};
 
 use crate::inference::executor::{CancelFlag, Executor};
 use crate::metrics::Metrics;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use fleetmesh_consensus::job::{Job, Outcome, SlotState};
 use fleetmesh_consensus::ledger::Ledger;
+use fleetmesh_consensus::trust::Standing;
 use fleetmesh_protocol::codec;
 use fleetmesh_protocol::messages::{Receipt, Revocation};
 use fleetmesh_protocol::{JobId, NodeId, Signed};
@@ -48,6 +49,25 @@ pub struct JobView {
     pub reason: Option<String>,
     /// The job asked for one replica: its accepted output came from one worker, unchecked.
     pub unverified: bool,
+}
+
+/// A worker as this node's submitter judges it (`GET /v1/reputation`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerStanding {
+    /// The worker's node id.
+    pub node: String,
+    /// `trusted`, `untrusted` or `probation` (out-voted, or missed jobs too often, lately).
+    pub standing: &'static str,
+    /// Validated results since the last invalid one.
+    pub streak: u32,
+    /// Validated results in all.
+    pub valid: u64,
+    /// Invalid results in all.
+    pub invalid: u64,
+    /// Times jobs it took were not delivered, since its last validated result.
+    pub missed: u32,
+    /// Results accepted on its word alone, kept to be rechecked if it is caught lying.
+    pub unchecked: usize,
 }
 
 /// One assigned worker of a pending job.
@@ -349,6 +369,29 @@ impl Jobs {
     /// caught lying ([`fleetmesh_consensus::revision::Audit`]).
     pub fn unchecked_results(&self, worker: &NodeId) -> usize {
         self.submitter().core.audit().pending(worker)
+    }
+
+    /// Every worker this node's submitter has judged, as it stands now.
+    pub fn reputation(&self) -> Vec<WorkerStanding> {
+        let now = crate::clock::now_ms();
+        let side = self.submitter();
+        let reputation = side.core.reputation();
+        reputation
+            .records()
+            .map(|(node, r)| WorkerStanding {
+                node: node.to_string(),
+                standing: match r.standing(reputation.config(), now) {
+                    Standing::Trusted => "trusted",
+                    Standing::Untrusted => "untrusted",
+                    Standing::Probation => "probation",
+                },
+                streak: r.streak,
+                valid: r.valid,
+                invalid: r.invalid,
+                missed: r.missed,
+                unchecked: side.core.audit().pending(node),
+            })
+            .collect()
     }
 
     /// Reputation of `worker` as this node's submitter core holds it.
