@@ -159,9 +159,9 @@ impl Ledger {
         let revoked = honoured_revocations(revocations, &kept, &rejections);
         ledger.revocations_ignored = revocations.len() - revoked.values().sum::<usize>();
         ledger.revoked = revoked.into_keys().collect();
-        kept.retain(|pair, _| !ledger.revoked.contains(pair));
 
-        // BOINC's rule per job: the least credit any accepted replica claimed.
+        // BOINC's rule per job: the least credit any accepted replica claimed (revoked ones included: a
+        // revocation takes credit from its worker only, never raises another's).
         let mut least: BTreeMap<JobId, u64> = BTreeMap::new();
         for ((job, _), (_, r)) in &kept {
             if r.body.verdict.is_accepted() {
@@ -170,7 +170,10 @@ impl Ledger {
             }
         }
         for ((job, worker), (_, r)) in &kept {
-            if !r.body.verdict.is_accepted() || !window.contains(&r.body.issued_ms) {
+            if !r.body.verdict.is_accepted()
+                || !window.contains(&r.body.issued_ms)
+                || ledger.revoked.contains(&(*job, *worker))
+            {
                 continue;
             }
             let credit = least.get(job).copied().unwrap_or(0).min(r.body.credit);

@@ -95,10 +95,18 @@ impl Jobs {
                         .store
                         .off_thread(move |s| s.put_recheck(&id, &recheck))
                         .await;
-                    match marked {
+                    let offered = match marked {
                         Ok(()) => this.offer(id, fresh, false, None, Some(recheck)).await,
-                        Err(e) => Err(e.into()),
+                        Err(e) => {
+                            this.give_back(&fresh);
+                            Err(e.into())
+                        }
+                    };
+                    if offered.is_err() {
+                        // Neither in flight nor marked any more.
+                        this.forget(id).await;
                     }
+                    offered
                 }
                 Err(e) => Err(e),
             };

@@ -229,7 +229,7 @@ impl Jobs {
     }
 
     /// Gives back the credit [`Jobs::new_offer`] set aside for an offer that is not made after all.
-    fn give_back(&self, offer: &JobOffer) {
+    pub(super) fn give_back(&self, offer: &JobOffer) {
         self.submitter()
             .core
             .give_back(&offer.budget.body, offer.reward, offer.replicas);
@@ -314,7 +314,7 @@ impl Jobs {
     }
 
     /// Drops a job whose offer could not be published.
-    async fn forget(&self, original: JobId) {
+    pub(super) async fn forget(&self, original: JobId) {
         {
             let mut side = self.submitter();
             if let Some(sub) = side.jobs.remove(&original) {
