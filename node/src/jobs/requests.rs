@@ -1,6 +1,6 @@
-//! What arrives from peers, dispatched by kind: offers, receipts and revocations from gossip (already validated by the
-//! network task), and bids, commits, withdrawals, assignments and reveal requests over request-response,
-//! each checked to be signed by the peer that sent it.
+//! What arrives from peers, dispatched by kind: offers, receipts and revocations from gossip (already
+//! validated by the network task), and bids, commits, withdrawals, assignments and reveal requests over
+//! request-response, each checked to be signed by the peer that sent it.
 
 use fleetmesh_protocol::Signed;
 use fleetmesh_protocol::codec::{self, Kind};
