@@ -239,8 +239,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let mut report = SimReport::default();
     let mut receipts: Vec<Signed<Receipt>> = Vec::new();
     let mut revocations: Vec<Signed<Revocation>> = Vec::new();
-    // Every accepted job's truth and its output now (revisions replace it).
-    let mut accepted: HashMap<JobId, (Vec<u8>, Vec<u8>)> = HashMap::new();
+    // Every accepted job's output now (revisions replace it); its truth is `Truth::of` the job.
+    let mut accepted: HashMap<JobId, Vec<u8>> = HashMap::new();
     let (mut assigned_total, mut assigned_steady) = (0usize, 0usize);
     let half = cfg.jobs / 2;
     let mut newcomer: Option<usize> = None;
@@ -264,16 +264,17 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         let user_job = offer.id();
         submitter.offer(user_job, offer.clone(), Replication::Adaptive);
         // The job, then any rechecks its verdict caused (and theirs), at once.
-        let mut queue = VecDeque::from([(offer, Truth::of(&user_job), None::<JobId>)]);
+        // (offer, truth, whether it is a recheck)
+        let mut queue = VecDeque::from([(offer, Truth::of(&user_job), false)]);
         let mut t = now;
-        while let Some((offer, truth, recheck_of)) = queue.pop_front() {
+        while let Some((offer, truth, is_recheck)) = queue.pop_front() {
             let candidates = sample(cfg, &workers, newcomer, &mut rng);
             let (decided, after, end) =
                 fleet.drive(&mut submitter, &workers, &offer, &truth, &candidates, t, &mut rng);
             t = end;
             let Some((result, bodies)) = decided else {
                 submitter.forget(&offer.id());
-                if recheck_of.is_none() {
+                if !is_recheck {
                     report.failed += 1;
                 }
                 continue;
@@ -284,18 +285,18 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             }
             match &result.outcome {
                 Outcome::Accepted { output, agreeing, .. } => {
-                    if recheck_of.is_none() {
+                    if !is_recheck {
                         report.accepted += 1;
                         if *output != truth.output {
                             report.accepted_wrong += 1;
                         }
-                        accepted.insert(user_job, (truth.output.clone(), output.clone()));
+                        accepted.insert(user_job, output.clone());
                     }
                     if cfg.receipts {
                         fleet.sign_receipts(&workers, bodies, agreeing, j as u64, &mut receipts);
                     }
                 }
-                Outcome::Failed(_) if recheck_of.is_none() => report.failed += 1,
+                Outcome::Failed(_) if !is_recheck => report.failed += 1,
                 Outcome::Failed(_) => {}
             }
             for action in after {
@@ -321,12 +322,12 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                         nonce += 1;
                         let offer = fleet.offer(nonce, 2, t);
                         submitter.offer_recheck(offer.id(), offer.clone(), recheck);
-                        queue.push_back((offer, Truth::of(&recheck.of), Some(recheck.of)));
+                        queue.push_back((offer, Truth::of(&recheck.of), true));
                     }
                     Action::Revise { job, output, .. } => {
                         report.revised += 1;
-                        if let Some(a) = accepted.get_mut(&job) {
-                            a.1 = output;
+                        if let Some(accepted) = accepted.get_mut(&job) {
+                            *accepted = output;
                         }
                     }
                     _ => {}
@@ -340,7 +341,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             report.newcomer_trusted_after = Some(j - half);
         }
     }
-    report.wrong_after_revision = accepted.values().filter(|(truth, now)| truth != now).count();
+    report.wrong_after_revision = accepted
+        .iter()
+        .filter(|(job, output)| **output != Truth::of(job).output)
+        .count();
     report.mean_replicas = assigned_total as f64 / cfg.jobs.max(1) as f64;
     report.steady_replicas = assigned_steady as f64 / (cfg.jobs - half).max(1) as f64;
     if cfg.receipts {

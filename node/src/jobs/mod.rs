@@ -266,13 +266,18 @@ impl ReceiptBook {
     /// there: the ledger's rule, so that every node holds the same receipts whatever the arrival order.
     fn keep(&mut self, r: Signed<Receipt>) {
         let key = (r.body.claim.body.job, r.body.claim.body.worker);
-        match self.receipts.get(&key) {
-            Some(old) if codec::encode(old) <= codec::encode(&r) => {}
-            _ => {
-                self.receipts.insert(key, r);
-                self.generation += 1;
-            }
+        if replaces(self.receipts.get(&key), &r) {
+            self.receipts.insert(key, r);
+            self.generation += 1;
         }
+    }
+
+    /// Copies of every receipt and revocation held, for a ledger computed outside the lock.
+    fn snapshot(&self) -> (Vec<Signed<Receipt>>, Vec<Signed<Revocation>>) {
+        (
+            self.receipts.values().cloned().collect(),
+            self.revocations.values().cloned().collect(),
+        )
     }
 
     /// Adds a gossiped receipt to the last jobs' receipts and returns the workers they now show out-voted
@@ -312,18 +317,19 @@ impl ReceiptBook {
             .receipts
             .get(&key)
             .is_some_and(|receipt| receipt.body.claim.body.submitter == r.body.submitter);
-        if !issued_by_signer
-            || self
-                .revocations
-                .get(&key)
-                .is_some_and(|old| codec::encode(old) <= codec::encode(&r))
-        {
+        if !issued_by_signer || !replaces(self.revocations.get(&key), &r) {
             return false;
         }
         self.revocations.insert(key, r);
         self.generation += 1;
         true
     }
+}
+
+/// Whether `new` takes the place of `old` (nothing, or a larger canonical encoding) under one key: the
+/// ledger's rule for two messages naming one receipt, so every node keeps the same whatever the order.
+fn replaces<T: fleetmesh_protocol::codec::Message>(old: Option<&T>, new: &T) -> bool {
+    old.is_none_or(|old| codec::encode(new) < codec::encode(old))
 }
 
 /// Jobs whose gossiped receipts are kept together to read misbehaviour notices from.

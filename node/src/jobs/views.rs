@@ -7,7 +7,7 @@ use fleetmesh_consensus::job::{Job, Outcome, SlotState};
 use fleetmesh_consensus::ledger::Ledger;
 use fleetmesh_consensus::trust::Standing;
 use fleetmesh_protocol::codec;
-use fleetmesh_protocol::messages::{Receipt, Revocation};
+use fleetmesh_protocol::messages::Receipt;
 use fleetmesh_protocol::{JobId, NodeId, Signed};
 
 use super::{Jobs, Submitted};
@@ -127,6 +127,14 @@ fn slot_name(s: &SlotState) -> &'static str {
     }
 }
 
+/// An output read as little-endian f32 values, when its length allows.
+fn values_of(output: &[u8]) -> Option<Vec<f32>> {
+    output
+        .len()
+        .is_multiple_of(4)
+        .then(|| crate::inference::f32s(output))
+}
+
 /// A receipt's id: blake3 of its canonical bytes, hex.
 pub fn receipt_id(r: &Signed<Receipt>) -> String {
     blake3::hash(&codec::encode(r)).to_hex().to_string()
@@ -229,10 +237,7 @@ impl Jobs {
                 Outcome::Accepted { output, agreeing, .. } => {
                     view.state = "accepted";
                     view.output_hex = Some(hex::encode(output));
-                    view.values = output
-                        .len()
-                        .is_multiple_of(4)
-                        .then(|| crate::inference::f32s(output));
+                    view.values = values_of(output);
                     view.agreeing = agreeing.iter().map(NodeId::to_string).collect();
                 }
                 Outcome::Failed(reason) => {
@@ -245,11 +250,7 @@ impl Jobs {
             view.state = "revised";
             view.first_output_hex = view.output_hex.take();
             view.output_hex = Some(hex::encode(&revised.output));
-            view.values = revised
-                .output
-                .len()
-                .is_multiple_of(4)
-                .then(|| crate::inference::f32s(&revised.output));
+            view.values = values_of(&revised.output);
             view.agreeing = revised.agreeing.iter().map(NodeId::to_string).collect();
             view.revised_by = Some(revised.recheck.to_string());
         }
@@ -269,8 +270,7 @@ impl Jobs {
             {
                 return ledger.clone();
             }
-            let receipts: Vec<Signed<Receipt>> = book.receipts.values().cloned().collect();
-            let revocations: Vec<Signed<Revocation>> = book.revocations.values().cloned().collect();
+            let (receipts, revocations) = book.snapshot();
             (book.generation, receipts, revocations)
         };
         let ledger: BTreeMap<NodeId, Earnings> =
@@ -308,13 +308,7 @@ impl Jobs {
     /// credit per payer, which a payer can check against the receipts (their ids are listed), and the
     /// budgets found overspent (void: they pay nothing) among every receipt this node holds.
     pub fn statement(&self, from_ms: u64, to_ms: u64) -> Statement {
-        let (receipts, revocations): (Vec<Signed<Receipt>>, Vec<Signed<Revocation>>) = {
-            let book = self.book();
-            (
-                book.receipts.values().cloned().collect(),
-                book.revocations.values().cloned().collect(),
-            )
-        };
+        let (receipts, revocations) = self.book().snapshot();
         let payers = &self.inner.cfg.payers;
         let me = self.inner.me;
         let ledger = Ledger::in_epoch(&receipts, &revocations, payers, from_ms..to_ms);
