@@ -9,6 +9,8 @@
 //!   group of workers forms a quorum.
 //! - [`trust`]: reputation from verdicts, and adaptive replication (how many replicas a job gets).
 //! - [`ledger`]: credit balances as a pure function of a set of co-signed receipts.
+//! - [`books`]: receipts kept by their parties, sealed per epoch under signed Merkle roots, and balance
+//!   claims checked from receipts, inclusion paths and the published roots.
 //! - [`payment`]: who pays (payer budgets), numbering of a budget's receipts, fraud proofs.
 //! - [`revision`]: lies undone after the fact (results accepted on one worker's word, revoked and
 //!   rechecked when that worker is caught).
@@ -17,6 +19,7 @@
 //! - [`simulation`]: a large simulated fleet with adversaries, driven through all of the above.
 
 pub mod assign;
+pub mod books;
 pub mod job;
 pub mod ledger;
 pub mod payment;

@@ -53,11 +53,17 @@ pub enum Kind {
     Budget = 16,
     /// [`Revocation`](crate::messages::Revocation)
     Revocation = 17,
+    /// [`EpochRoot`](crate::messages::EpochRoot)
+    EpochRoot = 18,
+    /// [`ClaimRequest`](crate::messages::ClaimRequest)
+    ClaimRequest = 19,
+    /// [`ClaimPage`](crate::messages::ClaimPage)
+    ClaimPage = 20,
 }
 
 impl Kind {
     /// All kinds, in tag order.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 20] = [
         Kind::JobOffer,
         Kind::Bid,
         Kind::Assignment,
@@ -75,6 +81,9 @@ impl Kind {
         Kind::Chunk,
         Kind::Budget,
         Kind::Revocation,
+        Kind::EpochRoot,
+        Kind::ClaimRequest,
+        Kind::ClaimPage,
     ];
 
     /// The kind with this tag (signed flag cleared), if any.
@@ -102,6 +111,9 @@ impl Kind {
             Kind::Chunk => b"fleetmesh/chunk/v1",
             Kind::Budget => b"fleetmesh/budget/v1",
             Kind::Revocation => b"fleetmesh/revocation/v1",
+            Kind::EpochRoot => b"fleetmesh/epoch-root/v1",
+            Kind::ClaimRequest => b"fleetmesh/claim-request/v1",
+            Kind::ClaimPage => b"fleetmesh/claim-page/v1",
         }
     }
 }
@@ -352,6 +364,18 @@ pub(crate) mod bounded {
     /// A manifest's chunk list: at most [`MAX_CHUNKS`](crate::messages::MAX_CHUNKS) ids.
     pub(crate) fn chunks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<crate::ids::ChunkId>, D::Error> {
         vec(d, crate::messages::MAX_CHUNKS, "chunk ids")
+    }
+
+    /// A claim page's entries: at most [`MAX_CLAIM_PAGE`](crate::messages::MAX_CLAIM_PAGE).
+    pub(crate) fn claim_entries<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<crate::messages::ClaimEntry>, D::Error> {
+        vec(d, crate::messages::MAX_CLAIM_PAGE, "claim entries")
+    }
+
+    /// A Merkle inclusion path: at most [`MAX_PATH`](crate::messages::MAX_PATH) sibling hashes.
+    pub(crate) fn path<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
+        vec(d, crate::messages::MAX_PATH, "sibling hashes")
     }
 }
 

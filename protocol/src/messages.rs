@@ -8,8 +8,11 @@
 //! submitter --RevealRequest (every worker committed)-> worker
 //! worker    <-WorkReport: ResultReveal + WorkClaim---- (the answer to the RevealRequest)
 //! worker    --Withdraw (hands the job back)----------> submitter
-//! submitter --Receipt (co-signs the worker's WorkClaim with the verdict, gossip)--> every car
+//! submitter --Receipt (co-signs the worker's WorkClaim with the verdict)--------> worker
 //! submitter --Revocation (takes back a receipt of a worker caught lying, gossip)--> every car
+//! any node  --EpochRoot (Merkle root over its receipts of one epoch, DHT record)-> anyone
+//! verifier  --ClaimRequest---------------------------> a node
+//! node      <-ClaimPage: receipts + inclusion paths + the epoch's root--
 //! ```
 //!
 //! No message carries a location or anything that identifies the owner beyond the node key. Amounts of
@@ -632,6 +635,129 @@ impl Message for Revocation {
 impl Signable for Revocation {
     fn signer(&self) -> NodeId {
         self.submitter
+    }
+}
+
+/// Longest epoch a root may cover: a day.
+pub const MAX_EPOCH_MS: u64 = 24 * 3600 * 1000;
+/// Most receipts one epoch root may cover.
+pub const MAX_EPOCH_RECEIPTS: u32 = 1 << 20;
+/// Longest Merkle inclusion path (enough for [`MAX_EPOCH_RECEIPTS`] leaves, with room to spare).
+pub const MAX_PATH: usize = 32;
+/// Most entries of one [`ClaimPage`].
+pub const MAX_CLAIM_PAGE: usize = 256;
+
+/// A node's commitment to the receipts it is party to (as worker or submitter) that were issued in
+/// `start_ms..end_ms`: the root of a Merkle tree over them (see `fleetmesh_consensus::books`), signed and
+/// published once the epoch has closed. A balance claim shows each receipt with its path to the root;
+/// a receipt that is not under a published root cannot be claimed, so a node cannot add receipts to
+/// an epoch after it sealed it, nor show different receipt sets to different verifiers without two
+/// signed roots for one epoch (which is proof of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochRoot {
+    /// The node whose receipts these are (the signer).
+    pub node: NodeId,
+    /// Start of the epoch (inclusive), ms since the Unix epoch.
+    pub start_ms: u64,
+    /// End of the epoch (exclusive).
+    pub end_ms: u64,
+    /// How many receipts (leaves) the tree has.
+    pub receipts: u32,
+    /// The Merkle root.
+    pub root: [u8; 32],
+}
+
+impl Message for EpochRoot {
+    const KIND: Kind = Kind::EpochRoot;
+    const MAX_LEN: usize = 128;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.start_ms >= self.end_ms || self.end_ms - self.start_ms > MAX_EPOCH_MS {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "an epoch must be non-empty and at most a day long",
+            ));
+        }
+        if self.receipts > MAX_EPOCH_RECEIPTS {
+            return Err(DecodeError::invalid(Self::KIND, "too many receipts in one epoch"));
+        }
+        Ok(())
+    }
+}
+
+impl Signable for EpochRoot {
+    fn signer(&self) -> NodeId {
+        self.node
+    }
+}
+
+/// Asks a node for a page of its balance claim: the entries of its first sealed epoch that starts at or
+/// after `after_ms`, from leaf `first` on. Answered with a [`ClaimPage`] or a refusal [`Reply`] (no such
+/// epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// Earliest epoch start wanted, ms since the Unix epoch.
+    pub after_ms: u64,
+    /// First leaf wanted within that epoch.
+    pub first: u32,
+}
+
+impl Message for ClaimRequest {
+    const KIND: Kind = Kind::ClaimRequest;
+    const MAX_LEN: usize = 32;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.first >= MAX_EPOCH_RECEIPTS {
+            return Err(DecodeError::invalid(Self::KIND, "leaf index beyond any epoch"));
+        }
+        Ok(())
+    }
+}
+
+/// One receipt of a claim with its Merkle inclusion path (sibling hashes from the leaf up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimEntry {
+    /// The receipt.
+    pub receipt: Signed<Receipt>,
+    /// Sibling hashes from the leaf up to the root.
+    #[serde(deserialize_with = "codec::bounded::path")]
+    pub path: Vec<[u8; 32]>,
+}
+
+/// A page of a node's balance claim: consecutive leaves `first..first + entries.len()` of one epoch's
+/// tree, in leaf order, with the epoch's signed root. Nothing in it is trusted: each receipt's
+/// signatures, each path and the root's signature are checked by the verifier, and the root is compared
+/// with the one the node published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimPage {
+    /// The epoch's root, signed by the claiming node.
+    pub root: Signed<EpochRoot>,
+    /// Index of the first entry's leaf.
+    pub first: u32,
+    /// The entries, at most [`MAX_CLAIM_PAGE`].
+    #[serde(deserialize_with = "codec::bounded::claim_entries")]
+    pub entries: Vec<ClaimEntry>,
+}
+
+impl Message for ClaimPage {
+    const KIND: Kind = Kind::ClaimPage;
+    const MAX_LEN: usize =
+        <Signed<EpochRoot> as Message>::MAX_LEN + 16 + MAX_CLAIM_PAGE * (<Signed<Receipt> as Message>::MAX_LEN + 8 + 32 * MAX_PATH);
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        self.root.validate()?;
+        if self.entries.len() > MAX_CLAIM_PAGE
+            || self.first as u64 + self.entries.len() as u64 > self.root.body.receipts as u64
+        {
+            return Err(DecodeError::invalid(Self::KIND, "entries beyond the epoch's receipts"));
+        }
+        for e in &self.entries {
+            e.receipt.validate()?;
+            if e.path.len() > MAX_PATH {
+                return Err(DecodeError::invalid(Self::KIND, "inclusion path too long"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -212,6 +212,35 @@ fuzz_signed_kind!(
 );
 
 fuzz_signed_kind!(
+    epoch_root,
+    EpochRoot,
+    arb_epoch_root(key(1).node_id()),
+    key(1)
+);
+
+#[test]
+fn claim_messages() {
+    fuzz::<ClaimRequest>(samples(arb_claim_request(), 8).iter().map(codec::encode).collect());
+    fuzz::<ClaimPage>(
+        samples(arb_claim_page(key(1), key(2)), 8)
+            .iter()
+            .map(codec::encode)
+            .collect(),
+    );
+    // A page claiming more entries than a page may hold reserves nothing for them.
+    let page = samples(arb_claim_page(key(1), key(2)), 1).remove(0);
+    let mut bytes = codec::encode(&ClaimPage {
+        entries: Vec::new(),
+        ..page
+    });
+    bytes.pop();
+    bytes.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let (decoded, peak) = measured::<ClaimPage>(&bytes);
+    assert!(decoded.is_none());
+    assert!(peak < 4096, "{peak}");
+}
+
+fuzz_signed_kind!(
     reveal_request,
     RevealRequest,
     arb_reveal_request_for(key(1).node_id()),

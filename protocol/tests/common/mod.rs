@@ -340,3 +340,52 @@ pub fn arb_chunk() -> impl Strategy<Value = Chunk> {
     )
         .prop_map(|(model, index, data)| Chunk { model, index, data })
 }
+
+pub fn arb_epoch_root(node: NodeId) -> impl Strategy<Value = EpochRoot> {
+    (
+        any::<u64>(),
+        1..=MAX_EPOCH_MS,
+        0..=MAX_EPOCH_RECEIPTS,
+        any::<[u8; 32]>(),
+    )
+        .prop_map(move |(start, len, receipts, root)| {
+            let start_ms = start.min(u64::MAX - len);
+            EpochRoot {
+                node,
+                start_ms,
+                end_ms: start_ms + len,
+                receipts,
+                root,
+            }
+        })
+}
+
+pub fn arb_claim_request() -> impl Strategy<Value = ClaimRequest> {
+    (any::<u64>(), 0..MAX_EPOCH_RECEIPTS).prop_map(|(after_ms, first)| ClaimRequest { after_ms, first })
+}
+
+/// A page of `worker`'s claim: a signed root and up to four receipts of `submitter` with random paths.
+pub fn arb_claim_page(worker: NodeKey, submitter: NodeKey) -> impl Strategy<Value = ClaimPage> {
+    let entry = (
+        arb_receipt(worker.clone(), submitter.clone()),
+        proptest::collection::vec(any::<[u8; 32]>(), 0..=MAX_PATH),
+    )
+        .prop_map(move |(receipt, path)| ClaimEntry {
+            receipt: Signed::sign(receipt, &submitter).unwrap(),
+            path,
+        });
+    (
+        arb_epoch_root(worker.node_id()),
+        proptest::collection::vec(entry, 0..=4),
+        any::<u32>(),
+    )
+        .prop_map(move |(mut root, entries, first)| {
+            let first = first % (MAX_EPOCH_RECEIPTS - 4);
+            root.receipts = root.receipts.max(first + entries.len() as u32);
+            ClaimPage {
+                root: Signed::sign(root, &worker).unwrap(),
+                first,
+                entries,
+            }
+        })
+}
