@@ -179,6 +179,12 @@ pub enum ClaimError {
         /// The epoch's start.
         start_ms: u64,
     },
+    /// The claimant published two different roots for the epoch.
+    #[error("two different roots published for epoch {start_ms}")]
+    Equivocation {
+        /// The epoch's start.
+        start_ms: u64,
+    },
     /// The root shown differs from the root the claimant published for the epoch.
     #[error("the root shown for epoch {start_ms} is not the one published")]
     RootMismatch {
@@ -258,22 +264,30 @@ impl ClaimCheck {
         }
     }
 
-    /// Adds a page, given the root the claimant published for its epoch (`None`: none found). Pages of
-    /// one epoch must come in leaf order without gaps.
-    pub fn add_page(
-        &mut self,
-        page: &ClaimPage,
-        published: Option<&Signed<EpochRoot>>,
-    ) -> Result<(), ClaimError> {
+    /// Adds a page, given what was found published for its epoch (roots that are not the claimant's,
+    /// not of this epoch or not validly signed are disregarded). Pages of one epoch must come in leaf
+    /// order without gaps.
+    pub fn add_page(&mut self, page: &ClaimPage, published: &[Signed<EpochRoot>]) -> Result<(), ClaimError> {
         let root = &page.root.body;
         let start_ms = root.start_ms;
         if root.node != self.claimant || page.root.verify().is_err() {
             return Err(ClaimError::ForgedRoot { start_ms });
         }
-        match published {
-            None => return Err(ClaimError::NotPublished { start_ms }),
-            Some(p) if p != &page.root => return Err(ClaimError::RootMismatch { start_ms }),
-            Some(_) => {}
+        let mut genuine: Vec<&Signed<EpochRoot>> = Vec::new();
+        for p in published {
+            if p.body.node == self.claimant
+                && p.body.start_ms == start_ms
+                && !genuine.contains(&p)
+                && p.verify().is_ok()
+            {
+                genuine.push(p);
+            }
+        }
+        match genuine.as_slice() {
+            [] => return Err(ClaimError::NotPublished { start_ms }),
+            [one] if *one == &page.root => {}
+            [_] => return Err(ClaimError::RootMismatch { start_ms }),
+            _ => return Err(ClaimError::Equivocation { start_ms }),
         }
         let out_of_order = ClaimError::OutOfOrder {
             start_ms,

@@ -106,12 +106,9 @@ fn check(
     published: &[&Signed<EpochRoot>],
 ) -> Result<books::VerifiedClaim, ClaimError> {
     let mut claim = ClaimCheck::new(key(WORKER).node_id());
+    let published: Vec<Signed<EpochRoot>> = published.iter().map(|r| (*r).clone()).collect();
     for page in pages {
-        let root = published
-            .iter()
-            .copied()
-            .find(|r| r.body.start_ms == page.root.body.start_ms);
-        claim.add_page(page, root)?;
+        claim.add_page(page, &published)?;
     }
     claim.finish(&[], &payers())
 }
@@ -179,6 +176,16 @@ fn a_forged_or_unpublished_root_is_refused() {
     assert!(matches!(
         check(&pages, &[]),
         Err(ClaimError::NotPublished { start_ms: 0 })
+    ));
+    // A forged root in the DHT is disregarded; two genuine roots for one epoch are proof of
+    // equivocation.
+    assert!(matches!(
+        check(&pages, &[&forged]),
+        Err(ClaimError::NotPublished { start_ms: 0 })
+    ));
+    assert!(matches!(
+        check(&pages, &[&root, &second]),
+        Err(ClaimError::Equivocation { start_ms: 0 })
     ));
 }
 

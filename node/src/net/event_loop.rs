@@ -106,6 +106,7 @@ pub(super) struct EventLoop {
     pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<(), NetError>>>,
     pending_providers:
         HashMap<kad::QueryId, (std::collections::HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    pending_records: super::records::Lookups,
     /// Content this node provides, announced again every [`REPROVIDE`].
     provided: Vec<kad::RecordKey>,
     next_provide: Instant,
@@ -189,6 +190,7 @@ impl EventLoop {
             pending_lookups: HashMap::new(),
             pending_dials: HashMap::new(),
             pending_providers: HashMap::new(),
+            pending_records: Default::default(),
             provided: Vec::new(),
             next_provide: now,
             circuits,
@@ -423,6 +425,16 @@ impl EventLoop {
                     .get_providers(kad::RecordKey::new(&key));
                 self.pending_providers.insert(id, (Default::default(), reply));
             }
+            Command::PutRecord { key, value } => {
+                let record = kad::Record::new(kad::RecordKey::new(&key), value);
+                if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+                    warn!(error = %e, "cannot publish a DHT record");
+                }
+            }
+            Command::GetRecord { key, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
+                self.pending_records.start(id, reply);
+            }
             Command::Status { reply } => {
                 let mut listen_addrs: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
                 // A public node confirms its listen addresses as external ones: list each address once.
@@ -592,6 +604,15 @@ impl EventLoop {
                 if finished && let Some((found, reply)) = self.pending_providers.remove(&id) {
                     let _ = reply.send(found.into_iter().collect());
                 }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetRecord(result),
+                step,
+                ..
+            }) => self.pending_records.progressed(id, result, step.last),
+            BehaviourEvent::Kad(kad::Event::InboundRequest { request }) => {
+                super::records::on_inbound(&mut self.swarm.behaviour_mut().kad, request)
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => {
                 if let kad::QueryResult::GetClosestPeers(result) = result

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 mod event_loop;
 pub mod gossip;
+pub mod records;
 
 use std::time::Duration;
 
@@ -212,6 +213,14 @@ enum Command {
         key: Vec<u8>,
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    GetRecord {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
+    },
 }
 
 /// A cloneable handle to the node's network task.
@@ -286,6 +295,20 @@ impl NetClient {
         self.call(|reply| Command::GetProviders { key, reply }).await
     }
 
+    /// Stores a value in the DHT under `key` (here and at the peers closest to the key; peers keep only
+    /// what [`records`] lets them).
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
+        self.tx
+            .send(Command::PutRecord { key, value })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// The distinct values the DHT holds under `key` (at most 8; none if the lookup found nothing).
+    pub async fn get_record(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, NetError> {
+        self.call(|reply| Command::GetRecord { key, reply }).await
+    }
+
     /// A snapshot of the node's view of the mesh.
     pub async fn status(&self) -> Result<NetStatus, NetError> {
         self.call(|reply| Command::Status { reply }).await
@@ -350,8 +373,15 @@ pub fn start(
                 let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
                 kad_cfg.set_query_timeout(Duration::from_secs(10));
                 kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
-                let mut kad =
-                    kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
+                // Peers' records are stored only after the node's own checks (records::on_inbound).
+                kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+                kad_cfg.set_record_ttl(Some(records::ROOT_TTL));
+                let store_cfg = kad::store::MemoryStoreConfig {
+                    max_records: records::MAX_RECORDS,
+                    ..Default::default()
+                };
+                let store = kad::store::MemoryStore::with_config(peer_id, store_cfg);
+                let mut kad = kad::Behaviour::with_config(peer_id, store, kad_cfg);
                 kad.set_mode(match kad_mode {
                     KadMode::Auto => None,
                     KadMode::Server => Some(kad::Mode::Server),
