@@ -321,8 +321,10 @@ async fn earnings(State(s): State<ApiState>) -> Response {
     off_thread(move || earnings_rows(&s)).await
 }
 
+/// `/v1/earnings`: the ledger of the receipts this node is party to (its own balance, and what it paid
+/// each worker), then the claims of other nodes it checked (`"source": "checked claim"`).
 fn earnings_rows(s: &ApiState) -> Response {
-    let rows: Vec<serde_json::Value> = s
+    let mut rows: Vec<serde_json::Value> = s
         .jobs
         .earnings()
         .into_iter()
@@ -332,6 +334,7 @@ fn earnings_rows(s: &ApiState) -> Response {
                 "jobs": e.jobs,
                 "credit": e.credit,
                 "energy_uwh": e.energy_uwh,
+                "source": "receipts",
             });
             if node == s.node_id {
                 // This car's electricity for those jobs, each at its tariff when it ran.
@@ -342,7 +345,47 @@ fn earnings_rows(s: &ApiState) -> Response {
             row
         })
         .collect();
+    for c in s.jobs.checked_claims() {
+        let mut row = serde_json::to_value(&c).unwrap_or_default();
+        row["source"] = "checked claim".into();
+        rows.push(row);
+    }
     Json(rows).into_response()
+}
+
+/// `GET /v1/claims/{node}` query: where the claim starts.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimQuery {
+    /// Earliest epoch start wanted, ms since the Unix epoch (default: all the node still shows).
+    #[serde(default)]
+    pub from_ms: Option<u64>,
+}
+
+/// Asks a node for its balance claim and checks it against the roots it published.
+async fn check_claim(
+    State(s): State<ApiState>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    query: Result<axum::extract::Query<ClaimQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let Ok(node) = node.parse::<fleetmesh_protocol::NodeId>() else {
+        return error(StatusCode::BAD_REQUEST, "a node id is 64 hex digits");
+    };
+    use crate::jobs::books::CheckError;
+    match s.jobs.check_claim(node, q.from_ms.unwrap_or(0)).await {
+        Ok(claim) => Json(claim).into_response(),
+        Err(e @ (CheckError::Refused(_) | CheckError::TooLong)) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e)
+        }
+        Err(e @ CheckError::Own) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ (CheckError::Unreachable { .. } | CheckError::Malformed { .. })) => {
+            error(StatusCode::BAD_GATEWAY, e)
+        }
+    }
 }
 
 /// `GET /v1/statement` query: the epoch, ms since the Unix epoch (default: all time).
@@ -432,6 +475,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs", axum::routing::post(submit).get(recent_jobs))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/earnings", get(earnings))
+        .route("/v1/claims/{node}", get(check_claim))
         .route("/v1/reputation", get(reputation))
         .route("/v1/statement", get(statement))
         .route("/v1/vehicle", get(vehicle).post(report_vehicle))

@@ -93,6 +93,10 @@ pub struct JobsSection {
     /// (a local testnet of one owner). Off: such jobs wait for a third worker or a trusted one, since
     /// two fresh keys cost an attacker nothing.
     pub small_fleet: bool,
+    /// Length of an epoch, in seconds: once one has ended (and a grace of up to a minute for late
+    /// receipts), this node seals its receipts of it under a signed Merkle root published in the DHT,
+    /// against which anyone can check its balance claim. 2 s to 1 day.
+    pub epoch_secs: u64,
 }
 
 /// Two inference workers of one thread each where the machine has two cores or more, else one.
@@ -117,6 +121,7 @@ impl Default for JobsSection {
             payers: Vec::new(),
             budgets: Vec::new(),
             small_fleet: false,
+            epoch_secs: 600,
         }
     }
 }
@@ -143,6 +148,7 @@ impl JobsSection {
             model_prices: self.model_prices.clone(),
             max_active_work: self.max_active_work,
             small_fleet: self.small_fleet,
+            epoch_ms: self.epoch_secs.saturating_mul(1_000),
             adaptive: self.adaptive.then_some(fleetmesh_consensus::trust::TrustConfig {
                 trust_after: self.trust_after,
                 probation_ms: self.probation_hours.saturating_mul(3_600_000),
@@ -261,6 +267,12 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(
                 "jobs.trust_after must be at least 1 (0 would trust newcomers)".into(),
             ));
+        }
+        if !(2..=86_400).contains(&j.epoch_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "jobs.epoch_secs must be 2 to 86400 (a day), got {}",
+                j.epoch_secs
+            )));
         }
         self.car_config().validate().map_err(ConfigError::Invalid)
     }

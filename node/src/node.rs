@@ -291,10 +291,13 @@ async fn handle_events(
                             // Chunks are read from files and the store: off the async worker threads, a
                             // few at a time, so that serving models never takes the blocking threads
                             // commits and verdicts are stored from.
-                            Ok((Kind::ManifestRequest | Kind::ChunkRequest, false)) => match serving.try_acquire_owned() {
+                            Ok((kind @ (Kind::ManifestRequest | Kind::ChunkRequest | Kind::ClaimRequest), false)) => match serving.try_acquire_owned() {
                                 Ok(permit) => tokio::task::spawn_blocking(move || {
                                     let _permit = permit;
-                                    share.on_request(&data)
+                                    match kind {
+                                        Kind::ClaimRequest => jobs.on_claim_request(&data),
+                                        _ => share.on_request(&data),
+                                    }
                                 })
                                 .await
                                 .unwrap_or_else(|_| codec::encode(&Reply::refused("cannot serve now"))),

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use fleetmesh_protocol::codec::{self, Message};
-use fleetmesh_protocol::messages::{JobOffer, ModelManifest, Receipt, Revocation};
+use fleetmesh_protocol::messages::{EpochRoot, JobOffer, ModelManifest, Receipt, Revocation};
 use fleetmesh_protocol::{ChunkId, JobId, ModelId, NodeId, Signed};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::warn;
@@ -103,7 +103,14 @@ pub struct Store {
     revocations: sled::Tree,
     revisions: sled::Tree,
     rechecks: sled::Tree,
+    /// Sealed epochs' roots by start (8 bytes, big-endian), and [`SEALED_TO`].
+    roots: sled::Tree,
+    /// Sealed epochs' receipts by (start, leaf index), in leaf order.
+    leaves: sled::Tree,
 }
+
+/// Key (in the roots tree) of the end of the last epoch sealed.
+const SEALED_TO: &[u8] = b"sealed-to";
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,6 +167,8 @@ impl Store {
             revocations: tree("revocations")?,
             revisions: tree("revisions")?,
             rechecks: tree("rechecks")?,
+            roots: tree("roots")?,
+            leaves: tree("leaves")?,
             db,
             path,
         })
@@ -357,6 +366,69 @@ impl Store {
     /// Every stored revocation, each decoded and its signature checked again.
     pub fn revocations(&self) -> Vec<Signed<Revocation>> {
         self.decoded(&self.revocations, |r: &Signed<Revocation>| r.verify().is_ok())
+    }
+
+    // ------------------------------------------------------------ sealed epochs
+
+    /// Stores a sealed epoch: its receipts in leaf order, then its root (so a stored root always has all
+    /// its leaves), then how far sealing has come. An epoch is sealed once and never changes.
+    pub fn put_sealed(
+        &self,
+        root: &Signed<EpochRoot>,
+        leaves: &[Signed<Receipt>],
+    ) -> Result<(), StoreError> {
+        let start = root.body.start_ms.to_be_bytes();
+        for (i, r) in leaves.iter().enumerate() {
+            let key = [start.as_slice(), &(i as u32).to_be_bytes()].concat();
+            self.leaves.insert(key, codec::encode(r)).map_err(|e| self.err(e))?;
+        }
+        self.roots
+            .insert(start, codec::encode(root))
+            .map_err(|e| self.err(e))?;
+        self.put_sealed_to(root.body.end_ms)
+    }
+
+    /// Records that every epoch ending by `end_ms` is sealed (epochs without receipts have no root).
+    pub fn put_sealed_to(&self, end_ms: u64) -> Result<(), StoreError> {
+        self.roots
+            .insert(SEALED_TO, &end_ms.to_be_bytes())
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The end of the last epoch sealed, if any was.
+    pub fn sealed_to(&self) -> Option<u64> {
+        let bytes = self.roots.get(SEALED_TO).ok()??;
+        Some(u64::from_be_bytes(bytes.as_ref().try_into().ok()?))
+    }
+
+    /// The root of the first sealed epoch that starts at or after `after_ms`.
+    pub fn root_after(&self, after_ms: u64) -> Option<Signed<EpochRoot>> {
+        self.roots
+            .range(after_ms.to_be_bytes()..)
+            .filter_map(Result::ok)
+            .find(|(k, _)| k.len() == 8)
+            .and_then(|(_, v)| codec::decode(&v).ok())
+    }
+
+    /// Every sealed root whose epoch ends after `since_ms`.
+    pub fn roots_since(&self, since_ms: u64) -> Vec<Signed<EpochRoot>> {
+        self.roots
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.len() == 8)
+            .filter_map(|(_, v)| codec::decode::<Signed<EpochRoot>>(&v).ok())
+            .filter(|r| r.body.end_ms > since_ms)
+            .collect()
+    }
+
+    /// The receipts of the sealed epoch starting at `start_ms`, in leaf order.
+    pub fn sealed_leaves(&self, start_ms: u64) -> Vec<Signed<Receipt>> {
+        self.leaves
+            .scan_prefix(start_ms.to_be_bytes())
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| codec::decode(&v).ok())
+            .collect()
     }
 
     // ------------------------------------------------------------ revisions

@@ -13,6 +13,7 @@
 //! - [`revision`](self::revision): lies undone after the fact (revocations, rechecks, revised verdicts).
 //! - [`views`](self::views): what the local API shows (jobs, receipts, earnings).
 
+pub mod books;
 mod recovery;
 mod requests;
 mod revision;
@@ -87,6 +88,8 @@ pub struct JobsConfig {
     /// Accept two agreeing untrusted workers while this node has fewer than three peers (see
     /// [`SubmitterConfig::small_fleet`]); off by default.
     pub small_fleet: bool,
+    /// Length of an epoch whose receipts are sealed under one root ([`books`](self::books)), in ms.
+    pub epoch_ms: u64,
 }
 
 impl JobsConfig {
@@ -137,6 +140,7 @@ impl Default for JobsConfig {
             offers_per_s: crate::net::config::NetConfig::default().offers_per_submitter_per_s,
             offer_burst: crate::net::config::NetConfig::default().offer_burst_per_submitter,
             small_fleet: false,
+            epoch_ms: 600_000,
         }
     }
 }
@@ -246,7 +250,8 @@ struct WorkerSide {
     compute_ms: HashMap<ModelId, f64>,
 }
 
-/// Receipts this node has seen, the revocations of those receipts, and the ledger last computed from them.
+/// Receipts this node is party to (as submitter or worker), the revocations of those receipts, the
+/// revocations of other nodes' receipts (for checking their claims), and the ledger last computed.
 #[derive(Default)]
 struct ReceiptBook {
     receipts: BTreeMap<(JobId, NodeId), Signed<Receipt>>,
@@ -254,9 +259,10 @@ struct ReceiptBook {
     revocations: BTreeMap<(JobId, NodeId), Signed<Revocation>>,
     /// Bumped whenever `receipts` or `revocations` change.
     generation: u64,
-    /// The receipts of the last jobs heard of by gossip, to read misbehaviour notices from
-    /// ([`fleetmesh_consensus::revision::outvoted`]): a job's receipts are published together.
-    recent: std::collections::VecDeque<(JobId, Vec<Signed<Receipt>>)>,
+    /// Gossiped revocations of receipts this node does not hold, by (job, worker), oldest first in
+    /// `foreign_order`; at most [`MAX_FOREIGN_REVOCATIONS`].
+    foreign: BTreeMap<(JobId, NodeId), Signed<Revocation>>,
+    foreign_order: std::collections::VecDeque<(JobId, NodeId)>,
     /// The last ledger computed, and the generation it was computed from.
     ledger: Option<(u64, BTreeMap<NodeId, Earnings>)>,
 }
@@ -280,32 +286,30 @@ impl ReceiptBook {
         )
     }
 
-    /// Adds a gossiped receipt to the last jobs' receipts and returns the workers they now show out-voted
-    /// (empty unless the job has a rejection). At most [`RECENT_JOBS`] jobs of [`RECENT_RECEIPTS`]
-    /// receipts each are kept.
-    fn notice(&mut self, r: &Signed<Receipt>) -> Vec<NodeId> {
-        let job = r.body.claim.body.job;
-        let at = match self.recent.iter().position(|(j, _)| *j == job) {
-            Some(at) => at,
-            None => {
-                if self.recent.len() >= RECENT_JOBS {
-                    self.recent.pop_front();
-                }
-                self.recent.push_back((job, Vec::new()));
-                self.recent.len() - 1
-            }
-        };
-        let receipts = &mut self.recent[at].1;
-        if receipts.len() < RECENT_RECEIPTS {
-            receipts.push(r.clone());
+    /// Keeps a revocation of a receipt held elsewhere, for checking its worker's claim later; the oldest
+    /// goes when [`MAX_FOREIGN_REVOCATIONS`] are kept. Returns whether it was new.
+    fn keep_foreign(&mut self, r: Signed<Revocation>) -> bool {
+        let key = (r.body.job, r.body.worker);
+        if self.foreign.contains_key(&key) {
+            return false;
         }
-        if !receipts
-            .iter()
-            .any(|r| r.body.verdict == fleetmesh_protocol::messages::Verdict::Rejected)
+        if self.foreign_order.len() >= MAX_FOREIGN_REVOCATIONS
+            && let Some(oldest) = self.foreign_order.pop_front()
         {
-            return Vec::new();
+            self.foreign.remove(&oldest);
         }
-        fleetmesh_consensus::revision::outvoted(receipts)
+        self.foreign.insert(key, r);
+        self.foreign_order.push_back(key);
+        true
+    }
+
+    /// Every revocation held: of this node's receipts and of others'.
+    fn all_revocations(&self) -> Vec<Signed<Revocation>> {
+        self.revocations
+            .values()
+            .chain(self.foreign.values())
+            .cloned()
+            .collect()
     }
 
     /// Keeps `r` if it revokes a receipt held here that its signer issued (so the map is no larger than
@@ -332,10 +336,8 @@ fn replaces<T: fleetmesh_protocol::codec::Message>(old: Option<&T>, new: &T) -> 
     old.is_none_or(|old| codec::encode(new) < codec::encode(old))
 }
 
-/// Jobs whose gossiped receipts are kept together to read misbehaviour notices from.
-const RECENT_JOBS: usize = 256;
-/// Receipts kept per such job (a job pays at most its replicas and extra workers).
-const RECENT_RECEIPTS: usize = 32;
+/// Most revocations of other nodes' receipts kept (~200 bytes each).
+const MAX_FOREIGN_REVOCATIONS: usize = 65_536;
 
 /// Receipts waiting for the writer thread; more are written from tokio's blocking threads instead.
 const RECEIPT_QUEUE: usize = 4_096;
@@ -346,9 +348,9 @@ enum ToWriter {
     Sync(oneshot::Sender<()>),
 }
 
-/// Writes the receipts that gossip brings to the store, on a thread of its own: every node stores every
-/// job's receipts, and writing them in bursts there costs fewer thread switches than a blocking task
-/// each. The thread ends when the job roles are dropped.
+/// Writes the receipts submitters send this worker to the store, on a thread of its own: writing them in
+/// bursts there costs fewer thread switches than a blocking task each. The thread ends when the job
+/// roles are dropped.
 struct ReceiptWriter {
     tx: std::sync::mpsc::SyncSender<ToWriter>,
     store: Store,
@@ -424,8 +426,12 @@ struct Inner {
     submitter: Mutex<SubmitterSide>,
     worker: Mutex<WorkerSide>,
     book: Mutex<ReceiptBook>,
-    /// Gossiped receipts on their way to the store, written by the receipt writer thread.
+    /// Receipts from submitters on their way to the store, written by the receipt writer thread.
     receipts: ReceiptWriter,
+    /// When epochs are next looked at for sealing, and whether a sealing runs.
+    sealing: Mutex<books::Sealing>,
+    /// Other nodes' claims this node checked.
+    checked: Mutex<books::Checked>,
     /// Held across one submission with an idempotency key (outside the three locks above, which it
     /// takes one at a time).
     keyed: tokio::sync::Mutex<()>,
@@ -524,6 +530,8 @@ impl Jobs {
                 worker: Mutex::new(WorkerSide::default()),
                 book: Mutex::new(ReceiptBook::default()),
                 receipts,
+                sealing: Mutex::new(books::Sealing::default()),
+                checked: Mutex::new(books::Checked::default()),
                 keyed: tokio::sync::Mutex::new(()),
                 // Empty at start: peers keep this submitter's bucket across its restart.
                 pacer: tokio::sync::Mutex::new((0.0, std::time::Instant::now())),
@@ -573,6 +581,7 @@ impl Jobs {
         self.reoffer();
         let actions = self.submitter().core.on_tick(now);
         self.act_all(actions);
+        self.maybe_seal(now);
         let counts = self.submitted_counts();
         let m = &self.inner.metrics;
         for (name, n) in [

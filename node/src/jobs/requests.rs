@@ -1,5 +1,5 @@
-//! What arrives from peers, dispatched by kind: offers, receipts and revocations from gossip (already
-//! validated by the network task), and bids, commits, withdrawals, assignments and reveal requests over
+//! What arrives from peers, dispatched by kind: offers and revocations from gossip (already validated by
+//! the network task), and bids, commits, withdrawals, assignments, reveal requests and receipts over
 //! request-response, each checked to be signed by the peer that sent it.
 
 use fleetmesh_protocol::Signed;
@@ -22,18 +22,6 @@ impl Jobs {
                     self.on_offer(offer.body);
                 }
             }
-            Topic::Receipts => {
-                if let Ok(receipt) = codec::decode::<Signed<Receipt>>(data) {
-                    self.inner.receipts.put(receipt.clone());
-                    let outvoted = {
-                        let mut book = self.book();
-                        let outvoted = book.notice(&receipt);
-                        book.keep(receipt);
-                        outvoted
-                    };
-                    self.distrust(outvoted);
-                }
-            }
             Topic::Revocations => {
                 if let Ok(revocation) = codec::decode::<Signed<Revocation>>(data) {
                     self.on_revocation(revocation);
@@ -42,19 +30,34 @@ impl Jobs {
         }
     }
 
-    /// Workers another submitter's receipts show out-voted lose the trust this node's submitter gave them.
-    fn distrust(&self, outvoted: Vec<fleetmesh_protocol::NodeId>) {
-        if outvoted.is_empty() {
-            return;
-        }
+    /// A worker another submitter revoked a receipt of (it was caught returning a wrong output there)
+    /// loses the trust this node's submitter gave it.
+    pub(super) fn distrust(&self, worker: fleetmesh_protocol::NodeId) {
         let now = now_ms();
         let mut side = self.submitter();
-        for worker in outvoted {
-            if side.core.reputation().is_trusted(&worker, now) {
-                debug!(worker = %worker.short(), "another submitter's receipts show this worker out-voted: no longer trusted here");
-            }
-            side.core.distrust(worker);
+        if side.core.reputation().is_trusted(&worker, now) {
+            debug!(worker = %worker.short(), "another submitter revoked this worker's result: no longer trusted here");
         }
+        side.core.distrust(worker);
+    }
+
+    /// A receipt from the submitter of a job this node worked on: kept and stored (durably) before it is
+    /// acknowledged, so that the submitter stops sending it only once it is safe here.
+    async fn on_receipt(&self, receipt: Signed<Receipt>) -> Vec<u8> {
+        if receipt.body.claim.body.worker != self.inner.me {
+            return refuse("not this worker's receipt");
+        }
+        self.inner.receipts.put(receipt.clone());
+        self.inner.receipts.sync().await;
+        if let Err(e) = self.inner.store.flush().await {
+            tracing::warn!(error = %e, "cannot flush a receipt");
+            return codec::encode(&Reply {
+                code: fleetmesh_protocol::messages::ReplyCode::Busy,
+                detail: "cannot store the receipt now".into(),
+            });
+        }
+        self.book().keep(receipt);
+        reply(Reply::accepted())
     }
 
     /// Answers a request from `peer`: a bid, assignment, commit, reveal request or withdrawal.
@@ -108,6 +111,10 @@ impl Jobs {
             },
             Kind::RevealRequest => match authored::<RevealRequest>(&peer, data) {
                 Ok(r) => self.on_reveal_request(r.body).await,
+                Err(why) => refuse(why),
+            },
+            Kind::Receipt => match authored::<Receipt>(&peer, data) {
+                Ok(r) => self.on_receipt(r).await,
                 Err(why) => refuse(why),
             },
             _ => refuse("unexpected message kind"),

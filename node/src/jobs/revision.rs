@@ -151,7 +151,17 @@ impl Jobs {
     /// A revocation from gossip (signature checked): kept and stored if it revokes a receipt this node
     /// holds from its signer.
     pub(super) fn on_revocation(&self, revocation: Signed<Revocation>) {
-        if !self.book().keep_revocation(revocation.clone()) {
+        let (mine, new_foreign) = {
+            let mut book = self.book();
+            match book.keep_revocation(revocation.clone()) {
+                true => (true, false),
+                false => (false, book.keep_foreign(revocation.clone())),
+            }
+        };
+        if new_foreign && revocation.body.worker != self.inner.me {
+            self.distrust(revocation.body.worker);
+        }
+        if !mine {
             return;
         }
         let store = self.inner.store.clone();

@@ -1,7 +1,8 @@
 //! The submitter role, the node's half: offers jobs (signed, durable, gossiped), feeds what arrives to the
 //! sans-IO [`Submitter`](fleetmesh_consensus::submitter::Submitter) core and carries out its actions:
 //! assignments and reveal requests over request-response, wake-ups at the end of bid windows, and for a
-//! decided job the countersigned receipts, stored before the job's waiters hear of it and then gossiped.
+//! decided job the countersigned receipts, stored before the job's waiters hear of it and then sent to
+//! their workers (and to nobody else: each party keeps its own receipts).
 
 use fleetmesh_consensus::job::Outcome;
 use fleetmesh_consensus::submitter::{
@@ -683,15 +684,45 @@ impl Jobs {
             // A receipt that is not on disk never leaves: after a restart its number would be used again,
             // and two receipts with one number void the budget.
             if !stored {
-                warn!(job = %job.short(), "receipts not published: they could not be stored");
+                warn!(job = %job.short(), "receipts not sent: they could not be stored");
                 return;
             }
-            let net = &this.inner.net;
             for r in receipts {
-                if let Err(e) = net.publish(Topic::Receipts, codec::encode(&r)).await {
-                    debug!(error = %e, "receipt not gossiped");
-                }
+                this.spawn(deliver(this.inner.net.clone(), r));
             }
         });
     }
+}
+
+/// Waits before each try to hand a receipt to its worker: a worker that restarts or loses its link for
+/// up to two minutes still gets it.
+const DELIVERY_BACKOFF_S: [u64; 5] = [0, 2, 10, 30, 60];
+
+/// Sends a receipt to its worker until the worker acknowledges it (stored on its side) or refuses it.
+async fn deliver(net: net::NetClient, receipt: Signed<Receipt>) {
+    let worker = receipt.body.claim.body.worker;
+    let job = receipt.body.claim.body.job;
+    let data = codec::encode(&receipt);
+    for wait in DELIVERY_BACKOFF_S {
+        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        match net.request(net::peer_id_of(&worker), data.clone()).await {
+            Ok(answer) => match codec::decode::<Reply>(&answer) {
+                Ok(Reply {
+                    code: ReplyCode::Accepted,
+                    ..
+                }) => return,
+                Ok(Reply {
+                    code: ReplyCode::Busy,
+                    detail,
+                }) => debug!(job = %job.short(), %detail, "the worker cannot take its receipt yet"),
+                Ok(Reply { detail, .. }) => {
+                    warn!(job = %job.short(), worker = %worker.short(), %detail, "the worker refused its receipt");
+                    return;
+                }
+                Err(e) => debug!(job = %job.short(), error = %e, "unreadable answer to a receipt"),
+            },
+            Err(e) => debug!(job = %job.short(), worker = %worker.short(), error = %e, "receipt not delivered yet"),
+        }
+    }
+    warn!(job = %job.short(), worker = %worker.short(), "receipt not delivered: the worker can ask for it with its claim");
 }

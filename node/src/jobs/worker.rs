@@ -16,7 +16,7 @@ use crate::adversary::WorkerBehaviour;
 use crate::inference::executor::CancelFlag;
 use crate::inference::numeric_class;
 use crate::metrics::ModelLabels;
-use crate::net::{self, Topic};
+use crate::net;
 use crate::store::DoneRecord;
 
 /// A secret salt for a commitment; `None` if the system has no randomness (the job is then handed back:
@@ -584,9 +584,10 @@ impl Jobs {
             record.offer.budget.clone(),
             &self.inner.key,
         ) {
-            let net = self.inner.net.clone();
+            // Handed to the job's submitter as if it were a receipt for this worker: refused there.
+            let (net, submitter) = (self.inner.net.clone(), crate::net::peer_id_of(&r.submitter));
             self.spawn(async move {
-                let _ = net.publish(Topic::Receipts, codec::encode(&forged)).await;
+                let _ = net.request(submitter, codec::encode(&forged)).await;
             });
         }
         match (

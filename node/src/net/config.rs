@@ -44,7 +44,7 @@ pub struct NetConfig {
     /// Largest request accepted over request-response, in bytes.
     pub max_request_bytes: usize,
     /// Offers of one submitter this node takes from gossip per second, sustained (more are dropped,
-    /// not forwarded, without penalty to the forwarding peer); receipts of one submitter, five times
+    /// not forwarded, without penalty to the forwarding peer); revocations of one submitter, five times
     /// as many. Every offer let through costs every node of the topic, so this bounds what one
     /// submitter, honest or not, can push into the fleet (at 200/s a funded submitter's flood cut a
     /// 5-node testnet's honest throughput to 0.16x; at 50/s to 0.91x: `scripts/bench-flood.sh`).

@@ -31,7 +31,7 @@ type LookupReply = oneshot::Sender<Result<Vec<Multiaddr>, NetError>>;
 const MAX_VERIFYING: usize = 1_024;
 
 /// Of those, from one forwarding peer: a peer that floods cannot take the queue from the others (an
-/// honest submitter publishes its receipts in bursts of a few hundred: a message refused as `Busy` is not
+/// honest submitter publishes its offers in bursts of a few hundred: a message refused as `Busy` is not
 /// delivered again, since gossipsub then drops its other copies as duplicates).
 const MAX_VERIFYING_PER_PEER: usize = 256;
 
@@ -116,7 +116,7 @@ pub(super) struct EventLoop {
     relisten: Vec<(Instant, Multiaddr)>,
     /// What gossip is let through.
     policy: GossipPolicy,
-    /// Offers and receipts per submitter.
+    /// Offers and revocations per submitter.
     limits: Limits,
     /// Messages to the verifier thread, and what it verified.
     to_verify: mpsc::Sender<Verifying>,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fleetmesh_consensus::payment::Payers;
 use fleetmesh_protocol::codec::{self, DecodeError, Message};
-use fleetmesh_protocol::messages::{JobOffer, Receipt, Revocation};
+use fleetmesh_protocol::messages::{JobOffer, Revocation};
 use fleetmesh_protocol::signing::Signable;
 use fleetmesh_protocol::{NodeId, Signed};
 use libp2p::gossipsub;
@@ -19,8 +19,8 @@ use crate::metrics::GossipOutcome;
 /// Clock skew tolerated for messages that claim a creation time.
 const MAX_SKEW_MS: u64 = 30_000;
 
-/// How old a gossiped receipt may be. Receipts are gossiped once, when issued; an older one is a replay
-/// (which would spend its submitter's receipt allowance) and is dropped unread. Together with the skew,
+/// How old a gossiped revocation may be. Revocations are gossiped once, when issued; an older one is a
+/// replay (which would spend its submitter's allowance) and is dropped unread. Together with the skew,
 /// this stays inside gossipsub's duplicate cache ([`DUPLICATE_CACHE`]), so a replay is either a known
 /// duplicate or too old.
 pub const MAX_RECEIPT_AGE_MS: u64 = 60_000;
@@ -34,14 +34,14 @@ pub struct GossipPolicy {
     /// Offers are delivered and forwarded only when one of these payers funds them (`None`: any payer;
     /// for tools and tests that relay without judging).
     pub payers: Option<Payers>,
-    /// Offers one submitter may have delivered per second, sustained (receipts: five times as many).
+    /// Offers one submitter may have delivered per second, sustained (revocations: five times as many).
     pub offers_per_s: f64,
     /// ... and in a burst.
     pub offer_burst: f64,
 }
 
 impl GossipPolicy {
-    /// Relays every valid offer and receipt, at the default rate limit.
+    /// Relays every valid offer and revocation, at the default rate limit.
     pub fn open() -> Self {
         Self {
             payers: None,
@@ -49,7 +49,7 @@ impl GossipPolicy {
         }
     }
 
-    /// Delivers only offers and receipts funded by `payers`, at the rate limits of `cfg`.
+    /// Delivers only offers funded by `payers`, at the rate limits of `cfg`.
     pub fn funded_by(payers: Payers, cfg: &super::config::NetConfig) -> Self {
         Self {
             payers: Some(payers),
@@ -96,34 +96,34 @@ fn decode<T: Signable>(data: &[u8]) -> Result<Signed<T>, GossipOutcome> {
     codec::decode(data).map_err(classify)
 }
 
-/// The rate limits of a node's gossip: offers and receipts per submitter.
+/// The rate limits of a node's gossip: offers and revocations per submitter.
 #[derive(Debug)]
 pub struct Limits {
     offers: RateLimiter,
-    receipts: RateLimiter,
+    revocations: RateLimiter,
 }
 
 impl Limits {
-    /// `policy`'s rate for offers, five times that for receipts.
+    /// `policy`'s rate for offers, five times that for revocations (a caught worker's results are
+    /// revoked together).
     pub fn new(policy: &GossipPolicy) -> Self {
         Self {
             offers: RateLimiter::new(policy.offers_per_s, policy.offer_burst),
-            receipts: RateLimiter::new(5.0 * policy.offers_per_s, 5.0 * policy.offer_burst),
+            revocations: RateLimiter::new(5.0 * policy.offers_per_s, 5.0 * policy.offer_burst),
         }
     }
 
-    /// A submitter's revocations spend its receipt allowance.
     fn of(&mut self, topic: Topic) -> &mut RateLimiter {
         match topic {
             Topic::Offers => &mut self.offers,
-            Topic::Receipts | Topic::Revocations => &mut self.receipts,
+            Topic::Revocations => &mut self.revocations,
         }
     }
 
     fn of_ref(&self, topic: Topic) -> &RateLimiter {
         match topic {
             Topic::Offers => &self.offers,
-            Topic::Receipts | Topic::Revocations => &self.receipts,
+            Topic::Revocations => &self.revocations,
         }
     }
 
@@ -146,7 +146,6 @@ pub struct Unverified {
 #[derive(Debug)]
 enum Decoded {
     Offer(Box<Signed<JobOffer>>),
-    Receipt(Box<Signed<Receipt>>),
     Revocation(Box<Signed<Revocation>>),
 }
 
@@ -165,7 +164,6 @@ impl Unverified {
     pub fn verify(&self) -> Result<(), GossipOutcome> {
         let verified = match &self.message {
             Decoded::Offer(offer) => offer.verify(),
-            Decoded::Receipt(receipt) => receipt.verify(),
             Decoded::Revocation(revocation) => revocation.verify(),
         };
         verified.map_err(|_| GossipOutcome::BadSignature)
@@ -201,7 +199,6 @@ pub fn precheck(
             }
             (o.submitter, Decoded::Offer(Box::new(offer)))
         }
-        // Under the receipts' age rule and allowance.
         Topic::Revocations => {
             let revocation = decode::<Revocation>(data)?;
             fresh(revocation.body.issued_ms, now_ms)?;
@@ -209,17 +206,6 @@ pub fn precheck(
                 revocation.body.submitter,
                 Decoded::Revocation(Box::new(revocation)),
             )
-        }
-        Topic::Receipts => {
-            let receipt = decode::<Receipt>(data)?;
-            fresh(receipt.body.issued_ms, now_ms)?;
-            let (b, submitter) = (&receipt.body.budget.body, receipt.body.claim.body.submitter);
-            if let Some(payers) = &policy.payers
-                && !payers.contains(&b.payer)
-            {
-                return Err(GossipOutcome::Unfunded);
-            }
-            (submitter, Decoded::Receipt(Box::new(receipt)))
         }
     };
     if let Some(l) = limits
@@ -234,7 +220,7 @@ pub fn precheck(
     })
 }
 
-/// Whether a receipt or revocation issued at `issued_ms` may still travel at `now_ms`.
+/// Whether a revocation issued at `issued_ms` may still travel at `now_ms`.
 fn fresh(issued_ms: u64, now_ms: u64) -> Result<(), GossipOutcome> {
     if issued_ms.saturating_add(MAX_RECEIPT_AGE_MS) < now_ms || issued_ms > now_ms.saturating_add(MAX_SKEW_MS)
     {

@@ -39,8 +39,6 @@ pub const IDENTIFY_VERSION: &str = "/fleetmesh/1.0.0";
 pub enum Topic {
     /// Signed job offers.
     Offers,
-    /// Co-signed receipts.
-    Receipts,
     /// Revocations of receipts whose worker was caught lying later (a topic of their own, so that nodes
     /// that predate them never receive a message kind they do not know).
     Revocations,
@@ -48,13 +46,12 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic a node subscribes to.
-    pub const ALL: [Topic; 3] = [Topic::Offers, Topic::Receipts, Topic::Revocations];
+    pub const ALL: [Topic; 2] = [Topic::Offers, Topic::Revocations];
 
     /// The gossipsub topic name.
     pub fn name(self) -> &'static str {
         match self {
             Topic::Offers => "fleetmesh/offers/v1",
-            Topic::Receipts => "fleetmesh/receipts/v1",
             Topic::Revocations => "fleetmesh/revocations/v1",
         }
     }
@@ -147,7 +144,7 @@ pub struct NetStatus {
     /// Their peer ids.
     pub routing_table: Vec<PeerId>,
     /// Connected peers known to subscribe to every fleetmesh gossip topic (the fewest over the topics):
-    /// those a published offer or receipt reaches directly.
+    /// those a published offer or revocation reaches directly.
     pub topic_peers: usize,
     /// Peers in this node's gossip mesh (the fewest over the topics): those it forwards messages to.
     pub mesh_peers: usize,
@@ -376,6 +373,11 @@ pub fn start(
                 // Peers' records are stored only after the node's own checks (records::on_inbound).
                 kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
                 kad_cfg.set_record_ttl(Some(records::ROOT_TTL));
+                // Each node publishes its own roots again (a root first published while it had few
+                // peers reaches the rest, and stays while its publisher lives); nobody re-replicates
+                // others' records, whose number grows with the fleet.
+                kad_cfg.set_publication_interval(Some(records::REPUBLISH));
+                kad_cfg.set_replication_interval(None);
                 let store_cfg = kad::store::MemoryStoreConfig {
                     max_records: records::MAX_RECORDS,
                     ..Default::default()

@@ -16,6 +16,9 @@ use tracing::debug;
 /// How long a published root stays in the DHT: claims can be checked for epochs this recent.
 pub const ROOT_TTL: Duration = Duration::from_secs(36 * 3600);
 
+/// How often a node publishes its own records again.
+pub const REPUBLISH: Duration = Duration::from_secs(3600);
+
 /// Most records a node stores for others (roots are ~200 bytes).
 pub const MAX_RECORDS: usize = 16_384;
 
