@@ -13,7 +13,9 @@
 # TESTNET_DIR (default ./testnet), TESTNET_PORT (first P2P port, default 4100),
 # TESTNET_API_PORT (first API port, default 7700), TESTNET_CAR (each node's vehicle source: none (default),
 # simulated (a commuter car per node, seeded by its number, clock from TESTNET_CLOCK, default "tue 01:00", at
-# TESTNET_SPEED simulated seconds per second, default 60) or external (POST /v1/vehicle to each node's API)).
+# TESTNET_SPEED simulated seconds per second, default 60) or external (POST /v1/vehicle to each node's API)),
+# TESTNET_EPOCH_SECS (each node's [jobs] epoch_secs: how soon its receipts are sealed under a published
+# root, which balance claims are checked against; default: the node's own default, 600).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -77,6 +79,10 @@ start() {
             [[ "$speed" =~ ^[0-9]+\.[0-9]+$ ]] || die "TESTNET_SPEED must be a number such as 60 or 0.5, got '$speed'"
             printf '[car]\nsource = "%s"\nseed = %s\nsim_start = "%s"\nsim_speed = %s\n' \
                 "$car" "$i" "${TESTNET_CLOCK:-tue 01:00}" "$speed" > "$home/fleetmesh.toml"
+        fi
+        if [ -n "${TESTNET_EPOCH_SECS:-}" ]; then
+            [[ "$TESTNET_EPOCH_SECS" =~ ^[0-9]+$ ]] || die "TESTNET_EPOCH_SECS must be a whole number of seconds"
+            printf '[jobs]\nepoch_secs = %s\n' "$TESTNET_EPOCH_SECS" >> "$home/fleetmesh.toml"
         fi
         local args=(--home "$home" run --listen "/ip4/127.0.0.1/tcp/$port" --listen "/ip4/127.0.0.1/udp/$port/quic-v1"
             --api "127.0.0.1:$api" --kad-mode server --public --payer "$payer" --budget "$home/budget"

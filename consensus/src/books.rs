@@ -84,7 +84,7 @@ impl Tree {
     /// The root ([`empty_root`] for no leaves).
     pub fn root(&self) -> Hash {
         match self.levels.last().and_then(|l| l.first()) {
-            Some(root) if self.len() > 0 => *root,
+            Some(root) if !self.is_empty() => *root,
             _ => empty_root(),
         }
     }
@@ -147,7 +147,9 @@ pub fn seal(
             leaves.insert(leaf(&r), r);
         }
     }
-    let count = u32::try_from(leaves.len()).ok().filter(|n| *n <= MAX_EPOCH_RECEIPTS)?;
+    let count = u32::try_from(leaves.len())
+        .ok()
+        .filter(|n| *n <= MAX_EPOCH_RECEIPTS)?;
     let root = Tree::new(leaves.keys().copied().collect()).root();
     let body = EpochRoot {
         node,
@@ -358,11 +360,7 @@ impl ClaimCheck {
             node: self.claimant,
             epochs: self.epochs.len(),
             receipts: self.receipts.len(),
-            balance: ledger
-                .balances
-                .get(&self.claimant)
-                .copied()
-                .unwrap_or_default(),
+            balance: ledger.balances.get(&self.claimant).copied().unwrap_or_default(),
             span,
         })
     }
@@ -389,7 +387,10 @@ mod tests {
             }
             for (i, leaf) in l.iter().enumerate() {
                 let path = tree.path(i).unwrap();
-                assert!(verify_path(leaf, i as u32, n as u32, &path, &tree.root()), "n={n} i={i}");
+                assert!(
+                    verify_path(leaf, i as u32, n as u32, &path, &tree.root()),
+                    "n={n} i={i}"
+                );
                 // Another index, another leaf, a path one hash short or long, an index past the end: refused.
                 if n > 1 {
                     let other = (i as u32 + 1) % n as u32;

@@ -101,10 +101,7 @@ fn pages(root: &Signed<EpochRoot>, leaves: &[Signed<Receipt>]) -> Vec<ClaimPage>
 }
 
 /// Checks the pages against `published` and finishes the claim.
-fn check(
-    pages: &[ClaimPage],
-    published: &[&Signed<EpochRoot>],
-) -> Result<books::VerifiedClaim, ClaimError> {
+fn check(pages: &[ClaimPage], published: &[&Signed<EpochRoot>]) -> Result<books::VerifiedClaim, ClaimError> {
     let mut claim = ClaimCheck::new(key(WORKER).node_id());
     let published: Vec<Signed<EpochRoot>> = published.iter().map(|r| (*r).clone()).collect();
     for page in pages {
@@ -145,7 +142,10 @@ fn a_receipt_missing_from_the_root_is_refused() {
         path: pages[1].entries[0].path.clone(),
     };
     pages[1].entries.push(extra);
-    assert!(matches!(check(&pages, &[&root]), Err(ClaimError::NotInRoot { .. })));
+    assert!(matches!(
+        check(&pages, &[&root]),
+        Err(ClaimError::NotInRoot { .. })
+    ));
     let bytes = fleetmesh_protocol::codec::encode(&pages[1]);
     assert!(fleetmesh_protocol::codec::decode::<ClaimPage>(&bytes).is_err());
 }
@@ -199,7 +199,11 @@ fn pages_must_be_whole_in_order_and_the_claimants() {
     let (root, pages) = sealed(0, &all);
     assert!(matches!(
         check(&pages[..1], &[&root]),
-        Err(ClaimError::Incomplete { shown: 256, receipts: 301, .. })
+        Err(ClaimError::Incomplete {
+            shown: 256,
+            receipts: 301,
+            ..
+        })
     ));
     assert!(matches!(
         check(&[pages[0].clone(), pages[0].clone()], &[&root]),
@@ -211,7 +215,11 @@ fn pages_must_be_whole_in_order_and_the_claimants() {
     ));
     // Someone else's receipt, or one from another epoch, under a root the claimant signed.
     for stranger in [receipt(7, 2, 7_000, 100), receipt(WORKER, 2, 7_001, EPOCH_MS + 5)] {
-        let mut leaves: Vec<_> = all.iter().filter(|r| r.body.issued_ms < EPOCH_MS).cloned().collect();
+        let mut leaves: Vec<_> = all
+            .iter()
+            .filter(|r| r.body.issued_ms < EPOCH_MS)
+            .cloned()
+            .collect();
         leaves.push(stranger);
         let body = EpochRoot {
             node: key(WORKER).node_id(),

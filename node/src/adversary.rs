@@ -22,8 +22,8 @@ pub enum WorkerBehaviour {
     Lazy,
     /// Accepts assignments and never answers.
     Silent,
-    /// Runs jobs honestly and also gossips a receipt for each, with a forged countersignature, claiming a
-    /// second job that never happened.
+    /// Runs jobs honestly and also hands its submitter a receipt for each, with a forged countersignature,
+    /// claiming a second job that never happened (refused: not signed by the peer that sent it).
     ReceiptForger,
 }
 

@@ -378,9 +378,7 @@ async fn check_claim(
     use crate::jobs::books::CheckError;
     match s.jobs.check_claim(node, q.from_ms.unwrap_or(0)).await {
         Ok(claim) => Json(claim).into_response(),
-        Err(e @ (CheckError::Refused(_) | CheckError::TooLong)) => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, e)
-        }
+        Err(e @ (CheckError::Refused(_) | CheckError::TooLong)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
         Err(e @ CheckError::Own) => error(StatusCode::BAD_REQUEST, e),
         Err(e @ (CheckError::Unreachable { .. } | CheckError::Malformed { .. })) => {
             error(StatusCode::BAD_GATEWAY, e)

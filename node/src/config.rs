@@ -319,7 +319,7 @@ random_walk_secs = {walk}
 idle_timeout_secs = {idle}
 # Largest request accepted over request-response, in bytes.
 max_request_bytes = {maxreq}
-# Offers of one submitter taken from gossip per second, and at once (receipts: five times as many); more
+# Offers of one submitter taken from gossip per second, and at once (revocations: five times as many); more
 # are dropped and not forwarded.
 offers_per_submitter_per_s = 50.0
 offer_burst_per_submitter = 250.0
@@ -357,6 +357,9 @@ payers = []
 # Budget files (`fleetmesh budget issue`, by a payer) this node pays its own jobs from (empty: it cannot
 # submit). `fleetmesh run --budget FILE` adds one.
 budgets = []
+# Epoch length (s): once an epoch has ended (plus up to a minute for late receipts), this node seals its
+# receipts of it under a signed Merkle root in the DHT, against which anyone can check its balance claim.
+epoch_secs = {epoch}
 
 [car]
 # Where the vehicle state comes from: "none" (not a car: always admitted), "simulated" (a commuter car on a
@@ -422,6 +425,7 @@ offpeak_hours = {offpeak_hours:?}
             spot = d.jobs.spot_check,
             explore = d.jobs.explore,
             probation = d.jobs.probation_hours,
+            epoch = d.jobs.epoch_secs,
             seed = d.car.seed,
             sim_start = d.car.sim_start,
             sim_speed = d.car.sim_speed,

@@ -107,6 +107,8 @@ pub struct Store {
     roots: sled::Tree,
     /// Sealed epochs' receipts by (start, leaf index), in leaf order.
     leaves: sled::Tree,
+    /// Receipts this node issued that their worker has not acknowledged yet, by (job, worker).
+    undelivered: sled::Tree,
 }
 
 /// Key (in the roots tree) of the end of the last epoch sealed.
@@ -169,6 +171,7 @@ impl Store {
             rechecks: tree("rechecks")?,
             roots: tree("roots")?,
             leaves: tree("leaves")?,
+            undelivered: tree("undelivered")?,
             db,
             path,
         })
@@ -368,19 +371,45 @@ impl Store {
         self.decoded(&self.revocations, |r: &Signed<Revocation>| r.verify().is_ok())
     }
 
+    /// Notes that `receipt` still has to reach its worker.
+    pub fn put_undelivered(&self, receipt: &Signed<Receipt>) -> Result<(), StoreError> {
+        let claim = &receipt.body.claim.body;
+        self.undelivered
+            .insert(receipt_key(&claim.job, &claim.worker), &[])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Notes that the receipt of (`job`, `worker`) reached its worker (or never will).
+    pub fn remove_undelivered(&self, job: &JobId, worker: &NodeId) -> Result<(), StoreError> {
+        self.remove(&self.undelivered, &receipt_key(job, worker))
+    }
+
+    /// The (job, worker) of every receipt not acknowledged by its worker yet.
+    pub fn undelivered(&self) -> Vec<(JobId, NodeId)> {
+        self.undelivered
+            .iter()
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|k| {
+                let job = JobId::from_bytes(k.get(..32)?.try_into().ok()?);
+                let worker = NodeId::from_public_key_bytes(k.get(32..64)?.try_into().ok()?).ok()?;
+                Some((job, worker))
+            })
+            .collect()
+    }
+
     // ------------------------------------------------------------ sealed epochs
 
     /// Stores a sealed epoch: its receipts in leaf order, then its root (so a stored root always has all
     /// its leaves), then how far sealing has come. An epoch is sealed once and never changes.
-    pub fn put_sealed(
-        &self,
-        root: &Signed<EpochRoot>,
-        leaves: &[Signed<Receipt>],
-    ) -> Result<(), StoreError> {
+    pub fn put_sealed(&self, root: &Signed<EpochRoot>, leaves: &[Signed<Receipt>]) -> Result<(), StoreError> {
         let start = root.body.start_ms.to_be_bytes();
         for (i, r) in leaves.iter().enumerate() {
             let key = [start.as_slice(), &(i as u32).to_be_bytes()].concat();
-            self.leaves.insert(key, codec::encode(r)).map_err(|e| self.err(e))?;
+            self.leaves
+                .insert(key, codec::encode(r))
+                .map_err(|e| self.err(e))?;
         }
         self.roots
             .insert(start, codec::encode(root))

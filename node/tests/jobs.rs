@@ -150,8 +150,14 @@ async fn a_hundred_jobs_are_verified_and_equal_local_inference() {
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    assert_eq!((claim.credit, claim.energy_uwh), (expected.credit, expected.energy_uwh));
-    assert!(claim.epochs >= 1 && claim.receipts as u64 >= expected.jobs, "{claim:?}");
+    assert_eq!(
+        (claim.credit, claim.energy_uwh),
+        (expected.credit, expected.energy_uwh)
+    );
+    assert!(
+        claim.epochs >= 1 && claim.receipts as u64 >= expected.jobs,
+        "{claim:?}"
+    );
     assert_eq!(checker.checked_claims().len(), 1);
     for (_, cancel) in &nodes {
         cancel.cancel();

@@ -64,6 +64,11 @@ fn port_base(range_start: u16) -> u16 {
     range_start + (std::process::id() % 1_000) as u16 * 10
 }
 
+/// The loopback address of a local API port.
+fn api_addr_of(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
 /// Runs scripts/testnet.sh with this test's binary, folder and ports.
 fn testnet(dir: &Path, p2p: u16, api: u16, args: &[&str]) -> std::process::Output {
     Command::new("bash")
@@ -73,6 +78,8 @@ fn testnet(dir: &Path, p2p: u16, api: u16, args: &[&str]) -> std::process::Outpu
         .env("TESTNET_DIR", dir)
         .env("TESTNET_PORT", p2p.to_string())
         .env("TESTNET_API_PORT", api.to_string())
+        // Receipts sealed under published roots within seconds, so that claims can be checked.
+        .env("TESTNET_EPOCH_SECS", "2")
         .output()
         .unwrap()
 }
@@ -173,6 +180,34 @@ fn jobs_submitted_over_the_local_api_are_verified_by_other_processes() {
             "{car}"
         );
         assert_eq!(car["jobs_computed"], 1, "{car}");
+        // Another node checks the worker's claim against the roots it published in the DHT, as a
+        // payer would: its one job, confirmed from the receipt, its inclusion path and the root.
+        let worker_id = get_json(worker, "/v1/status").unwrap()["node_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let check = ["earnings", "--api", &api_addr_of(api + 2), "--check", &worker_id];
+        let confirmed = poll(Duration::from_secs(20), || {
+            let out = fleetmesh(home.path(), &check);
+            let line = String::from_utf8_lossy(&out.stdout).to_string();
+            (out.status.success() && line.contains(": 1 jobs")).then_some(line)
+        });
+        assert!(confirmed.is_some(), "the worker's claim was not confirmed");
+        let rows = get_json(api + 2, "/v1/earnings").unwrap();
+        assert!(
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["source"] == "checked claim" && r["node"] == worker_id.as_str() && r["jobs"] == 1),
+            "{rows}"
+        );
+        // A mistaken id is one clear line and a non-zero exit.
+        let out = fleetmesh(
+            home.path(),
+            &["earnings", "--api", &api_addr_of(api), "--check", "nope"],
+        );
+        assert!(!out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
 
         // The CLI submits a batch file through the same API, one job per row.
         let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/digits/sample.csv");

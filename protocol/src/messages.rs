@@ -741,15 +741,19 @@ pub struct ClaimPage {
 
 impl Message for ClaimPage {
     const KIND: Kind = Kind::ClaimPage;
-    const MAX_LEN: usize =
-        <Signed<EpochRoot> as Message>::MAX_LEN + 16 + MAX_CLAIM_PAGE * (<Signed<Receipt> as Message>::MAX_LEN + 8 + 32 * MAX_PATH);
+    const MAX_LEN: usize = <Signed<EpochRoot> as Message>::MAX_LEN
+        + 16
+        + MAX_CLAIM_PAGE * (<Signed<Receipt> as Message>::MAX_LEN + 8 + 32 * MAX_PATH);
 
     fn validate(&self) -> Result<(), DecodeError> {
         self.root.validate()?;
         if self.entries.len() > MAX_CLAIM_PAGE
             || self.first as u64 + self.entries.len() as u64 > self.root.body.receipts as u64
         {
-            return Err(DecodeError::invalid(Self::KIND, "entries beyond the epoch's receipts"));
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "entries beyond the epoch's receipts",
+            ));
         }
         for e in &self.entries {
             e.receipt.validate()?;

@@ -211,16 +211,16 @@ fuzz_signed_kind!(
     key(2)
 );
 
-fuzz_signed_kind!(
-    epoch_root,
-    EpochRoot,
-    arb_epoch_root(key(1).node_id()),
-    key(1)
-);
+fuzz_signed_kind!(epoch_root, EpochRoot, arb_epoch_root(key(1).node_id()), key(1));
 
 #[test]
 fn claim_messages() {
-    fuzz::<ClaimRequest>(samples(arb_claim_request(), 8).iter().map(codec::encode).collect());
+    fuzz::<ClaimRequest>(
+        samples(arb_claim_request(), 8)
+            .iter()
+            .map(codec::encode)
+            .collect(),
+    );
     fuzz::<ClaimPage>(
         samples(arb_claim_page(key(1), key(2)), 8)
             .iter()

@@ -1,15 +1,16 @@
-//! This node's books ([`fleetmesh_consensus::books`]): once an epoch has ended (and a grace for late
-//! receipts has passed), the receipts it is party to from that epoch are sealed under a signed Merkle root,
-//! stored, and published in the DHT; the pages of its claim (receipts with inclusion paths) are served to
-//! anyone who asks; and another node's claim is checked page by page against the roots that node
-//! published, then kept for the API.
+//! This node's books ([`fleetmesh_consensus::books`]): each receipt it issues goes to its worker (and to
+//! nobody else), again until the worker has it stored; once an epoch has ended (and a grace for late
+//! receipts has passed), the receipts it is party to from that epoch are sealed under a signed Merkle
+//! root, stored, and published in the DHT; the pages of its claim (receipts with inclusion paths) are
+//! served to anyone who asks; and another node's claim is checked page by page against the roots that
+//! node published, then kept for the API.
 
 use std::collections::{BTreeMap, HashMap};
 
 use fleetmesh_consensus::books::{self, ClaimCheck, ClaimError, Tree};
 use fleetmesh_protocol::codec::{self, Kind};
 use fleetmesh_protocol::messages::{
-    ClaimEntry, ClaimPage, ClaimRequest, EpochRoot, MAX_CLAIM_PAGE, Receipt, Reply,
+    ClaimEntry, ClaimPage, ClaimRequest, EpochRoot, MAX_CLAIM_PAGE, Receipt, Reply, ReplyCode,
 };
 use fleetmesh_protocol::{NodeId, Signed};
 use serde::Serialize;
@@ -85,32 +86,158 @@ pub(super) struct Checked {
     order: std::collections::VecDeque<NodeId>,
 }
 
-/// When epochs are next looked at for sealing.
+/// Waits before each try to hand a receipt to its worker: a worker that restarts or loses its link for
+/// up to two minutes gets it from these tries; later, from the sweep every [`REDELIVER_EVERY_MS`].
+const DELIVERY_BACKOFF_S: [u64; 5] = [0, 2, 10, 30, 60];
+/// How often receipts their workers have not acknowledged are sent again (also once after a start).
+const REDELIVER_EVERY_MS: u64 = 5 * 60_000;
+/// Most receipts sent again per sweep.
+const REDELIVER_AT_ONCE: usize = 256;
+/// A receipt older than this is not sent again (its worker has been away for a day).
+const REDELIVER_FOR_MS: u64 = 24 * 3_600_000;
+
+/// The books' upkeep: when epochs are next sealed and receipts next sent again, and what is under way.
 #[derive(Default)]
-pub(super) struct Sealing {
-    next_ms: u64,
-    running: bool,
+pub(super) struct Upkeep {
+    next_seal_ms: u64,
+    sealing: bool,
     /// Whether the roots of earlier runs were published again since this node started.
     republished: bool,
+    next_redeliver_ms: u64,
+    /// Receipts on their way to their workers, by (job, worker).
+    delivering: std::collections::HashSet<(fleetmesh_protocol::JobId, NodeId)>,
 }
 
 impl Jobs {
+    /// Sends a receipt this node issued to its worker until the worker acknowledges it (stored on its
+    /// side) or refuses it; then it is no longer owed. A receipt already on its way is not sent twice.
+    pub(super) fn deliver(&self, receipt: Signed<Receipt>) {
+        let (job, worker) = (receipt.body.claim.body.job, receipt.body.claim.body.worker);
+        if !lock(&self.inner.upkeep).delivering.insert((job, worker)) {
+            return;
+        }
+        let this = self.clone();
+        self.spawn(async move {
+            let delivered = this.try_deliver(&receipt).await;
+            if delivered
+                && let Err(e) = this
+                    .inner
+                    .store
+                    .off_thread(move |s| s.remove_undelivered(&job, &worker))
+                    .await
+            {
+                warn!(error = %e, "cannot note a receipt delivered");
+            }
+            lock(&this.inner.upkeep).delivering.remove(&(job, worker));
+        });
+    }
+
+    /// Whether the worker took (`true`) or refused the receipt; `false` if it could not be reached.
+    async fn try_deliver(&self, receipt: &Signed<Receipt>) -> bool {
+        let (job, worker) = (receipt.body.claim.body.job, receipt.body.claim.body.worker);
+        let data = codec::encode(receipt);
+        for wait in DELIVERY_BACKOFF_S {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+                _ = self.inner.stopping.cancelled() => return false,
+            }
+            match self
+                .inner
+                .net
+                .request(net::peer_id_of(&worker), data.clone())
+                .await
+            {
+                Ok(answer) => match codec::decode::<Reply>(&answer) {
+                    Ok(Reply {
+                        code: ReplyCode::Accepted,
+                        ..
+                    }) => return true,
+                    Ok(Reply {
+                        code: ReplyCode::Busy,
+                        detail,
+                    }) => debug!(job = %job.short(), %detail, "the worker cannot take its receipt yet"),
+                    Ok(Reply { detail, .. }) => {
+                        warn!(job = %job.short(), worker = %worker.short(), %detail, "the worker refused its receipt");
+                        return true;
+                    }
+                    Err(e) => debug!(job = %job.short(), error = %e, "unreadable answer to a receipt"),
+                },
+                Err(e) => {
+                    debug!(job = %job.short(), worker = %worker.short(), error = %e, "receipt not delivered yet")
+                }
+            }
+        }
+        debug!(job = %job.short(), worker = %worker.short(), "receipt not delivered; sent again later");
+        false
+    }
+
+    /// Sends again the receipts their workers have not acknowledged (at most [`REDELIVER_AT_ONCE`]),
+    /// forgetting those older than [`REDELIVER_FOR_MS`].
+    pub(super) fn maybe_redeliver(&self, now: u64) {
+        {
+            let mut u = lock(&self.inner.upkeep);
+            if now < u.next_redeliver_ms {
+                return;
+            }
+            let first = u.next_redeliver_ms == 0;
+            // The first sweep comes shortly after a start, when peers are connected again.
+            u.next_redeliver_ms = now + if first { 20_000 } else { REDELIVER_EVERY_MS };
+            if first {
+                return;
+            }
+        }
+        let this = self.clone();
+        self.spawn(async move {
+            let store = this.inner.store.clone();
+            let Ok(owed) = store.off_thread(|s| Ok(s.undelivered())).await else {
+                return;
+            };
+            let (mut resend, mut stale) = (Vec::new(), Vec::new());
+            {
+                let book = this.book();
+                for key in owed {
+                    match book.receipts.get(&key) {
+                        Some(r) if r.body.issued_ms + REDELIVER_FOR_MS > now => {
+                            if resend.len() < REDELIVER_AT_ONCE {
+                                resend.push(r.clone());
+                            }
+                        }
+                        _ => stale.push(key),
+                    }
+                }
+            }
+            if !stale.is_empty() {
+                let _ = store
+                    .off_thread(move |s| {
+                        for (job, worker) in &stale {
+                            s.remove_undelivered(job, worker)?;
+                        }
+                        Ok(())
+                    })
+                    .await;
+            }
+            for r in resend {
+                this.deliver(r);
+            }
+        });
+    }
+
     /// Looks for epochs to seal, at most every quarter epoch (between 0.5 and 10 s): on a task of its
     /// own, one at a time.
     pub(super) fn maybe_seal(&self, now: u64) {
         let again = {
-            let mut s = lock(&self.inner.sealing);
-            if s.running || now < s.next_ms {
+            let mut u = lock(&self.inner.upkeep);
+            if u.sealing || now < u.next_seal_ms {
                 return;
             }
-            s.running = true;
-            s.next_ms = now + (self.inner.cfg.epoch_ms / 4).clamp(500, 10_000);
-            !std::mem::replace(&mut s.republished, true)
+            u.sealing = true;
+            u.next_seal_ms = now + (self.inner.cfg.epoch_ms / 4).clamp(500, 10_000);
+            !std::mem::replace(&mut u.republished, true)
         };
         let this = self.clone();
         self.spawn(async move {
             this.seal_and_publish(again).await;
-            lock(&this.inner.sealing).running = false;
+            lock(&this.inner.upkeep).sealing = false;
         });
     }
 
@@ -145,7 +272,10 @@ impl Jobs {
         let mut roots = Vec::new();
         for (start, receipts) in due {
             let Some((body, leaves)) = books::seal(me, start..start + epoch_ms, receipts) else {
-                warn!(start, "too many receipts in one epoch to seal: shorten jobs.epoch_secs");
+                warn!(
+                    start,
+                    "too many receipts in one epoch to seal: shorten jobs.epoch_secs"
+                );
                 continue;
             };
             let root = match Signed::sign(body, &self.inner.key) {
@@ -191,7 +321,13 @@ impl Jobs {
         }
         for root in roots {
             let key = records::root_key(&root.body.node, root.body.start_ms);
-            if self.inner.net.put_record(key, codec::encode(&root)).await.is_err() {
+            if self
+                .inner
+                .net
+                .put_record(key, codec::encode(&root))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -210,7 +346,10 @@ impl Jobs {
         };
         let leaves = store.sealed_leaves(root.body.start_ms);
         if leaves.len() != root.body.receipts as usize {
-            warn!(start = root.body.start_ms, "a sealed epoch's receipts cannot be read back");
+            warn!(
+                start = root.body.start_ms,
+                "a sealed epoch's receipts cannot be read back"
+            );
             return refuse("this epoch cannot be read now");
         }
         let first = req.first as usize;
@@ -253,7 +392,10 @@ impl Jobs {
                 return Err(CheckError::TooLong);
             }
             pages += 1;
-            let request = codec::encode(&ClaimRequest { after_ms: after, first });
+            let request = codec::encode(&ClaimRequest {
+                after_ms: after,
+                first,
+            });
             let answer = net
                 .request(peer, request)
                 .await
@@ -276,17 +418,20 @@ impl Jobs {
             if start < after {
                 return Err(malformed(format!("answered epoch {start}, before {after}")));
             }
-            if !published.contains_key(&start) {
-                let found = net
-                    .get_record(records::root_key(&node, start))
-                    .await
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|v| codec::decode::<Signed<EpochRoot>>(v).ok())
-                    .collect();
-                published.insert(start, found);
-            }
-            check.add_page(&page, &published[&start])?;
+            let roots = match published.entry(start) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let found = net
+                        .get_record(records::root_key(&node, start))
+                        .await
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|v| codec::decode::<Signed<EpochRoot>>(v).ok())
+                        .collect();
+                    e.insert(found)
+                }
+            };
+            check.add_page(&page, roots)?;
             (after, first) = match check.next_leaf(start) {
                 Some(next) => (start, next),
                 None => (page.root.body.end_ms, 0),

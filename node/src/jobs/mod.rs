@@ -3,14 +3,17 @@
 //! plans no workers, holds no bid window and computes no credit itself), and the worker role bids, runs,
 //! commits and reveals.
 //!
-//! Offers and receipts travel by gossip; bids, assignments, commits, reveal requests and withdrawals by
-//! request-response. Every request must come from the peer whose key signed it.
+//! Offers and revocations travel by gossip; bids, assignments, commits, reveal requests, withdrawals and
+//! receipts (to their worker only) by request-response. Every request must come from the peer whose key
+//! signed it.
 //!
 //! - [`submitter`](self::submitter): offering jobs and carrying out the submitter core's actions.
 //! - [`worker`](self::worker): bidding, computing, committing, revealing, handing work back.
 //! - [`requests`](self::requests): gossip and request dispatch.
 //! - [`recovery`](self::recovery): what the store holds, picked up after a restart.
 //! - [`revision`](self::revision): lies undone after the fact (revocations, rechecks, revised verdicts).
+//! - [`books`](self::books): receipts delivered to their workers, sealed per epoch under published roots,
+//!   and balance claims served and checked.
 //! - [`views`](self::views): what the local API shows (jobs, receipts, earnings).
 
 pub mod books;
@@ -428,8 +431,8 @@ struct Inner {
     book: Mutex<ReceiptBook>,
     /// Receipts from submitters on their way to the store, written by the receipt writer thread.
     receipts: ReceiptWriter,
-    /// When epochs are next looked at for sealing, and whether a sealing runs.
-    sealing: Mutex<books::Sealing>,
+    /// When epochs are next sealed and receipts next sent again, and what is under way.
+    upkeep: Mutex<books::Upkeep>,
     /// Other nodes' claims this node checked.
     checked: Mutex<books::Checked>,
     /// Held across one submission with an idempotency key (outside the three locks above, which it
@@ -530,7 +533,7 @@ impl Jobs {
                 worker: Mutex::new(WorkerSide::default()),
                 book: Mutex::new(ReceiptBook::default()),
                 receipts,
-                sealing: Mutex::new(books::Sealing::default()),
+                upkeep: Mutex::new(books::Upkeep::default()),
                 checked: Mutex::new(books::Checked::default()),
                 keyed: tokio::sync::Mutex::new(()),
                 // Empty at start: peers keep this submitter's bucket across its restart.
@@ -582,6 +585,7 @@ impl Jobs {
         let actions = self.submitter().core.on_tick(now);
         self.act_all(actions);
         self.maybe_seal(now);
+        self.maybe_redeliver(now);
         let counts = self.submitted_counts();
         let m = &self.inner.metrics;
         for (name, n) in [

@@ -584,7 +584,7 @@ impl Jobs {
     }
 
     /// A decided job: countersigns its receipts and stores them with the verdict off the async threads,
-    /// flushes, then wakes the waiters and gossips the receipts.
+    /// flushes, then wakes the waiters and sends each receipt to its worker.
     fn finish(&self, job: JobId, result: JobResult, bodies: Vec<Receipt>) {
         let outcome = match &result.outcome {
             Outcome::Accepted { .. } => "accepted",
@@ -638,7 +638,7 @@ impl Jobs {
                 }
                 let mut stored = true;
                 for r in &receipts {
-                    if let Err(e) = store.put_receipt(r) {
+                    if let Err(e) = store.put_receipt(r).and_then(|_| store.put_undelivered(r)) {
                         warn!(job = %job.short(), error = %e, "cannot store a receipt");
                         stored = false;
                     }
@@ -688,41 +688,8 @@ impl Jobs {
                 return;
             }
             for r in receipts {
-                this.spawn(deliver(this.inner.net.clone(), r));
+                this.deliver(r);
             }
         });
     }
-}
-
-/// Waits before each try to hand a receipt to its worker: a worker that restarts or loses its link for
-/// up to two minutes still gets it.
-const DELIVERY_BACKOFF_S: [u64; 5] = [0, 2, 10, 30, 60];
-
-/// Sends a receipt to its worker until the worker acknowledges it (stored on its side) or refuses it.
-async fn deliver(net: net::NetClient, receipt: Signed<Receipt>) {
-    let worker = receipt.body.claim.body.worker;
-    let job = receipt.body.claim.body.job;
-    let data = codec::encode(&receipt);
-    for wait in DELIVERY_BACKOFF_S {
-        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
-        match net.request(net::peer_id_of(&worker), data.clone()).await {
-            Ok(answer) => match codec::decode::<Reply>(&answer) {
-                Ok(Reply {
-                    code: ReplyCode::Accepted,
-                    ..
-                }) => return,
-                Ok(Reply {
-                    code: ReplyCode::Busy,
-                    detail,
-                }) => debug!(job = %job.short(), %detail, "the worker cannot take its receipt yet"),
-                Ok(Reply { detail, .. }) => {
-                    warn!(job = %job.short(), worker = %worker.short(), %detail, "the worker refused its receipt");
-                    return;
-                }
-                Err(e) => debug!(job = %job.short(), error = %e, "unreadable answer to a receipt"),
-            },
-            Err(e) => debug!(job = %job.short(), worker = %worker.short(), error = %e, "receipt not delivered yet"),
-        }
-    }
-    warn!(job = %job.short(), worker = %worker.short(), "receipt not delivered: the worker can ask for it with its claim");
 }

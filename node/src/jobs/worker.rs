@@ -503,7 +503,7 @@ impl Jobs {
             .await
             .is_err()
         {
-            debug!("stopping before every gossiped receipt was written");
+            debug!("stopping before every received receipt was written");
         }
         if let Err(e) = self.inner.store.flush().await {
             warn!(error = %e, "cannot flush the store while stopping");

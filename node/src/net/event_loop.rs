@@ -427,12 +427,21 @@ impl EventLoop {
             }
             Command::PutRecord { key, value } => {
                 let record = kad::Record::new(kad::RecordKey::new(&key), value);
-                if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
                     warn!(error = %e, "cannot publish a DHT record");
                 }
             }
             Command::GetRecord { key, reply } => {
-                let id = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(kad::RecordKey::new(&key));
                 self.pending_records.start(id, reply);
             }
             Command::Status { reply } => {

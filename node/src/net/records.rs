@@ -57,8 +57,7 @@ pub(super) fn on_inbound(kad: &mut kad::Behaviour<kad::store::MemoryStore>, requ
             }
         }
         kad::InboundRequest::AddProvider {
-            record: Some(record),
-            ..
+            record: Some(record), ..
         } => {
             if let Err(e) = kad.store_mut().add_provider(record) {
                 debug!(error = %e, "provider record not stored");
@@ -68,9 +67,12 @@ pub(super) fn on_inbound(kad: &mut kad::Behaviour<kad::store::MemoryStore>, requ
     }
 }
 
-/// Record lookups in flight: the values found so far and who waits for them.
+/// Values found so far by one lookup, and who waits for them.
+type Lookup = (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>);
+
+/// Record lookups in flight.
 #[derive(Default)]
-pub(super) struct Lookups(HashMap<kad::QueryId, (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>)>);
+pub(super) struct Lookups(HashMap<kad::QueryId, Lookup>);
 
 impl Lookups {
     pub(super) fn start(&mut self, id: kad::QueryId, reply: oneshot::Sender<Vec<Vec<u8>>>) {
