@@ -9,6 +9,8 @@
 //!   group of workers forms a quorum.
 //! - [`trust`]: reputation from verdicts, and adaptive replication (how many replicas a job gets).
 //! - [`ledger`]: credit balances as a pure function of a set of co-signed receipts.
+//! - [`directory`]: the capacity directory: offer shard topics, who is in each (DHT provider keys), and
+//!   how many shards there are.
 //! - [`books`]: receipts kept by their parties, sealed per epoch under signed Merkle roots, and balance
 //!   claims checked from receipts, inclusion paths and the published roots.
 //! - [`payment`]: who pays (payer budgets), numbering of a budget's receipts, fraud proofs.
@@ -20,6 +22,7 @@
 
 pub mod assign;
 pub mod books;
+pub mod directory;
 pub mod job;
 pub mod ledger;
 pub mod payment;

@@ -22,6 +22,8 @@ pub enum GossipOutcome {
     Expired,
     /// A topic this node does not serve.
     UnknownTopic,
+    /// An offer on the shard topic of another model (penalised: it costs the shard's members).
+    WrongShard,
     /// An offer no payer this node honours funds (dropped, not forwarded, no penalty).
     Unfunded,
     /// An offer over its submitter's rate limit (dropped, not forwarded, no penalty).

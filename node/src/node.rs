@@ -167,6 +167,8 @@ pub async fn start_with(
     tokio::task::spawn_blocking(move || resumer.resume())
         .await
         .map_err(|e| NodeError::Store(StoreError::Task(e.to_string())))?;
+    // Into the offer shards of the models it serves before its peers learn its subscriptions.
+    jobs.keep_shards().await;
     let token = match &cfg.api.token_file {
         Some(path) => crate::keyfile::load_or_create_token(path)?,
         None => {

@@ -57,6 +57,24 @@ async fn report(node: &Node, state: serde_json::Value) -> (u16, serde_json::Valu
         .unwrap()
 }
 
+/// Waits until `car` is in the offer shards of its models and `submitter` knows `members` peers (the car
+/// among them) subscribed to each.
+async fn joined_shards(submitter: &Node, car: &Node, members: usize) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let topics = car.net.status().await.unwrap().offer_topics;
+        let mut known = !topics.is_empty();
+        for t in topics {
+            known &= submitter.net.topic_peers(t).await.unwrap() >= members;
+        }
+        if known {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// The error message of a report the node refused.
 async fn refused(node: &Node, state: serde_json::Value) -> String {
     match try_report_with(node, Some(node.api_token.clone()), state).await {
@@ -132,6 +150,11 @@ async fn a_returning_driver_preempts_running_work_within_a_second_and_the_job_co
     let (code, view) = report(car, parked()).await;
     assert_eq!(code, 200, "{view}");
     assert_eq!(view["admitted"], true, "{view}");
+    // Admitted, the car joins the offer shards of its models, and the submitter learns it.
+    assert!(
+        joined_shards(submitter, car, nodes.len() - 1).await,
+        "the car did not join its offer shards"
+    );
 
     // Three jobs: the car bids cheapest and gets all three.
     let samples: Vec<digits::Sample> = digits::held_out().unwrap().into_iter().take(4).collect();

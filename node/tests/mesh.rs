@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fleetmesh_consensus::directory::{Family, Shard};
 use fleetmesh_node::config::{KadMode, NetConfig};
 use fleetmesh_node::metrics::{GossipOutcome, Metrics};
 use fleetmesh_node::net::{self, NetClient, NetEvent, Topic};
@@ -19,6 +20,21 @@ struct TestNode {
     metrics: Metrics,
     key: NodeKey,
     addr: Multiaddr,
+}
+
+/// The one shard of offers for `model` (every test node joins it, and the shard of the "other" model).
+fn shard_topic(model: &[u8]) -> String {
+    Shard {
+        family: Family::Model(ModelId::of(model)),
+        shards: 1,
+        index: 0,
+    }
+    .topic()
+}
+
+/// Where test offers (for "digits") are published.
+fn offers_topic() -> String {
+    shard_topic(b"digits")
 }
 
 fn net_config(bootstrap: Vec<Multiaddr>, mode: KadMode, target_peers: usize) -> NetConfig {
@@ -45,6 +61,9 @@ async fn spawn_with(
     let key = NodeKey::from_seed([seed; 32]);
     let metrics = Metrics::default();
     let (client, events, _task) = net::start(&cfg, &key, metrics.clone(), policy, cancel.clone()).unwrap();
+    for topic in [offers_topic(), shard_topic(b"other")] {
+        client.subscribe(topic, true).await.unwrap();
+    }
     let addr = wait_for(Duration::from_secs(5), || async {
         let status = client.status().await.unwrap();
         status
@@ -198,7 +217,7 @@ async fn ten_nodes_discover_each_other_gossip_and_answer_requests() {
         );
         nodes[publisher]
             .client
-            .publish(Topic::Offers, data.clone())
+            .publish_on(offers_topic(), data.clone())
             .await
             .unwrap();
         let start = Instant::now();
@@ -281,7 +300,7 @@ async fn invalid_gossip_is_rejected_at_the_first_hop_and_not_forwarded() {
 
     // A valid offer crosses B to C.
     let valid = signed_offer_bytes(&a.key, offer(&a.key, 1, 32, now_ms(), 60_000));
-    a.client.publish(Topic::Offers, valid.clone()).await.unwrap();
+    a.client.publish_on(offers_topic(), valid.clone()).await.unwrap();
     assert!(
         gossip_received(&mut c, Duration::from_secs(2))
             .await
@@ -296,8 +315,11 @@ async fn invalid_gossip_is_rejected_at_the_first_hop_and_not_forwarded() {
     let mut oversize = signed_offer_bytes(&a.key, offer(&a.key, 4, MAX_INLINE_INPUT, now_ms(), 60_000));
     oversize.extend(vec![0u8; 4096]);
     for data in [&bad_sig, &expired, &oversize] {
-        a.client.publish(Topic::Offers, data.clone()).await.unwrap();
+        a.client.publish_on(offers_topic(), data.clone()).await.unwrap();
     }
+    // A valid offer on the shard of another model: it would cost that shard's members.
+    let astray = signed_offer_bytes(&a.key, offer(&a.key, 5, 32, now_ms(), 60_000));
+    a.client.publish_on(shard_topic(b"other"), astray).await.unwrap();
     let at_c = gossip_received(&mut c, Duration::from_secs(2)).await;
     let at_b = gossip_received(&mut b, Duration::from_millis(100)).await;
     assert!(
@@ -310,6 +332,7 @@ async fn invalid_gossip_is_rejected_at_the_first_hop_and_not_forwarded() {
         GossipOutcome::BadSignature,
         GossipOutcome::Expired,
         GossipOutcome::Oversize,
+        GossipOutcome::WrongShard,
     ] {
         assert_eq!(
             b.metrics.gossip_count(topic, outcome),
@@ -354,7 +377,7 @@ async fn unfunded_and_too_frequent_offers_are_dropped_and_an_invalid_sender_is_i
         let mut o = offer(&stranger, n, 32, now_ms(), 60_000);
         o.budget = fleetmesh_node::pay::issue(&stranger, stranger.node_id(), 1, u64::MAX, u64::MAX);
         a.client
-            .publish(Topic::Offers, signed_offer_bytes(&stranger, o))
+            .publish_on(offers_topic(), signed_offer_bytes(&stranger, o))
             .await
             .unwrap();
     }
@@ -362,7 +385,7 @@ async fn unfunded_and_too_frequent_offers_are_dropped_and_an_invalid_sender_is_i
     let busy = NodeKey::from_seed([0x34; 32]);
     for n in 0..30 {
         let data = signed_offer_bytes(&busy, offer(&busy, 100 + n, 32, now_ms(), 60_000));
-        a.client.publish(Topic::Offers, data).await.unwrap();
+        a.client.publish_on(offers_topic(), data).await.unwrap();
     }
     let delivered = gossip_received(&mut b, Duration::from_secs(2)).await;
     assert_eq!(b.metrics.gossip_count(topic, GossipOutcome::Unfunded), 5);
@@ -385,7 +408,7 @@ async fn unfunded_and_too_frequent_offers_are_dropped_and_an_invalid_sender_is_i
         bad
     };
     for n in 0..3 {
-        a.client.publish(Topic::Offers, forged(n)).await.unwrap();
+        a.client.publish_on(offers_topic(), forged(n)).await.unwrap();
         let rejected = wait_for(Duration::from_secs(5), || async {
             (b.metrics.gossip_count(topic, GossipOutcome::BadSignature) > n).then_some(())
         })
@@ -394,12 +417,12 @@ async fn unfunded_and_too_frequent_offers_are_dropped_and_an_invalid_sender_is_i
     }
     // Three invalid messages put A below the graylist threshold: the rest never reach validation.
     for n in 3..6 {
-        a.client.publish(Topic::Offers, forged(n)).await.unwrap();
+        a.client.publish_on(offers_topic(), forged(n)).await.unwrap();
     }
     let accepted_before = b.metrics.gossip_count(topic, GossipOutcome::Accepted);
     let fresh = NodeKey::from_seed([0x36; 32]);
     let valid = signed_offer_bytes(&fresh, offer(&fresh, 300, 32, now_ms(), 60_000));
-    a.client.publish(Topic::Offers, valid.clone()).await.unwrap();
+    a.client.publish_on(offers_topic(), valid.clone()).await.unwrap();
     assert!(
         !gossip_received(&mut b, Duration::from_secs(2))
             .await

@@ -12,6 +12,7 @@
 //! - [`requests`](self::requests): gossip and request dispatch.
 //! - [`recovery`](self::recovery): what the store holds, picked up after a restart.
 //! - [`revision`](self::revision): lies undone after the fact (revocations, rechecks, revised verdicts).
+//! - [`shards`](self::shards): the offer shards this node is in, and where its offers are published.
 //! - [`books`](self::books): receipts delivered to their workers, sealed per epoch under published roots,
 //!   and balance claims served and checked.
 //! - [`views`](self::views): what the local API shows (jobs, receipts, earnings).
@@ -20,6 +21,7 @@ pub mod books;
 mod recovery;
 mod requests;
 mod revision;
+mod shards;
 mod submitter;
 mod views;
 mod worker;
@@ -435,6 +437,8 @@ struct Inner {
     upkeep: Mutex<books::Upkeep>,
     /// Other nodes' claims this node checked.
     checked: Mutex<books::Checked>,
+    /// The offer shards this node is in.
+    membership: Mutex<shards::Membership>,
     /// Held across one submission with an idempotency key (outside the three locks above, which it
     /// takes one at a time).
     keyed: tokio::sync::Mutex<()>,
@@ -535,6 +539,7 @@ impl Jobs {
                 receipts,
                 upkeep: Mutex::new(books::Upkeep::default()),
                 checked: Mutex::new(books::Checked::default()),
+                membership: Mutex::new(shards::Membership::default()),
                 keyed: tokio::sync::Mutex::new(()),
                 // Empty at start: peers keep this submitter's bucket across its restart.
                 pacer: tokio::sync::Mutex::new((0.0, std::time::Instant::now())),
@@ -585,6 +590,7 @@ impl Jobs {
         let actions = self.submitter().core.on_tick(now);
         self.act_all(actions);
         self.maybe_seal(now);
+        self.maybe_keep_shards(now);
         self.maybe_redeliver(now);
         let counts = self.submitted_counts();
         let m = &self.inner.metrics;

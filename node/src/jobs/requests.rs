@@ -19,6 +19,7 @@ impl Jobs {
         match topic {
             Topic::Offers => {
                 if let Ok(offer) = codec::decode::<Signed<JobOffer>>(data) {
+                    self.count_offer(&offer.body.model);
                     self.on_offer(offer.body);
                 }
             }

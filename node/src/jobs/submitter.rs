@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, warn};
 use super::views::receipt_id;
 use super::{Jobs, OsRandom, Submitted, job_span, now_ms};
 use crate::metrics::OutcomeLabels;
-use crate::net::{self, Topic};
+use crate::net;
 use crate::store::SubmittedRecord;
 
 /// Longest idempotency key a client may give a submission.
@@ -307,9 +307,10 @@ impl Jobs {
             );
         }
         self.inner.store.flush().await?;
-        self.inner
-            .net
-            .publish(Topic::Offers, codec::encode(&signed))
+        // Enough reachable members of the model's shard for the replicas and a spare, or the offer also
+        // goes where cars without the model see it.
+        let needed = usize::from(signed.body.replicas).max(2) + 1;
+        self.publish_offer(signed.body.model, needed, codec::encode(&signed))
             .await?;
         Ok(())
     }

@@ -14,7 +14,7 @@ pub struct Behaviour {
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub(super) gossip: gossipsub::Behaviour,
+    pub(super) gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, super::gossip::SubscriptionFilter>,
     pub(super) req: request_response::Behaviour<codec::FrameCodec>,
     pub(super) autonat: autonat::Behaviour,
     pub(super) relay_client: relay::client::Behaviour,

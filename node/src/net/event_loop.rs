@@ -15,69 +15,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::gossip::{self, GossipPolicy, Limits, Unverified};
+mod intake;
+
+use super::gossip::{self, GossipPolicy, Limits};
 use super::{Behaviour, BehaviourEvent, Command, NetError, NetEvent, NetStatus, Topic};
-use crate::clock::now_ms;
-use crate::metrics::{GossipOutcome, Metrics};
+use crate::metrics::Metrics;
 use crate::net::config::NetConfig;
+use intake::{Verified, Verifying, start_verifier};
 
 /// gossipsub's own size limit: above every kind's limit, so that oversize messages reach the node's
 /// validator, which counts and rejects them at the first hop.
 pub(super) const GOSSIP_TRANSPORT_LIMIT: usize = 1024 * 1024;
 
 type LookupReply = oneshot::Sender<Result<Vec<Multiaddr>, NetError>>;
-
-/// Gossip messages whose signatures wait to be checked; more answer `Busy` (not taken, not forwarded).
-const MAX_VERIFYING: usize = 1_024;
-
-/// Of those, from one forwarding peer: a peer that floods cannot take the queue from the others (an
-/// honest submitter publishes its offers in bursts of a few hundred: a message refused as `Busy` is not
-/// delivered again, since gossipsub then drops its other copies as duplicates).
-const MAX_VERIFYING_PER_PEER: usize = 256;
-
-/// A gossiped message on its way through the verifier thread.
-struct Verifying {
-    id: gossipsub::MessageId,
-    source: PeerId,
-    data: Vec<u8>,
-    pending: Unverified,
-}
-
-/// Counts one waiting message of `key` less.
-fn release<K: std::hash::Hash + Eq>(waiting: &mut HashMap<K, usize>, key: K) {
-    if let std::collections::hash_map::Entry::Occupied(mut e) = waiting.entry(key) {
-        *e.get_mut() = e.get().saturating_sub(1);
-        if *e.get() == 0 {
-            e.remove();
-        }
-    }
-}
-
-/// A message back from the verifier thread, with the result of its signature check.
-type Verified = (Verifying, Result<(), GossipOutcome>);
-
-/// The node's gossip verifier: a thread that checks the signatures of messages that passed every
-/// cheaper check, so that ed25519 never runs on the swarm task. It stops when the event loop drops its
-/// sender.
-fn start_verifier() -> (mpsc::Sender<Verifying>, mpsc::Receiver<Verified>) {
-    let (to_verify, mut verify) = mpsc::channel::<Verifying>(MAX_VERIFYING);
-    let (to_done, done) = mpsc::channel(MAX_VERIFYING);
-    let spawned = std::thread::Builder::new()
-        .name("gossip-verify".into())
-        .spawn(move || {
-            while let Some(job) = verify.blocking_recv() {
-                let result = job.pending.verify();
-                if to_done.blocking_send((job, result)).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        // Without the thread every message waits in vain and is counted `Busy` once the queue is full.
-        warn!(error = %e, "cannot start the gossip verifier thread; gossip will not be taken");
-    }
-    (to_verify, done)
-}
 
 /// A bootstrap peer and when to try it next.
 struct BootstrapPeer {
@@ -239,17 +189,26 @@ impl EventLoop {
     }
 
     /// Connected peers subscribed to every fleetmesh topic, the fewest over the topics.
+    /// The fleet-wide topics (every node is in them, admitting work or not; a peer announces all its
+    /// subscriptions at once, offer shards included).
+    fn fleet_wide(&self) -> Vec<gossipsub::TopicHash> {
+        Topic::FLEET_WIDE.iter().map(|t| t.ident().hash()).collect()
+    }
+
+    /// Connected peers known to be subscribed to `topic`.
+    fn subscribers(&self, topic: &gossipsub::TopicHash) -> usize {
+        self.swarm
+            .behaviour()
+            .gossip
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&topic))
+            .count()
+    }
+
     fn topic_peers(&self) -> usize {
-        let gossip = &self.swarm.behaviour().gossip;
-        Topic::ALL
+        self.fleet_wide()
             .iter()
-            .map(|t| {
-                let hash = t.ident().hash();
-                gossip
-                    .all_peers()
-                    .filter(|(_, topics)| topics.contains(&&hash))
-                    .count()
-            })
+            .map(|t| self.subscribers(t))
             .min()
             .unwrap_or(0)
     }
@@ -257,9 +216,9 @@ impl EventLoop {
     /// Peers in the gossip mesh, the fewest over the fleetmesh topics.
     fn mesh_peers(&self) -> usize {
         let gossip = &self.swarm.behaviour().gossip;
-        Topic::ALL
+        self.fleet_wide()
             .iter()
-            .map(|t| gossip.mesh_peers(&t.ident().hash()).count())
+            .map(|t| gossip.mesh_peers(t).count())
             .min()
             .unwrap_or(0)
     }
@@ -356,7 +315,7 @@ impl EventLoop {
                     .swarm
                     .behaviour_mut()
                     .gossip
-                    .publish(topic.ident(), data)
+                    .publish(gossipsub::IdentTopic::new(topic), data)
                     .map(|_| ())
                     .map_err(|e| NetError::Publish(e.to_string()));
                 let _ = reply.send(result);
@@ -425,6 +384,36 @@ impl EventLoop {
                     .get_providers(kad::RecordKey::new(&key));
                 self.pending_providers.insert(id, (Default::default(), reply));
             }
+            Command::Subscribe { topic, join } => {
+                let ident = gossipsub::IdentTopic::new(topic);
+                let gossip = &mut self.swarm.behaviour_mut().gossip;
+                if join {
+                    let _ = gossip.set_topic_params(ident.clone(), gossip::topic_score());
+                    if let Err(e) = gossip.subscribe(&ident) {
+                        warn!(topic = %ident, error = %e, "cannot join a gossip topic");
+                    }
+                } else {
+                    gossip.unsubscribe(&ident);
+                }
+            }
+            Command::TopicPeers { topic, reply } => {
+                let _ = reply.send(self.subscribers(&gossipsub::IdentTopic::new(topic).hash()));
+            }
+            Command::DialPeer { peer, reply } => {
+                let result = match self.swarm.is_connected(&peer) {
+                    true => Ok(()),
+                    false => self
+                        .swarm
+                        .dial(DialOpts::peer_id(peer).build())
+                        .map_err(|e| NetError::Dial(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::StopProviding { key } => {
+                let key = kad::RecordKey::new(&key);
+                self.provided.retain(|k| *k != key);
+                self.swarm.behaviour_mut().kad.stop_providing(&key);
+            }
             Command::PutRecord { key, value } => {
                 let record = kad::Record::new(kad::RecordKey::new(&key), value);
                 if let Err(e) = self
@@ -462,6 +451,14 @@ impl EventLoop {
                     routing_table_peers: routing_table.len(),
                     routing_table,
                     topic_peers: self.topic_peers(),
+                    offer_topics: self
+                        .swarm
+                        .behaviour()
+                        .gossip
+                        .topics()
+                        .filter(|t| t.as_str().starts_with(Topic::Offers.name()))
+                        .map(|t| t.to_string())
+                        .collect(),
                     mesh_peers: self.mesh_peers(),
                 };
                 let _ = reply.send(status);
@@ -656,122 +653,6 @@ impl EventLoop {
                 }
             },
             _ => {}
-        }
-    }
-
-    /// A gossiped message arrived: the cheap checks run here, the signatures on the verifier thread.
-    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let Some(topic) = Topic::from_hash(&message.topic) else {
-            return self.judged(id, source, None, Err(GossipOutcome::UnknownTopic), message.data);
-        };
-        let pending = match gossip::precheck(topic, &message.data, now_ms(), &self.policy, Some(&self.limits))
-        {
-            Ok(pending) => pending,
-            Err(outcome) => return self.judged(id, source, Some(topic), Err(outcome), message.data),
-        };
-        // The submitter's allowance must cover the messages already waiting too, or forgeries under its
-        // name would each cost a signature check; and one peer may not fill the queue.
-        let submitter = (topic, pending.submitter());
-        let by_submitter = self.waiting_by_submitter.get(&submitter).copied().unwrap_or(0);
-        if self.limits.tokens(topic, &submitter.1, Instant::now()) < (by_submitter + 1) as f64 {
-            return self.judged(
-                id,
-                source,
-                Some(topic),
-                Err(GossipOutcome::RateLimited),
-                message.data,
-            );
-        }
-        if self.waiting_by_peer.get(&source).copied().unwrap_or(0) >= MAX_VERIFYING_PER_PEER {
-            return self.judged(id, source, Some(topic), Err(GossipOutcome::Busy), message.data);
-        }
-        let job = Verifying {
-            id,
-            source,
-            data: message.data,
-            pending,
-        };
-        // A full verifier queue is back-pressure like a full queue to the job roles.
-        match self.to_verify.try_send(job) {
-            Ok(()) => {
-                *self.waiting_by_peer.entry(source).or_default() += 1;
-                *self.waiting_by_submitter.entry(submitter).or_default() += 1;
-            }
-            Err(e) => {
-                let job = e.into_inner();
-                self.judged(
-                    job.id,
-                    job.source,
-                    Some(topic),
-                    Err(GossipOutcome::Busy),
-                    job.data,
-                );
-            }
-        }
-    }
-
-    /// The verifier thread checked a message's signatures: a valid one spends its submitter's allowance.
-    fn on_verified(&mut self, job: Verifying, result: Result<(), GossipOutcome>) {
-        let (topic, submitter) = (job.pending.topic(), job.pending.submitter());
-        release(&mut self.waiting_by_peer, job.source);
-        release(&mut self.waiting_by_submitter, (topic, submitter));
-        // A message the node cannot take now (its queue to the job roles is full) is `Busy` before it
-        // spends any of its submitter's allowance. This task is that queue's only sender, so the room seen
-        // here is still there when the message is handed on.
-        let outcome = match result {
-            Ok(()) if self.events.capacity() == 0 => Err(GossipOutcome::Busy),
-            Ok(()) => gossip::admit(&mut self.limits, topic, submitter, Instant::now()),
-            Err(e) => Err(e),
-        };
-        self.judged(job.id, job.source, Some(topic), outcome, job.data);
-    }
-
-    /// Reports a judged message to gossipsub (accepted ones are forwarded), counts it, and hands an
-    /// accepted one to the node.
-    fn judged(
-        &mut self,
-        id: gossipsub::MessageId,
-        source: PeerId,
-        topic: Option<Topic>,
-        outcome: Result<(), GossipOutcome>,
-        data: Vec<u8>,
-    ) {
-        // Back-pressure: a node that cannot take the message now (its queue to the job roles is full)
-        // neither delivers nor forwards it, and counts it as `Busy`.
-        let permit = match (outcome, topic) {
-            (Ok(()), Some(_)) => self.events.try_reserve().ok(),
-            _ => None,
-        };
-        let outcome = match (outcome, &permit) {
-            (Ok(()), None) => Err(GossipOutcome::Busy),
-            (other, _) => other,
-        };
-        let name = topic.map(Topic::name).unwrap_or("unknown");
-        let counted = outcome.err().unwrap_or(GossipOutcome::Accepted);
-        self.metrics
-            .gossip
-            .get_or_create(&crate::metrics::GossipLabels {
-                topic: name.into(),
-                outcome: counted,
-            })
-            .inc();
-        self.swarm
-            .behaviour_mut()
-            .gossip
-            .report_message_validation_result(&id, &source, gossip::acceptance(outcome));
-        match (permit, topic) {
-            (Some(permit), Some(topic)) => permit.send(NetEvent::Gossip {
-                topic,
-                data,
-                from: source,
-            }),
-            _ if counted == GossipOutcome::Busy => {
-                warn!(
-                    topic = name,
-                    "node is not keeping up; gossip message not taken (busy)"
-                )
-            }
-            _ => debug!(peer = %source, topic = name, outcome = ?counted, "gossip message rejected"),
         }
     }
 }

@@ -160,6 +160,14 @@ impl Unverified {
         self.submitter
     }
 
+    /// The model of an offer (`None` for other messages).
+    pub fn model(&self) -> Option<fleetmesh_protocol::ModelId> {
+        match &self.message {
+            Decoded::Offer(offer) => Some(offer.body.model),
+            Decoded::Revocation(_) => None,
+        }
+    }
+
     /// Checks every signature of the message (ed25519: the costly part of validation).
     pub fn verify(&self) -> Result<(), GossipOutcome> {
         let verified = match &self.message {
@@ -279,6 +287,33 @@ pub fn acceptance(outcome: Result<(), GossipOutcome>) -> gossipsub::MessageAccep
     }
 }
 
+/// Most topics a peer may be subscribed to (a car is in revocations, one shard of offers for any model and
+/// one shard of each model it serves); a peer announcing more is refused.
+pub const MAX_TOPICS_PER_PEER: usize = 32;
+
+/// Which topics peers may announce: fleetmesh's own (the fleet-wide ones and valid offer shards), at
+/// most [`MAX_TOPICS_PER_PEER`] each.
+pub type SubscriptionFilter = gossipsub::MaxCountSubscriptionFilter<FleetTopics>;
+
+/// Lets through only fleetmesh's topics.
+#[derive(Debug, Default)]
+pub struct FleetTopics;
+
+impl gossipsub::TopicSubscriptionFilter for FleetTopics {
+    fn can_subscribe(&mut self, topic: &gossipsub::TopicHash) -> bool {
+        Topic::from_hash(topic).is_some()
+    }
+}
+
+/// The subscription filter of a node.
+pub fn subscription_filter() -> SubscriptionFilter {
+    gossipsub::MaxCountSubscriptionFilter {
+        filter: FleetTopics,
+        max_subscribed_topics: MAX_TOPICS_PER_PEER,
+        max_subscriptions_per_request: MAX_TOPICS_PER_PEER,
+    }
+}
+
 /// Most submitters the rate limiter tracks; beyond, the fullest buckets (idle submitters) are forgotten.
 const MAX_TRACKED: usize = 10_000;
 
@@ -335,13 +370,9 @@ impl RateLimiter {
     }
 }
 
-/// Gossipsub peer scoring for fleetmesh's topics: each invalid message a peer forwards costs it 20
-/// points squared by count (decaying by a tenth a second); below -10 this node stops gossiping to it,
-/// below -50 it does not publish to it, below -80 it ignores it altogether. Mesh-delivery rates are not
-/// scored (job topics are quiet, and a quiet honest peer must not look slow), nor is sharing one IP
-/// address (cars behind carrier NAT do).
-pub fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let topic = gossipsub::TopicScoreParams {
+/// The scoring of one topic (offer shards get it when the node joins them): see [`peer_score`].
+pub fn topic_score() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
         topic_weight: 1.0,
         time_in_mesh_weight: 0.01,
         time_in_mesh_quantum: Duration::from_secs(1),
@@ -354,14 +385,23 @@ pub fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThreshol
         invalid_message_deliveries_weight: -20.0,
         invalid_message_deliveries_decay: 0.9,
         ..gossipsub::TopicScoreParams::default()
-    };
+    }
+}
+
+/// Gossipsub peer scoring for fleetmesh's topics: each invalid message a peer forwards costs it 20
+/// points squared by count (decaying by a tenth a second); below -10 this node stops gossiping to it,
+/// below -50 it does not publish to it, below -80 it ignores it altogether. Mesh-delivery rates are not
+/// scored (job topics are quiet, and a quiet honest peer must not look slow), nor is sharing one IP
+/// address (cars behind carrier NAT do).
+pub fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic = topic_score();
     let mut params = gossipsub::PeerScoreParams {
         ip_colocation_factor_weight: 0.0,
         decay_interval: Duration::from_secs(1),
         decay_to_zero: 0.01,
         ..gossipsub::PeerScoreParams::default()
     };
-    for t in Topic::ALL {
+    for t in Topic::FLEET_WIDE {
         params.topics.insert(t.ident().hash(), topic.clone());
     }
     let thresholds = gossipsub::PeerScoreThresholds {

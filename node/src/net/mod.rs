@@ -34,10 +34,11 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/fleetmesh/kad/1.0
 /// Identify protocol version string.
 pub const IDENTIFY_VERSION: &str = "/fleetmesh/1.0.0";
 
-/// Gossip topics.
+/// Kinds of gossip topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Topic {
-    /// Signed job offers.
+    /// Signed job offers, on the shard topics of the capacity directory
+    /// ([`fleetmesh_consensus::directory`]): no offer topic spans the fleet.
     Offers,
     /// Revocations of receipts whose worker was caught lying later (a topic of their own, so that nodes
     /// that predate them never receive a message kind they do not know).
@@ -45,13 +46,14 @@ pub enum Topic {
 }
 
 impl Topic {
-    /// Every topic a node subscribes to.
-    pub const ALL: [Topic; 2] = [Topic::Offers, Topic::Revocations];
+    /// The fleet-wide topic a node subscribes to from the start (offer shards are joined as the node
+    /// admits work).
+    pub const FLEET_WIDE: [Topic; 1] = [Topic::Revocations];
 
-    /// The gossipsub topic name.
+    /// The topic's name, or for offers the prefix of every shard topic's name.
     pub fn name(self) -> &'static str {
         match self {
-            Topic::Offers => "fleetmesh/offers/v1",
+            Topic::Offers => fleetmesh_consensus::directory::TOPIC_PREFIX,
             Topic::Revocations => "fleetmesh/revocations/v1",
         }
     }
@@ -60,8 +62,12 @@ impl Topic {
         gossipsub::IdentTopic::new(self.name())
     }
 
+    /// The kind of a topic, if it is one of fleetmesh's (any valid offer shard counts as offers).
     fn from_hash(hash: &gossipsub::TopicHash) -> Option<Topic> {
-        Topic::ALL.into_iter().find(|t| t.ident().hash() == *hash)
+        if fleetmesh_consensus::directory::Shard::parse(hash.as_str()).is_some() {
+            return Some(Topic::Offers);
+        }
+        Topic::FLEET_WIDE.into_iter().find(|t| t.ident().hash() == *hash)
     }
 }
 
@@ -143,11 +149,14 @@ pub struct NetStatus {
     pub routing_table_peers: usize,
     /// Their peer ids.
     pub routing_table: Vec<PeerId>,
-    /// Connected peers known to subscribe to every fleetmesh gossip topic (the fewest over the topics):
-    /// those a published offer or revocation reaches directly.
+    /// Connected peers known to subscribe to every fleet-wide topic (revocations; the fewest over those
+    /// topics): those whose gossip subscriptions this node knows, offer shards included (a peer
+    /// announces them together).
     pub topic_peers: usize,
-    /// Peers in this node's gossip mesh (the fewest over the topics): those it forwards messages to.
+    /// Peers in this node's gossip mesh (the fewest over those topics): those it forwards messages to.
     pub mesh_peers: usize,
+    /// The offer shard topics this node is subscribed to.
+    pub offer_topics: Vec<String>,
 }
 
 /// Something the mesh delivers to the node.
@@ -175,8 +184,23 @@ pub enum NetEvent {
 
 enum Command {
     Publish {
-        topic: Topic,
+        topic: String,
         data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Subscribe {
+        topic: String,
+        join: bool,
+    },
+    TopicPeers {
+        topic: String,
+        reply: oneshot::Sender<usize>,
+    },
+    StopProviding {
+        key: Vec<u8>,
+    },
+    DialPeer {
+        peer: PeerId,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
     Request {
@@ -245,9 +269,41 @@ impl NetClient {
         rx.await.map_err(|_| NetError::Stopped)
     }
 
-    /// Publishes a message to a topic.
+    /// Publishes a message to a fleet-wide topic.
     pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<(), NetError> {
+        self.publish_on(topic.name().to_string(), data).await
+    }
+
+    /// Publishes a message to the topic named `topic` (an offer shard), subscribed or not: without a
+    /// subscription it goes to connected peers known to be subscribed (gossipsub's fanout).
+    pub async fn publish_on(&self, topic: String, data: Vec<u8>) -> Result<(), NetError> {
         self.call(|reply| Command::Publish { topic, data, reply }).await?
+    }
+
+    /// Joins (`join`) or leaves the topic named `topic`.
+    pub async fn subscribe(&self, topic: String, join: bool) -> Result<(), NetError> {
+        self.tx
+            .send(Command::Subscribe { topic, join })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Connected peers known to be subscribed to the topic named `topic`.
+    pub async fn topic_peers(&self, topic: String) -> Result<usize, NetError> {
+        self.call(|reply| Command::TopicPeers { topic, reply }).await
+    }
+
+    /// Dials a peer by id, at the addresses the node knows for it (routing table, earlier connections).
+    pub async fn dial_peer(&self, peer: PeerId) -> Result<(), NetError> {
+        self.call(|reply| Command::DialPeer { peer, reply }).await?
+    }
+
+    /// Stops announcing this node as a provider of `key`.
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<(), NetError> {
+        self.tx
+            .send(Command::StopProviding { key })
+            .await
+            .map_err(|_| NetError::Stopped)
     }
 
     /// Sends a request to a peer and waits for its response.
@@ -372,6 +428,10 @@ pub fn start(
                 kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
                 // Peers' records are stored only after the node's own checks (records::on_inbound).
                 kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+                // Provider records are announced again every minute by the node (models it serves,
+                // offer shards it is in) and expire five minutes after a node stops announcing them.
+                kad_cfg.set_provider_record_ttl(Some(Duration::from_secs(300)));
+                kad_cfg.set_provider_publication_interval(None);
                 kad_cfg.set_record_ttl(Some(records::ROOT_TTL));
                 // Each node publishes its own roots again (a root first published while it had few
                 // peers reaches the rest, and stays while its publisher lives); nobody re-replicates
@@ -392,8 +452,15 @@ pub fn start(
                 let gossip_cfg = gossipsub::ConfigBuilder::default()
                     .validation_mode(gossipsub::ValidationMode::Strict)
                     .validate_messages()
+                    // By topic and content: one offer published on its model's shard and on a shard for
+                    // any model is a message on each.
                     .message_id_fn(|m: &gossipsub::Message| {
-                        gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                        let id = blake3::Hasher::new()
+                            .update(m.topic.as_str().as_bytes())
+                            .update(&[0])
+                            .update(&m.data)
+                            .finalize();
+                        gossipsub::MessageId::from(id.as_bytes().to_vec())
                     })
                     // Let oversize messages through gossipsub's own limit so the node counts and rejects them.
                     .max_transmit_size(event_loop::GOSSIP_TRANSPORT_LIMIT)
@@ -401,9 +468,10 @@ pub fn start(
                     .duplicate_cache_time(gossip::DUPLICATE_CACHE)
                     .build()
                     .map_err(|e| format!("gossipsub config: {e}"))?;
-                let mut gossip = gossipsub::Behaviour::new(
+                let mut gossip = gossipsub::Behaviour::new_with_subscription_filter(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     gossip_cfg,
+                    gossip::subscription_filter(),
                 )
                 .map_err(|e| format!("gossipsub: {e}"))?;
                 let (score, thresholds) = gossip::peer_score();
@@ -442,7 +510,7 @@ pub fn start(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(cfg.idle_timeout_secs)))
         .build();
 
-    for topic in Topic::ALL {
+    for topic in Topic::FLEET_WIDE {
         swarm
             .behaviour_mut()
             .gossip

@@ -1,0 +1,255 @@
+//! The node's place in the capacity directory ([`fleetmesh_consensus::directory`]): while the car admits
+//! work it is in one shard of offers for each model it serves and one shard of offers for any model,
+//! subscribed to their topics and announced as a provider of its slot's key; when admission ends it
+//! leaves them and withdraws the announcements. The shard counts follow the directory (members found
+//! under a few slots, offers received). A submitter publishes an offer on a shard of its model, found
+//! through the DHT when this node is not in it, and on a shard for any model when the model's shard
+//! has too few members this node can reach (cars that lack the model see the offer there and fetch it).
+
+use std::collections::{BTreeMap, HashMap};
+
+use fleetmesh_consensus::directory::{self, Family, Shard};
+use fleetmesh_protocol::ModelId;
+use tracing::{debug, info};
+
+use super::{Jobs, lock, now_ms};
+use crate::net::NetError;
+
+/// How often the node's shards are looked at again (and at once when admission changes).
+const UPKEEP_EVERY_MS: u64 = 30_000;
+/// Slots looked up per family and upkeep to estimate a shard's members.
+const SAMPLED_SLOTS: usize = 2;
+/// Members a submitter dials when it is not in the shard it publishes to.
+const DIAL_MEMBERS: usize = 4;
+/// How long a submitter waits for dialled members' subscriptions to arrive.
+const SUBSCRIPTION_WAIT_MS: u64 = 2_000;
+
+/// The shards this node is in, the shard counts it uses, and the offers counted per family.
+#[derive(Default)]
+pub(super) struct Membership {
+    joined: BTreeMap<Family, Shard>,
+    shards: HashMap<Family, u32>,
+    /// Offers received per family since `counted_since_ms`.
+    offers: HashMap<Family, u64>,
+    counted_since_ms: u64,
+    next_upkeep_ms: u64,
+    running: bool,
+    /// Whether the car admitted work at the last upkeep.
+    admitted: bool,
+    /// Models served at the last upkeep (a model fetched from peers joins its shard at once).
+    models: usize,
+}
+
+impl Jobs {
+    fn shards_of(&self, family: Family) -> u32 {
+        lock(&self.inner.membership)
+            .shards
+            .get(&family)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// Counts an offer received (for the shard count's offer rate).
+    pub(super) fn count_offer(&self, model: &ModelId) {
+        let mut m = lock(&self.inner.membership);
+        let family = if m.joined.contains_key(&Family::Model(*model)) {
+            Family::Model(*model)
+        } else {
+            Family::Any
+        };
+        *m.offers.entry(family).or_default() += 1;
+    }
+
+    /// Runs [`Jobs::keep_shards`] when it is due or admission or the models served changed, one at a
+    /// time.
+    pub(super) fn maybe_keep_shards(&self, now: u64) {
+        let admitted = self.inner.car.admitted();
+        let models = self.registry().models().len();
+        {
+            let mut m = lock(&self.inner.membership);
+            let changed = admitted != m.admitted || models != m.models;
+            if m.running || (now < m.next_upkeep_ms && !changed) {
+                return;
+            }
+            m.running = true;
+            m.next_upkeep_ms = now + UPKEEP_EVERY_MS;
+        }
+        let this = self.clone();
+        self.spawn(async move {
+            this.keep_shards().await;
+            lock(&this.inner.membership).running = false;
+        });
+    }
+
+    /// Joins the shards this node belongs in now and leaves the others: the shard counts are updated
+    /// from the directory first (after the first pass), then the node subscribes to each shard's topic
+    /// and provides its slot's key, or, when the car does not admit work, leaves every shard.
+    pub async fn keep_shards(&self) {
+        let now = now_ms();
+        let admitted = self.inner.car.admitted();
+        let me = self.inner.net.peer_id().to_bytes();
+        let slot = directory::slot_of(&me);
+        let models = self.registry().models();
+        let mut families = Vec::new();
+        if admitted {
+            families.push(Family::Any);
+            families.extend(models.iter().map(|m| Family::Model(m.id())));
+        }
+        let first = lock(&self.inner.membership).counted_since_ms == 0;
+        if !first {
+            self.update_shard_counts(now, slot).await;
+        }
+        let wanted: BTreeMap<Family, Shard> = families
+            .into_iter()
+            .map(|f| (f, Shard::of(f, self.shards_of(f), &me, now)))
+            .collect();
+        let (leave, join) = {
+            let mut m = lock(&self.inner.membership);
+            let leave: Vec<Shard> = m
+                .joined
+                .iter()
+                .filter(|(f, s)| wanted.get(f) != Some(s))
+                .map(|(_, s)| *s)
+                .collect();
+            let join: Vec<Shard> = wanted
+                .iter()
+                .filter(|(f, s)| m.joined.get(f) != Some(s))
+                .map(|(_, s)| *s)
+                .collect();
+            m.joined = wanted;
+            m.admitted = admitted;
+            m.models = models.len();
+            m.next_upkeep_ms = m.next_upkeep_ms.max(now + UPKEEP_EVERY_MS);
+            if first {
+                m.counted_since_ms = now;
+            }
+            (leave, join)
+        };
+        let net = &self.inner.net;
+        for s in &leave {
+            debug!(topic = %s.topic(), "leaving an offer shard");
+            let _ = net.subscribe(s.topic(), false).await;
+            let _ = net.stop_providing(s.head_key()).await;
+            let _ = net.stop_providing(s.provider_key(slot)).await;
+        }
+        for s in &join {
+            debug!(topic = %s.topic(), "joining an offer shard");
+            let _ = net.subscribe(s.topic(), true).await;
+            let _ = net.provide(s.head_key()).await;
+            let _ = net.provide(s.provider_key(slot)).await;
+        }
+        if !leave.is_empty() && join.is_empty() && !admitted {
+            info!("not admitting work: left every offer shard");
+        }
+    }
+
+    /// Updates the shard count of every family this node is in from the directory: the members found
+    /// under a few slots of its shard, and the offers it received since the last update.
+    async fn update_shard_counts(&self, now: u64, own_slot: u32) {
+        let (joined, offers, since) = {
+            let mut m = lock(&self.inner.membership);
+            let since = std::mem::replace(&mut m.counted_since_ms, now);
+            (m.joined.clone(), std::mem::take(&mut m.offers), since)
+        };
+        let seconds = (now.saturating_sub(since) as f64 / 1000.0).max(1.0);
+        for (family, shard) in joined {
+            let mut found = Vec::with_capacity(SAMPLED_SLOTS);
+            for i in 0..SAMPLED_SLOTS as u32 {
+                let slot = (own_slot + 1 + i * (directory::SLOTS / SAMPLED_SLOTS as u32)) % directory::SLOTS;
+                let providers = self
+                    .inner
+                    .net
+                    .get_providers(shard.provider_key(slot))
+                    .await
+                    .unwrap_or_default();
+                found.push(providers.len());
+            }
+            let members = directory::members_estimate(&found);
+            let rate = offers.get(&family).copied().unwrap_or(0) as f64 / seconds;
+            let next = directory::next_shards(shard.shards, members, rate);
+            if next != shard.shards {
+                info!(family = ?family, from = shard.shards, to = next, members, offers_per_s = rate, "offer shards resized");
+                lock(&self.inner.membership).shards.insert(family, next);
+            }
+        }
+    }
+
+    /// Publishes an offer for `model`: on a shard of the model (this node's own when it is in one, else
+    /// one found through the DHT), and on this node's shard for any model when fewer than `needed`
+    /// members of the model's shard are connected (cars that lack the model fetch it from there).
+    pub(super) async fn publish_offer(
+        &self,
+        model: ModelId,
+        needed: usize,
+        data: Vec<u8>,
+    ) -> Result<(), NetError> {
+        let net = &self.inner.net;
+        let family = Family::Model(model);
+        let own = lock(&self.inner.membership).joined.get(&family).copied();
+        let shard = match own {
+            Some(s) => Some(s),
+            None => self.find_shard(family).await,
+        };
+        let mut members = 0;
+        let mut result = Err(NetError::Publish("no shard of the model has members".into()));
+        if let Some(shard) = shard {
+            members = net.topic_peers(shard.topic()).await.unwrap_or(0);
+            if members > 0 {
+                result = net.publish_on(shard.topic(), data.clone()).await;
+            }
+        }
+        if members < needed {
+            let any = lock(&self.inner.membership).joined.get(&Family::Any).copied();
+            let any = match any {
+                Some(s) => Some(s),
+                None => self.find_shard(Family::Any).await,
+            };
+            if let Some(any) = any {
+                let published = net.publish_on(any.topic(), data).await;
+                if result.is_err() {
+                    result = published;
+                }
+            }
+        }
+        result
+    }
+
+    /// A shard of `family` with members this node is connected to: one whose providers it finds in the
+    /// DHT (at its shard count, then half and double), dialled and waited for until their subscription
+    /// is known.
+    async fn find_shard(&self, family: Family) -> Option<Shard> {
+        let net = &self.inner.net;
+        let shards = self.shards_of(family);
+        let mut counts = vec![shards];
+        if shards > 1 {
+            counts.push(shards / 2);
+        }
+        counts.push(shards.saturating_mul(2).min(directory::MAX_SHARDS));
+        let seed = now_ms();
+        for (i, count) in counts.into_iter().enumerate() {
+            let shard = Shard {
+                family,
+                shards: count,
+                index: (seed as u32).wrapping_add(i as u32) & (count - 1),
+            };
+            if net.topic_peers(shard.topic()).await.unwrap_or(0) > 0 {
+                return Some(shard);
+            }
+            let providers = net.get_providers(shard.head_key()).await.unwrap_or_default();
+            if providers.is_empty() {
+                continue;
+            }
+            for peer in providers.into_iter().take(DIAL_MEMBERS) {
+                let _ = net.dial_peer(peer).await;
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(SUBSCRIPTION_WAIT_MS);
+            while std::time::Instant::now() < deadline {
+                if net.topic_peers(shard.topic()).await.unwrap_or(0) > 0 {
+                    return Some(shard);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        None
+    }
+}
