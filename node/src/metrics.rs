@@ -110,6 +110,10 @@ pub struct Metrics {
     pub car_awake: Gauge,
     /// Offers not bid on because no payer this node honours funds them.
     pub offers_unpaid: Counter,
+    /// Requests received over request-response (bids, commits, receipts, claim pages, chunks, ...).
+    pub requests_in: Counter,
+    /// Bytes received in gossip messages and requests (payloads, without framing).
+    pub bytes_in: Counter,
 }
 
 impl Default for Metrics {
@@ -134,6 +138,8 @@ impl Default for Metrics {
             vehicle_admitted: Gauge::default(),
             car_awake: Gauge::default(),
             offers_unpaid: Counter::default(),
+            requests_in: Counter::default(),
+            bytes_in: Counter::default(),
         }
     }
 }
@@ -232,6 +238,16 @@ impl Metrics {
             "fleetmesh_car_awake",
             "1 while the car computer is awake",
             m.car_awake.clone(),
+        );
+        registry.register(
+            "fleetmesh_requests_in",
+            "Requests received over request-response",
+            m.requests_in.clone(),
+        );
+        registry.register(
+            "fleetmesh_bytes_in",
+            "Bytes received in gossip messages and requests (payloads)",
+            m.bytes_in.clone(),
         );
         m
     }

@@ -512,3 +512,45 @@ async fn a_node_without_a_listener_is_reachable_through_a_relay() {
     assert_eq!(ask.await.unwrap().unwrap(), b"hello over a relay".to_vec());
     cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_dht_clients_provider_record_is_found_by_another_client_and_it_stays_out_of_routing_tables()
+{
+    // The capacity directory behind NAT: cars listen only through a relay circuit and stay DHT clients;
+    // one announces a shard key at the server, another finds it (a provider record carries the
+    // announcing car's circuit address: without an address, Kademlia hands out no record of a peer
+    // outside its routing table).
+    let cancel = CancellationToken::new();
+    let relay_cfg = NetConfig {
+        relay_server: true,
+        public: true,
+        ..net_config(vec![], KadMode::Server, 4)
+    };
+    let server = spawn(70, relay_cfg, &cancel).await;
+    let circuit = server.addr.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+    let relayed = |seed: u8| {
+        let mut cfg = net_config(vec![server.addr.clone()], KadMode::Client, 1);
+        cfg.listen = vec![circuit.clone()];
+        spawn(seed, cfg, &cancel)
+    };
+    let a = relayed(71).await;
+    let b = relayed(72).await;
+    assert!(a.addr.to_string().contains("p2p-circuit"), "{}", a.addr);
+    let key = b"fleetmesh test shard key".to_vec();
+    a.client.provide(key.clone()).await.unwrap();
+    let found = wait_for(Duration::from_secs(20), || async {
+        let providers = b.client.get_providers(key.clone()).await.unwrap();
+        providers.contains(&a.client.peer_id()).then_some(())
+    })
+    .await;
+    assert!(
+        found.is_some(),
+        "the relayed client's provider record was not found"
+    );
+    let table = server.client.status().await.unwrap().routing_table;
+    assert!(
+        !table.contains(&a.client.peer_id()) && !table.contains(&b.client.peer_id()),
+        "a DHT client is in the server's routing table: {table:?}"
+    );
+    cancel.cancel();
+}

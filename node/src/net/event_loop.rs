@@ -556,10 +556,13 @@ impl EventLoop {
                 message_id,
                 message,
             }) => {
+                self.metrics.bytes_in.inc_by(message.data.len() as u64);
                 self.on_gossip(propagation_source, message_id, message);
             }
             BehaviourEvent::Req(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => {
+                    self.metrics.requests_in.inc();
+                    self.metrics.bytes_in.inc_by(request.len() as u64);
                     let event = NetEvent::Request {
                         peer,
                         data: request,
