@@ -413,6 +413,16 @@ pub fn start(
         )
         .map_err(|e| build(&e))?
         .with_quic()
+        // In-process fleets (the scale run) connect over `/memory/N` addresses, with noise and yamux as
+        // over TCP: no socket per connection.
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            use libp2p::core::Transport as _;
+            Ok(libp2p::core::transport::MemoryTransport::default()
+                .upgrade(libp2p::core::upgrade::Version::V1)
+                .authenticate(libp2p::noise::Config::new(key)?)
+                .multiplex(libp2p::yamux::Config::default()))
+        })
+        .map_err(|e| build(&e))?
         .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
         .map_err(|e| build(&e))?
         .with_behaviour(

@@ -1,0 +1,337 @@
+//! A scale run: N full nodes in this one process, over libp2p's memory transport with noise and yamux (as
+//! over TCP, without a socket per connection, so that 1,000 nodes fit the open-file limit): 5 % reachable
+//! DHT servers (also relays), the rest DHT clients that listen on nothing but a relay circuit through
+//! one server (so they are reachable only through relays, and stay out of every routing table). Each
+//! node has its own key, store, executor on the embedded digits model, job roles, offer shards and
+//! receipts. The first (up to) 10 servers submit verified digits jobs (replicas 2) at a total rate for
+//! a while; [`run`] returns what it measured as one JSON object. `scripts/bench-scale.sh N` runs it in
+//! release mode (`examples/scale.rs`); `node/tests/scale.rs` runs 100 nodes as a test.
+//!
+//! Not in this version (the report says `null`): churn (kills and new identities at the midpoint),
+//! reservations counted per relay, time to assignment.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use fleetmesh_consensus::job::Outcome;
+use fleetmesh_consensus::payment::Payers;
+use fleetmesh_protocol::NodeKey;
+use libp2p::{Multiaddr, PeerId};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KadMode;
+use crate::demo::DemoError;
+use crate::inference::{Model, Registry, digits};
+use crate::jobs::JobsConfig;
+use crate::metrics::{GossipOutcome, Metrics};
+use crate::net::Topic;
+use crate::node::{self, Node};
+use crate::store::Store;
+
+/// What a scale run does.
+#[derive(Debug, Clone, Copy)]
+pub struct ScaleArgs {
+    /// Nodes in all (5 % servers, at least 2).
+    pub nodes: usize,
+    /// Seconds of load.
+    pub secs: u64,
+    /// Jobs submitted per second, over all submitters.
+    pub rate: f64,
+}
+
+fn random_key() -> Result<NodeKey, DemoError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)?;
+    Ok(NodeKey::from_seed(seed))
+}
+
+/// This process's resident memory now and at its peak, in MB.
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// CPU seconds this process used so far.
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the command name: state is field 0, utime 11, stime 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+const OUTCOMES: [GossipOutcome; 11] = [
+    GossipOutcome::Accepted,
+    GossipOutcome::Oversize,
+    GossipOutcome::Malformed,
+    GossipOutcome::BadSignature,
+    GossipOutcome::Expired,
+    GossipOutcome::UnknownTopic,
+    GossipOutcome::WrongShard,
+    GossipOutcome::Unfunded,
+    GossipOutcome::RateLimited,
+    GossipOutcome::Busy,
+    GossipOutcome::OtherVersion,
+];
+
+/// (gossip messages, requests, bytes) a node received so far.
+fn traffic(m: &Metrics) -> (u64, u64, u64) {
+    let mut gossip = 0;
+    for topic in [Topic::Offers.name(), Topic::Revocations.name(), "unknown"] {
+        for o in &OUTCOMES {
+            gossip += m.gossip_count(topic, *o);
+        }
+    }
+    (gossip, m.requests_in.get(), m.bytes_in.get())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[i])
+}
+
+/// Runs the scale run of `args` and returns its report (see the module's documentation). Progress goes
+/// to stderr.
+pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
+    let started = Instant::now();
+    let cpu0 = cpu_s();
+    let n = args.nodes;
+    let servers = (n * 5 / 100).max(2);
+    let submitters = servers.min(10);
+    let registry = Registry::with_defaults(None)?;
+    let payer = random_key()?;
+    let cancel = CancellationToken::new();
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    let mut server_addrs: Vec<Multiaddr> = Vec::new();
+    let (rss_start, _) = rss_mb();
+    eprintln!("starting {n} nodes ({servers} servers, {} clients)", n - servers);
+    for i in 0..n {
+        let key = random_key()?;
+        let server = i < servers;
+        // Servers bootstrap from the first server; clients from three servers.
+        let boot: Vec<Multiaddr> = if server {
+            server_addrs.first().cloned().into_iter().collect()
+        } else {
+            (0..3)
+                .map(|k| server_addrs[(i * 7 + k) % servers].clone())
+                .collect()
+        };
+        let mut cfg = crate::demo::node_config(None, if server { 32 } else { 8 });
+        cfg.net.bootstrap = boot;
+        // libp2p's memory transport (noise and yamux on top, as over TCP): no socket per connection.
+        cfg.net.listen = vec![
+            "/memory/0"
+                .parse()
+                .map_err(|e| DemoError::Settings(format!("{e}")))?,
+        ];
+        if !server {
+            // Reachable only through a relay: a reservation on one server, no listener of its own.
+            let relay = server_addrs[i % servers].clone();
+            cfg.net.listen = vec![relay.with(libp2p::multiaddr::Protocol::P2pCircuit)];
+        }
+        cfg.net.kademlia_mode = if server { KadMode::Server } else { KadMode::Client };
+        cfg.net.public = server;
+        cfg.net.relay_server = server;
+        cfg.jobs.threads = 1;
+        let jobs = if i < submitters {
+            JobsConfig::default().funded_by(&payer, key.node_id())
+        } else {
+            JobsConfig {
+                payers: Payers::new([payer.node_id()]),
+                ..JobsConfig::default()
+            }
+        };
+        let node = node::start_with(
+            key,
+            cfg,
+            registry.clone(),
+            jobs,
+            Default::default(),
+            Store::temporary()?,
+            cancel.clone(),
+        )
+        .await?;
+        if server {
+            server_addrs.push(node.net.dialable_addr(Duration::from_secs(5)).await?);
+        }
+        nodes.push(node);
+        if (i + 1) % 100 == 0 {
+            eprintln!("  {} nodes started, RSS {:.0} MB", i + 1, rss_mb().0);
+        }
+    }
+    // Joined: every node connected to a peer.
+    let join_deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut alone = 0;
+        for node in &nodes {
+            if node.net.connected_peers() == 0 {
+                alone += 1;
+            }
+        }
+        if alone == 0 || Instant::now() > join_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let join_s = started.elapsed().as_secs_f64();
+    let (rss_idle, _) = rss_mb();
+    eprintln!("all started and connected in {join_s:.1} s; RSS {rss_idle:.0} MB");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The workload.
+    let model = digits::Digits::embedded()?.id();
+    let samples = digits::held_out()?;
+    let before: Vec<(u64, u64, u64)> = nodes.iter().map(|n| traffic(&n.metrics)).collect();
+    let run_start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let total = (args.rate * args.secs as f64).round() as usize;
+    for j in 0..total {
+        let due = run_start + Duration::from_secs_f64(j as f64 / args.rate);
+        tokio::time::sleep_until(due.into()).await;
+        let jobs = nodes[j % submitters].jobs.clone();
+        let pixels = samples[j % samples.len()].pixels.clone();
+        tasks.spawn(async move {
+            let t0 = Instant::now();
+            let id = jobs.submit(model, pixels, 2).await.ok()?;
+            let result = tokio::time::timeout(Duration::from_secs(60), jobs.wait(id))
+                .await
+                .ok()?
+                .ok()?;
+            matches!(result.outcome, Outcome::Accepted { .. }).then(|| t0.elapsed().as_secs_f64() * 1e3)
+        });
+        if (j + 1) % 100 == 0 {
+            eprintln!("  {} of {total} jobs submitted", j + 1);
+        }
+    }
+    let mut verdicts = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Some(ms)) = done {
+            verdicts.push(ms);
+        }
+    }
+    let run_s = run_start.elapsed().as_secs_f64();
+    verdicts.sort_by(f64::total_cmp);
+
+    // Traffic per node and role over the run.
+    let mut client_msgs = Vec::new();
+    let mut client_bytes = Vec::new();
+    let mut server_requests = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (g, r, b) = traffic(&node.metrics);
+        let (g0, r0, b0) = before[i];
+        let per_s = |x: u64, x0: u64| (x - x0) as f64 / run_s;
+        if i < servers {
+            server_requests.push(per_s(r, r0));
+        } else {
+            client_msgs.push(per_s(g + r, g0 + r0));
+            client_bytes.push(per_s(b, b0));
+        }
+    }
+    client_msgs.sort_by(f64::total_cmp);
+    client_bytes.sort_by(f64::total_cmp);
+    server_requests.sort_by(f64::total_cmp);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    // Offers sent on a fleet-wide topic are refused there as malformed revocations.
+    let fleet_topic_offers: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.metrics
+                .gossip_count(Topic::Revocations.name(), GossipOutcome::Malformed)
+        })
+        .sum();
+    let clients: HashSet<PeerId> = nodes[servers..].iter().map(|n| n.net.peer_id()).collect();
+    let mut in_tables = HashSet::new();
+    for node in &nodes[..servers] {
+        for p in node.net.status().await?.routing_table {
+            if clients.contains(&p) {
+                in_tables.insert(p);
+            }
+        }
+    }
+    // The offer shards the nodes are in at the end, and the largest shard count of the digits model.
+    let mut topics = std::collections::BTreeMap::<String, usize>::new();
+    for node in &nodes {
+        for t in node.net.status().await?.offer_topics {
+            *topics.entry(t).or_default() += 1;
+        }
+    }
+    let digits_topics: Vec<_> = topics
+        .iter()
+        .filter_map(|(t, members)| {
+            let shard = fleetmesh_consensus::directory::Shard::parse(t)?;
+            (shard.family == fleetmesh_consensus::directory::Family::Model(model))
+                .then_some((shard, *members))
+        })
+        .collect();
+    let digits_shards = digits_topics.iter().map(|(s, _)| s.shards).max();
+    // What the directory holds for the one-shard digits family, seen from the last client.
+    let one = fleetmesh_consensus::directory::Shard {
+        family: fleetmesh_consensus::directory::Family::Model(model),
+        shards: 1,
+        index: 0,
+    };
+    let probe = &nodes[n - 1].net;
+    let head_providers = probe.get_providers(one.head_key()).await?.len();
+    let mut slot_providers = Vec::new();
+    for slot in 0..8 {
+        slot_providers.push(probe.get_providers(one.provider_key(slot)).await?.len());
+    }
+    let largest_shard = digits_topics.iter().map(|(_, m)| *m).max();
+    let (rss, peak) = rss_mb();
+    let wall_s = started.elapsed().as_secs_f64();
+    let report = serde_json::json!({
+        "nodes": n,
+        "servers": servers,
+        "submitters": submitters,
+        "wall_s": (wall_s * 10.0).round() / 10.0,
+        "join_s": (join_s * 10.0).round() / 10.0,
+        "rss_start_mb": rss_start.round(),
+        "rss_idle_mb": rss_idle.round(),
+        "rss_total_mb": rss.round(),
+        "rss_peak_mb": peak.round(),
+        "rss_per_node_mb": ((rss_idle - rss_start) / n as f64 * 100.0).round() / 100.0,
+        "cpu_s_per_min": ((cpu_s() - cpu0) / (wall_s / 60.0) * 10.0).round() / 10.0,
+        "jobs": total,
+        "jobs_per_s": args.rate,
+        "run_s": (run_s * 10.0).round() / 10.0,
+        "success": verdicts.len() as f64 / total.max(1) as f64,
+        "success_churn": null,
+        "assign_p50_ms": null,
+        "assign_p99_ms": null,
+        "verdict_p50_ms": percentile(&verdicts, 0.5).map(f64::round),
+        "verdict_p99_ms": percentile(&verdicts, 0.99).map(f64::round),
+        "client_msgs_per_s": (mean(&client_msgs) * 1000.0).round() / 1000.0,
+        "client_msgs_per_s_p99": percentile(&client_msgs, 0.99),
+        "client_msgs_per_s_max": client_msgs.last(),
+        "client_bytes_per_s": mean(&client_bytes).round(),
+        "client_bytes_per_s_p99": percentile(&client_bytes, 0.99).map(f64::round),
+        "server_requests_per_s": (mean(&server_requests) * 10.0).round() / 10.0,
+        "server_requests_per_s_max": server_requests.last().map(|v| (v * 10.0).round() / 10.0),
+        "fleet_topic_offers": fleet_topic_offers,
+        "offer_topics": topics.len(),
+        "digits_shards": digits_shards,
+        "largest_shard_members": largest_shard,
+        "one_shard_head_providers": head_providers,
+        "one_shard_slot_providers": slot_providers,
+        "clients_in_server_tables": in_tables.len(),
+        "max_reservations_per_relay": null,
+        "recover_s": null,
+    });
+    eprintln!("{report}");
+    // Every node stops at once; a run does not wait on stragglers for more than 20 s.
+    cancel.cancel();
+    let joins = futures::future::join_all(nodes.into_iter().map(Node::join));
+    let _ = tokio::time::timeout(Duration::from_secs(20), joins).await;
+    Ok(report)
+}
