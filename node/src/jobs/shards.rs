@@ -23,12 +23,20 @@ const SAMPLED_SLOTS: usize = 2;
 const DIAL_MEMBERS: usize = 4;
 /// How long a submitter waits for dialled members' subscriptions to arrive.
 const SUBSCRIPTION_WAIT_MS: u64 = 2_000;
+/// Bids an offer should draw from its shard, whatever the shard's size: a member bids with probability
+/// `BIDS_PER_OFFER / members` (all members when the shard is no larger), so that a submitter is not sent
+/// a bid by each of a thousand cars.
+const BIDS_PER_OFFER: usize = 16;
+/// The first look at the directory after a start, when the node's own announcements are out.
+const FIRST_ESTIMATE_AFTER_MS: u64 = 5_000;
 
 /// The shards this node is in, the shard counts it uses, and the offers counted per family.
 #[derive(Default)]
 pub(super) struct Membership {
     joined: BTreeMap<Family, Shard>,
     shards: HashMap<Family, u32>,
+    /// Members of this node's shard of each family, as last estimated from the directory.
+    members: HashMap<Family, usize>,
     /// Offers received per family since `counted_since_ms`.
     offers: HashMap<Family, u64>,
     counted_since_ms: u64,
@@ -47,6 +55,26 @@ impl Jobs {
             .get(&family)
             .copied()
             .unwrap_or(1)
+    }
+
+    /// Whether this node bids on the offer `job` for `model`: every member of a shard of at most
+    /// [`BIDS_PER_OFFER`] members does, of a larger one each with probability `BIDS_PER_OFFER / members`
+    /// (drawn from the job and this node's id, so an offer seen twice gets the same answer).
+    pub(super) fn draws_bid(&self, job: &fleetmesh_protocol::JobId, model: &ModelId) -> bool {
+        let members = lock(&self.inner.membership)
+            .members
+            .get(&Family::Model(*model))
+            .copied()
+            .unwrap_or(0);
+        if members <= BIDS_PER_OFFER {
+            return true;
+        }
+        let h = blake3::Hasher::new_derive_key("fleetmesh bid draw v1")
+            .update(job.as_bytes())
+            .update(self.inner.me.as_bytes())
+            .finalize();
+        let x = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default());
+        (x as f64 / u64::MAX as f64) < BIDS_PER_OFFER as f64 / members as f64
     }
 
     /// Counts an offer received (for the shard count's offer rate).
@@ -122,6 +150,7 @@ impl Jobs {
             m.next_upkeep_ms = m.next_upkeep_ms.max(now + UPKEEP_EVERY_MS);
             if first {
                 m.counted_since_ms = now;
+                m.next_upkeep_ms = now + FIRST_ESTIMATE_AFTER_MS;
             }
             (leave, join)
         };
@@ -165,6 +194,7 @@ impl Jobs {
                 found.push(providers.len());
             }
             let members = directory::members_estimate(&found);
+            lock(&self.inner.membership).members.insert(family, members);
             let rate = offers.get(&family).copied().unwrap_or(0) as f64 / seconds;
             let next = directory::next_shards(shard.shards, members, rate);
             if next != shard.shards {

@@ -67,6 +67,10 @@ impl Jobs {
             debug!(job = %offer.id().short(), %why, "not bidding");
             return;
         }
+        // In a large shard only some members bid, so the submitter is not flooded with bids.
+        if !self.draws_bid(&offer.id(), &offer.model) {
+            return;
+        }
         if self.registry().get(&offer.model).is_none() {
             // Fetch the model from peers (the submitter runs it), then bid if the offer is still open.
             let this = self.clone();
