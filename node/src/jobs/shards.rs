@@ -17,6 +17,9 @@ use crate::net::NetError;
 
 /// How often the node's shards are looked at again (and at once when admission changes).
 const UPKEEP_EVERY_MS: u64 = 30_000;
+/// How often the shard counts are estimated again from the directory (each estimate is a few DHT
+/// lookups per family: at 1,000 nodes the lookups of every node every 30 s were most of the DHT's load).
+const ESTIMATE_EVERY_MS: u64 = 300_000;
 /// Slots looked up per family and upkeep to estimate a shard's members.
 const SAMPLED_SLOTS: usize = 2;
 /// Members a submitter dials when it is not in the shard it publishes to.
@@ -41,6 +44,7 @@ pub(super) struct Membership {
     offers: HashMap<Family, u64>,
     counted_since_ms: u64,
     next_upkeep_ms: u64,
+    next_estimate_ms: u64,
     running: bool,
     /// Whether the car admitted work at the last upkeep.
     admitted: bool,
@@ -123,9 +127,14 @@ impl Jobs {
             families.push(Family::Any);
             families.extend(models.iter().map(|m| Family::Model(m.id())));
         }
-        let first = lock(&self.inner.membership).counted_since_ms == 0;
-        if !first {
+        let (first, estimate) = {
+            let m = lock(&self.inner.membership);
+            let first = m.counted_since_ms == 0;
+            (first, !first && now >= m.next_estimate_ms)
+        };
+        if estimate {
             self.update_shard_counts(now, slot).await;
+            lock(&self.inner.membership).next_estimate_ms = now + ESTIMATE_EVERY_MS;
         }
         let wanted: BTreeMap<Family, Shard> = families
             .into_iter()
@@ -151,6 +160,7 @@ impl Jobs {
             if first {
                 m.counted_since_ms = now;
                 m.next_upkeep_ms = now + FIRST_ESTIMATE_AFTER_MS;
+                m.next_estimate_ms = now + FIRST_ESTIMATE_AFTER_MS;
             }
             (leave, join)
         };

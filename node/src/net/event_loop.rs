@@ -86,7 +86,7 @@ pub(super) fn is_circuit(addr: &Multiaddr) -> bool {
 const RELISTEN_AFTER: Duration = Duration::from_secs(2);
 
 /// How often provider records are announced again (they also go out as soon as the node has peers).
-const REPROVIDE: Duration = Duration::from_secs(60);
+const REPROVIDE: Duration = Duration::from_secs(120);
 
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter()

@@ -438,7 +438,7 @@ pub fn start(
                 kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
                 // Peers' records are stored only after the node's own checks (records::on_inbound).
                 kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
-                // Provider records are announced again every minute by the node (models it serves,
+                // Provider records are announced again every 2 minutes by the node (models it serves,
                 // offer shards it is in) and expire five minutes after a node stops announcing them.
                 kad_cfg.set_provider_record_ttl(Some(Duration::from_secs(300)));
                 kad_cfg.set_provider_publication_interval(None);
