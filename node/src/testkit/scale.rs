@@ -205,23 +205,36 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
             let t0 = Instant::now();
             // A job not verified within a minute of its submission counts as failed.
             let verified = tokio::time::timeout(Duration::from_secs(60), async {
-                let id = jobs.submit(model, pixels, 2).await.ok()?;
-                let result = jobs.wait(id).await.ok()?;
-                matches!(result.outcome, Outcome::Accepted { .. }).then_some(())
+                let id = jobs
+                    .submit(model, pixels, 2)
+                    .await
+                    .map_err(|e| format!("submit: {e}"))?;
+                let result = jobs.wait(id).await.map_err(|e| format!("wait: {e}"))?;
+                match result.outcome {
+                    Outcome::Accepted { .. } => Ok(()),
+                    Outcome::Failed(why) => Err(format!("failed: {why:?}")),
+                }
             })
             .await;
-            matches!(verified, Ok(Some(()))).then(|| t0.elapsed().as_secs_f64() * 1e3)
+            match verified {
+                Ok(Ok(())) => Ok(t0.elapsed().as_secs_f64() * 1e3),
+                Ok(Err(why)) => Err(why),
+                Err(_) => Err("no verdict within a minute".to_string()),
+            }
         });
         if (j + 1) % 100 == 0 {
             eprintln!("  {} of {total} jobs submitted", j + 1);
         }
     }
     let mut verdicts = Vec::new();
+    let mut failures = std::collections::BTreeMap::<String, usize>::new();
     let mut finished = 0;
     while let Some(done) = tasks.join_next().await {
         finished += 1;
-        if let Ok(Some(ms)) = done {
-            verdicts.push(ms);
+        match done {
+            Ok(Ok(ms)) => verdicts.push(ms),
+            Ok(Err(why)) => *failures.entry(why).or_default() += 1,
+            Err(e) => *failures.entry(format!("task: {e}")).or_default() += 1,
         }
         if finished % 500 == 0 {
             eprintln!(
@@ -268,8 +281,22 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         .sum();
     let clients: HashSet<PeerId> = nodes[servers..].iter().map(|n| n.net.peer_id()).collect();
     let mut in_tables = HashSet::new();
+    let status = |node: &Node| {
+        let net = node.net.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(2), net.status())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    };
+    let mut unanswered = 0;
     for node in &nodes[..servers] {
-        for p in node.net.status().await?.routing_table {
+        let Some(s) = status(node).await else {
+            unanswered += 1;
+            continue;
+        };
+        for p in s.routing_table {
             if clients.contains(&p) {
                 in_tables.insert(p);
             }
@@ -278,7 +305,11 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
     // The offer shards the nodes are in at the end, and the largest shard count of the digits model.
     let mut topics = std::collections::BTreeMap::<String, usize>::new();
     for node in &nodes {
-        for t in node.net.status().await?.offer_topics {
+        let Some(s) = status(node).await else {
+            unanswered += 1;
+            continue;
+        };
+        for t in s.offer_topics {
             *topics.entry(t).or_default() += 1;
         }
     }
@@ -291,18 +322,6 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         })
         .collect();
     let digits_shards = digits_topics.iter().map(|(s, _)| s.shards).max();
-    // What the directory holds for the one-shard digits family, seen from the last client.
-    let one = fleetmesh_consensus::directory::Shard {
-        family: fleetmesh_consensus::directory::Family::Model(model),
-        shards: 1,
-        index: 0,
-    };
-    let probe = &nodes[n - 1].net;
-    let head_providers = probe.get_providers(one.head_key()).await?.len();
-    let mut slot_providers = Vec::new();
-    for slot in 0..8 {
-        slot_providers.push(probe.get_providers(one.provider_key(slot)).await?.len());
-    }
     let largest_shard = digits_topics.iter().map(|(_, m)| *m).max();
     let (rss, peak) = rss_mb();
     let wall_s = started.elapsed().as_secs_f64();
@@ -323,6 +342,7 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         "run_s": (run_s * 10.0).round() / 10.0,
         "success": verdicts.len() as f64 / total.max(1) as f64,
         "success_churn": null,
+        "failures": failures,
         "assign_p50_ms": null,
         "assign_p99_ms": null,
         "verdict_p50_ms": percentile(&verdicts, 0.5).map(f64::round),
@@ -337,11 +357,10 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         "server_requests_per_s": (mean(&server_requests) * 10.0).round() / 10.0,
         "server_requests_per_s_max": server_requests.last().map(|v| (v * 10.0).round() / 10.0),
         "fleet_topic_offers": fleet_topic_offers,
+        "status_unanswered": unanswered,
         "offer_topics": topics.len(),
         "digits_shards": digits_shards,
         "largest_shard_members": largest_shard,
-        "one_shard_head_providers": head_providers,
-        "one_shard_slot_providers": slot_providers,
         "clients_in_server_tables": in_tables.len(),
         "max_reservations_per_relay": null,
         "recover_s": null,
