@@ -243,7 +243,10 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
             );
         }
     }
-    eprintln!("collecting the report ...");
+    eprintln!(
+        "{} of {total} verified; failures: {failures:?}; collecting the report ...",
+        verdicts.len()
+    );
     let run_s = run_start.elapsed().as_secs_f64();
     verdicts.sort_by(f64::total_cmp);
 
@@ -290,25 +293,19 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
                 .and_then(Result::ok)
         }
     };
-    let mut unanswered = 0;
-    for node in &nodes[..servers] {
-        let Some(s) = status(node).await else {
-            unanswered += 1;
-            continue;
-        };
-        for p in s.routing_table {
-            if clients.contains(&p) {
-                in_tables.insert(p);
+    // Every node asked at once, each answer awaited at most 2 s.
+    let statuses = futures::future::join_all(nodes.iter().map(status)).await;
+    let unanswered = statuses.iter().filter(|s| s.is_none()).count();
+    for s in statuses[..servers].iter().flatten() {
+        for p in &s.routing_table {
+            if clients.contains(p) {
+                in_tables.insert(*p);
             }
         }
     }
     // The offer shards the nodes are in at the end, and the largest shard count of the digits model.
     let mut topics = std::collections::BTreeMap::<String, usize>::new();
-    for node in &nodes {
-        let Some(s) = status(node).await else {
-            unanswered += 1;
-            continue;
-        };
+    for s in statuses.into_iter().flatten() {
         for t in s.offer_topics {
             *topics.entry(t).or_default() += 1;
         }
