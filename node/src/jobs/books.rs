@@ -19,8 +19,9 @@ use tracing::{debug, info, warn};
 use super::{Jobs, lock, now_ms};
 use crate::net::{self, records};
 
-/// Most pages one claim check reads (each up to [`MAX_CLAIM_PAGE`] receipts).
-const MAX_CLAIM_PAGES: usize = 4_096;
+/// Most pages one claim check reads (each up to [`MAX_CLAIM_PAGE`] receipts: at most 65,536 receipts,
+/// about 60 MB, held while a claim is checked); a longer claim is checked from a later start.
+const MAX_CLAIM_PAGES: usize = 256;
 /// Most checked claims kept for the API (the oldest check goes first).
 const MAX_CHECKED: usize = 1_024;
 /// Longest wait after an epoch's end before it is sealed (receipts still on their way get this long).
