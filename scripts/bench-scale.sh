@@ -2,7 +2,7 @@
 # Scale run: N fleetmesh nodes in one process over libp2p's memory transport (noise + yamux), 5 % DHT servers
 # and relays, the rest DHT clients reachable only through relay circuits, each a full node on the embedded
 # digits model; up to 10 servers submit verified jobs (replicas 2). Prints progress on stderr and, as its
-# last line, one JSON object (node/src/testkit/scale.rs says what each field is; fields this version does
+# last line, one JSON object (node/src/testkit/scale.rs computes each field; fields this version does
 # not measure yet are null).
 #
 #   scripts/bench-scale.sh N [--secs S] [--rate JOBS_PER_S]      (defaults: 100 nodes, 60 s, 10 jobs/s)
