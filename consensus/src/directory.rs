@@ -116,11 +116,13 @@ impl Shard {
         let index: u32 = parts.next()?.parse().ok()?;
         let valid =
             parts.next().is_none() && shards.is_power_of_two() && shards <= MAX_SHARDS && index < shards;
-        valid.then_some(Self {
+        let shard = Self {
             family,
             shards,
             index,
-        })
+        };
+        // One name per shard: no leading zeros or signs.
+        (valid && shard.topic() == topic).then_some(shard)
     }
 
     /// The DHT key every member of this shard provides (Kademlia keeps 20 of them: a sample for
@@ -209,6 +211,8 @@ mod tests {
             "fleetmesh/offers/v2/any/4/1/x",
             "fleetmesh/offers/v2/zz/4/1",
             "fleetmesh/offers/v2/any/131072/1",
+            "fleetmesh/offers/v2/any/04/1",
+            "fleetmesh/offers/v2/any/+4/1",
         ] {
             assert_eq!(Shard::parse(bad), None, "{bad}");
         }

@@ -261,18 +261,22 @@ impl Jobs {
         }
         // Receipts of the epochs not sealed yet, by epoch (a fresh store seals from its oldest receipt;
         // a receipt that arrives after its epoch was sealed stays out of every root).
-        let mut due: BTreeMap<u64, Vec<Signed<Receipt>>> = BTreeMap::new();
+        // An epoch never starts before the end of the last one sealed (after `epoch_secs` changed, the
+        // first epoch is cut short there), so no two roots of this node overlap.
+        let floor = sealed_to.unwrap_or(0);
+        let mut due: BTreeMap<(u64, u64), Vec<Signed<Receipt>>> = BTreeMap::new();
         for r in self.book().receipts.values() {
             let issued = r.body.issued_ms;
-            if issued < limit && sealed_to.is_none_or(|to| issued >= to) && books::is_party(&me, r) {
-                due.entry(books::epoch_of(issued, epoch_ms).start)
+            if issued < limit && issued >= floor && books::is_party(&me, r) {
+                let epoch = books::epoch_of(issued, epoch_ms);
+                due.entry((epoch.start.max(floor), epoch.end))
                     .or_default()
                     .push(r.clone());
             }
         }
         let mut roots = Vec::new();
-        for (start, receipts) in due {
-            let Some((body, leaves)) = books::seal(me, start..start + epoch_ms, receipts) else {
+        for ((start, end), receipts) in due {
+            let Some((body, leaves)) = books::seal(me, start..end, receipts) else {
                 warn!(
                     start,
                     "too many receipts in one epoch to seal: shorten jobs.epoch_secs"

@@ -31,22 +31,20 @@ impl Jobs {
         }
     }
 
-    /// A worker another submitter revoked a receipt of (it was caught returning a wrong output there)
-    /// loses the trust this node's submitter gave it.
-    pub(super) fn distrust(&self, worker: fleetmesh_protocol::NodeId) {
-        let now = now_ms();
-        let mut side = self.submitter();
-        if side.core.reputation().is_trusted(&worker, now) {
-            debug!(worker = %worker.short(), "another submitter revoked this worker's result: no longer trusted here");
-        }
-        side.core.distrust(worker);
-    }
-
     /// A receipt from the submitter of a job this node worked on: kept and stored (durably) before it is
     /// acknowledged, so that the submitter stops sending it only once it is safe here.
     async fn on_receipt(&self, receipt: Signed<Receipt>) -> Vec<u8> {
         if receipt.body.claim.body.worker != self.inner.me {
             return refuse("not this worker's receipt");
+        }
+        // Sent again, or a variant the ledger's rule would not keep: nothing to write (and no flush a peer
+        // could ask for again and again).
+        {
+            let book = self.book();
+            let key = (receipt.body.claim.body.job, receipt.body.claim.body.worker);
+            if !super::replaces(book.receipts.get(&key), &receipt) {
+                return reply(Reply::accepted());
+            }
         }
         self.inner.receipts.put(receipt.clone());
         self.inner.receipts.sync().await;

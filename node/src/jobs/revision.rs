@@ -151,16 +151,15 @@ impl Jobs {
     /// A revocation from gossip (signature checked): kept and stored if it revokes a receipt this node
     /// holds from its signer.
     pub(super) fn on_revocation(&self, revocation: Signed<Revocation>) {
-        let (mine, new_foreign) = {
+        // A revocation of another node's receipt carries no evidence this node can check (its rejection
+        // receipt went to the parties only): it is kept for claim checks, and changes no trust here.
+        let mine = {
             let mut book = self.book();
-            match book.keep_revocation(revocation.clone()) {
-                true => (true, false),
-                false => (false, book.keep_foreign(revocation.clone())),
+            book.keep_revocation(revocation.clone()) || {
+                book.keep_foreign(revocation.clone());
+                false
             }
         };
-        if new_foreign && revocation.body.worker != self.inner.me {
-            self.distrust(revocation.body.worker);
-        }
         if !mine {
             return;
         }

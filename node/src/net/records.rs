@@ -32,6 +32,13 @@ pub fn root_key(node: &NodeId, start_ms: u64) -> Vec<u8> {
         .to_vec()
 }
 
+/// Whether a root's epoch is one a node stores for others at `now_ms`: ended (30 s of clock skew allowed)
+/// and not older than [`ROOT_TTL`], so that no key can fill the store with roots of made-up epochs.
+pub fn is_current(root: &EpochRoot, now_ms: u64) -> bool {
+    root.end_ms <= now_ms.saturating_add(30_000)
+        && root.end_ms.saturating_add(ROOT_TTL.as_millis() as u64) >= now_ms
+}
+
 /// The root a record holds, if it is a valid, signed root stored under its own key.
 pub fn root_in(record: &kad::Record) -> Option<Signed<EpochRoot>> {
     let root = codec::decode::<Signed<EpochRoot>>(&record.value).ok()?;
@@ -48,8 +55,9 @@ pub(super) fn on_inbound(kad: &mut kad::Behaviour<kad::store::MemoryStore>, requ
             record: Some(record),
             ..
         } => {
-            if root_in(&record).is_none() {
-                debug!(%source, "refused a DHT record that is not a signed epoch root under its key");
+            let now = crate::clock::now_ms();
+            if !root_in(&record).is_some_and(|r| is_current(&r.body, now)) {
+                debug!(%source, "refused a DHT record that is not a recent signed epoch root under its key");
                 return;
             }
             if let Err(e) = kad.store_mut().put(record) {
