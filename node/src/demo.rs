@@ -167,7 +167,8 @@ pub enum DemoError {
     NotConnected,
 }
 
-fn random_key() -> Result<NodeKey, DemoError> {
+/// A fresh node key from the system's randomness.
+pub(crate) fn random_key() -> Result<NodeKey, DemoError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)?;
     Ok(NodeKey::from_seed(seed))

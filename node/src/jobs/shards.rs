@@ -224,12 +224,7 @@ impl Jobs {
         data: Vec<u8>,
     ) -> Result<(), NetError> {
         let net = &self.inner.net;
-        let family = Family::Model(model);
-        let own = lock(&self.inner.membership).joined.get(&family).copied();
-        let shard = match own {
-            Some(s) => Some(s),
-            None => self.find_shard(family).await,
-        };
+        let shard = self.shard_to_publish(Family::Model(model)).await;
         let mut members = 0;
         let mut result = Err(NetError::Publish("no shard of the model has members".into()));
         if let Some(shard) = shard {
@@ -238,20 +233,24 @@ impl Jobs {
                 result = net.publish_on(shard.topic(), data.clone()).await;
             }
         }
-        if members < needed {
-            let any = lock(&self.inner.membership).joined.get(&Family::Any).copied();
-            let any = match any {
-                Some(s) => Some(s),
-                None => self.find_shard(Family::Any).await,
-            };
-            if let Some(any) = any {
-                let published = net.publish_on(any.topic(), data).await;
-                if result.is_err() {
-                    result = published;
-                }
+        if members < needed
+            && let Some(any) = self.shard_to_publish(Family::Any).await
+        {
+            let published = net.publish_on(any.topic(), data).await;
+            if result.is_err() {
+                result = published;
             }
         }
         result
+    }
+
+    /// This node's own shard of `family`, or else one found through the DHT ([`Jobs::find_shard`]).
+    async fn shard_to_publish(&self, family: Family) -> Option<Shard> {
+        let own = lock(&self.inner.membership).joined.get(&family).copied();
+        match own {
+            Some(s) => Some(s),
+            None => self.find_shard(family).await,
+        }
     }
 
     /// A shard of `family` with members this node is connected to: one whose providers it finds in the

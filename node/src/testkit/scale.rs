@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 
 use fleetmesh_consensus::job::Outcome;
 use fleetmesh_consensus::payment::Payers;
-use fleetmesh_protocol::NodeKey;
 use libp2p::{Multiaddr, PeerId};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KadMode;
-use crate::demo::DemoError;
+use crate::demo::{DemoError, random_key};
 use crate::inference::{Model, Registry, digits};
 use crate::jobs::JobsConfig;
 use crate::metrics::{GossipOutcome, Metrics};
@@ -37,12 +36,6 @@ pub struct ScaleArgs {
     pub secs: u64,
     /// Jobs submitted per second, over all submitters.
     pub rate: f64,
-}
-
-fn random_key() -> Result<NodeKey, DemoError> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)?;
-    Ok(NodeKey::from_seed(seed))
 }
 
 /// This process's resident memory now and at its peak, in MB.
