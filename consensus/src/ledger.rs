@@ -14,7 +14,7 @@
 //! the submitter granted.
 //!
 //! A receipt its submitter revoked ([`Revocation`]) counts nothing, but only with the evidence the
-//! revocation names: a valid `Rejected` receipt of the same submitter for the same worker on another job,
+//! revocation carries: a valid `Rejected` receipt of the same submitter for the same worker on another job,
 //! issued no earlier than the revoked receipt and at most [`REVOCATION_WINDOW_MS`] after it. So a
 //! submitter can take back only results a worker delivered before it was caught returning a wrong output,
 //! within a day; older credit is final, and a worker never caught keeps all of it.
@@ -61,8 +61,8 @@ pub struct Ledger {
     pub void: BTreeMap<BudgetKey, FraudProof>,
     /// The (job, worker) of every receipt revoked by its submitter with the evidence: they count nothing.
     pub revoked: BTreeSet<(JobId, NodeId)>,
-    /// Revocations that were not honoured: a bad signature, no receipt of that submitter to revoke, or
-    /// no evidence in the receipts given (one that arrives before its receipts counts here until then).
+    /// Revocations that were not honoured: a bad signature, no receipt of that submitter to revoke (one
+    /// that arrives before its receipt counts here until then), or evidence that does not hold.
     pub revocations_ignored: usize,
 }
 
@@ -115,20 +115,12 @@ impl Ledger {
         // (job, worker) -> canonical bytes and receipt of the one kept.
         let mut kept: BTreeMap<(JobId, NodeId), Kept<'a>> = BTreeMap::new();
         let mut valid: Vec<&'a Signed<Receipt>> = Vec::new();
-        // Evidence for revocations: (job, worker, submitter) -> when each valid rejection was issued.
-        let mut rejections: BTreeMap<(JobId, NodeId, NodeId), BTreeSet<u64>> = BTreeMap::new();
         let mut seen = 0usize;
         for r in receipts {
             let (claim, budget) = (&r.body.claim.body, &r.body.budget.body);
             if r.verify().is_err() || claim.worker == claim.submitter {
                 ledger.forged += 1;
                 continue;
-            }
-            if r.body.verdict == Verdict::Rejected {
-                rejections
-                    .entry((claim.job, claim.worker, claim.submitter))
-                    .or_default()
-                    .insert(r.body.issued_ms);
             }
             if !payers.contains(&budget.payer)
                 || budget.holder != claim.submitter
@@ -156,7 +148,7 @@ impl Ledger {
         ledger.duplicates = seen - kept.len();
         ledger.void = payment::find_frauds(valid);
         kept.retain(|_, (_, r)| !ledger.void.contains_key(&r.body.budget.body.key()));
-        let revoked = honoured_revocations(revocations, &kept, &rejections);
+        let revoked = honoured_revocations(revocations, &kept);
         ledger.revocations_ignored = revocations.len() - revoked.values().sum::<usize>();
         ledger.revoked = revoked.into_keys().collect();
 
@@ -199,12 +191,11 @@ impl Ledger {
     }
 }
 
-/// The (job, worker) pairs of `kept` receipts that a valid revocation takes back with its evidence in
-/// `rejections`, each with the number of revocations naming it (repeats included).
+/// The (job, worker) pairs of `kept` receipts that a valid revocation takes back with the evidence it
+/// carries, each with the number of revocations naming it (repeats included).
 fn honoured_revocations(
     revocations: &[Signed<Revocation>],
     kept: &BTreeMap<(JobId, NodeId), Kept<'_>>,
-    rejections: &BTreeMap<(JobId, NodeId, NodeId), BTreeSet<u64>>,
 ) -> BTreeMap<(JobId, NodeId), usize> {
     let mut revoked: BTreeMap<(JobId, NodeId), usize> = BTreeMap::new();
     for rv in revocations {
@@ -213,17 +204,16 @@ fn honoured_revocations(
             continue;
         };
         let issued = target.body.issued_ms;
-        let caught_in_window = rejections
-            .get(&(b.evidence, b.worker, b.submitter))
-            .is_some_and(|at| {
-                at.range(issued..=issued.saturating_add(REVOCATION_WINDOW_MS))
-                    .next()
-                    .is_some()
-            });
+        let (rejection, caught) = (&b.evidence.body, &b.evidence.body.claim.body);
+        let caught_in_window =
+            (issued..=issued.saturating_add(REVOCATION_WINDOW_MS)).contains(&rejection.issued_ms);
         if target.body.claim.body.submitter == b.submitter
             && target.body.verdict.is_accepted()
+            && rejection.verdict == Verdict::Rejected
+            && caught.worker == b.worker
+            && caught.submitter == b.submitter
             && caught_in_window
-            && b.job != b.evidence
+            && b.job != caught.job
             && rv.verify().is_ok()
         {
             *revoked.entry((b.job, b.worker)).or_default() += 1;

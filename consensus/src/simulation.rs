@@ -303,11 +303,13 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 match action {
                     Action::Recheck {
                         job,
-                        evidence,
+                        rejection,
                         recheck,
                     } => {
                         report.rechecks += 1;
-                        if cfg.receipts {
+                        if cfg.receipts
+                            && let Ok(evidence) = Signed::sign(*rejection, &fleet.submitter_key)
+                        {
                             let revocation = Revocation {
                                 job,
                                 worker: recheck.suspect,

@@ -138,16 +138,17 @@ pub enum Action {
         /// One receipt body per worker that revealed, with its verdict and credit.
         receipts: Vec<Receipt>,
     },
-    /// `suspect` was caught returning a wrong output on the job `evidence` (decided just before, its
-    /// receipts include the rejection) after the job `recheck.of` was accepted on its word alone (offer
-    /// `job`): sign, store and publish a `Revocation` of its receipt for `job` naming `evidence`, then
+    /// `suspect` was caught returning a wrong output on a job decided just before (`rejection` is the body
+    /// of its receipt there, as in that [`Action::Decide`]) after the job `recheck.of` was accepted on its
+    /// word alone (offer `job`): sign, store and publish a `Revocation` of its receipt for `job` carrying
+    /// the signed rejection as evidence, then
     /// offer `recheck.of`'s input again under a fresh offer with two replicas and hand it to
     /// [`Submitter::offer_recheck`].
     Recheck {
         /// The offer whose receipt is revoked.
         job: JobId,
-        /// The job on which the suspect was caught.
-        evidence: JobId,
+        /// The suspect's `Rejected` receipt body on the job where it was caught.
+        rejection: Box<Receipt>,
         /// What to recheck.
         recheck: Recheck,
     },
@@ -769,6 +770,8 @@ impl Submitter {
             self.reputation.missed(w, now_ms);
         }
         let mut after = Vec::new();
+        // (result caught on, suspect): the rechecks, built once the receipts are numbered.
+        let mut caught: Vec<(Unchecked, NodeId)> = Vec::new();
         if let Outcome::Accepted {
             output,
             agreeing,
@@ -790,15 +793,7 @@ impl Submitter {
             }
             for suspect in disagreeing {
                 for u in self.audit.caught(suspect, now_ms) {
-                    after.push(Action::Recheck {
-                        job: u.job,
-                        evidence: id,
-                        recheck: Recheck {
-                            of: u.original,
-                            suspect: *suspect,
-                            accepted: u.digest,
-                        },
-                    });
+                    caught.push((u, *suspect));
                 }
             }
             if let Some(r) = f.recheck
@@ -815,6 +810,23 @@ impl Submitter {
         let unverified = f.replication == Replication::Fixed && f.offer.replicas <= 1;
         let mut receipts = receipts_for(&f.offer, agreeing, &f.claims, now_ms, unverified);
         self.spending.stamp(&f.offer.budget, &mut receipts);
+        for (u, suspect) in caught {
+            let Some(rejection) = receipts
+                .iter()
+                .find(|r| r.claim.body.worker == suspect && r.verdict == Verdict::Rejected)
+            else {
+                continue;
+            };
+            after.push(Action::Recheck {
+                job: u.job,
+                rejection: Box::new(rejection.clone()),
+                recheck: Recheck {
+                    of: u.original,
+                    suspect,
+                    accepted: u.digest,
+                },
+            });
+        }
         let compute_us_max = f
             .job
             .slots()

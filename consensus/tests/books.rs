@@ -2,14 +2,15 @@
 //! whole, honest claim gives the same balance as the ledger of the claimant's receipts; a receipt that is
 //! not under the root, a root signed by another key or differing from the published one, a page that
 //! skips or repeats leaves, an epoch shown in part, a receipt of someone else or from outside the epoch,
-//! and a forged receipt under a genuine root are each refused with their own error.
+//! and a forged receipt under a genuine root are each refused with their own error. A revocation counts
+//! against a claim with the evidence it carries, whatever the claimant left out.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use fleetmesh_consensus::books::{self, ClaimCheck, ClaimError, Tree};
 use fleetmesh_consensus::ledger::Ledger;
 use fleetmesh_consensus::payment::Payers;
 use fleetmesh_protocol::messages::{
-    Budget, ClaimEntry, ClaimPage, EpochRoot, MAX_CLAIM_PAGE, Receipt, Verdict, WorkClaim,
+    Budget, ClaimEntry, ClaimPage, EpochRoot, MAX_CLAIM_PAGE, Receipt, Revocation, Verdict, WorkClaim,
 };
 use fleetmesh_protocol::{JobId, ModelId, NodeKey, Signed};
 
@@ -245,4 +246,39 @@ fn a_forged_receipt_under_a_genuine_root_is_refused() {
     all.push(fake);
     let (root, pages) = sealed(0, &all);
     assert_eq!(check(&pages, &[&root]), Err(ClaimError::Forged(1)));
+}
+
+#[test]
+fn a_claim_that_leaves_out_its_rejection_still_loses_the_revoked_credit() {
+    // The worker's epoch 0 as it sealed it: its accepted receipts only. Submitter 2 rejected it on
+    // another job (job 1000) and revoked receipt 0; the worker kept that rejection out of its books.
+    let all = receipts();
+    let (root0, pages0) = sealed(0, &all);
+    let (root1, pages1) = sealed(1, &all);
+    let rejection = {
+        let mut body = receipt(WORKER, 2, 1000, 50).body;
+        body.verdict = Verdict::Rejected;
+        body.credit = 0;
+        Signed::sign(body, &key(2)).unwrap()
+    };
+    let revoked = &all[0];
+    assert_eq!(revoked.body.claim.body.submitter, key(2).node_id());
+    let revocation = Signed::sign(
+        Revocation {
+            job: revoked.body.claim.body.job,
+            worker: key(WORKER).node_id(),
+            submitter: key(2).node_id(),
+            evidence: rejection,
+            issued_ms: 60,
+        },
+        &key(2),
+    )
+    .unwrap();
+    let mut claim = ClaimCheck::new(key(WORKER).node_id());
+    for page in [pages0, pages1].concat() {
+        claim.add_page(&page, &[root0.clone(), root1.clone()]).unwrap();
+    }
+    let checked = claim.finish(&[revocation], &payers()).unwrap();
+    assert_eq!(checked.balance.jobs, 309, "one of 310 receipts revoked");
+    assert_eq!(checked.balance.credit, 309 * 10);
 }

@@ -372,7 +372,7 @@ fn an_honest_submitter_never_grants_past_its_budget_and_a_statement_splits_by_pa
     assert!(Ledger::statement(&receipts, &[], &payers(), &key(1).node_id(), 10..20).is_empty());
 }
 
-/// The revocation of `target` by its submitter (one of keys 10..=12) naming `evidence`'s job, if that is
+/// The revocation of `target` by its submitter (one of keys 10..=12) with `evidence`, if that is of
 /// another job.
 fn revoke_with(target: &Signed<Receipt>, evidence: &Signed<Receipt>) -> Option<Signed<Revocation>> {
     let claim = &target.body.claim.body;
@@ -381,19 +381,25 @@ fn revoke_with(target: &Signed<Receipt>, evidence: &Signed<Receipt>) -> Option<S
         job: claim.job,
         worker: claim.worker,
         submitter: claim.submitter,
-        evidence: evidence.body.claim.body.job,
+        evidence: evidence.clone(),
         issued_ms: 5,
     };
-    (body.job != body.evidence).then(|| Signed::sign(body, &key(submitter)).unwrap())
+    (body.job != evidence.body.claim.body.job).then(|| Signed::sign(body, &key(submitter)).unwrap())
 }
 
-/// A revocation signed by `signer`, naming `submitter` (one key unless forged).
-fn revocation(signer: u8, submitter: u8, worker: u8, job: u8, evidence: u8) -> Signed<Revocation> {
+/// A revocation signed by `signer`, naming `submitter` (one key unless forged), carrying `evidence`.
+fn revocation(
+    signer: u8,
+    submitter: u8,
+    worker: u8,
+    job: u8,
+    evidence: &Signed<Receipt>,
+) -> Signed<Revocation> {
     let body = Revocation {
         job: JobId::of(&[job]),
         worker: key(worker).node_id(),
         submitter: key(submitter).node_id(),
-        evidence: JobId::of(&[evidence]),
+        evidence: evidence.clone(),
         issued_ms: 5,
     };
     let signature = key(signer).sign_digest(&fleetmesh_protocol::signing::signing_digest(&body));
@@ -417,18 +423,26 @@ fn a_revocation_counts_only_from_the_receipts_submitter_with_its_evidence_and_in
     let before = Ledger::from_receipts(&receipts, &payers());
     assert_eq!(before.balance(&key(1).node_id()).credit, 2_000);
 
-    let honoured = revocation(10, 10, 1, 0, 3);
+    let caught = &receipts[3];
+    let honoured = revocation(10, 10, 1, 0, caught);
+    let tampered = {
+        let mut r = caught.clone();
+        r.body.issued_ms += 1;
+        r
+    };
     let ignored = [
         // Signed by another key in the submitter's name.
-        revocation(11, 10, 1, 1, 3),
+        revocation(11, 10, 1, 1, caught),
         // Another submitter revoking 10's receipt.
-        revocation(11, 11, 1, 1, 3),
-        // No rejection of worker 1 on job 2: no evidence.
-        revocation(10, 10, 1, 1, 2),
+        revocation(11, 11, 1, 1, caught),
+        // An accepted receipt (of worker 2) is no evidence against worker 1.
+        revocation(10, 10, 1, 1, &receipts[2]),
         // Worker 2 was never caught.
-        revocation(10, 10, 2, 2, 3),
+        revocation(10, 10, 2, 2, caught),
         // A receipt nobody holds.
-        revocation(10, 10, 1, 9, 3),
+        revocation(10, 10, 1, 9, caught),
+        // Evidence altered after it was signed.
+        revocation(10, 10, 1, 1, &tampered),
     ];
     let mut all = vec![honoured.clone()];
     all.extend(ignored.iter().cloned());
@@ -450,16 +464,17 @@ fn a_revocation_counts_only_from_the_receipts_submitter_with_its_evidence_and_in
     let again = Ledger::with_revocations(&shuffled_receipts, &twice, &payers());
     assert_eq!(again.balances, ledger.balances);
     assert_eq!(again.revoked, ledger.revoked);
-    // Without its evidence among the receipts, a revocation counts nothing.
+    // The evidence travels with the revocation: a worker that leaves its rejection out of the receipts
+    // it shows (its claim) still loses the revoked credit.
     let without = Ledger::with_revocations(&receipts[..3], &all, &payers());
-    assert_eq!(without.balance(&key(1).node_id()).credit, 2_000);
+    assert_eq!(without.balance(&key(1).node_id()).credit, 1_000);
+    assert_eq!(without.revoked, ledger.revoked);
     // A rejection issued before the receipt, or more than the window after it, is no evidence for it.
-    let mut late = receipts.clone();
-    late[3] = {
-        let mut body = late[3].body.clone();
+    let late = {
+        let mut body = caught.body.clone();
         body.issued_ms = 2 + REVOCATION_WINDOW_MS + 1;
         Signed::sign(body, &key(10)).unwrap()
     };
-    let stale = Ledger::with_revocations(&late, &all, &payers());
+    let stale = Ledger::with_revocations(&receipts, &[revocation(10, 10, 1, 0, &late)], &payers());
     assert_eq!(stale.balance(&key(1).node_id()).credit, 2_000);
 }

@@ -110,7 +110,7 @@ impl Kind {
             Kind::ChunkRequest => b"fleetmesh/chunk-request/v1",
             Kind::Chunk => b"fleetmesh/chunk/v1",
             Kind::Budget => b"fleetmesh/budget/v1",
-            Kind::Revocation => b"fleetmesh/revocation/v1",
+            Kind::Revocation => b"fleetmesh/revocation/v2",
             Kind::EpochRoot => b"fleetmesh/epoch-root/v1",
             Kind::ClaimRequest => b"fleetmesh/claim-request/v1",
             Kind::ClaimPage => b"fleetmesh/claim-page/v1",

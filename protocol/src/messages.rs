@@ -595,13 +595,16 @@ pub const REVOCATION_WINDOW_MS: u64 = 24 * 3600 * 1000;
 
 /// A submitter takes back a receipt it issued for a result it accepted on one worker's word alone (no
 /// independent replica ran it), because that worker was later caught returning a wrong output: its
-/// result on the job `evidence` was out-voted, which the submitter's `Rejected` receipt of that job
-/// shows (a receipt carries the worker's own signed claim, so the submitter cannot make one up). The
-/// worker forfeits the credit of the job `job`; the submitter re-runs it on other workers and corrects
-/// its verdict if the output was wrong.
+/// result on another job was out-voted, which the submitter's `Rejected` receipt of that job shows (a
+/// receipt carries the worker's own signed claim, so the submitter cannot make one up). The revocation
+/// carries that receipt, so anyone holding the revocation can check it without the worker's help (a
+/// worker cannot keep revoked credit by leaving its rejections out of its claims). The worker forfeits
+/// the credit of the job `job`; the submitter re-runs it on other workers and corrects its verdict if
+/// the output was wrong.
 ///
-/// A ledger honours a revocation only together with that evidence, for a receipt issued at most
-/// [`REVOCATION_WINDOW_MS`] before the evidence's rejection and not after it.
+/// A ledger honours a revocation only for a receipt issued at most [`REVOCATION_WINDOW_MS`] before the
+/// evidence's rejection and not after it. Verifying a `Signed<Revocation>` also verifies the evidence's
+/// signatures (submitter, worker, payer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     /// The job of the revoked receipt.
@@ -610,19 +613,31 @@ pub struct Revocation {
     pub worker: NodeId,
     /// The submitter who issued the receipt and revokes it (the signer).
     pub submitter: NodeId,
-    /// The job on which the worker was caught: the submitter's receipt for it rejects the worker.
-    pub evidence: JobId,
+    /// The submitter's `Rejected` receipt of the worker on the job where it was caught.
+    pub evidence: Signed<Receipt>,
     /// When the receipt was revoked.
     pub issued_ms: u64,
 }
 
 impl Message for Revocation {
     const KIND: Kind = Kind::Revocation;
-    const MAX_LEN: usize = 192;
+    const MAX_LEN: usize = 192 + <Signed<Receipt> as Message>::MAX_LEN;
 
     fn validate(&self) -> Result<(), DecodeError> {
         distinct_parties(Self::KIND, &self.worker, &self.submitter)?;
-        if self.job == self.evidence {
+        self.evidence.body.validate()?;
+        let rejected = &self.evidence.body;
+        let claim = &rejected.claim.body;
+        if rejected.verdict != Verdict::Rejected
+            || claim.worker != self.worker
+            || claim.submitter != self.submitter
+        {
+            return Err(DecodeError::invalid(
+                Self::KIND,
+                "the evidence must be the submitter's rejection of the worker",
+            ));
+        }
+        if self.job == claim.job {
             return Err(DecodeError::invalid(
                 Self::KIND,
                 "a receipt is not revoked by its own job",
@@ -635,6 +650,10 @@ impl Message for Revocation {
 impl Signable for Revocation {
     fn signer(&self) -> NodeId {
         self.submitter
+    }
+
+    fn nested_checks(&self, out: &mut Vec<SignatureCheck>) -> Result<(), VerifyError> {
+        self.evidence.checks(out)
     }
 }
 

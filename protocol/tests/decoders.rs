@@ -204,12 +204,7 @@ fuzz_signed_kind!(
     payer()
 );
 
-fuzz_signed_kind!(
-    revocation,
-    Revocation,
-    arb_revocation(key(1).node_id(), key(2).node_id()),
-    key(2)
-);
+fuzz_signed_kind!(revocation, Revocation, arb_revocation(key(1), key(2)), key(2));
 
 fuzz_signed_kind!(epoch_root, EpochRoot, arb_epoch_root(key(1).node_id()), key(1));
 

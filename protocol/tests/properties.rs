@@ -117,7 +117,7 @@ proptest! {
     }
 
     #[test]
-    fn revocation_signed((key, r) in arb_key().prop_flat_map(|k| { let id = k.node_id(); (Just(k), arb_revocation(key(3).node_id(), id)) }),
+    fn revocation_signed((key, r) in arb_key().prop_flat_map(|k| (Just(k.clone()), arb_revocation(key(3), k))),
                          at in any::<usize>(), mask in 1u8..) {
         check_signed_kind(r, &key, at, mask);
     }

@@ -3,12 +3,12 @@
 //! and gossips a `Revocation` of each of those receipts, and offers each job again as a recheck (two
 //! replicas, the suspect excluded); a recheck that accepts another output revises the job's verdict
 //! (`GET /v1/jobs/{id}` then says `revised`, with the corrected output). Revocations from other
-//! submitters arrive by gossip (topic `fleetmesh/revocations/v1`) and count in the ledger with their
+//! submitters arrive by gossip (topic `fleetmesh/revocations/v2`) and count in the ledger with their
 //! evidence.
 
 use fleetmesh_consensus::submitter::Recheck;
 use fleetmesh_protocol::codec;
-use fleetmesh_protocol::messages::Revocation;
+use fleetmesh_protocol::messages::{Receipt, Revocation};
 use fleetmesh_protocol::{JobId, NodeId, Signed};
 use tracing::{debug, info, warn};
 
@@ -17,9 +17,15 @@ use crate::net::Topic;
 use crate::store::RevisionRecord;
 
 impl Jobs {
-    /// The worker `recheck.suspect` was caught on the job `evidence`: revokes its receipt for the offer
-    /// `job` (durable before it leaves), then offers the job `recheck.of` again as a recheck.
-    pub(super) fn recheck(&self, job: JobId, evidence: JobId, recheck: Recheck) {
+    /// The worker `recheck.suspect` was caught (`rejection` is this node's receipt body rejecting it):
+    /// revokes its receipt for the offer `job` with the signed rejection as evidence (durable before it
+    /// leaves), then offers the job `recheck.of` again as a recheck.
+    pub(super) fn recheck(&self, job: JobId, rejection: Receipt, recheck: Recheck) {
+        let caught_on = rejection.claim.body.job;
+        // The same signature as the receipt stored with the verdict (ed25519 signs deterministically).
+        let Ok(evidence) = Signed::sign(rejection, &self.inner.key) else {
+            return;
+        };
         let revocation = Revocation {
             job,
             worker: recheck.suspect,
@@ -62,7 +68,7 @@ impl Jobs {
             info!(
                 job = %recheck.of.short(),
                 suspect = %recheck.suspect.short(),
-                caught_on = %evidence.short(),
+                caught_on = %caught_on.short(),
                 "worker caught lying: its receipt revoked, the job it ran alone checked again"
             );
             // The job's input, from memory or (decided long ago) from the store.
@@ -151,8 +157,9 @@ impl Jobs {
     /// A revocation from gossip (signature checked): kept and stored if it revokes a receipt this node
     /// holds from its signer.
     pub(super) fn on_revocation(&self, revocation: Signed<Revocation>) {
-        // A revocation of another node's receipt carries no evidence this node can check (its rejection
-        // receipt went to the parties only): it is kept for claim checks, and changes no trust here.
+        // A revocation of another node's receipt is kept for claim checks (its evidence travels with it)
+        // and changes no trust here: the evidence shows only that its submitter rejected the worker once,
+        // which a submitter with a grudge can do to an honest worker.
         let mine = {
             let mut book = self.book();
             book.keep_revocation(revocation.clone()) || {

@@ -468,9 +468,9 @@ impl Jobs {
             } => self.finish(job, result, receipts),
             Action::Recheck {
                 job,
-                evidence,
+                rejection,
                 recheck,
-            } => self.recheck(job, evidence, recheck),
+            } => self.recheck(job, *rejection, recheck),
             Action::Revise {
                 job,
                 recheck,

@@ -54,7 +54,7 @@ impl Topic {
     pub fn name(self) -> &'static str {
         match self {
             Topic::Offers => fleetmesh_consensus::directory::TOPIC_PREFIX,
-            Topic::Revocations => "fleetmesh/revocations/v1",
+            Topic::Revocations => "fleetmesh/revocations/v2",
         }
     }
 

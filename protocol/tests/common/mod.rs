@@ -183,17 +183,24 @@ pub fn arb_withdraw_for(worker: NodeId) -> impl Strategy<Value = Withdraw> {
     })
 }
 
-pub fn arb_revocation(worker: NodeId, submitter: NodeId) -> impl Strategy<Value = Revocation> {
-    (arb_job(), arb_job(), any::<u64>())
+/// A revocation by `submitter` of a receipt of `worker`, with a rejection of `worker` signed by
+/// `submitter` on another job as evidence.
+pub fn arb_revocation(worker: NodeKey, submitter: NodeKey) -> impl Strategy<Value = Revocation> {
+    let signer = submitter.clone();
+    (arb_job(), arb_receipt(worker.clone(), submitter), any::<u64>())
         .prop_filter("a receipt is not revoked by its own job", |(job, evidence, _)| {
-            job != evidence
+            *job != evidence.claim.body.job
         })
-        .prop_map(move |(job, evidence, issued_ms)| Revocation {
-            job,
-            worker,
-            submitter,
-            evidence,
-            issued_ms,
+        .prop_map(move |(job, mut evidence, issued_ms)| {
+            evidence.verdict = Verdict::Rejected;
+            evidence.credit = 0;
+            Revocation {
+                job,
+                worker: worker.node_id(),
+                submitter: signer.node_id(),
+                evidence: Signed::sign(evidence, &signer).unwrap(),
+                issued_ms,
+            }
         })
 }
 
