@@ -12,6 +12,8 @@ fn parse() -> anyhow::Result<ScaleArgs> {
         nodes: 100,
         secs: 60,
         rate: 10.0,
+        idle_secs: 10,
+        join_per_s: 20.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -19,9 +21,11 @@ fn parse() -> anyhow::Result<ScaleArgs> {
         match a.as_str() {
             "--secs" => args.secs = value("--secs")?.parse()?,
             "--rate" => args.rate = value("--rate")?.parse()?,
+            "--idle" => args.idle_secs = value("--idle")?.parse()?,
+            "--join-rate" => args.join_per_s = value("--join-rate")?.parse()?,
             "-h" | "--help" => {
                 println!(
-                    "usage: scale [NODES (default 100)] [--secs S (default 60)] [--rate JOBS_PER_S (default 10)]"
+                    "usage: scale [NODES (default 100)] [--secs S (default 60)] [--rate JOBS_PER_S (default 10)] [--idle S (default 10)] [--join-rate CLIENTS_PER_S (default 20)]"
                 );
                 std::process::exit(0);
             }
@@ -34,8 +38,8 @@ fn parse() -> anyhow::Result<ScaleArgs> {
     }
     anyhow::ensure!(args.nodes >= 4, "at least 4 nodes");
     anyhow::ensure!(
-        args.rate > 0.0 && args.secs > 0,
-        "--rate and --secs must be positive"
+        args.rate > 0.0 && args.secs > 0 && args.join_per_s > 0.0,
+        "--rate, --secs and --join-rate must be positive"
     );
     Ok(args)
 }

@@ -5,7 +5,8 @@
 # last line, one JSON object (node/src/testkit/scale.rs computes each field; fields this version does
 # not measure yet are null).
 #
-#   scripts/bench-scale.sh N [--secs S] [--rate JOBS_PER_S]      (defaults: 100 nodes, 60 s, 10 jobs/s)
+#   scripts/bench-scale.sh N [--secs S] [--rate JOBS_PER_S] [--idle S] [--join-rate CLIENTS_PER_S]
+#   (defaults: 100 nodes, 60 s, 10 jobs/s, 10 s idle first, 20 clients joining a second)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

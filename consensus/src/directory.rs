@@ -15,7 +15,7 @@
 //!
 //! How a node learns `S`: from the directory itself. It looks up a few slots of its own shard and
 //! counts the providers ([`members_estimate`]), and counts the offers its shard receives; [`next_shards`]
-//! doubles `S` while a shard holds more than [`TARGET_MEMBERS`] cars or brings its members more than
+//! doubles `S` (as many times as needed at once) while a shard holds more than [`TARGET_MEMBERS`] cars or brings its members more than
 //! [`MAX_OFFERS_PER_S`] offers a second, and halves it when both are far below (never splitting below
 //! [`MIN_MEMBERS`] members a shard). Shard ids are stable under doubling (a car of shard `s` of `S` is
 //! in `s` or `s + S` of `2S`), so nodes with neighbouring estimates still meet: a submitter that finds
@@ -172,13 +172,23 @@ pub fn members_estimate(found_per_slot: &[usize]) -> usize {
 }
 
 /// The shard count to use next, given the current one, the members of this node's shard and the offers
-/// a second it brings: doubled while a shard is too full or too busy (and each half keeps at least
-/// [`MIN_MEMBERS`]), halved while both are under a third of their bounds at half the shards.
+/// a second it brings: doubled as often as it takes (in one step, so that a fleet under load reaches its
+/// count at the next estimate) while a shard would be too full or too busy, each split assumed to halve
+/// both, and each half keeping at least [`MIN_MEMBERS`]; halved (one step at a time) while both are
+/// under a third of their bounds at half the shards.
 pub fn next_shards(current: u32, members: usize, offers_per_s: f64) -> u32 {
     let current = clamp_shards(current);
-    let can_split = members / 2 >= MIN_MEMBERS && current < MAX_SHARDS;
-    if can_split && (members > TARGET_MEMBERS || offers_per_s > MAX_OFFERS_PER_S) {
-        return current * 2;
+    let (mut shards, mut members_now, mut offers_now) = (current, members, offers_per_s);
+    while members_now / 2 >= MIN_MEMBERS
+        && shards < MAX_SHARDS
+        && (members_now > TARGET_MEMBERS || offers_now > MAX_OFFERS_PER_S)
+    {
+        shards *= 2;
+        members_now /= 2;
+        offers_now /= 2.0;
+    }
+    if shards > current {
+        return shards;
     }
     let merged_members = members * 2;
     let merged_offers = offers_per_s * 2.0;
@@ -246,7 +256,12 @@ mod tests {
         assert_eq!(next_shards(1, 40, 0.1), 1);
         // Too many members, or too many offers per car: split.
         assert_eq!(next_shards(1, 1_500, 0.1), 2);
-        assert_eq!(next_shards(4, 200, 3.0), 8);
+        assert_eq!(next_shards(4, 200, 3.0), 16);
+        // In one step as far as needed: 1,000 cars and 10 offers a second make 16 shards (62 members
+        // and 0.6 offers a second each); never below the smallest shard.
+        assert_eq!(next_shards(1, 1_000, 10.0), 16);
+        assert_eq!(next_shards(1, 100, 50.0), 4);
+        assert_eq!(next_shards(1, 100_000, 0.0), 128);
         // Quiet and small: merge.
         assert_eq!(next_shards(8, 60, 0.1), 4);
         assert_eq!(next_shards(1, 0, 0.0), 1);

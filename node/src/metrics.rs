@@ -114,6 +114,14 @@ pub struct Metrics {
     pub requests_in: Counter,
     /// Bytes received in gossip messages and requests (payloads, without framing).
     pub bytes_in: Counter,
+    /// Relay reservations this node holds (circuit listeners with an address).
+    pub relay_reservations_held: Gauge,
+    /// Reservations this node's relay server holds for other peers.
+    pub relay_reservations_served: Gauge,
+    /// Circuits open through this node's relay server.
+    pub relay_circuits_served: Gauge,
+    /// Offer shards this node is in and has announced in the DHT.
+    pub offer_shards: Gauge,
 }
 
 impl Default for Metrics {
@@ -140,6 +148,10 @@ impl Default for Metrics {
             offers_unpaid: Counter::default(),
             requests_in: Counter::default(),
             bytes_in: Counter::default(),
+            relay_reservations_held: Gauge::default(),
+            relay_reservations_served: Gauge::default(),
+            relay_circuits_served: Gauge::default(),
+            offer_shards: Gauge::default(),
         }
     }
 }
@@ -248,6 +260,26 @@ impl Metrics {
             "fleetmesh_bytes_in",
             "Bytes received in gossip messages and requests (payloads)",
             m.bytes_in.clone(),
+        );
+        registry.register(
+            "fleetmesh_relay_reservations_held",
+            "Relay reservations this node holds (it is reachable through those relays)",
+            m.relay_reservations_held.clone(),
+        );
+        registry.register(
+            "fleetmesh_relay_reservations_served",
+            "Reservations this node's relay server holds for other peers",
+            m.relay_reservations_served.clone(),
+        );
+        registry.register(
+            "fleetmesh_relay_circuits_served",
+            "Circuits open through this node's relay server",
+            m.relay_circuits_served.clone(),
+        );
+        registry.register(
+            "fleetmesh_offer_shards",
+            "Offer shards this node is in and has announced in the DHT",
+            m.offer_shards.clone(),
         );
         m
     }

@@ -12,6 +12,8 @@ async fn a_hundred_nodes_behind_relays_verify_every_job_on_sharded_offers() {
         nodes: 100,
         secs: 20,
         rate: 5.0,
+        idle_secs: 0,
+        join_per_s: 100.0,
     })
     .await
     .unwrap();

@@ -116,6 +116,15 @@ impl Jobs {
                 Ok(r) => self.on_receipt(r).await,
                 Err(why) => refuse(why),
             },
+            // A revocation sent by its submitter to the worker it names (besides the gossip).
+            Kind::Revocation => match authored::<Revocation>(&peer, data) {
+                Ok(r) if r.body.worker == self.inner.me => {
+                    self.on_revocation(r);
+                    reply(Reply::accepted())
+                }
+                Ok(_) => refuse("the revocation names another worker"),
+                Err(why) => refuse(why),
+            },
             _ => refuse("unexpected message kind"),
         }
     }

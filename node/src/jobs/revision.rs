@@ -1,10 +1,10 @@
 //! Lies undone after the fact, the node's side ([`fleetmesh_consensus::revision`] decides): when the
 //! submitter core catches a worker that had results accepted on its word alone, this node signs, stores
-//! and gossips a `Revocation` of each of those receipts, and offers each job again as a recheck (two
+//! and gossips a `Revocation` of each of those receipts (and sends it to the worker), and offers each job again as a recheck (two
 //! replicas, the suspect excluded); a recheck that accepts another output revises the job's verdict
 //! (`GET /v1/jobs/{id}` then says `revised`, with the corrected output). Revocations from other
-//! submitters arrive by gossip (topic `fleetmesh/revocations/v2`) and count in the ledger with their
-//! evidence.
+//! submitters arrive by gossip (topic `fleetmesh/revocations/v2`), or from the submitter when this node
+//! is the worker, and count in the ledger with the evidence they carry.
 
 use fleetmesh_consensus::submitter::Recheck;
 use fleetmesh_protocol::codec;
@@ -13,6 +13,9 @@ use fleetmesh_protocol::{JobId, NodeId, Signed};
 use tracing::{debug, info, warn};
 
 use super::{Jobs, now_ms};
+
+/// Seconds before each try to hand a revocation to its worker.
+const REVOCATION_SEND_BACKOFF_S: [u64; 4] = [0, 2, 10, 30];
 use crate::net::Topic;
 use crate::store::RevisionRecord;
 
@@ -53,14 +56,11 @@ impl Jobs {
                         warn!(error = %e, "cannot flush a revocation");
                     }
                     this.book().keep_revocation(signed.clone());
-                    if let Err(e) = this
-                        .inner
-                        .net
-                        .publish(Topic::Revocations, codec::encode(&signed))
-                        .await
-                    {
+                    let data = codec::encode(&signed);
+                    if let Err(e) = this.inner.net.publish(Topic::Revocations, data.clone()).await {
                         debug!(error = %e, "revocation not gossiped");
                     }
+                    this.send_to_worker(signed.body.worker, data);
                 }
                 Err(e) => warn!(job = %job.short(), error = %e, "cannot store a revocation"),
             }
@@ -154,7 +154,26 @@ impl Jobs {
         });
     }
 
-    /// A revocation from gossip (signature checked): kept and stored if it revokes a receipt this node
+    /// Sends a revocation to the worker it names as well, so that the worker's own books honour it
+    /// whether or not the gossip reached it (tried a few times; the worker's claims are checked with the
+    /// revocations the checker holds either way).
+    fn send_to_worker(&self, worker: NodeId, data: Vec<u8>) {
+        let this = self.clone();
+        self.spawn(async move {
+            for wait in REVOCATION_SEND_BACKOFF_S {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+                    _ = this.inner.stopping.cancelled() => return,
+                }
+                match this.inner.net.request(crate::net::peer_id_of(&worker), data.clone()).await {
+                    Ok(_) => return,
+                    Err(e) => debug!(worker = %worker.short(), error = %e, "revocation not sent to its worker yet"),
+                }
+            }
+        });
+    }
+
+    /// A revocation from gossip or from its submitter (signature checked): kept and stored if it revokes a receipt this node
     /// holds from its signer.
     pub(super) fn on_revocation(&self, revocation: Signed<Revocation>) {
         // A revocation of another node's receipt is kept for claim checks (its evidence travels with it)

@@ -19,7 +19,10 @@ use crate::net::NetError;
 const UPKEEP_EVERY_MS: u64 = 30_000;
 /// How often the shard counts are estimated again from the directory (each estimate is a few DHT
 /// lookups per family: at 1,000 nodes the lookups of every node every 30 s were most of the DHT's load).
-const ESTIMATE_EVERY_MS: u64 = 300_000;
+/// Estimates fall due at the same wall-clock times on every node (multiples of this period), so that
+/// the nodes of a shard move to a new count together, within one upkeep period, rather than spread
+/// over the whole period.
+const ESTIMATE_EVERY_MS: u64 = 120_000;
 /// Slots looked up per family and upkeep to estimate a shard's members.
 const SAMPLED_SLOTS: usize = 2;
 /// Members a submitter dials when it is not in the shard it publishes to.
@@ -134,7 +137,7 @@ impl Jobs {
         };
         if estimate {
             self.update_shard_counts(now, slot).await;
-            lock(&self.inner.membership).next_estimate_ms = now + ESTIMATE_EVERY_MS;
+            lock(&self.inner.membership).next_estimate_ms = next_estimate_after(now);
         }
         let wanted: BTreeMap<Family, Shard> = families
             .into_iter()
@@ -177,6 +180,8 @@ impl Jobs {
             let _ = net.provide(s.head_key()).await;
             let _ = net.provide(s.provider_key(slot)).await;
         }
+        let joined = lock(&self.inner.membership).joined.len();
+        self.inner.metrics.offer_shards.set(joined as i64);
         if !leave.is_empty() && join.is_empty() && !admitted {
             info!("not admitting work: left every offer shard");
         }
@@ -291,4 +296,9 @@ impl Jobs {
         }
         None
     }
+}
+
+/// The next wall-clock multiple of [`ESTIMATE_EVERY_MS`] after `now_ms`.
+fn next_estimate_after(now_ms: u64) -> u64 {
+    (now_ms / ESTIMATE_EVERY_MS + 1) * ESTIMATE_EVERY_MS
 }

@@ -37,7 +37,8 @@ pub struct NetConfig {
     pub relay_server: bool,
     /// Keep dialling peers from the routing table until this many are connected.
     pub target_peers: usize,
-    /// Seconds between random-walk lookups that keep the routing table fresh.
+    /// Seconds between random-walk lookups that keep the routing table fresh (each costs the servers it
+    /// asks a scan of their tables; kad also bootstraps every 5 minutes on its own).
     pub random_walk_secs: u64,
     /// Seconds an idle connection stays open.
     pub idle_timeout_secs: u64,
@@ -70,7 +71,7 @@ impl Default for NetConfig {
             kademlia_mode: KadMode::Auto,
             relay_server: false,
             target_peers: 8,
-            random_walk_secs: 30,
+            random_walk_secs: 300,
             idle_timeout_secs: 300,
             max_request_bytes: 512 * 1024,
             offers_per_submitter_per_s: 50.0,

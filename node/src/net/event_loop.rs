@@ -10,7 +10,7 @@ use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, kad};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, kad, relay};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -62,6 +62,8 @@ pub(super) struct EventLoop {
     next_provide: Instant,
     /// Listeners on relay circuits, which close when the relay connection or reservation is lost.
     circuits: HashMap<libp2p::core::transport::ListenerId, Multiaddr>,
+    /// Circuit listeners that reported an address: the relay accepted the reservation.
+    reserved: std::collections::HashSet<libp2p::core::transport::ListenerId>,
     /// Circuit addresses to listen on again, and when.
     relisten: Vec<(Instant, Multiaddr)>,
     /// What gossip is let through.
@@ -144,6 +146,7 @@ impl EventLoop {
             provided: Vec::new(),
             next_provide: now,
             circuits,
+            reserved: Default::default(),
             relisten: Vec::new(),
             policy,
             limits,
@@ -266,10 +269,9 @@ impl EventLoop {
 
         if now >= self.next_walk {
             self.next_walk = now + self.random_walk;
+            // One lookup of a random key (kad bootstraps on its own, see net::build).
             if table > 0 {
-                let kad = &mut self.swarm.behaviour_mut().kad;
-                let _ = kad.bootstrap();
-                kad.get_closest_peers(PeerId::random());
+                self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random());
             }
         }
 
@@ -468,11 +470,14 @@ impl EventLoop {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr { address, listener_id } => {
                 info!(%address, "listening");
                 let circuit = address.iter().any(|p| matches!(p, Protocol::P2pCircuit));
                 if self.public && !circuit {
                     self.swarm.add_external_address(address);
+                }
+                if circuit && self.reserved.insert(listener_id) {
+                    self.metrics.relay_reservations_held.inc();
                 }
             }
             SwarmEvent::ConnectionEstablished {
@@ -529,6 +534,9 @@ impl EventLoop {
                 reason,
             } => match self.circuits.remove(&listener_id) {
                 Some(addr) => {
+                    if self.reserved.remove(&listener_id) {
+                        self.metrics.relay_reservations_held.dec();
+                    }
                     info!(%addr, ?reason, retry_in_s = RELISTEN_AFTER.as_secs(), "relay circuit listener closed; listening again");
                     self.relisten.push((Instant::now() + RELISTEN_AFTER, addr));
                 }
@@ -644,6 +652,24 @@ impl EventLoop {
                     {
                         let _ = reply.send(found.ok_or(NetError::NotFound(target)));
                     }
+                }
+            }
+            BehaviourEvent::RelayServer(event) => {
+                let m = &self.metrics;
+                match event {
+                    relay::Event::ReservationReqAccepted { renewed: false, .. } => {
+                        m.relay_reservations_served.inc();
+                    }
+                    relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
+                        m.relay_reservations_served.dec();
+                    }
+                    relay::Event::CircuitReqAccepted { .. } => {
+                        m.relay_circuits_served.inc();
+                    }
+                    relay::Event::CircuitClosed { .. } => {
+                        m.relay_circuits_served.dec();
+                    }
+                    _ => {}
                 }
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {

@@ -7,8 +7,11 @@
 //! a while; [`run`] returns what it measured as one JSON object. `scripts/bench-scale.sh N` runs it in
 //! release mode (`examples/scale.rs`); `node/tests/scale.rs` runs 100 nodes as a test.
 //!
+//! Clients join at a steady pace; the report gives each client's time from its start to its relay
+//! reservation and to its announced offer shards, and the most reservations and circuits a relay held.
+//!
 //! Not in this version (the report says `null`): churn (kills and new identities at the midpoint),
-//! reservations counted per relay, time to assignment.
+//! time to assignment.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -36,6 +39,66 @@ pub struct ScaleArgs {
     pub secs: u64,
     /// Jobs submitted per second, over all submitters.
     pub rate: f64,
+    /// Seconds the fleet idles (connected, no jobs) before the load, for its idle CPU use.
+    pub idle_secs: u64,
+    /// Clients started per second (servers start at once, first).
+    pub join_per_s: f64,
+}
+
+/// When each client joined, got its relay reservation and announced its offer shards, and the most
+/// reservations and circuits any relay held: polled from the nodes' metrics.
+struct Joins {
+    started: Vec<Option<Instant>>,
+    reserved: Vec<Option<Instant>>,
+    published: Vec<Option<Instant>>,
+    max_reservations: i64,
+    max_circuits: i64,
+}
+
+impl Joins {
+    fn new(n: usize) -> Self {
+        Self {
+            started: vec![None; n],
+            reserved: vec![None; n],
+            published: vec![None; n],
+            max_reservations: 0,
+            max_circuits: 0,
+        }
+    }
+
+    /// Looks at every node started so far; returns whether every client has reserved and published.
+    fn poll(&mut self, nodes: &[Node], servers: usize) -> bool {
+        let now = Instant::now();
+        let mut ready = true;
+        for (i, node) in nodes.iter().enumerate() {
+            let m = &node.metrics;
+            if i < servers {
+                self.max_reservations = self.max_reservations.max(m.relay_reservations_served.get());
+                self.max_circuits = self.max_circuits.max(m.relay_circuits_served.get());
+                continue;
+            }
+            if self.reserved[i].is_none() && m.relay_reservations_held.get() > 0 {
+                self.reserved[i] = Some(now);
+            }
+            if self.published[i].is_none() && m.offer_shards.get() > 0 {
+                self.published[i] = Some(now);
+            }
+            ready &= self.reserved[i].is_some() && self.published[i].is_some();
+        }
+        ready && nodes.len() == self.started.len()
+    }
+
+    /// Seconds from each client's start to `at` (clients that never got there are left out).
+    fn delays(&self, at: &[Option<Instant>]) -> Vec<f64> {
+        let mut d: Vec<f64> = self
+            .started
+            .iter()
+            .zip(at)
+            .filter_map(|(s, a)| Some(a.as_ref()?.duration_since(*s.as_ref()?).as_secs_f64()))
+            .collect();
+        d.sort_by(f64::total_cmp);
+        d
+    }
 }
 
 /// This process's resident memory now and at its peak, in MB.
@@ -108,8 +171,24 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
     let mut nodes: Vec<Node> = Vec::with_capacity(n);
     let mut server_addrs: Vec<Multiaddr> = Vec::new();
     let (rss_start, _) = rss_mb();
-    eprintln!("starting {n} nodes ({servers} servers, {} clients)", n - servers);
+    eprintln!(
+        "starting {n} nodes ({servers} servers at once, {} clients at {} a second)",
+        n - servers,
+        args.join_per_s
+    );
+    let mut joins = Joins::new(n);
+    let mut last_poll = Instant::now();
+    let mut clients_from = None;
     for i in 0..n {
+        if i >= servers {
+            let from = *clients_from.get_or_insert_with(Instant::now);
+            let due = from + Duration::from_secs_f64((i - servers) as f64 / args.join_per_s.max(0.01));
+            tokio::time::sleep_until(due.into()).await;
+        }
+        if last_poll.elapsed() >= Duration::from_millis(250) {
+            joins.poll(&nodes, servers);
+            last_poll = Instant::now();
+        }
         let key = random_key()?;
         let server = i < servers;
         // Servers bootstrap from the first server; clients from three servers.
@@ -158,29 +237,50 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         if server {
             server_addrs.push(node.net.dialable_addr(Duration::from_secs(5)).await?);
         }
+        joins.started[i] = Some(Instant::now());
         nodes.push(node);
         if (i + 1) % 100 == 0 {
             eprintln!("  {} nodes started, RSS {:.0} MB", i + 1, rss_mb().0);
         }
     }
-    // Joined: every node connected to a peer.
+    // Joined: every client holds a relay reservation and has announced its offer shards (or two
+    // minutes have passed).
     let join_deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mut alone = 0;
-        for node in &nodes {
-            if node.net.connected_peers() == 0 {
-                alone += 1;
-            }
-        }
-        if alone == 0 || Instant::now() > join_deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    while !joins.poll(&nodes, servers) && Instant::now() < join_deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let join_s = started.elapsed().as_secs_f64();
     let (rss_idle, _) = rss_mb();
-    eprintln!("all started and connected in {join_s:.1} s; RSS {rss_idle:.0} MB");
+    let reserve = joins.delays(&joins.reserved);
+    let publish = joins.delays(&joins.published);
+    eprintln!(
+        "all started in {join_s:.1} s: {} of {} clients reserved (slowest {:.1} s after its start), {} published; RSS {rss_idle:.0} MB",
+        reserve.len(),
+        n - servers,
+        reserve.last().copied().unwrap_or(0.0),
+        publish.len()
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Idle: what the fleet costs with nothing to do.
+    let idle_cpu = if args.idle_secs > 0 {
+        let (cpu, t) = (cpu_s(), Instant::now());
+        let mut last = (cpu, t);
+        while t.elapsed() < Duration::from_secs(args.idle_secs) {
+            tokio::time::sleep(Duration::from_secs(10).min(Duration::from_secs(args.idle_secs))).await;
+            let now = (cpu_s(), Instant::now());
+            eprintln!(
+                "  idle {:.0} s: {:.1} CPU-s a minute",
+                t.elapsed().as_secs_f64(),
+                (now.0 - last.0) / (now.1 - last.1).as_secs_f64() * 60.0
+            );
+            last = now;
+        }
+        let per_min = (cpu_s() - cpu) / (t.elapsed().as_secs_f64() / 60.0);
+        eprintln!("idle for {} s: {per_min:.1} CPU-s a minute", args.idle_secs);
+        Some((per_min * 10.0).round() / 10.0)
+    } else {
+        None
+    };
 
     // The workload.
     let model = digits::Digits::embedded()?.id();
@@ -313,9 +413,21 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         .collect();
     let digits_shards = digits_topics.iter().map(|(s, _)| s.shards).max();
     let largest_shard = digits_topics.iter().map(|(_, m)| *m).max();
+    joins.poll(&nodes, servers);
     let (rss, peak) = rss_mb();
     let wall_s = started.elapsed().as_secs_f64();
-    let report = serde_json::json!({
+    let tenths = |v: Option<f64>| v.map(|v| (v * 10.0).round() / 10.0);
+    let joining = serde_json::json!({
+        "join_per_s": args.join_per_s,
+        "clients_reserved": reserve.len(),
+        "clients_published": publish.len(),
+        "reserve_p50_s": tenths(percentile(&reserve, 0.5)),
+        "reserve_max_s": tenths(reserve.last().copied()),
+        "publish_p50_s": tenths(percentile(&publish, 0.5)),
+        "publish_max_s": tenths(publish.last().copied()),
+        "max_circuits_per_relay": joins.max_circuits,
+    });
+    let mut report = serde_json::json!({
         "nodes": n,
         "servers": servers,
         "submitters": submitters,
@@ -327,6 +439,7 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         "rss_peak_mb": peak.round(),
         "rss_per_node_mb": ((rss_idle - rss_start) / n as f64 * 100.0).round() / 100.0,
         "cpu_s_per_min": ((cpu_s() - cpu0) / (wall_s / 60.0) * 10.0).round() / 10.0,
+        "cpu_s_per_min_idle": idle_cpu,
         "jobs": total,
         "jobs_per_s": args.rate,
         "run_s": (run_s * 10.0).round() / 10.0,
@@ -352,9 +465,12 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         "digits_shards": digits_shards,
         "largest_shard_members": largest_shard,
         "clients_in_server_tables": in_tables.len(),
-        "max_reservations_per_relay": null,
+        "max_reservations_per_relay": joins.max_reservations,
         "recover_s": null,
     });
+    if let (Some(report), serde_json::Value::Object(joining)) = (report.as_object_mut(), joining) {
+        report.extend(joining);
+    }
     eprintln!("{report}");
     // Every node stops at once; a run does not wait on stragglers for more than 20 s.
     cancel.cancel();
