@@ -165,9 +165,16 @@ impl Jobs {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
                     _ = this.inner.stopping.cancelled() => return,
                 }
-                match this.inner.net.request(crate::net::peer_id_of(&worker), data.clone()).await {
+                match this
+                    .inner
+                    .net
+                    .request(crate::net::peer_id_of(&worker), data.clone())
+                    .await
+                {
                     Ok(_) => return,
-                    Err(e) => debug!(worker = %worker.short(), error = %e, "revocation not sent to its worker yet"),
+                    Err(e) => {
+                        debug!(worker = %worker.short(), error = %e, "revocation not sent to its worker yet")
+                    }
                 }
             }
         });

@@ -22,9 +22,13 @@ const UPKEEP_EVERY_MS: u64 = 30_000;
 /// Estimates fall due at the same wall-clock times on every node (multiples of this period), so that
 /// the nodes of a shard move to a new count together, within one upkeep period, rather than spread
 /// over the whole period.
-const ESTIMATE_EVERY_MS: u64 = 120_000;
+const ESTIMATE_EVERY_MS: u64 = 300_000;
+/// An estimate is made early (at the next upkeep, at most this often) when a shard brings more than
+/// twice [`directory::MAX_OFFERS_PER_S`]: load that calls for more shards is not left waiting for the
+/// next common time.
+const EARLY_ESTIMATE_AFTER_MS: u64 = 30_000;
 /// Slots looked up per family and upkeep to estimate a shard's members.
-const SAMPLED_SLOTS: usize = 2;
+const SAMPLED_SLOTS: usize = 6;
 /// Members a submitter dials when it is not in the shard it publishes to.
 const DIAL_MEMBERS: usize = 4;
 /// How long a submitter waits for dialled members' subscriptions to arrive.
@@ -133,7 +137,11 @@ impl Jobs {
         let (first, estimate) = {
             let m = lock(&self.inner.membership);
             let first = m.counted_since_ms == 0;
-            (first, !first && now >= m.next_estimate_ms)
+            let elapsed = now.saturating_sub(m.counted_since_ms);
+            let busiest = m.offers.values().copied().max().unwrap_or(0) as f64;
+            let overloaded = elapsed >= EARLY_ESTIMATE_AFTER_MS
+                && busiest / (elapsed as f64 / 1000.0) > 2.0 * directory::MAX_OFFERS_PER_S;
+            (first, !first && (now >= m.next_estimate_ms || overloaded))
         };
         if estimate {
             self.update_shard_counts(now, slot).await;

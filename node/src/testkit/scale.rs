@@ -177,6 +177,7 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         args.join_per_s
     );
     let mut joins = Joins::new(n);
+    let mut cpu_mark = (cpu_s(), Instant::now());
     let mut last_poll = Instant::now();
     let mut clients_from = None;
     for i in 0..n {
@@ -240,7 +241,14 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         joins.started[i] = Some(Instant::now());
         nodes.push(node);
         if (i + 1) % 100 == 0 {
-            eprintln!("  {} nodes started, RSS {:.0} MB", i + 1, rss_mb().0);
+            let now = (cpu_s(), Instant::now());
+            eprintln!(
+                "  {} nodes started, RSS {:.0} MB, {:.1} CPU-s a minute since the last 100",
+                i + 1,
+                rss_mb().0,
+                (now.0 - cpu_mark.0) / (now.1 - cpu_mark.1).as_secs_f64().max(1e-3) * 60.0
+            );
+            cpu_mark = now;
         }
     }
     // Joined: every client holds a relay reservation and has announced its offer shards (or two
@@ -251,6 +259,16 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
     }
     let join_s = started.elapsed().as_secs_f64();
     let (rss_idle, _) = rss_mb();
+    let peers_mean = |range: std::ops::Range<usize>| {
+        let len = range.len().max(1) as f64;
+        nodes[range]
+            .iter()
+            .map(|n| n.net.connected_peers() as f64)
+            .sum::<f64>()
+            / len
+    };
+    let (client_peers, server_peers) = (peers_mean(servers..n), peers_mean(0..servers));
+    eprintln!("connected peers: {client_peers:.1} per client, {server_peers:.1} per server on average");
     let reserve = joins.delays(&joins.reserved);
     let publish = joins.delays(&joins.published);
     eprintln!(
@@ -276,6 +294,11 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
             last = now;
         }
         let per_min = (cpu_s() - cpu) / (t.elapsed().as_secs_f64() / 60.0);
+        eprintln!(
+            "connected peers after idling: {:.1} per client, {:.1} per server on average",
+            peers_mean(servers..n),
+            peers_mean(0..servers)
+        );
         eprintln!("idle for {} s: {per_min:.1} CPU-s a minute", args.idle_secs);
         Some((per_min * 10.0).round() / 10.0)
     } else {
@@ -426,6 +449,8 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         "publish_p50_s": tenths(percentile(&publish, 0.5)),
         "publish_max_s": tenths(publish.last().copied()),
         "max_circuits_per_relay": joins.max_circuits,
+        "client_peers_mean": (client_peers * 10.0).round() / 10.0,
+        "server_peers_mean": (server_peers * 10.0).round() / 10.0,
     });
     let mut report = serde_json::json!({
         "nodes": n,
