@@ -311,7 +311,8 @@ public = {public}
 kademlia_mode = "auto"
 # Relay traffic for peers that cannot be dialled directly (needs a confirmed external address: see public).
 relay_server = {relay}
-# Keep dialling peers from the routing table until this many are connected.
+# Keep dialling peers from the routing table until this many are connected. A node that is not public
+# also closes its least recently used connections when it holds more than twice as many.
 target_peers = {target}
 # Seconds between random-walk lookups that keep the routing table fresh.
 random_walk_secs = {walk}

@@ -35,7 +35,9 @@ pub struct NetConfig {
     pub kademlia_mode: KadMode,
     /// Serve as a relay for peers that cannot be dialled directly (enable on reachable nodes).
     pub relay_server: bool,
-    /// Keep dialling peers from the routing table until this many are connected.
+    /// Keep dialling peers from the routing table until this many are connected. A node that is not
+    /// `public` also closes its least recently used connections (not its relays, gossip mesh peers or
+    /// connections used in the last 30 s) when it holds more than twice as many.
     pub target_peers: usize,
     /// Seconds between random-walk lookups that keep the routing table fresh (each costs the servers it
     /// asks a scan of their tables; kad also bootstraps every 5 minutes on its own).
