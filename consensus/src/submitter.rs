@@ -141,9 +141,8 @@ pub enum Action {
     /// `suspect` was caught returning a wrong output on a job decided just before (`rejection` is the body
     /// of its receipt there, as in that [`Action::Decide`]) after the job `recheck.of` was accepted on its
     /// word alone (offer `job`): sign, store and publish a `Revocation` of its receipt for `job` carrying
-    /// the signed rejection as evidence, then
-    /// offer `recheck.of`'s input again under a fresh offer with two replicas and hand it to
-    /// [`Submitter::offer_recheck`].
+    /// the signed rejection as evidence, then offer `recheck.of`'s input again under a fresh offer with
+    /// two replicas and hand it to [`Submitter::offer_recheck`].
     Recheck {
         /// The offer whose receipt is revoked.
         job: JobId,

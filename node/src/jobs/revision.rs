@@ -1,10 +1,10 @@
 //! Lies undone after the fact, the node's side ([`fleetmesh_consensus::revision`] decides): when the
 //! submitter core catches a worker that had results accepted on its word alone, this node signs, stores
-//! and gossips a `Revocation` of each of those receipts (and sends it to the worker), and offers each job again as a recheck (two
-//! replicas, the suspect excluded); a recheck that accepts another output revises the job's verdict
-//! (`GET /v1/jobs/{id}` then says `revised`, with the corrected output). Revocations from other
-//! submitters arrive by gossip (topic `fleetmesh/revocations/v2`), or from the submitter when this node
-//! is the worker, and count in the ledger with the evidence they carry.
+//! and gossips a `Revocation` of each of those receipts (and sends it to the worker), and offers each
+//! job again as a recheck (two replicas, the suspect excluded); a recheck that accepts another output
+//! revises the job's verdict (`GET /v1/jobs/{id}` then says `revised`, with the corrected output).
+//! Revocations from other submitters arrive by gossip (topic `fleetmesh/revocations/v2`), or from the
+//! submitter when this node is the worker, and count in the ledger with the evidence they carry.
 
 use fleetmesh_consensus::submitter::Recheck;
 use fleetmesh_protocol::codec;
@@ -13,11 +13,11 @@ use fleetmesh_protocol::{JobId, NodeId, Signed};
 use tracing::{debug, info, warn};
 
 use super::{Jobs, now_ms};
+use crate::net::Topic;
+use crate::store::RevisionRecord;
 
 /// Seconds before each try to hand a revocation to its worker.
 const REVOCATION_SEND_BACKOFF_S: [u64; 4] = [0, 2, 10, 30];
-use crate::net::Topic;
-use crate::store::RevisionRecord;
 
 impl Jobs {
     /// The worker `recheck.suspect` was caught (`rejection` is this node's receipt body rejecting it):

@@ -377,7 +377,11 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Command::Request { peer, data, reply } => {
-                self.last_used.insert(peer, Instant::now());
+                // (Only for a connected peer: the map holds connected peers only; a new connection
+                // is noted when it is established.)
+                if self.swarm.is_connected(&peer) {
+                    self.last_used.insert(peer, Instant::now());
+                }
                 let id = self.swarm.behaviour_mut().req.send_request(&peer, data);
                 self.pending_requests.insert(id, reply);
             }
