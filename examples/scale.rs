@@ -46,6 +46,13 @@ fn parse() -> anyhow::Result<ScaleArgs> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // Logs only when asked (RUST_LOG=...): a thousand nodes log a lot.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let report = scale::run(parse()?).await?;
     println!("{report}");
     Ok(())

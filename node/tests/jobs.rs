@@ -464,7 +464,8 @@ async fn a_trusted_worker_caught_lying_has_its_unchecked_results_revoked_recheck
     // The revocations count with their evidence at both parties: the liar is paid for fewer jobs than
     // it holds accepted receipts for, on the submitter's books and on its own.
     let liar_node = &nodes[4].0.jobs;
-    let paid_on_both = common::eventually(Duration::from_secs(20), || {
+    // (A receipt or revocation that missed its worker once is sent again 2, 10 and 30 s later.)
+    let paid_on_both = common::eventually(Duration::from_secs(60), || {
         [&submitter, liar_node].iter().all(|n| {
             let paid = n.earnings().get(&liar).map_or(0, |e| e.jobs) as usize;
             paid < n.receipts_of(&liar).len()

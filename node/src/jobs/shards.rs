@@ -211,7 +211,7 @@ impl Jobs {
                 let providers = self
                     .inner
                     .net
-                    .get_providers(shard.provider_key(slot))
+                    .sample_providers(shard.provider_key(slot))
                     .await
                     .unwrap_or_default();
                 found.push(providers.len());
@@ -287,7 +287,7 @@ impl Jobs {
             if net.topic_peers(shard.topic()).await.unwrap_or(0) > 0 {
                 return Some(shard);
             }
-            let providers = net.get_providers(shard.head_key()).await.unwrap_or_default();
+            let providers = net.sample_providers(shard.head_key()).await.unwrap_or_default();
             if providers.is_empty() {
                 continue;
             }

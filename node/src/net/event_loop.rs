@@ -30,6 +30,16 @@ pub(super) const GOSSIP_TRANSPORT_LIMIT: usize = 1024 * 1024;
 type LookupReply = oneshot::Sender<Result<Vec<Multiaddr>, NetError>>;
 
 /// A bootstrap peer and when to try it next.
+/// A provider lookup under way.
+struct ProviderLookup {
+    found: std::collections::HashSet<PeerId>,
+    /// Answers that named providers so far.
+    answers: usize,
+    /// End the lookup after this many such answers.
+    stop_after: Option<usize>,
+    reply: oneshot::Sender<Vec<PeerId>>,
+}
+
 struct BootstrapPeer {
     addr: Multiaddr,
     peer: Option<PeerId>,
@@ -58,8 +68,9 @@ pub(super) struct EventLoop {
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     pending_lookups: HashMap<kad::QueryId, (PeerId, LookupReply)>,
     pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<(), NetError>>>,
-    pending_providers:
-        HashMap<kad::QueryId, (std::collections::HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    /// Provider lookups: the providers found, how many answers named any, when to stop, and where the
+    /// result goes.
+    pending_providers: HashMap<kad::QueryId, ProviderLookup>,
     pending_records: super::records::Lookups,
     /// Content this node provides, announced again every [`REPROVIDE`].
     provided: Vec<kad::RecordKey>,
@@ -381,6 +392,8 @@ impl EventLoop {
                 // is noted when it is established.)
                 if self.swarm.is_connected(&peer) {
                     self.last_used.insert(peer, Instant::now());
+                } else {
+                    debug!(%peer, "request to a peer not connected: dialling it");
                 }
                 let id = self.swarm.behaviour_mut().req.send_request(&peer, data);
                 self.pending_requests.insert(id, reply);
@@ -437,13 +450,25 @@ impl EventLoop {
                     warn!(error = %e, "cannot announce provided content");
                 }
             }
-            Command::GetProviders { key, reply } => {
+            Command::GetProviders {
+                key,
+                stop_after,
+                reply,
+            } => {
                 let id = self
                     .swarm
                     .behaviour_mut()
                     .kad
                     .get_providers(kad::RecordKey::new(&key));
-                self.pending_providers.insert(id, (Default::default(), reply));
+                self.pending_providers.insert(
+                    id,
+                    ProviderLookup {
+                        found: Default::default(),
+                        answers: 0,
+                        stop_after,
+                        reply,
+                    },
+                );
             }
             Command::Subscribe { topic, join } => {
                 let ident = gossipsub::IdentTopic::new(topic);
@@ -545,7 +570,7 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), dialer = endpoint.is_dialer(), "connected");
                 self.last_used.insert(peer_id, Instant::now());
                 for b in self.bootstrap.iter_mut() {
                     if b.peer == Some(peer_id)
@@ -681,15 +706,25 @@ impl EventLoop {
                 let me = *self.swarm.local_peer_id();
                 let finished = match result {
                     Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
-                        if let Some((found, _)) = self.pending_providers.get_mut(&id) {
-                            found.extend(providers.into_iter().filter(|p| *p != me));
+                        let mut enough = false;
+                        if let Some(lookup) = self.pending_providers.get_mut(&id) {
+                            lookup.answers += usize::from(!providers.is_empty());
+                            lookup.found.extend(providers.into_iter().filter(|p| *p != me));
+                            enough = lookup.stop_after.is_some_and(|n| lookup.answers >= n);
                         }
-                        step.last
+                        // A sample ends early (see NetClient::sample_providers).
+                        if enough
+                            && !step.last
+                            && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
+                        {
+                            query.finish();
+                        }
+                        enough || step.last
                     }
                     Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => true,
                 };
-                if finished && let Some((found, reply)) = self.pending_providers.remove(&id) {
-                    let _ = reply.send(found.into_iter().collect());
+                if finished && let Some(lookup) = self.pending_providers.remove(&id) {
+                    let _ = lookup.reply.send(lookup.found.into_iter().collect());
                 }
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
