@@ -382,16 +382,17 @@ impl NetClient {
         .await
     }
 
-    /// [`NetClient::get_providers`], ended after the first two answers that name providers: enough for
-    /// a sample (each server closest to the key holds every provider that announced it; a server leaves
-    /// itself out, hence two). libp2p-kad would otherwise go on to ask the providers themselves (it takes
-    /// them as further candidates), which for a relay-only car is a relayed connection and failed hole
-    /// punches each: in the 100-node scale run, every client dialled ~20 others that way for the
-    /// directory's estimates (129 circuits on one relay; none with this).
+    /// [`NetClient::get_providers`], ended at the first answer that names providers: a sample (each
+    /// server closest to the key holds every provider that announced it, less itself). libp2p-kad would
+    /// otherwise go on to ask the providers themselves (it takes them as further candidates), which for
+    /// a relay-only car is a relayed connection and failed hole punches each: in the 100-node scale run,
+    /// every client dialled ~20 others that way for the directory's estimates (129 circuits on one
+    /// relay; 92 when ending after two answers, as queries to providers are already under way; 0 after
+    /// one).
     pub async fn sample_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetError> {
         self.call(|reply| Command::GetProviders {
             key,
-            stop_after: Some(2),
+            stop_after: Some(1),
             reply,
         })
         .await
