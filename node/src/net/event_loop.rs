@@ -708,8 +708,9 @@ impl EventLoop {
                     Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
                         let mut enough = false;
                         if let Some(lookup) = self.pending_providers.get_mut(&id) {
-                            lookup.answers += usize::from(!providers.is_empty());
-                            lookup.found.extend(providers.into_iter().filter(|p| *p != me));
+                            let others: Vec<PeerId> = providers.into_iter().filter(|p| *p != me).collect();
+                            lookup.answers += usize::from(!others.is_empty());
+                            lookup.found.extend(others);
                             enough = lookup.stop_after.is_some_and(|n| lookup.answers >= n);
                         }
                         // A sample ends early (see NetClient::sample_providers).
