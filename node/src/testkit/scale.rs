@@ -124,6 +124,29 @@ fn cpu_s() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// A point to measure this process's CPU use from.
+struct CpuMark {
+    cpu_s: f64,
+    at: Instant,
+}
+
+impl CpuMark {
+    fn now() -> Self {
+        Self {
+            cpu_s: cpu_s(),
+            at: Instant::now(),
+        }
+    }
+
+    /// CPU seconds a minute since the mark; the mark moves to now.
+    fn per_min_since(&mut self) -> f64 {
+        let now = Self::now();
+        let rate = (now.cpu_s - self.cpu_s) / now.at.duration_since(self.at).as_secs_f64().max(1e-3) * 60.0;
+        *self = now;
+        rate
+    }
+}
+
 const OUTCOMES: [GossipOutcome; 11] = [
     GossipOutcome::Accepted,
     GossipOutcome::Oversize,
@@ -177,7 +200,7 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         args.join_per_s
     );
     let mut joins = Joins::new(n);
-    let mut cpu_mark = (cpu_s(), Instant::now());
+    let mut cpu_mark = CpuMark::now();
     let mut last_poll = Instant::now();
     let mut clients_from = None;
     for i in 0..n {
@@ -241,14 +264,12 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         joins.started[i] = Some(Instant::now());
         nodes.push(node);
         if (i + 1) % 100 == 0 {
-            let now = (cpu_s(), Instant::now());
             eprintln!(
                 "  {} nodes started, RSS {:.0} MB, {:.1} CPU-s a minute since the last 100",
                 i + 1,
                 rss_mb().0,
-                (now.0 - cpu_mark.0) / (now.1 - cpu_mark.1).as_secs_f64().max(1e-3) * 60.0
+                cpu_mark.per_min_since()
             );
-            cpu_mark = now;
         }
     }
     // Joined: every client holds a relay reservation and has announced its offer shards (or two
@@ -281,19 +302,16 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     // Idle: what the fleet costs with nothing to do.
     let idle_cpu = if args.idle_secs > 0 {
-        let (cpu, t) = (cpu_s(), Instant::now());
-        let mut last = (cpu, t);
+        let (mut whole, mut last, t) = (CpuMark::now(), CpuMark::now(), Instant::now());
         while t.elapsed() < Duration::from_secs(args.idle_secs) {
             tokio::time::sleep(Duration::from_secs(10).min(Duration::from_secs(args.idle_secs))).await;
-            let now = (cpu_s(), Instant::now());
             eprintln!(
                 "  idle {:.0} s: {:.1} CPU-s a minute",
                 t.elapsed().as_secs_f64(),
-                (now.0 - last.0) / (now.1 - last.1).as_secs_f64() * 60.0
+                last.per_min_since()
             );
-            last = now;
         }
-        let per_min = (cpu_s() - cpu) / (t.elapsed().as_secs_f64() / 60.0);
+        let per_min = whole.per_min_since();
         eprintln!(
             "connected peers after idling: {:.1} per client, {:.1} per server on average",
             peers_mean(servers..n),
@@ -449,8 +467,8 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         "publish_p50_s": tenths(percentile(&publish, 0.5)),
         "publish_max_s": tenths(publish.last().copied()),
         "max_circuits_per_relay": joins.max_circuits,
-        "client_peers_mean": (client_peers * 10.0).round() / 10.0,
-        "server_peers_mean": (server_peers * 10.0).round() / 10.0,
+        "client_peers_mean": tenths(Some(client_peers)),
+        "server_peers_mean": tenths(Some(server_peers)),
     });
     let mut report = serde_json::json!({
         "nodes": n,
