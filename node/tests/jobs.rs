@@ -472,7 +472,16 @@ async fn a_trusted_worker_caught_lying_has_its_unchecked_results_revoked_recheck
         }) && liar_node.earnings().get(&liar) == submitter.earnings().get(&liar)
     })
     .await;
-    assert!(paid_on_both, "revocations not honoured by both parties");
+    let books = |n: &fleetmesh_node::jobs::Jobs| {
+        let e = n.earnings().get(&liar).copied();
+        (e.map_or(0, |e| e.jobs), n.receipts_of(&liar).len(), e)
+    };
+    assert!(
+        paid_on_both,
+        "revocations not honoured by both parties: (paid, receipts, earnings) at the submitter {:?}, at the liar {:?}",
+        books(&submitter),
+        books(liar_node)
+    );
     println!(
         "{} jobs, {} revised, {} receipts revoked",
         submitted.len(),

@@ -275,12 +275,29 @@ struct ReceiptBook {
 impl ReceiptBook {
     /// Keeps `r` unless a receipt for the same (job, worker) with a smaller canonical encoding is already
     /// there: the ledger's rule, so that every node holds the same receipts whatever the arrival order.
-    fn keep(&mut self, r: Signed<Receipt>) {
+    ///
+    /// A revocation of this receipt by its submitter that arrived before the receipt (kept as foreign
+    /// until now) becomes one of this node's own and is returned, for the caller to store.
+    #[must_use = "a revocation taken over from the foreign ones must be stored"]
+    fn keep(&mut self, r: Signed<Receipt>) -> Option<Signed<Revocation>> {
         let key = (r.body.claim.body.job, r.body.claim.body.worker);
-        if replaces(self.receipts.get(&key), &r) {
-            self.receipts.insert(key, r);
-            self.generation += 1;
+        if !replaces(self.receipts.get(&key), &r) {
+            return None;
         }
+        let submitter = r.body.claim.body.submitter;
+        self.receipts.insert(key, r);
+        self.generation += 1;
+        if self.revocations.contains_key(&key)
+            || self
+                .foreign
+                .get(&key)
+                .is_none_or(|early| early.body.submitter != submitter)
+        {
+            return None;
+        }
+        let early = self.foreign.remove(&key)?;
+        self.foreign_order.retain(|k| *k != key);
+        self.keep_revocation(early.clone()).then_some(early)
     }
 
     /// Copies of every receipt and revocation held, for a ledger computed outside the lock.
@@ -617,7 +634,7 @@ impl std::fmt::Debug for Jobs {
 #[cfg(test)]
 mod tests {
     use fleetmesh_consensus::job::{FailReason, Outcome};
-    use fleetmesh_protocol::messages::{AgreementRule, JobInput};
+    use fleetmesh_protocol::messages::{AgreementRule, JobInput, Verdict};
 
     use super::*;
 
@@ -662,6 +679,70 @@ mod tests {
             revised: None,
         };
         (id, sub)
+    }
+
+    /// A receipt of `worker` (key seed) on job `job` from `submitter` (key seed), with `verdict`.
+    fn receipt(submitter: u8, worker: u8, job: u8, verdict: Verdict) -> Signed<Receipt> {
+        let (sk, wk) = (
+            NodeKey::from_seed([submitter; 32]),
+            NodeKey::from_seed([worker; 32]),
+        );
+        let claim = fleetmesh_protocol::messages::WorkClaim {
+            job: JobId::of(&[job]),
+            model: ModelId::of(b"m"),
+            worker: wk.node_id(),
+            submitter: sk.node_id(),
+            output_digest: [job; 32],
+            compute_us: 1,
+            energy_uwh: 1,
+            claimed_credit: 10,
+            claimed_ms: 1,
+        };
+        let body = Receipt {
+            claim: Signed::sign(claim, &wk).unwrap(),
+            credit: if verdict == Verdict::Accepted { 10 } else { 0 },
+            verdict,
+            issued_ms: 2,
+            budget: crate::pay::issue(&NodeKey::from_seed([9; 32]), sk.node_id(), 1, 100, u64::MAX),
+            seq: u64::from(job),
+            spent: 10,
+        };
+        Signed::sign(body, &sk).unwrap()
+    }
+
+    /// `submitter`'s revocation of its receipt of `worker` on job `job`, caught on job `caught_on`.
+    fn revocation(submitter: u8, worker: u8, job: u8, caught_on: u8) -> Signed<Revocation> {
+        let body = Revocation {
+            job: JobId::of(&[job]),
+            worker: NodeKey::from_seed([worker; 32]).node_id(),
+            submitter: NodeKey::from_seed([submitter; 32]).node_id(),
+            evidence: receipt(submitter, worker, caught_on, Verdict::Rejected),
+            issued_ms: 3,
+        };
+        Signed::sign(body, &NodeKey::from_seed([submitter; 32])).unwrap()
+    }
+
+    #[test]
+    fn a_revocation_that_comes_before_its_receipt_is_taken_over_when_the_receipt_arrives() {
+        let mut book = ReceiptBook::default();
+        let early = revocation(1, 2, 0, 5);
+        // No receipt yet: not this node's to keep, held with the foreign ones.
+        assert!(!book.keep_revocation(early.clone()));
+        assert!(book.keep_foreign(early.clone()));
+        // Another submitter's receipt of the same (job, worker) does not take it over.
+        assert_eq!(book.keep(receipt(3, 2, 0, Verdict::Accepted)), None);
+        assert!(book.revocations.is_empty());
+        let mut book = ReceiptBook::default();
+        assert!(book.keep_foreign(early.clone()));
+        // The receipt it revokes arrives: the revocation becomes this node's own, once.
+        assert_eq!(
+            book.keep(receipt(1, 2, 0, Verdict::Accepted)),
+            Some(early.clone())
+        );
+        assert_eq!(book.revocations.len(), 1);
+        assert!(book.foreign.is_empty() && book.foreign_order.is_empty());
+        assert_eq!(book.all_revocations(), vec![early]);
+        assert_eq!(book.keep(receipt(1, 2, 0, Verdict::Accepted)), None);
     }
 
     #[test]

@@ -27,7 +27,8 @@ impl Jobs {
         let (receipts, revoked) = {
             let mut book = self.book();
             for r in store.receipts() {
-                book.keep(r);
+                // Nothing foreign is held yet: no revocation to take over.
+                let _ = book.keep(r);
             }
             for r in store.revocations() {
                 book.keep_revocation(r);

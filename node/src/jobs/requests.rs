@@ -55,7 +55,7 @@ impl Jobs {
                 detail: "cannot store the receipt now".into(),
             });
         }
-        self.book().keep(receipt);
+        self.keep_receipts([receipt]);
         reply(Reply::accepted())
     }
 

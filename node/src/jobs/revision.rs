@@ -55,7 +55,14 @@ impl Jobs {
                     if let Err(e) = this.inner.store.flush().await {
                         warn!(error = %e, "cannot flush a revocation");
                     }
-                    this.book().keep_revocation(signed.clone());
+                    // The receipt it revokes may still be on its way into the book (its verdict being
+                    // stored): kept as foreign until then.
+                    {
+                        let mut book = this.book();
+                        if !book.keep_revocation(signed.clone()) {
+                            book.keep_foreign(signed.clone());
+                        }
+                    }
                     let data = codec::encode(&signed);
                     if let Err(e) = this.inner.net.publish(Topic::Revocations, data.clone()).await {
                         debug!(error = %e, "revocation not gossiped");
@@ -180,8 +187,9 @@ impl Jobs {
         });
     }
 
-    /// A revocation from gossip or from its submitter (signature checked): kept and stored if it revokes a receipt this node
-    /// holds from its signer.
+    /// A revocation from gossip or from its submitter (signature checked): kept and stored if it revokes a
+    /// receipt this node holds from its signer; otherwise kept in memory with the foreign ones, and taken
+    /// over (and stored) if that receipt arrives later ([`Jobs::keep_receipts`]).
     pub(super) fn on_revocation(&self, revocation: Signed<Revocation>) {
         // A revocation of another node's receipt is kept for claim checks (its evidence travels with it)
         // and changes no trust here: the evidence shows only that its submitter rejected the worker once,
@@ -200,6 +208,26 @@ impl Jobs {
         self.spawn(async move {
             if let Err(e) = store.off_thread(move |s| s.put_revocation(&revocation)).await {
                 warn!(error = %e, "cannot store a revocation");
+            }
+        });
+    }
+
+    /// Puts `receipts` in the book; a revocation of one of them that arrived before it is stored now.
+    pub(super) fn keep_receipts(&self, receipts: impl IntoIterator<Item = Signed<Receipt>>) {
+        let early: Vec<_> = {
+            let mut book = self.book();
+            receipts.into_iter().filter_map(|r| book.keep(r)).collect()
+        };
+        if early.is_empty() {
+            return;
+        }
+        let store = self.inner.store.clone();
+        self.spawn(async move {
+            for revocation in early {
+                debug!(job = %revocation.body.job.short(), "a revocation that came before its receipt taken over");
+                if let Err(e) = store.off_thread(move |s| s.put_revocation(&revocation)).await {
+                    warn!(error = %e, "cannot store a revocation");
+                }
             }
         });
     }

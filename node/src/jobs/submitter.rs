@@ -660,12 +660,7 @@ impl Jobs {
                 warn!(job = %job.short(), error = %e, "cannot flush the verdict");
                 stored = false;
             }
-            {
-                let mut book = this.book();
-                for r in &receipts {
-                    book.keep(r.clone());
-                }
-            }
+            this.keep_receipts(receipts.iter().cloned());
             let waiters = {
                 let mut side = this.submitter();
                 match side.jobs.get_mut(&original) {
