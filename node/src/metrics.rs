@@ -122,6 +122,8 @@ pub struct Metrics {
     pub relay_circuits_served: Gauge,
     /// Offer shards this node is in and has announced in the DHT.
     pub offer_shards: Gauge,
+    /// Connections established (dialled or accepted), each a transport handshake.
+    pub connections_opened: Counter,
 }
 
 impl Default for Metrics {
@@ -151,6 +153,7 @@ impl Default for Metrics {
             relay_reservations_held: Gauge::default(),
             relay_reservations_served: Gauge::default(),
             relay_circuits_served: Gauge::default(),
+            connections_opened: Counter::default(),
             offer_shards: Gauge::default(),
         }
     }
@@ -280,6 +283,11 @@ impl Metrics {
             "fleetmesh_offer_shards",
             "Offer shards this node is in and has announced in the DHT",
             m.offer_shards.clone(),
+        );
+        registry.register(
+            "fleetmesh_connections_opened",
+            "Connections established, dialled or accepted (each a transport handshake)",
+            m.connections_opened.clone(),
         );
         m
     }

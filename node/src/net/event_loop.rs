@@ -572,6 +572,7 @@ impl EventLoop {
             } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), dialer = endpoint.is_dialer(), "connected");
                 self.last_used.insert(peer_id, Instant::now());
+                self.metrics.connections_opened.inc();
                 for b in self.bootstrap.iter_mut() {
                     if b.peer == Some(peer_id)
                         || (b.peer.is_none() && b.addr == *endpoint.get_remote_address())

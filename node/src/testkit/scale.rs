@@ -301,7 +301,14 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     // Idle: what the fleet costs with nothing to do.
+    let opened = |range: std::ops::Range<usize>| -> u64 {
+        nodes[range]
+            .iter()
+            .map(|n| n.metrics.connections_opened.get())
+            .sum()
+    };
     let idle_cpu = if args.idle_secs > 0 {
+        let opened_before = (opened(servers..n), opened(0..servers));
         let (mut whole, mut last, t) = (CpuMark::now(), CpuMark::now(), Instant::now());
         while t.elapsed() < Duration::from_secs(args.idle_secs) {
             tokio::time::sleep(Duration::from_secs(10).min(Duration::from_secs(args.idle_secs))).await;
@@ -316,6 +323,12 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
             "connected peers after idling: {:.1} per client, {:.1} per server on average",
             peers_mean(servers..n),
             peers_mean(0..servers)
+        );
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "connections opened while idle: {:.1} a second by clients' count, {:.1} by servers'",
+            (opened(servers..n) - opened_before.0) as f64 / secs,
+            (opened(0..servers) - opened_before.1) as f64 / secs
         );
         eprintln!("idle for {} s: {per_min:.1} CPU-s a minute", args.idle_secs);
         Some((per_min * 10.0).round() / 10.0)
