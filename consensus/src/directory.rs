@@ -156,6 +156,29 @@ pub fn slot_of(peer: &[u8]) -> u32 {
     u32::from_le_bytes(h.as_bytes()[..4].try_into().unwrap_or_default()) % SLOTS
 }
 
+/// Slots a member looks up to estimate its shard's size ([`sampled_slots`]).
+pub const SAMPLED_SLOTS: usize = 6;
+
+/// The slots a member in `own_slot` looks up to estimate its shard's size: [`SAMPLED_SLOTS`] of them,
+/// spread evenly around the ring, its own excluded.
+pub fn sampled_slots(own_slot: u32) -> impl Iterator<Item = u32> {
+    (0..SAMPLED_SLOTS as u32).map(move |i| (own_slot + 1 + i * (SLOTS / SAMPLED_SLOTS as u32)) % SLOTS)
+}
+
+/// Bids an offer should draw from its shard, whatever the shard's size: a member bids with probability
+/// [`bid_probability`], so that a submitter is not sent a bid by each of a thousand cars.
+pub const BIDS_PER_OFFER: usize = 16;
+
+/// The chance that a member of a shard of `members` cars (as estimated) bids on an offer it sees: 1 in a
+/// shard of at most [`BIDS_PER_OFFER`], else `BIDS_PER_OFFER / members`.
+pub fn bid_probability(members: usize) -> f64 {
+    if members <= BIDS_PER_OFFER {
+        1.0
+    } else {
+        BIDS_PER_OFFER as f64 / members as f64
+    }
+}
+
 fn clamp_shards(shards: u32) -> u32 {
     shards.clamp(1, MAX_SHARDS).next_power_of_two().min(MAX_SHARDS)
 }
@@ -171,6 +194,23 @@ pub fn members_estimate(found_per_slot: &[usize]) -> usize {
         .map(|n| (*n).min(MAX_PROVIDERS_PER_KEY))
         .sum();
     total * SLOTS as usize / found_per_slot.len()
+}
+
+/// A cautious count of a shard's members from the same samples: the estimate less two standard
+/// deviations of the providers found (about 98 % of draws are above it). A split is decided on this
+/// count, so that sampling noise in a small shard (a few providers a slot) does not split it below
+/// [`MIN_MEMBERS`]: at 96 members, six sampled slots find about nine providers, and the point estimate
+/// ranged from 32 to 160.
+pub fn members_lower_bound(found_per_slot: &[usize]) -> usize {
+    if found_per_slot.is_empty() {
+        return 0;
+    }
+    let total: usize = found_per_slot
+        .iter()
+        .map(|n| (*n).min(MAX_PROVIDERS_PER_KEY))
+        .sum();
+    let low = (total as f64 - 2.0 * (total as f64).sqrt()).max(0.0);
+    (low * f64::from(SLOTS) / found_per_slot.len() as f64) as usize
 }
 
 /// The shard count to use next, given the current one, the members of this node's shard and the offers
@@ -252,6 +292,26 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_of_a_hundred_is_never_split_below_the_smallest_shard_by_sampling_noise() {
+        // 96 members, each in the slot its id gives; whichever slots a member samples, the cautious
+        // count never splits the shard, however many offers it brings (the point estimate would).
+        let mut per_slot = vec![0usize; SLOTS as usize];
+        for i in 0u32..96 {
+            per_slot[slot_of(&i.to_le_bytes()) as usize] += 1;
+        }
+        let mut point_splits = 0;
+        for own in 0..SLOTS {
+            let found: Vec<usize> = sampled_slots(own).map(|s| per_slot[s as usize]).collect();
+            assert_eq!(next_shards(1, members_lower_bound(&found), 10.0), 1, "{found:?}");
+            point_splits += usize::from(next_shards(1, members_estimate(&found), 10.0) > 1);
+        }
+        assert!(
+            point_splits > 0,
+            "the point estimate never split: the test shows nothing"
+        );
+    }
+
+    #[test]
     fn shards_grow_with_members_and_offers_and_shrink_back() {
         // A small fleet stays in one shard however many offers it gets.
         assert_eq!(next_shards(1, 5, 200.0), 1);
@@ -267,6 +327,10 @@ mod tests {
         // Quiet and small: merge.
         assert_eq!(next_shards(8, 60, 0.1), 4);
         assert_eq!(next_shards(1, 0, 0.0), 1);
+        // The cautious count: half the estimate from nine providers, near it from a hundred.
+        assert_eq!(members_lower_bound(&[2, 1, 2, 1, 2, 1]), 32);
+        assert!(members_lower_bound(&[16; 6]) >= 800);
+        assert_eq!(members_lower_bound(&[]), 0);
         // An estimate from saturated slots.
         assert_eq!(members_estimate(&[20, 25, 20]), 20 * SLOTS as usize);
         assert_eq!(members_estimate(&[1, 0, 2, 1]), SLOTS as usize);

@@ -27,16 +27,10 @@ const ESTIMATE_EVERY_MS: u64 = 300_000;
 /// twice [`directory::MAX_OFFERS_PER_S`]: load that calls for more shards is not left waiting for the
 /// next common time.
 const EARLY_ESTIMATE_AFTER_MS: u64 = 30_000;
-/// Slots looked up per family and upkeep to estimate a shard's members.
-const SAMPLED_SLOTS: usize = 6;
 /// Members a submitter dials when it is not in the shard it publishes to.
 const DIAL_MEMBERS: usize = 4;
 /// How long a submitter waits for dialled members' subscriptions to arrive.
 const SUBSCRIPTION_WAIT_MS: u64 = 2_000;
-/// Bids an offer should draw from its shard, whatever the shard's size: a member bids with probability
-/// `BIDS_PER_OFFER / members` (all members when the shard is no larger), so that a submitter is not sent
-/// a bid by each of a thousand cars.
-const BIDS_PER_OFFER: usize = 16;
 /// The first look at the directory after a start, when the node's own announcements are out.
 const FIRST_ESTIMATE_AFTER_MS: u64 = 5_000;
 
@@ -68,16 +62,17 @@ impl Jobs {
             .unwrap_or(1)
     }
 
-    /// Whether this node bids on the offer `job` for `model`: every member of a shard of at most
-    /// [`BIDS_PER_OFFER`] members does, of a larger one each with probability `BIDS_PER_OFFER / members`
-    /// (drawn from the job and this node's id, so an offer seen twice gets the same answer).
+    /// Whether this node bids on the offer `job` for `model`, with [`directory::bid_probability`] for the
+    /// members of its shard (drawn from the job and this node's id, so an offer seen twice gets the same
+    /// answer).
     pub(super) fn draws_bid(&self, job: &fleetmesh_protocol::JobId, model: &ModelId) -> bool {
         let members = lock(&self.inner.membership)
             .members
             .get(&Family::Model(*model))
             .copied()
             .unwrap_or(0);
-        if members <= BIDS_PER_OFFER {
+        let p = directory::bid_probability(members);
+        if p >= 1.0 {
             return true;
         }
         let h = blake3::Hasher::new_derive_key("fleetmesh bid draw v1")
@@ -85,7 +80,7 @@ impl Jobs {
             .update(self.inner.me.as_bytes())
             .finalize();
         let x = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default());
-        (x as f64 / u64::MAX as f64) < BIDS_PER_OFFER as f64 / members as f64
+        (x as f64 / u64::MAX as f64) < p
     }
 
     /// Counts an offer received (for the shard count's offer rate).
@@ -205,9 +200,8 @@ impl Jobs {
         };
         let seconds = (now.saturating_sub(since) as f64 / 1000.0).max(1.0);
         for (family, shard) in joined {
-            let mut found = Vec::with_capacity(SAMPLED_SLOTS);
-            for i in 0..SAMPLED_SLOTS as u32 {
-                let slot = (own_slot + 1 + i * (directory::SLOTS / SAMPLED_SLOTS as u32)) % directory::SLOTS;
+            let mut found = Vec::with_capacity(directory::SAMPLED_SLOTS);
+            for slot in directory::sampled_slots(own_slot) {
                 let providers = self
                     .inner
                     .net
@@ -219,7 +213,8 @@ impl Jobs {
             let members = directory::members_estimate(&found);
             lock(&self.inner.membership).members.insert(family, members);
             let rate = offers.get(&family).copied().unwrap_or(0) as f64 / seconds;
-            let next = directory::next_shards(shard.shards, members, rate);
+            // Split and merge on the cautious count: noise in a small sample must not split a shard.
+            let next = directory::next_shards(shard.shards, directory::members_lower_bound(&found), rate);
             if next != shard.shards {
                 info!(family = ?family, from = shard.shards, to = next, members, offers_per_s = rate, "offer shards resized");
                 lock(&self.inner.membership).shards.insert(family, next);
