@@ -80,7 +80,7 @@ fn models(mix: JobMix) -> Vec<(ModelSpec, f64)> {
         flops,
         reward: compute_ms * 1_000,
     };
-    let digits = spec("digits", 3, 784, 40, 2.0e5);
+    let digits = spec("digits", 3, 64, 40, 2.0e5);
     let minilm = spec("minilm", 40, 256, 1_536, 5.6e9);
     let llm = spec("smollm2", 3_000, 200, 128, 1.7e10);
     match mix {
