@@ -120,20 +120,38 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How long [`Store::open`] waits for a lock that a store closed in this process still holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Store {
     /// Opens (or creates) the database in `dir`. Fails if another process has it open.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(200))
             // sled's default page cache is 1 GiB, which a car's node would fill with cold records.
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| StoreError::Sled {
-                path: path.clone(),
-                source,
-            })?;
+            .cache_capacity(CACHE_BYTES);
+        // A store closed in this process a moment ago may still be locked by sled's flusher thread,
+        // which ends shortly after the last handle is dropped: wait for it rather than fail.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(StoreError::Sled {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+        };
         Self::with_db(db, path)
     }
 

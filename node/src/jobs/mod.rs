@@ -257,6 +257,9 @@ struct WorkerSide {
 
 /// Receipts this node is party to (as submitter or worker), the revocations of those receipts, the
 /// revocations of other nodes' receipts (for checking their claims), and the ledger last computed.
+/// A foreign revocation's (job, worker, submitter that signed it).
+type ForeignKey = (JobId, NodeId, NodeId);
+
 #[derive(Default)]
 struct ReceiptBook {
     receipts: BTreeMap<(JobId, NodeId), Signed<Receipt>>,
@@ -264,10 +267,11 @@ struct ReceiptBook {
     revocations: BTreeMap<(JobId, NodeId), Signed<Revocation>>,
     /// Bumped whenever `receipts` or `revocations` change.
     generation: u64,
-    /// Gossiped revocations of receipts this node does not hold, by (job, worker), oldest first in
-    /// `foreign_order`; at most [`MAX_FOREIGN_REVOCATIONS`].
-    foreign: BTreeMap<(JobId, NodeId), Signed<Revocation>>,
-    foreign_order: std::collections::VecDeque<(JobId, NodeId)>,
+    /// Gossiped revocations of receipts this node does not hold, by (job, worker, signer), oldest first
+    /// in `foreign_order`; at most [`MAX_FOREIGN_REVOCATIONS`]. (With the signer in the key, a revocation
+    /// any node signs for someone else's receipt cannot take the place of the genuine one.)
+    foreign: BTreeMap<ForeignKey, Signed<Revocation>>,
+    foreign_order: std::collections::VecDeque<ForeignKey>,
     /// The last ledger computed, and the generation it was computed from.
     ledger: Option<(u64, BTreeMap<NodeId, Earnings>)>,
 }
@@ -287,16 +291,12 @@ impl ReceiptBook {
         let submitter = r.body.claim.body.submitter;
         self.receipts.insert(key, r);
         self.generation += 1;
-        if self.revocations.contains_key(&key)
-            || self
-                .foreign
-                .get(&key)
-                .is_none_or(|early| early.body.submitter != submitter)
-        {
+        let foreign_key = (key.0, key.1, submitter);
+        if self.revocations.contains_key(&key) {
             return None;
         }
-        let early = self.foreign.remove(&key)?;
-        self.foreign_order.retain(|k| *k != key);
+        let early = self.foreign.remove(&foreign_key)?;
+        self.foreign_order.retain(|k| *k != foreign_key);
         self.keep_revocation(early.clone()).then_some(early)
     }
 
@@ -311,7 +311,7 @@ impl ReceiptBook {
     /// Keeps a revocation of a receipt held elsewhere, for checking its worker's claim later; the oldest
     /// goes when [`MAX_FOREIGN_REVOCATIONS`] are kept. Returns whether it was new.
     fn keep_foreign(&mut self, r: Signed<Revocation>) -> bool {
-        let key = (r.body.job, r.body.worker);
+        let key = (r.body.job, r.body.worker, r.body.submitter);
         if self.foreign.contains_key(&key) {
             return false;
         }
@@ -741,8 +741,14 @@ mod tests {
         );
         assert_eq!(book.revocations.len(), 1);
         assert!(book.foreign.is_empty() && book.foreign_order.is_empty());
-        assert_eq!(book.all_revocations(), vec![early]);
+        assert_eq!(book.all_revocations(), vec![early.clone()]);
         assert_eq!(book.keep(receipt(1, 2, 0, Verdict::Accepted)), None);
+        // A revocation another node signs for the same (job, worker), arriving first, does not keep the
+        // genuine one out.
+        let mut book = ReceiptBook::default();
+        assert!(book.keep_foreign(revocation(3, 2, 0, 5)));
+        assert!(book.keep_foreign(early.clone()));
+        assert_eq!(book.keep(receipt(1, 2, 0, Verdict::Accepted)), Some(early));
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Jobs {
                 detail: "cannot store the receipt now".into(),
             });
         }
-        self.keep_receipts([receipt]);
+        self.keep_receipts([receipt]).await;
         reply(Reply::accepted())
     }
 
@@ -117,10 +117,18 @@ impl Jobs {
                 Err(why) => refuse(why),
             },
             // A revocation sent by its submitter to the worker it names (besides the gossip).
+            // Busy while the receipt it revokes has not arrived: the submitter sends it again later, and
+            // this node keeps it in memory meanwhile (taken over, and stored, when the receipt comes).
             Kind::Revocation => match authored::<Revocation>(&peer, data) {
                 Ok(r) if r.body.worker == self.inner.me => {
-                    self.on_revocation(r);
-                    reply(Reply::accepted())
+                    if self.on_revocation(r) {
+                        reply(Reply::accepted())
+                    } else {
+                        codec::encode(&Reply {
+                            code: fleetmesh_protocol::messages::ReplyCode::Busy,
+                            detail: "the receipt it revokes has not arrived yet".into(),
+                        })
+                    }
                 }
                 Ok(_) => refuse("the revocation names another worker"),
                 Err(why) => refuse(why),

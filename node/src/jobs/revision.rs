@@ -178,7 +178,14 @@ impl Jobs {
                     .request(crate::net::peer_id_of(&worker), data.clone())
                     .await
                 {
-                    Ok(_) => return,
+                    // Busy: the worker has not got the receipt yet; tried again later. (A refusal is
+                    // final: the worker has no receipt of this submitter for the job.)
+                    Ok(answer) => match codec::decode::<fleetmesh_protocol::messages::Reply>(&answer) {
+                        Ok(r) if r.code == fleetmesh_protocol::messages::ReplyCode::Busy => {
+                            debug!(worker = %worker.short(), "revocation waits for its receipt at the worker")
+                        }
+                        _ => return,
+                    },
                     Err(e) => {
                         debug!(worker = %worker.short(), error = %e, "revocation not sent to its worker yet")
                     }
@@ -190,7 +197,9 @@ impl Jobs {
     /// A revocation from gossip or from its submitter (signature checked): kept and stored if it revokes a
     /// receipt this node holds from its signer; otherwise kept in memory with the foreign ones, and taken
     /// over (and stored) if that receipt arrives later ([`Jobs::keep_receipts`]).
-    pub(super) fn on_revocation(&self, revocation: Signed<Revocation>) {
+    ///
+    /// Returns whether it revokes a receipt this node holds (and is kept as this node's own).
+    pub(super) fn on_revocation(&self, revocation: Signed<Revocation>) -> bool {
         // A revocation of another node's receipt is kept for claim checks (its evidence travels with it)
         // and changes no trust here: the evidence shows only that its submitter rejected the worker once,
         // which a submitter with a grudge can do to an honest worker.
@@ -202,7 +211,7 @@ impl Jobs {
             }
         };
         if !mine {
-            return;
+            return false;
         }
         let store = self.inner.store.clone();
         self.spawn(async move {
@@ -210,10 +219,12 @@ impl Jobs {
                 warn!(error = %e, "cannot store a revocation");
             }
         });
+        true
     }
 
-    /// Puts `receipts` in the book; a revocation of one of them that arrived before it is stored now.
-    pub(super) fn keep_receipts(&self, receipts: impl IntoIterator<Item = Signed<Receipt>>) {
+    /// Puts `receipts` in the book; a revocation of one of them that arrived before it is stored and
+    /// flushed now, before the caller answers anyone (a kill -9 after the answer cannot lose it).
+    pub(super) async fn keep_receipts(&self, receipts: impl IntoIterator<Item = Signed<Receipt>>) {
         let early: Vec<_> = {
             let mut book = self.book();
             receipts.into_iter().filter_map(|r| book.keep(r)).collect()
@@ -221,14 +232,19 @@ impl Jobs {
         if early.is_empty() {
             return;
         }
-        let store = self.inner.store.clone();
-        self.spawn(async move {
-            for revocation in early {
-                debug!(job = %revocation.body.job.short(), "a revocation that came before its receipt taken over");
-                if let Err(e) = store.off_thread(move |s| s.put_revocation(&revocation)).await {
-                    warn!(error = %e, "cannot store a revocation");
-                }
+        for revocation in early {
+            debug!(job = %revocation.body.job.short(), "a revocation that came before its receipt taken over");
+            let stored = self
+                .inner
+                .store
+                .off_thread(move |s| s.put_revocation(&revocation))
+                .await;
+            if let Err(e) = stored {
+                warn!(error = %e, "cannot store a revocation");
             }
-        });
+        }
+        if let Err(e) = self.inner.store.flush().await {
+            warn!(error = %e, "cannot flush a revocation");
+        }
     }
 }

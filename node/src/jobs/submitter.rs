@@ -660,7 +660,7 @@ impl Jobs {
                 warn!(job = %job.short(), error = %e, "cannot flush the verdict");
                 stored = false;
             }
-            this.keep_receipts(receipts.iter().cloned());
+            this.keep_receipts(receipts.iter().cloned()).await;
             let waiters = {
                 let mut side = this.submitter();
                 match side.jobs.get_mut(&original) {
