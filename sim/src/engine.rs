@@ -279,6 +279,12 @@ struct World {
     out: Collector,
     /// Whether the shard counts were set once (see [`World::directory`]).
     warm: bool,
+    /// The model of every job, by the id its user knows (for rechecks).
+    model_of: HashMap<JobId, u8>,
+    /// Revocations gossiped on the fleet-wide topic (every enrolled car receives each).
+    revocations: u64,
+    /// When the next job is submitted (ms, unrounded: the rate is kept exactly).
+    next_submit: f64,
 }
 
 /// Runs the simulation and returns its report.
@@ -286,6 +292,12 @@ pub fn run(cfg: &SimConfig) -> Result<Report, String> {
     cfg.validate()?;
     let wall = Instant::now();
     let mut w = World::new(cfg.clone());
+    if w.servers.is_empty() {
+        return Err(format!(
+            "no car of the {} drew reachable (--reachable {}, seed {}): the fleet has no DHT server",
+            cfg.cars, cfg.reachable, cfg.seed
+        ));
+    }
     if cfg.progress {
         eprintln!(
             "fleet-sim: {} cars ({} reachable), {} submitters, {:.1} jobs/s, set up in {:.1} s",
@@ -462,6 +474,9 @@ impl World {
             rate_per_ms: rate_per_s / 1_000.0,
             out: Collector::new(n, plots),
             warm: false,
+            model_of: HashMap::new(),
+            revocations: 0,
+            next_submit: 0.0,
             models,
             cars,
             cfg,
@@ -475,8 +490,10 @@ impl World {
         // offer (see `World::directory`).
         w.at(start + 1, Ev::Directory);
         if w.rate_per_ms > 0.0 {
-            let first = start + 1_000 + w.rng.exp(1.0 / w.rate_per_ms) as u64;
-            w.at(first, Ev::Submit);
+            w.next_submit = (start + 1_000) as f64 + w.rng.exp(1.0 / w.rate_per_ms);
+            if w.next_submit < end as f64 {
+                w.at(w.next_submit as u64, Ev::Submit);
+            }
         }
         w.at(start, Ev::Sample);
         w
@@ -539,6 +556,9 @@ impl World {
         c.soc = cars::soc_after(c.activity, c.soc, (now - c.soc_at_ms) as f32 / MIN_MS as f32);
         c.soc_at_ms = now;
         let leaving = activity == Activity::Driving && c.activity != Activity::Driving;
+        // Offers received so far came over the link the car had until now.
+        self.settle_offers(car);
+        let c = &mut self.cars[car as usize];
         c.activity = activity;
         if leaving && let Some((sub, job, started, _)) = c.busy.take() {
             // Preempted: the driver comes first; the worker hands the job back.
@@ -632,6 +652,20 @@ impl World {
         }
     }
 
+    /// Counts the offers the car received on its shards since the last count (at the link it has now).
+    fn settle_offers(&mut self, car: u32) {
+        for f in 0..self.families.len() {
+            let Some(m) = self.cars[car as usize].shard[f] else {
+                continue;
+            };
+            let now = self.families[f].offers[m.shard as usize];
+            self.count_offers(car, now - m.seen, f);
+            if let Some(m) = self.cars[car as usize].shard[f].as_mut() {
+                m.seen = now;
+            }
+        }
+    }
+
     /// `offers` offers of model `f` received on the car's shard.
     fn count_offers(&mut self, car: u32, offers: u64, f: usize) {
         let bytes = offers * (OFFER_BYTES + self.models[f].0.input_bytes);
@@ -671,6 +705,11 @@ impl World {
     /// retransmission when lost, and a relay hop when neither side is reachable and hole punching
     /// failed for them.
     fn one_way(&mut self, a: u32, b: u32) -> u64 {
+        self.delay(a, b, true)
+    }
+
+    /// [`World::one_way`]; `direct` false for a gossip hop (between mesh neighbours, not these two).
+    fn delay(&mut self, a: u32, b: u32, direct: bool) -> u64 {
         let (la, lb) = (self.link(a), self.link(b));
         let (ra, rb) = (self.cars[a as usize].reachable, self.cars[b as usize].reachable);
         let mut ms = (cars::rtt_ms(la, ra, self.rng.unit()) + cars::rtt_ms(lb, rb, self.rng.unit())) / 4.0;
@@ -679,7 +718,7 @@ impl World {
                 ms += 200.0 + cars::rtt_ms(l, r, self.rng.unit());
             }
         }
-        if !ra && !rb {
+        if direct && !ra && !rb {
             let (lo, hi) = (a.min(b), a.max(b));
             if unit_of(u64::from(lo), u64::from(hi), self.cfg.seed) >= HOLE_PUNCH_SUCCESS {
                 // Through the receiver's relay: one more hop on a fixed line.
@@ -804,8 +843,10 @@ impl World {
 
     fn submit(&mut self) {
         let now = self.now;
-        let next = now + self.rng.exp(1.0 / self.rate_per_ms).max(1.0) as u64;
-        self.at(next, Ev::Submit);
+        self.next_submit += self.rng.exp(1.0 / self.rate_per_ms);
+        if self.next_submit < self.end as f64 {
+            self.at(self.next_submit as u64, Ev::Submit);
+        }
         if self.subs.is_empty() {
             return;
         }
@@ -823,6 +864,7 @@ impl World {
         let (replicas, replication) = self.replication();
         let offer = self.new_offer(sub, model, replicas);
         let id = offer.id();
+        self.model_of.insert(id, model as u8);
         let s = &mut self.subs[sub as usize];
         s.core.offer(id, offer.clone(), replication);
         s.jobs.insert(
@@ -895,6 +937,12 @@ impl World {
         let fam = &mut self.families[model];
         fam.offers[shard as usize] += 1;
         fam.offers_since_estimate += 1;
+        // Gossip does not bring a node its own message.
+        if let Some(m) = self.cars[sub_car as usize].shard[model].as_mut()
+            && m.shard == shard
+        {
+            m.seen += 1;
+        }
         let members = &fam.members[shard as usize];
         let n = members.len();
         if n == 0 {
@@ -934,11 +982,11 @@ impl World {
             let hops = 1 + self.rng.below(depth);
             let mut t = now + delay;
             for _ in 0..hops {
-                t += self.one_way(sub_car, car) / 2 + 1;
+                t += self.delay(sub_car, car, false) / 2 + 1;
             }
             t += self.one_way(car, sub_car);
             let worker = self.node_id(car);
-            let cheap = liar && self.cfg.adversary != Adversary::None;
+            let cheap = liar && self.cfg.adversary == Adversary::BidCostLiar;
             let bid = Bid {
                 job,
                 worker,
@@ -1103,21 +1151,16 @@ impl World {
                 } => {
                     // The suspect's receipt for the job it ran alone is revoked (its credit taken back)
                     // and the job offered again with two replicas.
+                    // (The rejection is the receipt where it was caught; the revoked job is another.)
+                    let _ = rejection;
                     self.out.rechecks += 1;
+                    self.revocations += 1;
+                    let model = self.model_of.get(&recheck.of).copied().unwrap_or(0) as usize;
                     if let Some(&car) = self.by_id.get(&recheck.suspect) {
-                        let model = self
-                            .models
-                            .iter()
-                            .position(|(m, _)| m.id == rejection.claim.body.model)
-                            .unwrap_or(0);
-                        self.cars[car as usize].stats.credit -= self.models[model].0.reward as i64;
-                        self.receive(car, 1, REVOCATION_BYTES);
+                        let stats = &mut self.cars[car as usize].stats;
+                        stats.credit -= self.models[model].0.reward as i64;
+                        stats.jobs = stats.jobs.saturating_sub(1);
                     }
-                    let model = self
-                        .models
-                        .iter()
-                        .position(|(m, _)| m.id == rejection.claim.body.model)
-                        .unwrap_or(0);
                     let offer = self.new_offer(sub, model, 2);
                     let id = offer.id();
                     let s = &mut self.subs[sub as usize];
@@ -1139,6 +1182,8 @@ impl World {
                     self.out.revised += 1;
                     if output == truth(&job) {
                         self.out.wrong.remove(&job);
+                    } else {
+                        self.out.wrong.insert(job);
                     }
                 }
             }
@@ -1329,11 +1374,9 @@ impl World {
     fn finish(mut self, wall: Instant) -> Report {
         let now = self.now;
         for car in 0..self.cars.len() as u32 {
-            for f in 0..self.families.len() {
-                if let Some(m) = self.cars[car as usize].shard[f] {
-                    let offers = self.families[f].offers[m.shard as usize] - m.seen;
-                    self.count_offers(car, offers, f);
-                }
+            self.settle_offers(car);
+            if self.cars[car as usize].enrolled && self.revocations > 0 {
+                self.receive(car, self.revocations, self.revocations * REVOCATION_BYTES);
             }
             let c = &mut self.cars[car as usize];
             if let Some(since) = c.admitted_since {
@@ -1369,6 +1412,7 @@ impl World {
             reservations,
             self.events,
             self.rate_per_ms * 1_000.0,
+            self.end,
             wall,
         )
     }

@@ -9,16 +9,21 @@
 //! - departure prediction: [`DeparturePredictor`](fleetmesh_node::vehicle::DeparturePredictor),
 //!   fed two weeks of the car's own history before the run;
 //! - the capacity directory: shard of a car ([`Shard::of`](fleetmesh_consensus::directory::Shard::of)), the
-//!   shard count ([`next_shards`](fleetmesh_consensus::directory::next_shards) from
-//!   [`members_estimate`](fleetmesh_consensus::directory::members_estimate) over the
-//!   [`sampled_slots`](fleetmesh_consensus::directory::sampled_slots)) and who bids
+//!   shard count ([`next_shards`](fleetmesh_consensus::directory::next_shards) on
+//!   [`members_lower_bound`](fleetmesh_consensus::directory::members_lower_bound) over the
+//!   [`sampled_slots`](fleetmesh_consensus::directory::sampled_slots); the members' bid draw uses
+//!   [`members_estimate`](fleetmesh_consensus::directory::members_estimate)) and how likely a member bids
 //!   ([`bid_probability`](fleetmesh_consensus::directory::bid_probability));
 //! - every submitter runs a [`Submitter`](fleetmesh_consensus::submitter::Submitter) core (planning by
 //!   reputation, the job state machine with commit-reveal and quorum, escalation, re-offers, receipts and
 //!   their credit, rechecks and revisions) with the node's default settings
 //!   ([`JobsConfig::submitter_config`](fleetmesh_node::jobs::JobsConfig::submitter_config)).
 //!
-//! What it simplifies (each says where a real fleet may differ): all members of a family adopt a new
+//! What the simulator decides itself (each a simplification of the node's rule): a car runs one job at a
+//! time and bids only when idle (a node queues up to `max_active_work`); its departure is predicted once
+//! when it parks (a node asks at each bid); the bidders of an offer are a Poisson draw of the expected
+//! count (a node draws per member from a hash); bid prices are the model's reward. What it simplifies
+//! (each says where a real fleet may differ): all members of a family adopt a new
 //! shard count at the same estimate (real nodes estimate one by one and may disagree for a while);
 //! gossip reaches every member of a shard, after a number of mesh hops drawn from the shard's size;
 //! DHT lookups cost hops x round trip with hops drawn from the number of servers; per-car traffic counts
@@ -216,6 +221,9 @@ impl SimConfig {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} must be 0 to 1, got {v}"));
             }
+        }
+        if self.participation == 0.0 {
+            return Err("--participation 0 leaves no car running a node".into());
         }
         if self.reachable * self.cars as f64 * self.participation < 1.0 {
             return Err("--reachable leaves no reachable car: the fleet has no DHT server".into());

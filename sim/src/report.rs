@@ -185,14 +185,16 @@ impl Collector {
         max_reservations: usize,
         events: u64,
         jobs_per_s: f64,
+        end_ms: u64,
         wall: Instant,
     ) -> Report {
         let secs = f64::from(cfg.days) * 86_400.0;
-        let end = self.jobs.last().map_or(0, |j| j.submitted_ms);
+        // Jobs submitted in the last two minutes are left out, decided or not (keeping the decided
+        // ones would favour fast jobs).
         let counted: Vec<&UserJob> = self
             .jobs
             .iter()
-            .filter(|j| j.submitted_ms + SETTLE_MS <= end || j.verdict_ms.is_some())
+            .filter(|j| j.submitted_ms + SETTLE_MS <= end_ms)
             .collect();
         let assigned = counted.iter().filter(|j| j.assigned_ms.is_some()).count();
         let first_offer = counted
@@ -277,6 +279,8 @@ impl Collector {
             / (owners.len().max(1) as f64 * secs * 1_000.0);
         let relayed_max = self.relayed.values().copied().max().unwrap_or(0);
         let wrong_after = self.wrong.len() as u64;
+        self.publish_delay_ms.sort_unstable();
+        let publish_p99 = pct(&self.publish_delay_ms, 0.99);
         let wall_s = wall.elapsed().as_secs_f64();
         let json = json!({
             "cars": self.cars,
@@ -293,11 +297,13 @@ impl Collector {
             "adversary_share": cfg.adversary_share,
             "off_peak_only": cfg.off_peak_only,
             "cellular_only": cfg.cellular_only,
-            "jobs_offered_per_s": round3(jobs_per_s),
+            "jobs_asked_per_s": round3(jobs_per_s),
+            "jobs_submitted_per_s": round3(self.jobs.len() as f64 / secs),
             "jobs_submitted": self.jobs.len(),
             "jobs_verified": self.verified,
             "jobs_failed": self.failed,
             "fleet_jobs_per_s": round3(self.verified as f64 / secs),
+            "publish_delay_p99_s": publish_p99,
             "fleet_flops_per_s": (self.flops / secs).round(),
             "assign_success": round4(assigned as f64 / counted.len().max(1) as f64),
             "assigned_first_offer": round4(first_offer as f64 / assigned.max(1) as f64),
