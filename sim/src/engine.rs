@@ -986,7 +986,11 @@ impl World {
             }
             t += self.one_way(car, sub_car);
             let worker = self.node_id(car);
-            let cheap = liar && self.cfg.adversary == Adversary::BidCostLiar;
+            let cheap = liar
+                && matches!(
+                    self.cfg.adversary,
+                    Adversary::BidCostLiar | Adversary::UnderbiddingColluders
+                );
             let bid = Bid {
                 job,
                 worker,
@@ -1280,7 +1284,9 @@ impl World {
                 .map(|(x, k)| !(x ^ k))
                 .collect(),
             (true, Adversary::RareLiar(p)) if self.rng.unit() < p => truth.iter().map(|x| x ^ 1).collect(),
-            (true, Adversary::Colluding) => truth.iter().map(|x| x.wrapping_add(1)).collect(),
+            (true, Adversary::Colluding | Adversary::UnderbiddingColluders) => {
+                truth.iter().map(|x| x.wrapping_add(1)).collect()
+            }
             (true, Adversary::Lazy) => match copied {
                 // Copies another worker's output and salt instead of computing: its commitment is not
                 // the one those open under its own id.

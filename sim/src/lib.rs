@@ -60,11 +60,14 @@ pub enum Adversary {
     Lazy,
     /// Computes honestly but claims a tenth of the real cost and time in its bids.
     BidCostLiar,
+    /// Colluding, and underbidding like a bid-cost liar to be drawn more often (the open-fleet attack:
+    /// fresh keys that underbid to take every replica of a job).
+    UnderbiddingColluders,
 }
 
 impl Adversary {
     /// Parses a `--adversary` value: `none`, `always-wrong`, `rare-liar[:P]`, `colluding`, `silent`,
-    /// `lazy`, `bid-cost-liar`.
+    /// `lazy`, `bid-cost-liar`, `underbidding-colluders`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (name, arg) = s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b)));
         let p = match arg {
@@ -84,9 +87,10 @@ impl Adversary {
             ("silent", None) => Self::Silent,
             ("lazy", None) => Self::Lazy,
             ("bid-cost-liar", None) => Self::BidCostLiar,
+            ("underbidding-colluders", None) => Self::UnderbiddingColluders,
             _ => {
                 return Err(format!(
-                    "unknown adversary '{s}' (none, always-wrong, rare-liar[:P], colluding, silent, lazy, bid-cost-liar)"
+                    "unknown adversary '{s}' (none, always-wrong, rare-liar[:P], colluding, silent, lazy, bid-cost-liar, underbidding-colluders)"
                 ));
             }
         })
@@ -102,6 +106,7 @@ impl Adversary {
             Self::Silent => "silent".into(),
             Self::Lazy => "lazy".into(),
             Self::BidCostLiar => "bid-cost-liar".into(),
+            Self::UnderbiddingColluders => "underbidding-colluders".into(),
         }
     }
 }

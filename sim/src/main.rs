@@ -47,7 +47,8 @@ struct Args {
     /// No wifi anywhere: every link is cellular.
     #[arg(long)]
     cellular_only: bool,
-    /// Adversaries: none, always-wrong, rare-liar[:P], colluding, silent, lazy, bid-cost-liar.
+    /// Adversaries: none, always-wrong, rare-liar[:P], colluding, silent, lazy, bid-cost-liar,
+    /// underbidding-colluders.
     #[arg(long, default_value = "none", value_parser = Adversary::parse)]
     adversary: Adversary,
     /// The adversaries' share of the cars (0-1).
