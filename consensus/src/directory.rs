@@ -189,11 +189,15 @@ pub fn members_estimate(found_per_slot: &[usize]) -> usize {
     if found_per_slot.is_empty() {
         return 0;
     }
-    let total: usize = found_per_slot
+    providers_found(found_per_slot) * SLOTS as usize / found_per_slot.len()
+}
+
+/// Providers found in all, each slot's count at most [`MAX_PROVIDERS_PER_KEY`].
+fn providers_found(found_per_slot: &[usize]) -> usize {
+    found_per_slot
         .iter()
         .map(|n| (*n).min(MAX_PROVIDERS_PER_KEY))
-        .sum();
-    total * SLOTS as usize / found_per_slot.len()
+        .sum()
 }
 
 /// A cautious count of a shard's members from the same samples: the estimate less two standard
@@ -205,11 +209,8 @@ pub fn members_lower_bound(found_per_slot: &[usize]) -> usize {
     if found_per_slot.is_empty() {
         return 0;
     }
-    let total: usize = found_per_slot
-        .iter()
-        .map(|n| (*n).min(MAX_PROVIDERS_PER_KEY))
-        .sum();
-    let low = (total as f64 - 2.0 * (total as f64).sqrt()).max(0.0);
+    let total = providers_found(found_per_slot) as f64;
+    let low = (total - 2.0 * total.sqrt()).max(0.0);
     (low * f64::from(SLOTS) / found_per_slot.len() as f64) as usize
 }
 

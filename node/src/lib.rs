@@ -7,6 +7,7 @@
 
 pub mod adversary;
 pub mod api;
+pub mod args;
 pub mod client;
 pub mod clock;
 pub mod config;
