@@ -178,6 +178,9 @@ pub struct SimConfig {
     pub replicas: Option<u8>,
     /// Submitters are reachable cars (as in the real-node scale run, where servers submit).
     pub reachable_submitters: bool,
+    /// Every link is local: 1 ms each way, no loss (the in-process memory transport of the real-node
+    /// scale run, for calibration against it).
+    pub lan: bool,
     /// Where to write the SVG plots (none when `None`).
     pub plots: Option<PathBuf>,
     /// Progress lines on stderr.
@@ -203,6 +206,7 @@ impl Default for SimConfig {
             adversary_share: 0.0,
             replicas: None,
             reachable_submitters: false,
+            lan: false,
             plots: None,
             progress: false,
         }

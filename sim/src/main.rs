@@ -60,6 +60,9 @@ struct Args {
     /// Only reachable cars submit (as in the real-node scale run).
     #[arg(long)]
     reachable_submitters: bool,
+    /// Every link local, 1 ms each way and no loss (the real-node scale run's in-process transport).
+    #[arg(long)]
+    lan: bool,
     /// Folder for the SVG plots.
     #[arg(long)]
     plots: Option<PathBuf>,
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         },
         replicas: args.replicas,
         reachable_submitters: args.reachable_submitters,
+        lan: args.lan,
         plots: args.plots,
         progress: !args.quiet,
     };
