@@ -121,7 +121,7 @@ impl Jobs {
             // this node keeps it in memory meanwhile (taken over, and stored, when the receipt comes).
             Kind::Revocation => match authored::<Revocation>(&peer, data) {
                 Ok(r) if r.body.worker == self.inner.me => {
-                    if self.on_revocation(r) {
+                    if self.on_revocation_sent(r).await {
                         reply(Reply::accepted())
                     } else {
                         codec::encode(&Reply {

@@ -194,46 +194,43 @@ impl Jobs {
         });
     }
 
-    /// A revocation from gossip or from its submitter (signature checked): kept and stored if it revokes a
-    /// receipt this node holds from its signer; otherwise kept in memory with the foreign ones, and taken
-    /// over (and stored) if that receipt arrives later ([`Jobs::keep_receipts`]).
-    ///
-    /// Returns whether it revokes a receipt this node holds (and is kept as this node's own).
-    pub(super) fn on_revocation(&self, revocation: Signed<Revocation>) -> bool {
+    /// A gossiped revocation (signature checked): kept and stored if it revokes a receipt this node
+    /// holds from its signer; otherwise kept in memory with the foreign ones, and taken over (and
+    /// stored) if that receipt arrives later ([`Jobs::keep_receipts`]).
+    pub(super) fn on_revocation(&self, revocation: Signed<Revocation>) {
+        if self.book_revocation(revocation.clone()) {
+            let this = self.clone();
+            self.spawn(async move { this.store_revocations(vec![revocation]).await });
+        }
+    }
+
+    /// A revocation its submitter sent to this node, the worker it names: as [`Jobs::on_revocation`],
+    /// but stored and flushed before this returns (the caller then acknowledges it). Returns whether it
+    /// revokes a receipt this node holds.
+    pub(super) async fn on_revocation_sent(&self, revocation: Signed<Revocation>) -> bool {
+        let mine = self.book_revocation(revocation.clone());
+        if mine {
+            self.store_revocations(vec![revocation]).await;
+        }
+        mine
+    }
+
+    /// Keeps `revocation` in the book: as this node's own when it revokes a receipt held here from its
+    /// signer (returns true), else with the foreign ones.
+    fn book_revocation(&self, revocation: Signed<Revocation>) -> bool {
         // A revocation of another node's receipt is kept for claim checks (its evidence travels with it)
         // and changes no trust here: the evidence shows only that its submitter rejected the worker once,
         // which a submitter with a grudge can do to an honest worker.
-        let mine = {
-            let mut book = self.book();
-            book.keep_revocation(revocation.clone()) || {
-                book.keep_foreign(revocation.clone());
-                false
-            }
-        };
-        if !mine {
-            return false;
+        let mut book = self.book();
+        book.keep_revocation(revocation.clone()) || {
+            book.keep_foreign(revocation);
+            false
         }
-        let store = self.inner.store.clone();
-        self.spawn(async move {
-            if let Err(e) = store.off_thread(move |s| s.put_revocation(&revocation)).await {
-                warn!(error = %e, "cannot store a revocation");
-            }
-        });
-        true
     }
 
-    /// Puts `receipts` in the book; a revocation of one of them that arrived before it is stored and
-    /// flushed now, before the caller answers anyone (a kill -9 after the answer cannot lose it).
-    pub(super) async fn keep_receipts(&self, receipts: impl IntoIterator<Item = Signed<Receipt>>) {
-        let early: Vec<_> = {
-            let mut book = self.book();
-            receipts.into_iter().filter_map(|r| book.keep(r)).collect()
-        };
-        if early.is_empty() {
-            return;
-        }
-        for revocation in early {
-            debug!(job = %revocation.body.job.short(), "a revocation that came before its receipt taken over");
+    /// Stores `revocations` and flushes the store.
+    async fn store_revocations(&self, revocations: Vec<Signed<Revocation>>) {
+        for revocation in revocations {
             let stored = self
                 .inner
                 .store
@@ -246,5 +243,22 @@ impl Jobs {
         if let Err(e) = self.inner.store.flush().await {
             warn!(error = %e, "cannot flush a revocation");
         }
+    }
+
+    /// Puts `receipts` in the book; a revocation of one of them that arrived before it is stored and
+    /// flushed now, before the caller answers anyone (a kill -9 after the answer cannot lose it).
+    pub(super) async fn keep_receipts(&self, receipts: impl IntoIterator<Item = Signed<Receipt>>) {
+        let early: Vec<_> = {
+            let mut book = self.book();
+            receipts.into_iter().filter_map(|r| book.keep(r)).collect()
+        };
+        if early.is_empty() {
+            return;
+        }
+        debug!(
+            count = early.len(),
+            "revocations that came before their receipts taken over"
+        );
+        self.store_revocations(early).await;
     }
 }
