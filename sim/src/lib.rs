@@ -43,6 +43,9 @@ use std::path::PathBuf;
 pub use engine::run;
 pub use report::Report;
 
+/// Most cars one run simulates (memory grows about 4 GB a million).
+pub const MAX_CARS: usize = 5_000_000;
+
 /// Who the adversaries are, and how they behave.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Adversary {
@@ -218,6 +221,12 @@ impl SimConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.cars < 20 {
             return Err(format!("--cars must be at least 20, got {}", self.cars));
+        }
+        if self.cars > MAX_CARS {
+            return Err(format!(
+                "--cars must be at most {MAX_CARS} (about 4 GB of memory a million cars), got {}",
+                self.cars
+            ));
         }
         if self.days == 0 {
             return Err("--days must be at least 1".into());

@@ -305,7 +305,11 @@ impl Collector {
             "fleet_jobs_per_s": round3(self.verified as f64 / secs),
             "publish_delay_p99_s": publish_p99,
             "fleet_flops_per_s": (self.flops / secs).round(),
-            "assign_success": round4(assigned as f64 / counted.len().max(1) as f64),
+            "assign_success": if counted.is_empty() {
+                Value::Null
+            } else {
+                json!(round4(assigned as f64 / counted.len() as f64))
+            },
             "assigned_first_offer": round4(first_offer as f64 / assigned.max(1) as f64),
             "assign_p50_s": pct(&assign, 0.5),
             "assign_p99_s": pct(&assign, 0.99),
