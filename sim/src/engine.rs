@@ -107,6 +107,8 @@ struct Car {
     admitted_since: Option<u64>,
     /// When the car is predicted to leave (the node's departure predictor), while parked.
     leaves_at_ms: u64,
+    /// When its admission is looked at again (0: not planned); one planned look at a time.
+    recheck_at: u64,
     /// The job it is running: (submitter, job, started, done at).
     busy: Option<(u32, JobId, u64, u64)>,
     /// Shard index per model while a member, and the shard's offer count when it joined.
@@ -370,6 +372,7 @@ impl World {
                 admission: Admission::new(policy.clone()),
                 admitted_since: None,
                 leaves_at_ms: u64::MAX,
+                recheck_at: 0,
                 busy: None,
                 shard: vec![None; models.len()],
                 id: None,
@@ -512,7 +515,13 @@ impl World {
         match ev {
             Ev::Day { car, day } => self.day(car, day),
             Ev::Stretch { car, activity } => self.stretch(car, activity),
-            Ev::Recheck { car } => self.admit(car),
+            Ev::Recheck { car } => {
+                // Only the look still planned (a later plan replaced an earlier one).
+                if self.cars[car as usize].recheck_at == self.now {
+                    self.cars[car as usize].recheck_at = 0;
+                    self.admit(car);
+                }
+            }
             Ev::Submit => self.submit(),
             Ev::ToSub { sub, msg } => self.deliver(sub, *msg),
             Ev::Wake { sub, job } => {
@@ -617,8 +626,12 @@ impl World {
             c.stats.awake_wh += AWAKE_W * (now - since) as f64 / 3_600_000.0;
             self.leave_shards(car);
         }
-        if let Some(t) = again {
-            self.at(t.max(now + 1), Ev::Recheck { car });
+        if let Some(t) = again.map(|t| t.max(now + 1)) {
+            let c = &mut self.cars[car as usize];
+            if c.recheck_at <= now || t < c.recheck_at {
+                c.recheck_at = t;
+                self.at(t, Ev::Recheck { car });
+            }
         }
     }
 
