@@ -57,12 +57,7 @@ impl Jobs {
                     }
                     // The receipt it revokes may still be on its way into the book (its verdict being
                     // stored): kept as foreign until then.
-                    {
-                        let mut book = this.book();
-                        if !book.keep_revocation(signed.clone()) {
-                            book.keep_foreign(signed.clone());
-                        }
-                    }
+                    this.book_revocation(signed.clone());
                     let data = codec::encode(&signed);
                     if let Err(e) = this.inner.net.publish(Topic::Revocations, data.clone()).await {
                         debug!(error = %e, "revocation not gossiped");
