@@ -10,7 +10,7 @@ use fleetmesh_consensus::directory::{self, Family, Shard};
 use fleetmesh_consensus::job::Outcome;
 use fleetmesh_consensus::submitter::{Action, Replication, Submitter};
 use fleetmesh_node::jobs::JobsConfig;
-use fleetmesh_node::vehicle::{Activity, Admission, Link, OwnerPolicy, Reason};
+use fleetmesh_node::vehicle::{Activity, Admission, DeparturePredictor, Link, OwnerPolicy, Reason};
 use fleetmesh_protocol::messages::{
     AgreementRule, Bid, Budget, JobInput, JobOffer, NumericClass, ResultCommit, ResultReveal, WithdrawReason,
     WorkClaim,
@@ -105,6 +105,8 @@ struct Car {
     soc_at_ms: u64,
     admission: Admission,
     admitted_since: Option<u64>,
+    /// The node's departure predictor, with the car's two weeks of history before the run.
+    predictor: DeparturePredictor,
     /// When the car is predicted to leave (the node's departure predictor), while parked.
     leaves_at_ms: u64,
     /// When its admission is looked at again (0: not planned); one planned look at a time.
@@ -148,7 +150,6 @@ struct InFlight {
     model: usize,
     /// Each worker's output and salt, once it computed.
     computed: BTreeMap<NodeId, (Vec<u8>, [u8; 32])>,
-    reoffers: u32,
     offer: JobOffer,
 }
 
@@ -371,6 +372,7 @@ impl World {
                 soc_at_ms: start,
                 admission: Admission::new(policy.clone()),
                 admitted_since: None,
+                predictor: cars::warmed_predictor(profile, i ^ cfg.seed, START_DAY),
                 leaves_at_ms: u64::MAX,
                 recheck_at: 0,
                 busy: None,
@@ -588,9 +590,8 @@ impl World {
         c.leaves_at_ms = if activity == Activity::Driving {
             now
         } else {
-            let predictor = cars::warmed_predictor(c.profile, u64::from(car) ^ self.cfg.seed, START_DAY);
             let confidence = c.admission.policy().departure_confidence;
-            predictor
+            c.predictor
                 .parked_for_min(now / MIN_MS, confidence)
                 .map_or(u64::MAX, |m| now + m * MIN_MS)
         };
@@ -607,7 +608,7 @@ impl World {
         let decision = c.admission.update(&state, now / MIN_MS);
         let was = c.admitted_since.is_some();
         // When to look again: a dwell ends, the battery charges past its floor, the hour changes.
-        let policy = c.admission.policy().clone();
+        let policy = c.admission.policy();
         let again = match decision.reason {
             Reason::Dwell => Some(now + policy.min_dwell_min * MIN_MS),
             Reason::LowCharge if state.plugged_in => {
@@ -880,7 +881,7 @@ impl World {
             }
             pick -= share;
         }
-        let user = self.out.submit(now, model);
+        let user = self.out.submit(now);
         let (replicas, replication) = self.replication();
         let offer = self.new_offer(sub, model, replicas);
         let id = offer.id();
@@ -894,7 +895,6 @@ impl World {
                 user: Some(user),
                 model,
                 computed: BTreeMap::new(),
-                reoffers: 0,
                 offer: offer.clone(),
             },
         );
@@ -1168,15 +1168,9 @@ impl World {
                         _ => {}
                     }
                 }
-                Action::Recheck {
-                    job: _,
-                    rejection,
-                    recheck,
-                } => {
+                Action::Recheck { recheck, .. } => {
                     // The suspect's receipt for the job it ran alone is revoked (its credit taken back)
                     // and the job offered again with two replicas.
-                    // (The rejection is the receipt where it was caught; the revoked job is another.)
-                    let _ = rejection;
                     self.out.rechecks += 1;
                     self.revocations += 1;
                     let model = self.model_of.get(&recheck.of).copied().unwrap_or(0) as usize;
@@ -1196,7 +1190,6 @@ impl World {
                             user: None,
                             model,
                             computed: BTreeMap::new(),
-                            reoffers: 0,
                             offer: offer.clone(),
                         },
                     );
@@ -1224,7 +1217,6 @@ impl World {
         let replicas = flight.offer.replicas;
         let offer = self.new_offer(sub, flight.model, replicas);
         let id = offer.id();
-        flight.reoffers += 1;
         flight.computed.clear();
         flight.offer = offer.clone();
         if let Some(user) = flight.user {

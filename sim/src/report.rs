@@ -75,7 +75,7 @@ impl Collector {
         }
     }
 
-    pub(crate) fn submit(&mut self, now: u64, _model: usize) -> usize {
+    pub(crate) fn submit(&mut self, now: u64) -> usize {
         self.jobs.push(UserJob {
             submitted_ms: now,
             ..UserJob::default()
