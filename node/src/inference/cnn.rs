@@ -274,18 +274,39 @@ const MIN_K: usize = 3;
 /// If `m < 2` or `n < 2` (gemm multiplies one row or one column by other paths, whose sums run across
 /// SIMD lanes) or a slice is too short for its shape.
 pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [f32]) {
+    matmul_strided(m, n, k, a, lda, b, n, c);
+}
+
+/// [`matmul`] with `b` read as `[k, n]` rows of stride `ldb >= n` (columns of a wider matrix), so column
+/// blocks of one product can run on separate threads; each element's bits are those of [`matmul`].
+///
+/// # Panics
+/// As [`matmul`], and if `ldb < n`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+) {
     assert!(
         m >= 2 && n >= 2,
         "one-row or one-column products take another summation path"
     );
-    assert!(a.len() >= (m - 1) * lda + k && b.len() >= k * n && c.len() >= m * n);
+    assert!(ldb >= n && a.len() >= (m - 1) * lda + k && b.len() + ldb >= k * ldb + n && c.len() >= m * n);
     if k < MIN_K {
         let mut ap = vec![0.0; m * MIN_K];
         for (i, row) in ap.chunks_exact_mut(MIN_K).enumerate() {
             row[..k].copy_from_slice(&a[i * lda..i * lda + k]);
         }
         let mut bp = vec![0.0; MIN_K * n];
-        bp[..k * n].copy_from_slice(&b[..k * n]);
+        for t in 0..k {
+            bp[t * n..(t + 1) * n].copy_from_slice(&b[t * ldb..t * ldb + n]);
+        }
         return matmul(m, n, MIN_K, &ap, MIN_K, &bp, c);
     }
     for (i, chunk) in k_chunks(k, K_CHUNK).enumerate() {
@@ -305,9 +326,9 @@ pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], c:
                 a.as_ptr().add(k0),
                 1,
                 lda as isize,
-                b.as_ptr().add(k0 * n),
+                b.as_ptr().add(k0 * ldb),
                 1,
-                n as isize,
+                ldb as isize,
                 1.0,
                 1.0,
                 false,

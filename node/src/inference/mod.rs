@@ -8,8 +8,11 @@ pub mod bert;
 pub mod cnn;
 pub mod digits;
 pub mod executor;
+pub mod gguf;
+pub mod llama;
 pub mod minilm;
 pub mod mnist;
+pub mod smollm2;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
