@@ -22,6 +22,9 @@ pub enum WorkerBehaviour {
     Lazy,
     /// Accepts assignments and never answers.
     Silent,
+    /// Reports a generation (of a text model) with its first token changed to a neighbouring token id
+    /// (the lowest bit flipped): a lie of one token. Other outputs get their first byte flipped.
+    WrongToken,
     /// Runs jobs honestly and also hands its submitter a receipt for each, with a forged countersignature,
     /// claiming a second job that never happened (refused: not signed by the peer that sent it).
     ReceiptForger,
@@ -53,8 +56,14 @@ impl WorkerBehaviour {
 
     /// Corrupts a computed `output` the way this worker lies (`unit` is a uniform draw in `[0, 1)`).
     pub fn corrupt(self, output: &mut [u8], unit: f64) {
+        if self == WorkerBehaviour::WrongToken && output.len() >= 7 {
+            // A generation: stop reason (1 byte), count (2), then token ids (u32 little-endian).
+            let token = u32::from_le_bytes([output[3], output[4], output[5], output[6]]);
+            output[3..7].copy_from_slice(&(token ^ 1).to_le_bytes());
+            return;
+        }
         let lie = match self {
-            WorkerBehaviour::AlwaysWrong => true,
+            WorkerBehaviour::AlwaysWrong | WorkerBehaviour::WrongToken => true,
             WorkerBehaviour::WrongPercent(p) => unit * 100.0 < f64::from(p),
             _ => false,
         };

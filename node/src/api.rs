@@ -206,6 +206,9 @@ fn metrics_text(s: &ApiState) -> Response {
     }
 }
 
+/// New tokens of a generation job that does not say.
+pub const DEFAULT_MAX_TOKENS: u16 = 128;
+
 /// `POST /v1/jobs` body: a model name and one input (bytes, or text for text models).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,6 +222,25 @@ pub struct SubmitRequest {
     /// The input as text (for minilm).
     #[serde(default)]
     pub text: Option<String>,
+    /// For a text-generation model (smollm2): the user's message (answered through the chat template),
+    /// or with `raw` the text to continue.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// With `prompt`: most new tokens (1-512, default 128).
+    #[serde(default)]
+    pub max_tokens: Option<u16>,
+    /// With `prompt`: continue the text as it is instead of answering it.
+    #[serde(default)]
+    pub raw: bool,
+    /// With `prompt`: sampling temperature (default 0: the most likely token).
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// With `prompt` and `temperature`: candidates considered (default 40).
+    #[serde(default)]
+    pub top_k: Option<u16>,
+    /// With `prompt` and `temperature`: seed of the sampling draws (default 0).
+    #[serde(default)]
+    pub seed: Option<u64>,
     /// Agreeing workers required; absent: the node chooses by the workers' reputation (adaptive
     /// replication).
     #[serde(default)]
@@ -247,13 +269,33 @@ async fn submit(
     let Some(model) = s.jobs.registry().by_name(&req.model) else {
         return error(StatusCode::NOT_FOUND, format!("unknown model '{}'", req.model));
     };
-    let input = match (req.input, req.text) {
-        (Some(bytes), None) => bytes,
-        (None, Some(text)) => text.into_bytes(),
+    let input = match (req.input, req.text, req.prompt) {
+        (Some(bytes), None, None) => bytes,
+        (None, Some(text), None) => text.into_bytes(),
+        (None, None, Some(text)) => {
+            let prompt = crate::inference::Prompt {
+                text,
+                raw: req.raw,
+                max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                temperature: req.temperature.unwrap_or(0.0),
+                top_k: req.top_k.unwrap_or(40),
+                seed: req.seed.unwrap_or(0),
+            };
+            match model.prompt_input(&prompt) {
+                Some(Ok(input)) => input,
+                Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("model '{}' takes no prompt", req.model),
+                    );
+                }
+            }
+        }
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "give exactly one of 'input' (bytes) or 'text'",
+                "give exactly one of 'input' (bytes), 'text' or 'prompt'",
             );
         }
     };

@@ -199,13 +199,43 @@ impl Fleet {
     /// Like [`Fleet::start`], with nodes 2 to `malicious + 1` misbehaving (alternately always wrong and
     /// lazy), and each node on a simulated car if `cars` is given (stationary otherwise).
     pub async fn start_with(n: usize, malicious: usize, cars: Option<FleetCars>) -> Result<Self, DemoError> {
+        let behaviours = (0..n)
+            .map(|i| match (i >= 1 && i <= malicious, i % 2) {
+                (false, _) => WorkerBehaviour::Honest,
+                (true, 1) => WorkerBehaviour::AlwaysWrong,
+                (true, _) => WorkerBehaviour::Lazy,
+            })
+            .collect();
+        Self::start_custom(
+            Registry::with_defaults(None)?,
+            behaviours,
+            cars,
+            JobsConfig::default(),
+        )
+        .await
+    }
+
+    /// A fleet of one node per entry of `behaviours` (node 1, which submits, should be honest), each with
+    /// `registry`'s models and the job settings of `jobs` (its behaviour, budget and small-fleet rule
+    /// set per node).
+    pub async fn start_custom(
+        registry: Registry,
+        behaviours: Vec<WorkerBehaviour>,
+        cars: Option<FleetCars>,
+        jobs: JobsConfig,
+    ) -> Result<Self, DemoError> {
+        let n = behaviours.len();
         let cancel = CancellationToken::new();
-        let registry = Registry::with_defaults(None)?;
         // The fleet's own payer: every node honours it and holds a budget of it.
         let payer = random_key()?;
         let start_node = |i: usize, bootstrap: Option<Multiaddr>, behaviour: WorkerBehaviour| {
-            let (registry, cancel, cars, payer) =
-                (registry.clone(), cancel.clone(), cars.clone(), payer.clone());
+            let (registry, cancel, cars, payer, template) = (
+                registry.clone(),
+                cancel.clone(),
+                cars.clone(),
+                payer.clone(),
+                jobs.clone(),
+            );
             async move {
                 let key = random_key()?;
                 let mut cfg = node_config(bootstrap.as_ref(), n);
@@ -220,7 +250,7 @@ impl Fleet {
                 let jobs = JobsConfig {
                     behaviour,
                     small_fleet: true,
-                    ..JobsConfig::default()
+                    ..template
                 }
                 .funded_by(&payer, key.node_id());
                 Ok::<_, DemoError>(
@@ -228,16 +258,11 @@ impl Fleet {
                 )
             }
         };
-        let first = start_node(0, None, WorkerBehaviour::Honest).await?;
+        let first = start_node(0, None, behaviours[0]).await?;
         let boot = first.net.dialable_addr(Duration::from_secs(2)).await?;
         let mut nodes = vec![first];
-        for i in 1..n {
-            let behaviour = match (i <= malicious, i % 2) {
-                (false, _) => WorkerBehaviour::Honest,
-                (true, 1) => WorkerBehaviour::AlwaysWrong,
-                (true, _) => WorkerBehaviour::Lazy,
-            };
-            nodes.push(start_node(i, Some(boot.clone()), behaviour).await?);
+        for (i, behaviour) in behaviours.iter().enumerate().skip(1) {
+            nodes.push(start_node(i, Some(boot.clone()), *behaviour).await?);
         }
         let started = Instant::now();
         loop {
@@ -261,6 +286,11 @@ impl Fleet {
     /// The job roles of node 1, which submits.
     pub fn submitter(&self) -> crate::jobs::Jobs {
         self.nodes[0].jobs.clone()
+    }
+
+    /// Every node's id, node 1 (the submitter) first.
+    pub fn node_ids(&self) -> Vec<fleetmesh_protocol::NodeId> {
+        self.nodes.iter().map(|n| n.jobs.node_id()).collect()
     }
 
     /// Where node 1's local API (and dashboard) listens.

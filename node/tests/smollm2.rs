@@ -76,9 +76,10 @@ fn prompt_ids(model: &SmolLm2, case: &Case) -> Vec<u32> {
 }
 
 fn prefill_logits(model: &SmolLm2, ids: &[u32]) -> Vec<f32> {
-    let mut cache = model.llama().cache();
+    let mut cache = model.llama().unwrap().cache();
     model
         .llama()
+        .unwrap()
         .forward(&mut [Step {
             tokens: ids,
             cache: &mut cache,
@@ -195,11 +196,12 @@ fn a_sequence_gets_the_same_bits_alone_in_a_batch_with_any_threads_and_token_by_
             .unwrap();
         pool.install(|| {
             let prefill = prefill_logits(model, &full);
-            let mut cache = model.llama().cache();
+            let mut cache = model.llama().unwrap().cache();
             let mut incremental = Vec::new();
             for t in &full {
                 incremental = model
                     .llama()
+                    .unwrap()
                     .forward(&mut [Step {
                         tokens: std::slice::from_ref(t),
                         cache: &mut cache,

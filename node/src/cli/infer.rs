@@ -1,10 +1,12 @@
 //! `fleetmesh infer`: one local inference on an installed model, printed per row (class and logits, with
-//! the accuracy when the input is labelled) or, for minilm, per sentence (embedding and cosine similarity).
+//! the accuracy when the input is labelled), for minilm per sentence (embedding and cosine similarity), and
+//! for smollm2 as text streamed to the terminal token by token.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use fleetmesh_node::inference::executor::{Executor, ExecutorConfig};
+use fleetmesh_node::inference::smollm2::{self, GenerationJob, Sampling, SmolLm2, StopRule};
 use fleetmesh_node::inference::{self, Registry, digits, mnist};
 use fleetmesh_node::input;
 
@@ -19,13 +21,152 @@ pub(crate) struct InferArgs {
     /// a light border is inverted; in an image with transparency, a quarter of it or more not fully
     /// opaque, the opaque strokes are the digit).
     /// minilm: one sentence per line.
+    #[arg(long, required_unless_present = "prompt")]
+    input: Option<PathBuf>,
+    /// smollm2: the user's message (sent through the chat template unless --raw).
+    #[arg(long, conflicts_with = "input")]
+    prompt: Option<String>,
+    /// smollm2: most new tokens (1-512).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=512))]
+    max_tokens: u16,
+    /// smollm2: continue the prompt as plain text instead of answering it as a chat message.
     #[arg(long)]
-    input: PathBuf,
+    raw: bool,
+    /// smollm2: sampling temperature; 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// smollm2: candidates considered when sampling (with --temperature).
+    #[arg(long, default_value_t = 40)]
+    top_k: u16,
+    /// smollm2: seed of the sampling draws (with --temperature).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
-/// Runs `--model` on `--input` with the models installed under `assets`.
+/// Runs `--model` on `--input` (or `--prompt`) with the models installed under `assets`.
 pub(crate) fn run(assets: &Path, args: InferArgs) -> anyhow::Result<()> {
-    infer(assets, &args.model, &args.input)
+    if args.model == smollm2::NAME {
+        return generate(assets, &args);
+    }
+    let Some(input) = &args.input else {
+        anyhow::bail!(
+            "--prompt is for smollm2; model '{}' reads --input FILE",
+            args.model
+        );
+    };
+    infer(assets, &args.model, input)
+}
+
+/// The generation job `fleetmesh infer` and `fleetmesh submit` build from their prompt flags.
+pub(crate) fn generation_job(
+    model: &SmolLm2,
+    prompt: &str,
+    raw: bool,
+    max_tokens: u16,
+    temperature: f32,
+    top_k: u16,
+    seed: u64,
+) -> anyhow::Result<GenerationJob> {
+    let ids = if raw {
+        model.encode(prompt)?
+    } else {
+        model.chat_ids(prompt)?
+    };
+    anyhow::ensure!(!ids.is_empty(), "the prompt is empty");
+    anyhow::ensure!(
+        ids.len() <= smollm2::MAX_PROMPT,
+        "the prompt has {} tokens; at most {} are accepted",
+        ids.len(),
+        smollm2::MAX_PROMPT
+    );
+    let sampling = if temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        anyhow::ensure!(
+            temperature > 0.0 && temperature <= 10.0,
+            "--temperature must be 0 (greedy) or in (0, 10]"
+        );
+        anyhow::ensure!(
+            (1..=smollm2::MAX_TOP_K).contains(&top_k),
+            "--top-k must be 1..={}",
+            smollm2::MAX_TOP_K
+        );
+        Sampling::Seeded {
+            temperature,
+            top_k,
+            seed,
+        }
+    };
+    Ok(GenerationJob {
+        prompt: ids,
+        max_new: max_tokens,
+        stop: StopRule::Eos,
+        sampling,
+    })
+}
+
+/// `fleetmesh infer --model smollm2 --prompt TEXT`: generates locally and streams the text as it comes.
+fn generate(assets: &Path, args: &InferArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let Some(prompt) = &args.prompt else {
+        anyhow::bail!("smollm2 needs --prompt TEXT");
+    };
+    let Some(model) = SmolLm2::from_assets(assets)? else {
+        anyhow::bail!(
+            "model 'smollm2' is not installed in {} (run scripts/fetch-assets.sh smollm2)",
+            assets.display()
+        );
+    };
+    let job = generation_job(
+        &model,
+        prompt,
+        args.raw,
+        args.max_tokens,
+        args.temperature,
+        args.top_k,
+        args.seed,
+    )?;
+    let started = std::time::Instant::now();
+    model.llama()?;
+    let loaded = started.elapsed();
+    let mut stream = model.tokenizer().decode_stream(false);
+    let mut stdout = std::io::stdout().lock();
+    let mut first = None;
+    let mut failed = None;
+    let out = model.generate(
+        std::slice::from_ref(&job),
+        |_, token| {
+            first.get_or_insert_with(|| started.elapsed());
+            if token == model.eos() {
+                return;
+            }
+            match stream.step(token) {
+                Ok(Some(text)) => {
+                    let _ = write!(stdout, "{text}");
+                    let _ = stdout.flush();
+                }
+                Ok(None) => {}
+                Err(e) => failed = Some(e.to_string()),
+            }
+        },
+        None,
+    )?;
+    let _ = writeln!(stdout);
+    if let Some(e) = failed {
+        anyhow::bail!("cannot decode the generated tokens: {e}");
+    }
+    let total = started.elapsed();
+    let generated = out[0].tokens.len();
+    let decode = total - first.unwrap_or(total);
+    eprintln!(
+        "{generated} tokens ({} prompt tokens, stop: {:?}); weights {:.2} s, first token {:.2} s, then {:.1} tokens/s",
+        job.prompt.len(),
+        out[0].stop,
+        loaded.as_secs_f64(),
+        (first.unwrap_or(total) - loaded).as_secs_f64(),
+        (generated.saturating_sub(1)) as f64 / decode.as_secs_f64().max(1e-9),
+    );
+    Ok(())
 }
 
 /// `fleetmesh infer --model minilm`: one sentence per line; prints each embedding's first values and the
@@ -75,6 +216,7 @@ fn infer(assets: &Path, name: &str, input: &Path) -> anyhow::Result<()> {
         "digits" => input::read_images(input, digits::PIXELS, 8, digits::MAX_PIXEL)?,
         "mnist-cnn" => input::read_images(input, mnist::PIXELS, 28, 255)?,
         "minilm" => return embed_texts(&registry, model.id(), input),
+        "smollm2" => anyhow::bail!("smollm2 reads --prompt TEXT, not --input"),
         other => anyhow::bail!("no input reader for model '{other}'"),
     };
     let executor = Executor::start(registry.clone(), ExecutorConfig::default());

@@ -13,8 +13,14 @@ pub(crate) struct SubmitArgs {
     #[arg(long)]
     model: String,
     /// Input file: CSV rows or a PNG for image models, one sentence per line for minilm.
-    #[arg(long)]
-    input: PathBuf,
+    #[arg(long, required_unless_present = "prompt")]
+    input: Option<PathBuf>,
+    /// smollm2: the user's message, answered through the chat template (one job).
+    #[arg(long, conflicts_with = "input")]
+    prompt: Option<String>,
+    /// smollm2: most new tokens (1-512).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=512))]
+    max_tokens: u16,
     /// Agreeing workers required per job [default: the node chooses by the workers' reputation
     /// (adaptive replication)].
     #[arg(long)]
@@ -56,13 +62,60 @@ fn submit(args: &SubmitArgs, token: Option<&str>) -> anyhow::Result<()> {
     let SubmitArgs {
         model,
         input,
+        prompt,
+        max_tokens,
         replicas,
         wait,
         api,
         key,
         ..
     } = args;
-    let (model, input, replicas, wait, api) = (model.as_str(), input.as_path(), *replicas, *wait, *api);
+    let (model, replicas, wait, api) = (model.as_str(), *replicas, *wait, *api);
+    let bodies: Vec<serde_json::Value> = match (input, prompt) {
+        (_, Some(prompt)) => vec![serde_json::json!({
+            "model": model, "prompt": prompt, "max_tokens": max_tokens, "replicas": replicas, "wait": wait
+        })],
+        (Some(input), None) => bodies(model, input, replicas, wait)?,
+        (None, None) => anyhow::bail!("give --input FILE (or --prompt TEXT for smollm2)"),
+    };
+    for (i, mut body) in bodies.into_iter().enumerate() {
+        if let Some(key) = key {
+            body["key"] = format!("{key}-{i}").into();
+        }
+        let (_, view) = client::call_with_token(
+            api,
+            "POST",
+            "/v1/jobs",
+            Some(&body),
+            std::time::Duration::from_secs(300),
+            token,
+        )?;
+        let job = view["job"].as_str().unwrap_or("?");
+        let state = view["state"].as_str().unwrap_or("?");
+        let detail = match (view["text"].as_str(), view["values"].as_array()) {
+            (Some(text), _) => format!("{text:?}"),
+            (None, Some(v)) if v.len() == 10 => {
+                let values: Vec<f32> = v.iter().map(|x| x.as_f64().unwrap_or(f64::MIN) as f32).collect();
+                format!("class {}", inference::argmax(&values))
+            }
+            (None, Some(v)) => format!("{} values", v.len()),
+            (None, None) => view["reason"].as_str().unwrap_or("").to_string(),
+        };
+        println!(
+            "row {i}: job {job} {state} {detail} receipts {}",
+            view["receipts"]
+        );
+    }
+    Ok(())
+}
+
+/// The request bodies of `model` jobs read from `input`: one per image row or line of text.
+fn bodies(
+    model: &str,
+    input: &Path,
+    replicas: Option<u8>,
+    wait: bool,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let bodies: Vec<serde_json::Value> = match model {
         "digits" | "mnist-cnn" => {
             let (pixels, side, max) = if model == "digits" {
@@ -83,32 +136,5 @@ fn submit(args: &SubmitArgs, token: Option<&str>) -> anyhow::Result<()> {
             .collect(),
     };
     anyhow::ensure!(!bodies.is_empty(), "{}: no inputs", input.display());
-    for (i, mut body) in bodies.into_iter().enumerate() {
-        if let Some(key) = key {
-            body["key"] = format!("{key}-{i}").into();
-        }
-        let (_, view) = client::call_with_token(
-            api,
-            "POST",
-            "/v1/jobs",
-            Some(&body),
-            std::time::Duration::from_secs(120),
-            token,
-        )?;
-        let job = view["job"].as_str().unwrap_or("?");
-        let state = view["state"].as_str().unwrap_or("?");
-        let detail = match view["values"].as_array() {
-            Some(v) if v.len() == 10 => {
-                let values: Vec<f32> = v.iter().map(|x| x.as_f64().unwrap_or(f64::MIN) as f32).collect();
-                format!("class {}", inference::argmax(&values))
-            }
-            Some(v) => format!("{} values", v.len()),
-            None => view["reason"].as_str().unwrap_or("").to_string(),
-        };
-        println!(
-            "row {i}: job {job} {state} {detail} receipts {}",
-            view["receipts"]
-        );
-    }
-    Ok(())
+    Ok(bodies)
 }

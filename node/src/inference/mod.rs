@@ -102,6 +102,48 @@ pub trait Model: Send + Sync {
     fn weights_source(&self) -> Option<WeightsSource> {
         None
     }
+
+    /// For a text-generation model: the job input that asks for `prompt`; `None` for a model that takes
+    /// no prompt.
+    fn prompt_input(&self, _prompt: &Prompt) -> Option<Result<Vec<u8>, InferenceError>> {
+        None
+    }
+
+    /// An output as text (a generation's text), for a model whose outputs read as text.
+    fn output_text(&self, _output: &[u8]) -> Option<String> {
+        None
+    }
+}
+
+/// A text-generation request, as the API and the CLI take it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    /// The user's message, or the text to continue with `raw`.
+    pub text: String,
+    /// Continue `text` as it is instead of answering it through the chat template.
+    pub raw: bool,
+    /// Most new tokens.
+    pub max_tokens: u16,
+    /// Sampling temperature; 0 picks the most likely token.
+    pub temperature: f32,
+    /// Candidates considered when sampling.
+    pub top_k: u16,
+    /// Seed of the sampling draws.
+    pub seed: u64,
+}
+
+impl Prompt {
+    /// A greedy chat request.
+    pub fn chat(text: &str, max_tokens: u16) -> Self {
+        Self {
+            text: text.into(),
+            raw: false,
+            max_tokens,
+            temperature: 0.0,
+            top_k: 0,
+            seed: 0,
+        }
+    }
 }
 
 /// Where a model's weights (the bytes its manifest's chunks cover) can be read.
@@ -114,7 +156,7 @@ pub enum WeightsSource {
 }
 
 /// Architectures a node can build from weights fetched from peers.
-pub const FETCHABLE_ARCHITECTURES: [&str; 2] = ["digits-cnn-v1", "mnist-cnn-v1"];
+pub const FETCHABLE_ARCHITECTURES: [&str; 3] = ["digits-cnn-v1", "mnist-cnn-v1", "llama-gguf-v1"];
 
 /// Builds the model a manifest describes from its weights (already checked against the manifest's hash),
 /// and checks that the result is exactly the model the manifest names.
@@ -125,6 +167,7 @@ pub fn build(manifest: &ModelManifest, weights: &[u8]) -> Result<Arc<dyn Model>,
             manifest.chunk_size,
         )?),
         "mnist-cnn-v1" => Arc::new(mnist::MnistCnn::from_bytes(weights)?),
+        "llama-gguf-v1" => Arc::new(smollm2::SmolLm2::from_bytes(weights)?),
         other => {
             return Err(InferenceError::Weights {
                 model: manifest.name.clone(),
@@ -307,6 +350,9 @@ impl Registry {
             if let Some(minilm) = minilm::MiniLm::from_assets(dir)? {
                 registry.insert(Arc::new(minilm));
             }
+            if let Some(llm) = smollm2::SmolLm2::from_assets(dir)? {
+                registry.insert(Arc::new(llm));
+            }
         }
         Ok(registry)
     }
@@ -318,6 +364,7 @@ impl Registry {
             digits::NAME => Some(Arc::new(digits::Digits::embedded()?)),
             mnist::NAME => mnist::MnistCnn::from_assets(assets)?.map(|m| Arc::new(m) as Arc<dyn Model>),
             minilm::NAME => minilm::MiniLm::from_assets(assets)?.map(|m| Arc::new(m) as Arc<dyn Model>),
+            smollm2::NAME => smollm2::SmolLm2::from_assets(assets)?.map(|m| Arc::new(m) as Arc<dyn Model>),
             _ => None,
         };
         Ok(model.map(|m| {

@@ -10,14 +10,15 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use fleetmesh_protocol::ModelId;
 use fleetmesh_protocol::messages::{AgreementRule, DType, ModelManifest, TensorSpec};
 use tokenizers::Tokenizer;
 
 use super::gguf::{Gguf, GgufError};
-use super::llama::{Llama, Step};
-use super::{InferenceError, Model, check_weights, manifest_for};
+use super::llama::{Config, Llama, Step};
+use super::{InferenceError, Model, WeightsSource, check_weights, manifest_for};
 
 /// The model's name.
 pub const NAME: &str = "smollm2";
@@ -266,6 +267,9 @@ pub enum CheckError {
     /// The claim does not fit the job (length, stop reason, or a token after the end of turn).
     #[error("the generation does not fit the job: {0}")]
     Shape(String),
+    /// The model could not be loaded to check.
+    #[error("the model cannot run: {0}")]
+    Model(String),
     /// A token the model would not have picked.
     #[error("token {token} at position {position} scores {gap} below the best ({best})")]
     Token {
@@ -330,13 +334,20 @@ fn pick(logits: &[f32], sampling: Sampling, step: usize) -> u32 {
     }
 }
 
-/// The SmolLM2 model, ready to run.
+/// The SmolLM2 model. The tokenizer and manifest are ready when it is built; the weights (540 MB as f32)
+/// are dequantised on first use, so a node that serves other jobs does not pay for them.
 pub struct SmolLm2 {
-    llama: Llama,
+    config: Config,
+    weights: WeightsSource,
+    llama: OnceLock<Result<Llama, InferenceError>>,
     tokenizer: Tokenizer,
     eos: u32,
     manifest: ModelManifest,
     id: ModelId,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, InferenceError> {
+    std::fs::read(path).map_err(|e| weights_error(format!("{}: {e}", path.display())))
 }
 
 fn weights_error(reason: impl std::fmt::Display) -> InferenceError {
@@ -434,24 +445,31 @@ pub fn chat_prompt(turns: &[(&str, &str)]) -> String {
 }
 
 impl SmolLm2 {
-    /// Loads the model from `assets/smollm2/`; `None` if it was not fetched.
+    /// Opens the model in `assets/smollm2/` (weights loaded on first use); `None` if it was not fetched.
     pub fn from_assets(assets: &Path) -> Result<Option<Self>, InferenceError> {
         let path = assets.join(NAME).join(FILE);
         if !path.exists() {
             return Ok(None);
         }
-        let bytes = std::fs::read(&path).map_err(|e| weights_error(format!("{}: {e}", path.display())))?;
+        let bytes = read(&path)?;
         check_weights(NAME, &bytes, WEIGHTS_BLAKE3)?;
-        Self::from_bytes(&bytes).map(Some)
+        Self::new(&bytes, WeightsSource::File(path)).map(Some)
     }
 
-    /// Builds the model from a GGUF file's bytes (any llama GGUF with SmolLM2's tokenizer family).
+    /// Builds the model from a GGUF file's bytes (any llama GGUF with SmolLM2's tokenizer family), loading
+    /// the weights now.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, InferenceError> {
+        let model = Self::new(bytes, WeightsSource::Memory(Arc::from(bytes)))?;
+        model.llama()?;
+        Ok(model)
+    }
+
+    fn new(bytes: &[u8], weights: WeightsSource) -> Result<Self, InferenceError> {
         let g = Gguf::parse(bytes).map_err(weights_error)?;
-        let llama = Llama::from_gguf(bytes, &g).map_err(weights_error)?;
+        let config = Config::from_gguf(&g).map_err(weights_error)?;
         let tokenizer = tokenizer_from_gguf(&g).map_err(weights_error)?;
         let eos = g.uint("tokenizer.ggml.eos_token_id").map_err(weights_error)?;
-        if eos as usize >= llama.config.vocab {
+        if eos as usize >= config.vocab {
             return Err(weights_error("the end-of-turn token is outside the vocabulary"));
         }
         let manifest = manifest_for(
@@ -472,7 +490,9 @@ impl SmolLm2 {
         );
         let id = manifest.id();
         Ok(Self {
-            llama,
+            config,
+            weights,
+            llama: OnceLock::new(),
             tokenizer,
             eos: eos as u32,
             manifest,
@@ -480,9 +500,29 @@ impl SmolLm2 {
         })
     }
 
-    /// The language model.
-    pub fn llama(&self) -> &Llama {
-        &self.llama
+    /// The language model, its weights loaded (and checked against the manifest) on the first call.
+    pub fn llama(&self) -> Result<&Llama, InferenceError> {
+        self.llama
+            .get_or_init(|| {
+                let bytes = match &self.weights {
+                    WeightsSource::Memory(b) => b.to_vec(),
+                    WeightsSource::File(path) => read(path)?,
+                };
+                if *blake3::hash(&bytes).as_bytes() != self.manifest.weights_hash {
+                    return Err(weights_error(
+                        "the weights file changed since the model was opened",
+                    ));
+                }
+                let g = Gguf::parse(&bytes).map_err(weights_error)?;
+                Llama::from_gguf(&bytes, &g).map_err(weights_error)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The tokenizer.
@@ -516,9 +556,52 @@ impl SmolLm2 {
         self.encode(&chat_prompt(&[("user", message)]))
     }
 
+    /// The job a prompt asks for: the chat template applied unless `raw`, greedy at temperature 0, seeded
+    /// sampling otherwise; stops at the end of the turn.
+    pub fn job_for(&self, prompt: &super::Prompt) -> Result<GenerationJob, InferenceError> {
+        let bad = |what: &str| malformed(0, what);
+        let ids = if prompt.raw {
+            self.encode(&prompt.text)?
+        } else {
+            self.chat_ids(&prompt.text)?
+        };
+        if ids.is_empty() {
+            return Err(bad("the prompt is empty"));
+        }
+        if ids.len() > MAX_PROMPT {
+            return Err(bad("the prompt has more than 2048 tokens"));
+        }
+        if prompt.max_tokens == 0 || usize::from(prompt.max_tokens) > MAX_NEW {
+            return Err(bad("max_tokens must be 1..=512"));
+        }
+        let sampling = if prompt.temperature == 0.0 {
+            Sampling::Greedy
+        } else if prompt.temperature > 0.0
+            && prompt.temperature <= 10.0
+            && (1..=MAX_TOP_K).contains(&prompt.top_k)
+        {
+            Sampling::Seeded {
+                temperature: prompt.temperature,
+                top_k: prompt.top_k,
+                seed: prompt.seed,
+            }
+        } else {
+            return Err(bad("temperature must be 0 or in (0, 10], top_k in 1..=1000"));
+        };
+        let job = GenerationJob {
+            prompt: ids,
+            max_new: prompt.max_tokens,
+            stop: StopRule::Eos,
+            sampling,
+        };
+        self.check_job(&job)?;
+        Ok(job)
+    }
+
     /// Checks that a job fits this model's context.
     fn check_job(&self, job: &GenerationJob) -> Result<(), InferenceError> {
-        if job.prompt.len() > MAX_PROMPT || !self.llama.fits(job.prompt.len(), usize::from(job.max_new)) {
+        let fits = job.prompt.len() + usize::from(job.max_new) <= self.config.context;
+        if job.prompt.len() > MAX_PROMPT || !fits {
             return Err(malformed(
                 JOB_HEADER - 2,
                 "prompt and new tokens exceed the context",
@@ -540,7 +623,8 @@ impl SmolLm2 {
         for job in jobs {
             self.check_job(job)?;
         }
-        let mut caches: Vec<_> = jobs.iter().map(|_| self.llama.cache()).collect();
+        let llama = self.llama()?;
+        let mut caches: Vec<_> = jobs.iter().map(|_| llama.cache()).collect();
         let mut out: Vec<Generation> = jobs
             .iter()
             .map(|_| Generation {
@@ -559,7 +643,7 @@ impl SmolLm2 {
                     all_logits: false,
                 })
                 .collect();
-            self.llama.forward(&mut steps)
+            llama.forward(&mut steps)
         };
         let mut active: Vec<usize> = (0..jobs.len()).collect();
         loop {
@@ -598,7 +682,7 @@ impl SmolLm2 {
                     all_logits: false,
                 });
             }
-            logits = self.llama.forward(&mut steps);
+            logits = llama.forward(&mut steps);
         }
     }
 
@@ -626,11 +710,7 @@ impl SmolLm2 {
         if job.stop == StopRule::Eos && claimed.tokens[..n - 1].contains(&self.eos) {
             return shape("tokens after the end of turn");
         }
-        if let Some(t) = claimed
-            .tokens
-            .iter()
-            .find(|t| **t as usize >= self.llama.config.vocab)
-        {
+        if let Some(t) = claimed.tokens.iter().find(|t| **t as usize >= self.config.vocab) {
             return Err(CheckError::Shape(format!("token {t} outside the vocabulary")));
         }
         if self.check_job(job).is_err() {
@@ -638,22 +718,23 @@ impl SmolLm2 {
         }
         let mut input = job.prompt.clone();
         input.extend_from_slice(&claimed.tokens[..n - 1]);
-        let mut cache = self.llama.cache();
+        let llama = self.llama().map_err(|e| CheckError::Model(e.to_string()))?;
+        let mut cache = llama.cache();
         let past = job.prompt.len() - 1;
         // The prompt's first tokens need no logits: they fill the cache, then one pass yields the rest.
         if past > 0 {
-            self.llama.forward(&mut [Step {
+            llama.forward(&mut [Step {
                 tokens: &input[..past],
                 cache: &mut cache,
                 all_logits: false,
             }]);
         }
-        let logits = self.llama.forward(&mut [Step {
+        let logits = llama.forward(&mut [Step {
             tokens: &input[past..],
             cache: &mut cache,
             all_logits: true,
         }]);
-        let vocab = self.llama.config.vocab;
+        let vocab = self.config.vocab;
         for (position, (row, token)) in logits[0].chunks_exact(vocab).zip(&claimed.tokens).enumerate() {
             let ok = match job.sampling {
                 Sampling::Greedy => {
@@ -695,14 +776,28 @@ impl Model for SmolLm2 {
     }
 
     fn check_input(&self, input: &[u8]) -> Result<(), InferenceError> {
-        let job = GenerationJob::decode(input, self.llama.config.vocab)?;
+        let job = GenerationJob::decode(input, self.config.vocab)?;
         self.check_job(&job)
+    }
+
+    fn weights_source(&self) -> Option<WeightsSource> {
+        Some(self.weights.clone())
+    }
+
+    fn prompt_input(&self, prompt: &super::Prompt) -> Option<Result<Vec<u8>, InferenceError>> {
+        Some(self.job_for(prompt).map(|job| job.encode()))
+    }
+
+    fn output_text(&self, output: &[u8]) -> Option<String> {
+        let generation = Generation::decode(output).ok()?;
+        let text: Vec<u32> = generation.tokens.into_iter().filter(|t| *t != self.eos).collect();
+        self.decode(&text).ok()
     }
 
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {
         let jobs = inputs
             .iter()
-            .map(|i| GenerationJob::decode(i, self.llama.config.vocab))
+            .map(|i| GenerationJob::decode(i, self.config.vocab))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self
             .generate(&jobs, |_, _| {}, None)?

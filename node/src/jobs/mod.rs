@@ -599,6 +599,10 @@ impl Jobs {
         self.registry().get(model).map(|m| m.manifest().name.clone())
     }
 
+    fn output_text(&self, model: &ModelId, output: &[u8]) -> Option<String> {
+        self.registry().get(model)?.output_text(output)
+    }
+
     /// Time passes: deadlines of submitted jobs; forgets stale offers and finished work.
     pub fn tick(&self) {
         let now = now_ms();

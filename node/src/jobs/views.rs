@@ -49,6 +49,8 @@ pub struct JobView {
     pub reason: Option<String>,
     /// The job asked for one replica: its accepted output came from one worker, unchecked.
     pub unverified: bool,
+    /// The accepted output as text, for a text-generation model this node has (smollm2).
+    pub text: Option<String>,
 }
 
 /// A worker as this node's submitter judges it (`GET /v1/reputation`).
@@ -229,6 +231,7 @@ impl Jobs {
             offered_ms: sub.offer.created_ms,
             reason: None,
             unverified: !sub.adaptive && sub.offer.replicas <= 1,
+            text: None,
         };
         if let Some(result) = &sub.result {
             view.receipts = result.receipts;
@@ -253,6 +256,9 @@ impl Jobs {
             view.values = values_of(&revised.output);
             view.agreeing = revised.agreeing.iter().map(NodeId::to_string).collect();
             view.revised_by = Some(revised.recheck.to_string());
+        }
+        if let Some(output) = view.output_hex.as_ref().and_then(|h| hex::decode(h).ok()) {
+            view.text = self.output_text(&sub.offer.model, &output);
         }
         view
     }

@@ -1,0 +1,131 @@
+//! SmolLM2 generations verified by a fleet: five real libp2p nodes on loopback in this process (one
+//! submits, four work, one of them changes one token of every generation it returns). Ten prompts are
+//! verified with two agreeing replicas (Exact rule), every accepted output equals local generation, the
+//! lying worker is out-voted, receipts are issued, and the teacher-forced check catches the one-token lie.
+//! Skips with a printed reason when the asset is absent (fails instead when `CI=true`).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetmesh_consensus::job::Outcome;
+use fleetmesh_node::demo::Fleet;
+use fleetmesh_node::inference::smollm2::{Generation, GenerationJob, SmolLm2};
+use fleetmesh_node::inference::{Model, Prompt, Registry};
+use fleetmesh_node::jobs::{JobsConfig, WorkerBehaviour};
+
+const PROMPTS: [&str; 10] = [
+    "What is the capital of France?",
+    "Name a colour of the sky.",
+    "What is 3 times 4?",
+    "Say hello in Spanish.",
+    "What do bees make?",
+    "Name a planet.",
+    "What is the opposite of hot?",
+    "How many days are in a week?",
+    "What animal barks?",
+    "Name a fruit that is yellow.",
+];
+/// New tokens per job: short answers keep the test well under a minute.
+const MAX_TOKENS: u16 = 12;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_verifies_generations_and_out_votes_a_worker_that_changes_one_token() {
+    let dir = std::env::var_os("FLEETMESH_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets")));
+    let Some(model) = SmolLm2::from_assets(&dir).unwrap() else {
+        fleetmesh_node::testkit::skip_unless_ci(&format!(
+            "smollm2 asset not in {} (run scripts/fetch-assets.sh smollm2)",
+            dir.display()
+        ));
+        return;
+    };
+    let model = Arc::new(model);
+    let registry = Registry::default();
+    registry.insert(model.clone());
+    let mut behaviours = vec![WorkerBehaviour::Honest; 4];
+    behaviours.push(WorkerBehaviour::WrongToken);
+    // Generations take seconds, not milliseconds: room to commit and reveal behind a queue of them.
+    let settings = JobsConfig {
+        step_timeout_ms: 120_000,
+        deadline_ms: 300_000,
+        ..JobsConfig::default()
+    };
+    let fleet = Fleet::start_custom(registry, behaviours, None, settings)
+        .await
+        .unwrap();
+    let liar = *fleet.node_ids().last().unwrap();
+    let submitter = fleet.submitter();
+    let inputs: Vec<Vec<u8>> = PROMPTS
+        .iter()
+        .map(|p| model.prompt_input(&Prompt::chat(p, MAX_TOKENS)).unwrap().unwrap())
+        .collect();
+    let mut waits = Vec::new();
+    for input in &inputs {
+        let (jobs, input, id) = (submitter.clone(), input.clone(), model.id());
+        waits.push(tokio::spawn(async move {
+            let job = jobs.submit(id, input, 2).await?;
+            jobs.wait(job).await
+        }));
+    }
+    let results = tokio::time::timeout(Duration::from_secs(240), async {
+        let mut out = Vec::new();
+        for w in waits {
+            out.push(w.await.unwrap().unwrap());
+        }
+        out
+    })
+    .await
+    .expect("10 generation jobs not verified within 240 s");
+
+    let jobs: Vec<GenerationJob> = inputs
+        .iter()
+        .map(|i| GenerationJob::decode(i, model.config().vocab).unwrap())
+        .collect();
+    let local = model.generate(&jobs, |_, _| {}, None).unwrap();
+    let mut receipts = 0;
+    for ((result, expected), prompt) in results.iter().zip(&local).zip(PROMPTS) {
+        let Outcome::Accepted { output, agreeing, .. } = &result.outcome else {
+            panic!("{prompt:?}: {:?}", result.outcome);
+        };
+        let generation = Generation::decode(output).unwrap();
+        println!(
+            "{prompt:?} -> {:?} ({} workers assigned, {} receipts)",
+            model.output_text(output).unwrap(),
+            result.workers_assigned,
+            result.receipts
+        );
+        assert_eq!(
+            &generation, expected,
+            "{prompt:?}: the fleet's output differs from local generation"
+        );
+        assert!(
+            !agreeing.contains(&liar),
+            "{prompt:?}: the lying worker is among the agreeing"
+        );
+        assert!(agreeing.len() >= 2);
+        receipts += result.receipts;
+    }
+    assert!(
+        receipts >= 2 * PROMPTS.len(),
+        "{receipts} receipts for 10 jobs of 2 replicas"
+    );
+    let record = submitter.reputation_of(&liar);
+    println!("the lying worker: {record:?}");
+    assert!(
+        record.invalid > 0,
+        "the lying worker was never out-voted (never assigned?)"
+    );
+
+    // The same lie, caught without a second generation: one teacher-forced pass over the prompt and output.
+    let mut lie = local[0].clone();
+    lie.tokens[0] ^= 1;
+    assert!(
+        model.check(&jobs[0], &lie).is_err(),
+        "the teacher-forced check accepted a changed token"
+    );
+    model.check(&jobs[0], &local[0]).unwrap();
+    fleet.stop().await;
+}
