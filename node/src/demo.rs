@@ -288,6 +288,11 @@ impl Fleet {
         self.nodes[0].jobs.clone()
     }
 
+    /// The API token of node 1 (the submitter).
+    pub fn submitter_token(&self) -> String {
+        self.nodes[0].api_token.clone()
+    }
+
     /// Every node's id, node 1 (the submitter) first.
     pub fn node_ids(&self) -> Vec<fleetmesh_protocol::NodeId> {
         self.nodes.iter().map(|n| n.jobs.node_id()).collect()

@@ -127,5 +127,60 @@ async fn a_fleet_verifies_generations_and_out_votes_a_worker_that_changes_one_to
         "the teacher-forced check accepted a changed token"
     );
     model.check(&jobs[0], &local[0]).unwrap();
+
+    // The OpenAI-compatible chat API of the submitting node: the same verified answer, plain and streamed.
+    let (api, token) = (fleet.submitter_api(), fleet.submitter_token());
+    let body = serde_json::json!({
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": PROMPTS[0]}],
+        "max_tokens": MAX_TOKENS,
+    });
+    let expected = model.output_text(&local[0].encode()).unwrap();
+    let (plain, streamed) = tokio::task::spawn_blocking(move || {
+        let plain = post(api, &token, &body);
+        let mut stream = body;
+        stream["stream"] = true.into();
+        (plain, post(api, &token, &stream))
+    })
+    .await
+    .unwrap();
+    let (head, json) = plain.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{plain}");
+    let reply: serde_json::Value = serde_json::from_str(json).unwrap();
+    println!("chat completion: {reply}");
+    assert_eq!(reply["object"], "chat.completion");
+    assert_eq!(reply["choices"][0]["message"]["content"], expected.as_str());
+    assert_eq!(reply["usage"]["completion_tokens"], local[0].tokens.len());
+    assert_eq!(reply["fleetmesh"]["state"], "accepted");
+    assert!(!reply["fleetmesh"]["receipt_ids"].as_array().unwrap().is_empty());
+    let (head, events) = streamed.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("text/event-stream"), "{head}");
+    let text: String = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(String::from))
+        .collect();
+    assert_eq!(text, expected);
+    assert!(events.trim_end().ends_with("data: [DONE]"));
     fleet.stop().await;
+}
+
+/// A plain HTTP/1.1 POST of JSON with the API token; the whole response (head and body) as text.
+fn post(api: std::net::SocketAddr, token: &str, body: &serde_json::Value) -> String {
+    use std::io::{Read, Write};
+    let body = body.to_string();
+    let mut stream = std::net::TcpStream::connect(api).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    out
 }
