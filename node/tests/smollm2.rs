@@ -305,3 +305,26 @@ fn jobs_run_through_the_model_interface_and_seeded_sampling_repeats() {
     bad.prompt[0] = 49_152;
     assert!(model.check_input(&bad.encode()).is_err());
 }
+
+#[test]
+fn a_generation_stops_between_tokens_when_cancelled() {
+    let Some(model) = model_or_skip() else { return };
+    let job = fixed(model.chat_ids("Count from one to one hundred.").unwrap(), 400);
+    let steps = std::sync::atomic::AtomicUsize::new(0);
+    let stop = || steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 3;
+    let started = std::time::Instant::now();
+    let result = model.generate(&[job], |_, _| {}, Some(&stop));
+    assert!(
+        matches!(result, Err(fleetmesh_node::inference::InferenceError::Cancelled)),
+        "{result:?}"
+    );
+    assert_eq!(
+        steps.load(std::sync::atomic::Ordering::Relaxed),
+        4,
+        "not stopped at the first poll after"
+    );
+    println!(
+        "cancelled after 3 tokens in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -316,9 +316,13 @@ fn run_batch(tasks: Vec<Task>, max_batch: usize, passes: &AtomicUsize) {
         }
         let started = Instant::now();
         passes.fetch_add(1, Ordering::Relaxed);
-        let result = model.run_batch(&chunk.iter().map(|(_, i)| *i).collect::<Vec<_>>());
+        // A long batch (text generation) stops between tokens once every job of the chunk is cancelled.
+        let stop = || chunk.iter().all(|(j, _)| live[*j].cancel.is_cancelled());
+        let result = model.run_batch_until(&chunk.iter().map(|(_, i)| *i).collect::<Vec<_>>(), &stop);
         let spent = started.elapsed();
         match result {
+            // Only this chunk's jobs were cancelled: they are answered `Cancelled` below, the rest go on.
+            Err(InferenceError::Cancelled) if stop() => continue,
             Ok(outs) => {
                 for ((j, _), out) in chunk.iter().zip(outs) {
                     outputs[*j].push(out);

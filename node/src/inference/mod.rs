@@ -97,6 +97,16 @@ pub trait Model: Send + Sync {
     /// Runs a batch of checked inputs, returning one output per input, in order.
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError>;
 
+    /// [`Model::run_batch`] for a model whose batch may run long (text generation): it polls `stop` as it
+    /// goes and returns [`InferenceError::Cancelled`] soon after `stop` says so. Others run to the end.
+    fn run_batch_until(
+        &self,
+        inputs: &[&[u8]],
+        _stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<Vec<u8>>, InferenceError> {
+        self.run_batch(inputs)
+    }
+
     /// Where the weights can be read back to serve them to peers; `None` for a model that peers could
     /// not build from its weights alone.
     fn weights_source(&self) -> Option<WeightsSource> {

@@ -9,7 +9,6 @@
 //! cross-class check: one teacher-forced pass over prompt and output.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use fleetmesh_protocol::ModelId;
@@ -612,13 +611,13 @@ impl SmolLm2 {
 
     /// Runs several jobs together (batched decoding: every unfinished sequence advances one token per
     /// step), calling `on_token(job, token)` as each token is picked; stops early, with
-    /// [`InferenceError::Cancelled`], when `cancel` is set. Each job's tokens are the same bits as when it
-    /// runs alone.
+    /// [`InferenceError::Cancelled`], when `cancel` says so (polled before every step). Each job's tokens
+    /// are the same bits as when it runs alone.
     pub fn generate(
         &self,
         jobs: &[GenerationJob],
         mut on_token: impl FnMut(usize, u32),
-        cancel: Option<&AtomicBool>,
+        cancel: Option<&dyn Fn() -> bool>,
     ) -> Result<Vec<Generation>, InferenceError> {
         for job in jobs {
             self.check_job(job)?;
@@ -647,7 +646,7 @@ impl SmolLm2 {
         };
         let mut active: Vec<usize> = (0..jobs.len()).collect();
         loop {
-            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            if cancel.is_some_and(|c| c()) {
                 return Err(InferenceError::Cancelled);
             }
             for (row, &j) in active.iter().enumerate() {
@@ -795,12 +794,20 @@ impl Model for SmolLm2 {
     }
 
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {
+        self.run_batch_until(inputs, &|| false)
+    }
+
+    fn run_batch_until(
+        &self,
+        inputs: &[&[u8]],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<Vec<u8>>, InferenceError> {
         let jobs = inputs
             .iter()
             .map(|i| GenerationJob::decode(i, self.config.vocab))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self
-            .generate(&jobs, |_, _| {}, None)?
+            .generate(&jobs, |_, _| {}, Some(stop))?
             .iter()
             .map(Generation::encode)
             .collect())
