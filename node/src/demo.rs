@@ -561,3 +561,204 @@ fn admission(v: &crate::vehicle::CarView) -> String {
         .unwrap_or_default();
     format!("no: {reason}")
 }
+
+/// The prompts of `fleetmesh demo --model smollm2`, cycled.
+pub const LLM_PROMPTS: [&str; 10] = [
+    "What is the capital of France?",
+    "Name three colours of the rainbow.",
+    "What is 12 times 12?",
+    "Give one tip for saving electricity at home.",
+    "What do bees make?",
+    "Translate 'good night' into French.",
+    "Why do electric cars need charging?",
+    "Name a planet with rings.",
+    "What is the opposite of fast?",
+    "Write a four-word slogan for parked cars.",
+];
+
+/// What `fleetmesh demo --model smollm2` runs.
+#[derive(Debug, Clone)]
+pub struct LlmDemoConfig {
+    /// Nodes in the fleet (the first one submits).
+    pub nodes: usize,
+    /// Prompts submitted ([`LLM_PROMPTS`], cycled).
+    pub jobs: usize,
+    /// Agreeing workers required per job.
+    pub replicas: u8,
+    /// Replicas follow the workers' reputation instead of `replicas`.
+    pub adaptive: bool,
+    /// Workers (after the submitter) that change one token of every generation they return.
+    pub malicious: usize,
+    /// Most new tokens per prompt.
+    pub max_tokens: u16,
+    /// Where the smollm2 asset is.
+    pub assets: std::path::PathBuf,
+}
+
+/// The result of `fleetmesh demo --model smollm2`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LlmDemoSummary {
+    /// Prompts submitted.
+    pub jobs: usize,
+    /// Prompts with a verified generation.
+    pub verified: usize,
+    /// Prompts that failed.
+    pub failed: usize,
+    /// Verified generations that differ from this machine's own generation of the same prompt (must be 0).
+    pub accepted_wrong: usize,
+    /// Workers that changed tokens.
+    pub malicious: usize,
+    /// Tokens of the verified generations.
+    pub tokens: usize,
+    /// Verified tokens per second, first offer to last verdict.
+    pub tokens_per_s: f64,
+    /// Workers assigned per prompt, on average.
+    pub mean_replicas: f64,
+    /// Receipts the submitter issued.
+    pub receipts: usize,
+    /// Seconds from the first offer to the last verdict.
+    pub elapsed_s: f64,
+    /// Each prompt and its verified answer (empty when it failed).
+    pub answers: Vec<(String, String)>,
+}
+
+/// Runs a small verified batch of prompts through SmolLM2 on a local fleet; progress goes to stderr.
+pub async fn run_llm(cfg: LlmDemoConfig) -> Result<LlmDemoSummary, DemoError> {
+    use crate::inference::smollm2::{Generation, GenerationJob, SmolLm2};
+    if cfg.nodes <= usize::from(cfg.replicas) || cfg.nodes <= 2 * cfg.malicious + 1 {
+        return Err(DemoError::Settings(
+            "need more nodes than replicas, and honest workers outnumbering the malicious".into(),
+        ));
+    }
+    let Some(model) = SmolLm2::from_assets(&cfg.assets)? else {
+        return Err(DemoError::Settings(format!(
+            "smollm2 is not installed in {} (run scripts/fetch-assets.sh smollm2)",
+            cfg.assets.display()
+        )));
+    };
+    let model = Arc::new(model);
+    let prompts: Vec<&str> = (0..cfg.jobs)
+        .map(|i| LLM_PROMPTS[i % LLM_PROMPTS.len()])
+        .collect();
+    let inputs = prompts
+        .iter()
+        .map(|p| {
+            model
+                .prompt_input(&inference::Prompt::chat(p, cfg.max_tokens))
+                .unwrap_or_else(|| Err(inference::InferenceError::UnknownModel("smollm2".into())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    eprintln!(
+        "generating the {} answers locally first (the reference the verified ones are compared with) ...",
+        prompts.len()
+    );
+    let jobs = inputs
+        .iter()
+        .map(|i| GenerationJob::decode(i, model.config().vocab))
+        .collect::<Result<Vec<_>, _>>()?;
+    let local = model.generate(&jobs, |_, _| {}, None)?;
+    let registry = Registry::default();
+    registry.insert(model.clone());
+    let behaviours: Vec<WorkerBehaviour> = (0..cfg.nodes)
+        .map(|i| {
+            if i >= 1 && i <= cfg.malicious {
+                WorkerBehaviour::WrongToken
+            } else {
+                WorkerBehaviour::Honest
+            }
+        })
+        .collect();
+    eprintln!(
+        "starting {} nodes on 127.0.0.1 ({} changing one token of each answer) ...",
+        cfg.nodes, cfg.malicious
+    );
+    let settings = JobsConfig {
+        step_timeout_ms: 120_000,
+        deadline_ms: 600_000,
+        ..JobsConfig::default()
+    };
+    let fleet = Fleet::start_custom(registry, behaviours, None, settings).await?;
+    let submitter = fleet.submitter();
+    eprintln!(
+        "submitting {} prompts from node {} ({}, at most {} new tokens each)",
+        prompts.len(),
+        submitter.node_id().short(),
+        if cfg.adaptive {
+            "adaptive replication".to_string()
+        } else {
+            format!("replicas {}", cfg.replicas)
+        },
+        cfg.max_tokens
+    );
+    let begun = Instant::now();
+    let mut waits = Vec::new();
+    for input in &inputs {
+        let (jobs, input, id, replicas, adaptive) = (
+            submitter.clone(),
+            input.clone(),
+            model.id(),
+            cfg.replicas,
+            cfg.adaptive,
+        );
+        waits.push(tokio::spawn(async move {
+            let job = if adaptive {
+                jobs.submit_auto(id, input).await?
+            } else {
+                jobs.submit(id, input, replicas).await?
+            };
+            jobs.wait(job).await
+        }));
+    }
+    let (mut verified, mut failed, mut wrong, mut tokens, mut assigned, mut receipts) = (0, 0, 0, 0, 0, 0);
+    let mut answers = Vec::new();
+    for ((wait, prompt), expected) in waits.into_iter().zip(&prompts).zip(&local) {
+        let result = wait
+            .await
+            .map_err(|e| DemoError::Settings(format!("a submit task failed: {e}")))?;
+        let answer = match result {
+            Ok(r) => {
+                assigned += r.workers_assigned;
+                receipts += r.receipts;
+                match r.outcome {
+                    Outcome::Accepted { output, .. } => {
+                        verified += 1;
+                        let generation = Generation::decode(&output)?;
+                        wrong += usize::from(&generation != expected);
+                        tokens += generation.tokens.len();
+                        model.output_text(&output).unwrap_or_default()
+                    }
+                    Outcome::Failed(reason) => {
+                        failed += 1;
+                        tracing::warn!(?reason, "prompt failed");
+                        String::new()
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(error = %e, "prompt could not be submitted");
+                String::new()
+            }
+        };
+        eprintln!(
+            "  [{:>5.1} s] {prompt:?} -> {answer:?}",
+            begun.elapsed().as_secs_f64()
+        );
+        answers.push((prompt.to_string(), answer));
+    }
+    let elapsed = begun.elapsed().as_secs_f64();
+    fleet.stop().await;
+    Ok(LlmDemoSummary {
+        jobs: prompts.len(),
+        verified,
+        failed,
+        accepted_wrong: wrong,
+        malicious: cfg.malicious,
+        tokens,
+        tokens_per_s: tokens as f64 / elapsed.max(1e-9),
+        mean_replicas: assigned as f64 / prompts.len().max(1) as f64,
+        receipts,
+        elapsed_s: elapsed,
+        answers,
+    })
+}

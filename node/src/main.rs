@@ -20,7 +20,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Budget { action } => cli::budget::run(&cli.home, action),
         Command::Demo(args) => {
             init_logging(cli.log_format, "warn");
-            cli::demo::run(args)
+            cli::demo::run(&cli.assets, args)
         }
         Command::Submit(args) => cli::submit::run(&cli.home, args),
         Command::Earnings(args) => cli::earnings::run(args),

@@ -27,6 +27,8 @@ const PROMPTS: [&str; 10] = [
     "What animal barks?",
     "Name a fruit that is yellow.",
 ];
+/// Credit per generated token (the fleet's default price per unit of work), in micro-credits.
+const PRICE: u64 = 1_000;
 /// New tokens per job: short answers keep the test well under a minute.
 const MAX_TOKENS: u16 = 12;
 
@@ -86,6 +88,8 @@ async fn a_fleet_verifies_generations_and_out_votes_a_worker_that_changes_one_to
         .collect();
     let local = model.generate(&jobs, |_, _| {}, None).unwrap();
     let mut receipts = 0;
+    // Credit per token: each agreeing worker is paid the price times the tokens it generated.
+    let mut credit_due = 0;
     for ((result, expected), prompt) in results.iter().zip(&local).zip(PROMPTS) {
         let Outcome::Accepted { output, agreeing, .. } = &result.outcome else {
             panic!("{prompt:?}: {:?}", result.outcome);
@@ -107,7 +111,11 @@ async fn a_fleet_verifies_generations_and_out_votes_a_worker_that_changes_one_to
         );
         assert!(agreeing.len() >= 2);
         receipts += result.receipts;
+        credit_due += agreeing.len() as u64 * PRICE * generation.tokens.len() as u64;
     }
+    let paid: u64 = submitter.earnings().values().map(|e| e.credit).sum();
+    println!("credit paid {paid} µc for the verified tokens ({credit_due} µc due at {PRICE} µc a token)");
+    assert_eq!(paid, credit_due, "receipts do not credit per token");
     assert!(
         receipts >= 2 * PROMPTS.len(),
         "{receipts} receipts for 10 jobs of 2 replicas"

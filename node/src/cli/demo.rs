@@ -1,5 +1,5 @@
-//! `fleetmesh demo`: a local fleet in this process doing verified inference on the embedded digits model.
-//! Its flags, and the summary table it prints at the end.
+//! `fleetmesh demo`: a local fleet in this process doing verified inference on the embedded digits model
+//! (or, with `--model smollm2`, verified text generation). Its flags, and the summary it prints at the end.
 
 use fleetmesh_node::demo;
 
@@ -8,9 +8,15 @@ pub(crate) struct DemoArgs {
     /// Nodes in the fleet (the first one submits the jobs).
     #[arg(long, default_value_t = 5)]
     nodes: usize,
-    /// Jobs to submit (held-out digits images).
-    #[arg(long, default_value_t = 500)]
-    jobs: usize,
+    /// The model: `digits` (embedded) or `smollm2` (needs scripts/fetch-assets.sh smollm2).
+    #[arg(long, default_value = "digits", value_parser = ["digits", "smollm2"])]
+    model: String,
+    /// Jobs to submit: held-out digits images [default: 500], or smollm2 prompts [default: 10].
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// smollm2: most new tokens per prompt.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=512))]
+    max_tokens: u16,
     /// Agreeing workers required per job.
     #[arg(long, default_value_t = 2)]
     replicas: u8,
@@ -43,7 +49,10 @@ fn parse_clock(s: &str) -> Result<String, String> {
 }
 
 /// Runs the fleet and prints its summary (and, with `--json`, the summary as JSON on the last line).
-pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub(crate) fn run(assets: &std::path::Path, args: DemoArgs) -> anyhow::Result<()> {
+    if args.model == "smollm2" {
+        return run_llm(assets, args);
+    }
     let DemoArgs {
         nodes,
         jobs,
@@ -55,11 +64,12 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         speed,
         drivers_return,
         json,
+        ..
     } = args;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = runtime.block_on(demo::run(demo::DemoConfig {
         nodes,
-        jobs,
+        jobs: jobs.unwrap_or(500),
         replicas,
         in_flight,
         malicious,
@@ -71,6 +81,38 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     print_summary(&summary);
     if json {
         println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+/// `fleetmesh demo --model smollm2`: a small verified batch of prompts; prints the totals (and JSON).
+fn run_llm(assets: &std::path::Path, args: DemoArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let s = runtime.block_on(demo::run_llm(demo::LlmDemoConfig {
+        nodes: args.nodes,
+        jobs: args.jobs.unwrap_or(demo::LLM_PROMPTS.len()),
+        replicas: args.replicas,
+        adaptive: args.adaptive,
+        malicious: args.malicious,
+        max_tokens: args.max_tokens,
+        assets: assets.to_path_buf(),
+    }))?;
+    println!(
+        "verified {}/{} prompts ({} failed), {} tokens at {:.1} verified tokens/s, {:.2} workers per prompt, \
+         {} receipts, {} accepted wrong ({} workers changing tokens), {:.1} s",
+        s.verified,
+        s.jobs,
+        s.failed,
+        s.tokens,
+        s.tokens_per_s,
+        s.mean_replicas,
+        s.receipts,
+        s.accepted_wrong,
+        s.malicious,
+        s.elapsed_s
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod bert;
 pub mod cnn;
 pub mod digits;
 pub mod executor;
+pub mod generation;
 pub mod gguf;
 pub mod llama;
 pub mod minilm;
@@ -111,6 +112,19 @@ pub trait Model: Send + Sync {
     /// not build from its weights alone.
     fn weights_source(&self) -> Option<WeightsSource> {
         None
+    }
+
+    /// The most units of work a job of this (checked) input may take, for pricing: 1 for a classifier or an
+    /// embedding, the most new tokens for a generation. A submitter's offer rewards its price per unit
+    /// times this.
+    fn max_units(&self, _input: &[u8]) -> u64 {
+        1
+    }
+
+    /// The units of work an output took (1, or the tokens generated): a worker claims its price per unit
+    /// times this, never more than [`Model::max_units`] of the input.
+    fn output_units(&self, _output: &[u8]) -> u64 {
+        1
     }
 
     /// For a text-generation model: the job input that asks for `prompt`; `None` for a model that takes

@@ -197,7 +197,15 @@ impl Jobs {
         let cfg = &self.inner.cfg;
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce)?;
-        let reward = cfg.price_of(self.model_name(&model).as_deref());
+        // The price is per unit of work (per job, or per generated token): the reward covers the most the
+        // job may take; each agreeing worker is paid for what it took (`receipts_for` takes the least claim).
+        let units = match (&input, self.registry().get(&model)) {
+            (JobInput::Inline(bytes), Some(m)) => m.max_units(bytes).max(1),
+            _ => 1,
+        };
+        let reward = cfg
+            .price_of(self.model_name(&model).as_deref())
+            .saturating_mul(units);
         let deadline_ms = now + cfg.deadline_ms;
         // Enough left for every worker the job may draw, picked and set aside in one step, so offers
         // made at the same time cannot count on one credit; given back below if the offer is not made.

@@ -580,7 +580,15 @@ impl Jobs {
             output_digest: *blake3::hash(&done.output).as_bytes(),
             compute_us: done.compute_us,
             energy_uwh: done.energy_uwh,
-            claimed_credit: self.inner.cfg.price_of(self.model_name(&model).as_deref()),
+            claimed_credit: self
+                .inner
+                .cfg
+                .price_of(self.model_name(&model).as_deref())
+                .saturating_mul(
+                    self.registry()
+                        .get(&model)
+                        .map_or(1, |m| m.output_units(&done.output)),
+                ),
             claimed_ms: now_ms(),
         };
         if let Some(forged) = self.inner.cfg.behaviour.forged_receipt(
