@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives a fleetmesh node's OpenAI-compatible chat API with the official `openai` client (from
 scripts/client-venv.sh): one plain and one streamed completion of the same message, printed as one JSON
-line {"plain": ..., "stream": ..., "finish_reason": ..., "fleetmesh": ...}. Used by node/tests/openai_client.rs.
+line {"plain": ..., "stream": ..., "stream_pieces": ..., "finish_reason": ..., "fleetmesh": ...}. Used by node/tests/openai_client.rs.
 
     .venv-clients/bin/python scripts/openai_client_check.py --api 127.0.0.1:7700 --token "$(cat ~/.fleetmesh/api.token)" \\
         --message "What is the capital of France?" --max-tokens 12
@@ -31,6 +31,7 @@ def main():
     print(json.dumps({
         "plain": plain.choices[0].message.content,
         "stream": "".join(streamed),
+        "stream_pieces": len(streamed),
         "finish_reason": plain.choices[0].finish_reason,
         "usage": plain.usage.model_dump() if plain.usage else None,
         "fleetmesh": extra.get("fleetmesh"),

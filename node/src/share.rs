@@ -105,6 +105,8 @@ pub struct FetchReport {
     pub corrupt_refused: usize,
     /// Providers asked.
     pub providers: usize,
+    /// Providers that served at least one of the chunks fetched now.
+    pub served_by: usize,
 }
 
 enum Source {
@@ -517,10 +519,12 @@ impl Share {
             .map(|index| self.fetch_chunk(&manifest, index, &providers, &bad, &corrupt))
             .buffer_unordered(self.inner.cfg.parallel.max(1));
         let mut first_error = None;
+        let mut served_by = HashSet::new();
         while let Some(result) = results.next().await {
             match result {
-                Ok(()) => {
+                Ok(peer) => {
                     report.fetched += 1;
+                    served_by.insert(peer);
                     progress.inc(1);
                 }
                 Err(e) => {
@@ -529,6 +533,7 @@ impl Share {
             }
         }
         drop(results);
+        report.served_by = served_by.len();
         progress.finish_and_clear();
         report.corrupt_refused = corrupt.into_inner();
         if let Some(e) = first_error {
@@ -582,7 +587,7 @@ impl Share {
     }
 
     /// Fetches chunk `index`, starting with a provider chosen by the index (spreading chunks over the
-    /// providers) and moving on to the next on failure or corruption.
+    /// providers) and moving on to the next on failure or corruption; returns the provider that served it.
     async fn fetch_chunk(
         &self,
         manifest: &ModelManifest,
@@ -590,7 +595,7 @@ impl Share {
         providers: &[PeerId],
         bad: &Mutex<HashSet<PeerId>>,
         corrupt: &std::sync::atomic::AtomicUsize,
-    ) -> Result<(), FetchError> {
+    ) -> Result<PeerId, FetchError> {
         let model = manifest.id();
         let want: ChunkId = manifest.chunks[index];
         let request = codec::encode(&ChunkRequest {
@@ -615,7 +620,7 @@ impl Share {
                         .store
                         .off_thread(move |s| s.put_chunk(&want, &c.data))
                         .await?;
-                    return Ok(());
+                    return Ok(peer);
                 }
                 Ok(_) => {
                     warn!(%peer, model = %manifest.name, index, "refused a corrupted chunk; dropping this provider");

@@ -87,6 +87,8 @@ async fn the_openai_client_gets_the_text_fleetmesh_infer_prints() {
     println!("openai client: {reply}");
     assert_eq!(reply["plain"], expected.as_str());
     assert_eq!(reply["stream"], expected.as_str());
+    // Streamed as the worker generated it (its partials), not in one piece after the verdict.
+    assert!(reply["stream_pieces"].as_u64().unwrap() >= 2, "{reply}");
     assert_eq!(reply["fleetmesh"]["state"], "accepted");
     assert!(reply["usage"]["completion_tokens"].as_u64().unwrap() > 0);
 }

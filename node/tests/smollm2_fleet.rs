@@ -144,11 +144,15 @@ async fn a_fleet_verifies_generations_and_out_votes_a_worker_that_changes_one_to
         "max_tokens": MAX_TOKENS,
     });
     let expected = model.output_text(&local[0].encode()).unwrap();
-    let (plain, streamed) = tokio::task::spawn_blocking(move || {
-        let plain = post(api, &token, &body);
+    let (plain, streamed, job_stream) = tokio::task::spawn_blocking(move || {
+        let plain = post(api, &token, "/v1/chat/completions", &body);
         let mut stream = body;
         stream["stream"] = true.into();
-        (plain, post(api, &token, &stream))
+        let streamed = post(api, &token, "/v1/chat/completions", &stream);
+        let job = serde_json::json!({
+            "model": "smollm2", "prompt": PROMPTS[0], "max_tokens": MAX_TOKENS, "stream": true
+        });
+        (plain, streamed, post(api, &token, "/v1/jobs", &job))
     })
     .await
     .unwrap();
@@ -163,27 +167,80 @@ async fn a_fleet_verifies_generations_and_out_votes_a_worker_that_changes_one_to
     assert!(!reply["fleetmesh"]["receipt_ids"].as_array().unwrap().is_empty());
     let (head, events) = streamed.split_once("\r\n\r\n").unwrap();
     assert!(head.contains("text/event-stream"), "{head}");
-    let text: String = events
+    let events = dechunk(head, events);
+    let chunks: Vec<serde_json::Value> = events
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter(|d| *d != "[DONE]")
         .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
-        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(String::from))
         .collect();
-    assert_eq!(text, expected);
+    let deltas: Vec<String> = chunks
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(String::from))
+        .filter(|d| !d.is_empty())
+        .collect();
+    println!("streamed chat deltas: {deltas:?}");
+    assert_eq!(deltas.concat(), expected);
+    // More than one piece: text arrived from the worker's partials before the verdict's rest.
+    assert!(deltas.len() >= 2, "the text came in one piece: {deltas:?}");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert_eq!(last["fleetmesh"]["state"], "accepted");
+    assert_eq!(last["fleetmesh"]["streamed_text_verified"], true);
     assert!(events.trim_end().ends_with("data: [DONE]"));
+
+    // POST /v1/jobs with "stream": true: token events, then the verdict.
+    let (head, events) = job_stream.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{job_stream}");
+    let events = dechunk(head, events);
+    let mut tokens = String::new();
+    let mut verdict = None;
+    let mut kind = "";
+    for line in events.lines() {
+        if let Some(k) = line.strip_prefix("event: ") {
+            kind = if k == "token" { "token" } else { "verdict" };
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let value: serde_json::Value = serde_json::from_str(data).unwrap();
+            match kind {
+                "token" => tokens.push_str(value["text"].as_str().unwrap()),
+                _ => verdict = Some(value),
+            }
+        }
+    }
+    let verdict = verdict.expect("no verdict event");
+    assert_eq!(tokens, expected);
+    assert_eq!(verdict["state"], "accepted");
+    assert_eq!(verdict["text"], expected.as_str());
+    assert_eq!(verdict["streamed_text_verified"], true);
     fleet.stop().await;
 }
 
+/// The body of a response with `Transfer-Encoding: chunked`, put back together (other bodies as they are).
+fn dechunk(head: &str, body: &str) -> String {
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return body.to_string();
+    }
+    let (mut out, mut rest) = (Vec::new(), body.as_bytes());
+    while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&rest[end + 2..end + 2 + size]);
+        rest = &rest[end + 2 + size + 2..];
+    }
+    String::from_utf8(out).unwrap()
+}
+
 /// A plain HTTP/1.1 POST of JSON with the API token; the whole response (head and body) as text.
-fn post(api: std::net::SocketAddr, token: &str, body: &serde_json::Value) -> String {
+fn post(api: std::net::SocketAddr, token: &str, path: &str, body: &serde_json::Value) -> String {
     use std::io::{Read, Write};
     let body = body.to_string();
     let mut stream = std::net::TcpStream::connect(api).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     write!(
         stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )

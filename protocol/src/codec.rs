@@ -59,11 +59,13 @@ pub enum Kind {
     ClaimRequest = 19,
     /// [`ClaimPage`](crate::messages::ClaimPage)
     ClaimPage = 20,
+    /// [`Partial`](crate::messages::Partial)
+    Partial = 21,
 }
 
 impl Kind {
     /// All kinds, in tag order.
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 21] = [
         Kind::JobOffer,
         Kind::Bid,
         Kind::Assignment,
@@ -84,6 +86,7 @@ impl Kind {
         Kind::EpochRoot,
         Kind::ClaimRequest,
         Kind::ClaimPage,
+        Kind::Partial,
     ];
 
     /// The kind with this tag (signed flag cleared), if any.
@@ -114,6 +117,7 @@ impl Kind {
             Kind::EpochRoot => b"fleetmesh/epoch-root/v1",
             Kind::ClaimRequest => b"fleetmesh/claim-request/v1",
             Kind::ClaimPage => b"fleetmesh/claim-page/v1",
+            Kind::Partial => b"fleetmesh/partial/v1",
         }
     }
 }

@@ -463,6 +463,44 @@ impl Signable for Withdraw {
     }
 }
 
+/// Most bytes of a [`Partial`]'s output (a generation of 512 tokens is 2,051 bytes).
+pub const MAX_PARTIAL: usize = 4 * 1024;
+
+/// A worker tells the job's submitter what it has computed so far (the tokens of a generation, in the
+/// output's layout), while it runs: what a submitter streams to its user before the verdict. Advisory only:
+/// the commit, reveal and quorum decide the result; a submitter ignores partials of a worker it did not
+/// assign and of jobs nobody streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    /// The job.
+    pub job: JobId,
+    /// The worker.
+    pub worker: NodeId,
+    /// The output so far (each partial holds all of it: a lost one costs nothing).
+    #[serde(with = "serde_bytes")]
+    pub output: Vec<u8>,
+    /// When.
+    pub at_ms: u64,
+}
+
+impl Message for Partial {
+    const KIND: Kind = Kind::Partial;
+    const MAX_LEN: usize = MAX_PARTIAL + 128;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.output.len() > MAX_PARTIAL {
+            return Err(DecodeError::invalid(Self::KIND, "partial output over 4 KiB"));
+        }
+        Ok(())
+    }
+}
+
+impl Signable for Partial {
+    fn signer(&self) -> NodeId {
+        self.worker
+    }
+}
+
 /// The outcome the submitter records for one worker's result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Verdict {

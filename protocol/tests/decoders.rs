@@ -208,6 +208,8 @@ fuzz_signed_kind!(revocation, Revocation, arb_revocation(key(1), key(2)), key(2)
 
 fuzz_signed_kind!(epoch_root, EpochRoot, arb_epoch_root(key(1).node_id()), key(1));
 
+fuzz_signed_kind!(partial, Partial, arb_partial_for(key(1).node_id()), key(1));
+
 #[test]
 fn claim_messages() {
     fuzz::<ClaimRequest>(

@@ -40,10 +40,14 @@ pub struct JobOutput {
     pub compute: Duration,
 }
 
+/// Where a job's partial output goes while it runs (see [`Model::run_batch_until`]).
+pub type PartialSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 struct Task {
     model: Arc<dyn Model>,
     inputs: Vec<Vec<u8>>,
     cancel: CancelFlag,
+    partial: Option<PartialSink>,
     reply: Reply,
 }
 
@@ -174,6 +178,18 @@ impl Executor {
         inputs: Vec<Vec<u8>>,
         cancel: CancelFlag,
     ) -> Result<JobOutput, InferenceError> {
+        self.run_streaming(model, inputs, cancel, None).await
+    }
+
+    /// [`Executor::run`], handing the job's partial output (for a model that [`streams`](Model::streams))
+    /// to `partial` as it grows: the bytes of its first input's output so far.
+    pub async fn run_streaming(
+        &self,
+        model: &ModelId,
+        inputs: Vec<Vec<u8>>,
+        cancel: CancelFlag,
+        partial: Option<PartialSink>,
+    ) -> Result<JobOutput, InferenceError> {
         let model = self
             .registry
             .get(model)
@@ -200,6 +216,7 @@ impl Executor {
                 model,
                 inputs,
                 cancel,
+                partial,
                 reply,
             })
             .await
@@ -318,7 +335,19 @@ fn run_batch(tasks: Vec<Task>, max_batch: usize, passes: &AtomicUsize) {
         passes.fetch_add(1, Ordering::Relaxed);
         // A long batch (text generation) stops between tokens once every job of the chunk is cancelled.
         let stop = || chunk.iter().all(|(j, _)| live[*j].cancel.is_cancelled());
-        let result = model.run_batch_until(&chunk.iter().map(|(_, i)| *i).collect::<Vec<_>>(), &stop);
+        // Each job's partial output goes to its own sink (a job of several inputs reports its first).
+        let partial = |i: usize, bytes: &[u8]| {
+            let Some(&(j, input)) = chunk.get(i) else { return };
+            let first = live[j]
+                .inputs
+                .first()
+                .is_some_and(|f| std::ptr::eq(f.as_slice(), input));
+            if let (true, Some(sink)) = (first, live[j].partial.as_ref()) {
+                sink(bytes);
+            }
+        };
+        let inputs: Vec<&[u8]> = chunk.iter().map(|(_, i)| *i).collect();
+        let result = model.run_batch_until(&inputs, &stop, &partial);
         let spent = started.elapsed();
         match result {
             // Only this chunk's jobs were cancelled: they are answered `Cancelled` below, the rest go on.

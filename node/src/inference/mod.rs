@@ -99,13 +99,22 @@ pub trait Model: Send + Sync {
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError>;
 
     /// [`Model::run_batch`] for a model whose batch may run long (text generation): it polls `stop` as it
-    /// goes and returns [`InferenceError::Cancelled`] soon after `stop` says so. Others run to the end.
+    /// goes and returns [`InferenceError::Cancelled`] soon after `stop` says so, and hands each input's
+    /// output so far to `partial(index, bytes)` as it grows (in the output's layout). Others run to the end
+    /// and report nothing partial.
     fn run_batch_until(
         &self,
         inputs: &[&[u8]],
         _stop: &dyn Fn() -> bool,
+        _partial: &dyn Fn(usize, &[u8]),
     ) -> Result<Vec<Vec<u8>>, InferenceError> {
         self.run_batch(inputs)
+    }
+
+    /// Whether [`Model::run_batch_until`] reports partial outputs (a worker then streams them to the
+    /// job's submitter).
+    fn streams(&self) -> bool {
+        false
     }
 
     /// Where the weights can be read back to serve them to peers; `None` for a model that peers could

@@ -506,20 +506,36 @@ impl Model for SmolLm2 {
     }
 
     fn run_batch(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, InferenceError> {
-        self.run_batch_until(inputs, &|| false)
+        self.run_batch_until(inputs, &|| false, &|_, _| {})
+    }
+
+    fn streams(&self) -> bool {
+        true
     }
 
     fn run_batch_until(
         &self,
         inputs: &[&[u8]],
         stop: &dyn Fn() -> bool,
+        partial: &dyn Fn(usize, &[u8]),
     ) -> Result<Vec<Vec<u8>>, InferenceError> {
         let jobs = inputs
             .iter()
             .map(|i| GenerationJob::decode(i, self.config.vocab))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut so_far: Vec<Generation> = jobs
+            .iter()
+            .map(|_| Generation {
+                tokens: Vec::new(),
+                stop: StopReason::MaxTokens,
+            })
+            .collect();
+        let on_token = |j: usize, token: u32| {
+            so_far[j].tokens.push(token);
+            partial(j, &so_far[j].encode());
+        };
         Ok(self
-            .generate(&jobs, |_, _| {}, Some(stop))?
+            .generate(&jobs, on_token, Some(stop))?
             .iter()
             .map(Generation::encode)
             .collect())

@@ -16,8 +16,10 @@
 //! - [`books`](self::books): receipts delivered to their workers, sealed per epoch under published roots,
 //!   and balance claims served and checked.
 //! - [`views`](self::views): what the local API shows (jobs, receipts, earnings).
+//! - [`partials`](self::partials): a running job's output streamed from its worker to its submitter.
 
 pub mod books;
+pub mod partials;
 mod recovery;
 mod requests;
 mod revision;
@@ -463,6 +465,8 @@ struct Inner {
     pacer: tokio::sync::Mutex<(f64, std::time::Instant)>,
     /// Whether the user was told that a fleet of fewer than three peers needs `small_fleet`.
     warned_small_fleet: std::sync::atomic::AtomicBool,
+    /// The submitted jobs whose partial outputs someone follows.
+    streams: partials::Streams,
 }
 
 /// The job roles of one node (cheap to clone).
@@ -561,6 +565,7 @@ impl Jobs {
                 // Empty at start: peers keep this submitter's bucket across its restart.
                 pacer: tokio::sync::Mutex::new((0.0, std::time::Instant::now())),
                 warned_small_fleet: std::sync::atomic::AtomicBool::new(false),
+                streams: partials::Streams::default(),
             }),
         }
     }

@@ -5,7 +5,7 @@
 use fleetmesh_protocol::Signed;
 use fleetmesh_protocol::codec::{self, Kind};
 use fleetmesh_protocol::messages::{
-    Assignment, Bid, JobOffer, Receipt, Reply, ResultCommit, RevealRequest, Revocation, Withdraw,
+    Assignment, Bid, JobOffer, Partial, Receipt, Reply, ResultCommit, RevealRequest, Revocation, Withdraw,
 };
 use libp2p::PeerId;
 use tracing::debug;
@@ -110,6 +110,10 @@ impl Jobs {
             },
             Kind::RevealRequest => match authored::<RevealRequest>(&peer, data) {
                 Ok(r) => self.on_reveal_request(r.body).await,
+                Err(why) => refuse(why),
+            },
+            Kind::Partial => match authored::<Partial>(&peer, data) {
+                Ok(p) => self.on_partial(p.body),
                 Err(why) => refuse(why),
             },
             Kind::Receipt => match authored::<Receipt>(&peer, data) {

@@ -290,7 +290,16 @@ impl Jobs {
                 compute: std::time::Duration::from_micros(1),
             })
         } else {
-            self.inner.executor.run(&offer.model, vec![input], cancel).await
+            // A model that streams (text generation) sends its output so far to the submitter as it goes.
+            let sink = self
+                .registry()
+                .get(&offer.model)
+                .filter(|m| m.streams())
+                .map(|_| self.partial_sink(job, offer.submitter));
+            self.inner
+                .executor
+                .run_streaming(&offer.model, vec![input], cancel, sink)
+                .await
         };
         // Energy from the car's power model (a real car reads its power sensor behind the same call).
         let energy_uwh = result

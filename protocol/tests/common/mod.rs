@@ -183,6 +183,15 @@ pub fn arb_withdraw_for(worker: NodeId) -> impl Strategy<Value = Withdraw> {
     })
 }
 
+pub fn arb_partial_for(worker: NodeId) -> impl Strategy<Value = Partial> {
+    (arb_job(), arb_bytes(MAX_PARTIAL), any::<u64>()).prop_map(move |(job, output, at_ms)| Partial {
+        job,
+        worker,
+        output,
+        at_ms,
+    })
+}
+
 /// A revocation by `submitter` of a receipt of `worker`, with a rejection of `worker` signed by
 /// `submitter` on another job as evidence.
 pub fn arb_revocation(worker: NodeKey, submitter: NodeKey) -> impl Strategy<Value = Revocation> {

@@ -22,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::Jobs;
 use crate::net::NetClient;
 
+mod chat;
+
+pub use chat::{ChatMessage, ChatRequest};
+
 /// What the API handlers share.
 #[derive(Clone)]
 pub struct ApiState {
@@ -248,6 +252,10 @@ pub struct SubmitRequest {
     /// Wait for the verdict before answering.
     #[serde(default)]
     pub wait: bool,
+    /// With `prompt`: answer as server-sent events, `token` events (`{"text": ...}`) as the job's first
+    /// streaming worker produces the text, then one `verdict` event (the job's view).
+    #[serde(default)]
+    pub stream: bool,
     /// A client-chosen idempotency key (1 to 128 bytes): a request repeated with the same key returns
     /// the job the first one submitted (status 200 instead of 202), never a second job.
     #[serde(default)]
@@ -302,6 +310,12 @@ async fn submit(
     if let Err(e) = model.check_input(&input) {
         return error(StatusCode::BAD_REQUEST, e);
     }
+    if req.stream && !model.streams() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("model '{}' has no streaming answer", req.model),
+        );
+    }
     if let Some(key) = &req.key
         && (key.is_empty() || key.len() > crate::jobs::MAX_SUBMIT_KEY)
     {
@@ -324,6 +338,9 @@ async fn submit(
         }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
     };
+    if req.stream {
+        return chat::job_stream(chat::follow(s, model, job));
+    }
     if req.wait
         && let Err(e) = s.jobs.wait(job).await
     {
@@ -339,191 +356,6 @@ async fn submit(
         None => error(StatusCode::INTERNAL_SERVER_ERROR, "job vanished"),
     })
     .await
-}
-
-/// One message of a chat (`POST /v1/chat/completions`).
-#[derive(Debug, serde::Deserialize)]
-pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The message's text.
-    pub content: String,
-}
-
-/// `POST /v1/chat/completions` body: the OpenAI chat-completions request, as far as a fleet job can
-/// honour it (other fields are accepted and ignored, as OpenAI-compatible servers do).
-#[derive(Debug, serde::Deserialize)]
-pub struct ChatRequest {
-    /// Model name (`smollm2`).
-    pub model: String,
-    /// The conversation so far.
-    pub messages: Vec<ChatMessage>,
-    /// Most new tokens (1-512, default 128).
-    #[serde(default, alias = "max_completion_tokens")]
-    pub max_tokens: Option<u16>,
-    /// Sampling temperature (default 0: greedy, so independent cars reproduce each other bit for bit).
-    #[serde(default)]
-    pub temperature: Option<f32>,
-    /// Seed of the sampling draws.
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// Answer as server-sent events.
-    #[serde(default)]
-    pub stream: bool,
-}
-
-/// Most messages of one chat request, and bytes of one message.
-const MAX_CHAT_MESSAGES: usize = 64;
-const MAX_CHAT_MESSAGE: usize = 32 * 1024;
-
-/// `POST /v1/chat/completions`: the OpenAI-compatible chat API. The conversation runs as one verified
-/// fleet job (adaptive replication); the answer is the accepted output, and the `fleetmesh` field carries
-/// the job id, verdict, agreeing workers and receipt ids. With `stream: true` the verified text comes as
-/// server-sent `chat.completion.chunk` events after the verdict (not token by token while the worker
-/// generates).
-async fn chat_completions(
-    State(s): State<ApiState>,
-    headers: axum::http::HeaderMap,
-    body: Result<Json<ChatRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if let Some(denied) = unauthorized(&s, &headers) {
-        return denied;
-    }
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    if req.model != crate::inference::smollm2::NAME {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("model '{}' has no chat (try 'smollm2')", req.model),
-        );
-    }
-    let Some(model) = s.jobs.registry().by_name(&req.model) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("model '{}' is not installed here", req.model),
-        );
-    };
-    let roles_ok = req.messages.iter().all(|m| {
-        matches!(m.role.as_str(), "system" | "user" | "assistant") && m.content.len() <= MAX_CHAT_MESSAGE
-    });
-    if req.messages.is_empty() || req.messages.len() > MAX_CHAT_MESSAGES || !roles_ok {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "'messages' must hold 1 to {MAX_CHAT_MESSAGES} messages of role system, user or assistant, each \
-                 at most {MAX_CHAT_MESSAGE} bytes"
-            ),
-        );
-    }
-    let turns: Vec<(&str, &str)> = req
-        .messages
-        .iter()
-        .map(|m| (m.role.as_str(), m.content.as_str()))
-        .collect();
-    let temperature = req.temperature.unwrap_or(0.0);
-    let prompt = crate::inference::Prompt {
-        text: crate::inference::smollm2::chat_prompt(&turns),
-        raw: true,
-        max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        temperature,
-        top_k: if temperature == 0.0 { 0 } else { 40 },
-        seed: req.seed.unwrap_or(0),
-    };
-    let input = match model.prompt_input(&prompt) {
-        Some(Ok(input)) => input,
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
-        None => return error(StatusCode::BAD_REQUEST, "the model takes no prompt"),
-    };
-    let prompt_tokens = crate::inference::smollm2::GenerationJob::decode(&input, usize::MAX)
-        .map(|j| j.prompt.len())
-        .unwrap_or(0);
-    let job = match s.jobs.submit_auto(model.id(), input).await {
-        Ok(job) => job,
-        Err(e @ (crate::jobs::JobsError::BadKey | crate::jobs::JobsError::Offer(_))) => {
-            return error(StatusCode::BAD_REQUEST, e);
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
-    };
-    if let Err(e) = s.jobs.wait(job).await {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
-    }
-    let Some(view) = s.jobs.view(&job) else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "job vanished");
-    };
-    let generation = view
-        .output_hex
-        .as_ref()
-        .and_then(|h| hex::decode(h).ok())
-        .and_then(|o| crate::inference::smollm2::Generation::decode(&o).ok());
-    let (Some(generation), Some(text)) = (generation, view.text.clone()) else {
-        return error(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "the fleet gave no verified answer: {}",
-                view.reason.as_deref().unwrap_or(view.state)
-            ),
-        );
-    };
-    let finish = match generation.stop {
-        crate::inference::smollm2::StopReason::Eos => "stop",
-        crate::inference::smollm2::StopReason::MaxTokens => "length",
-    };
-    let id = format!("chatcmpl-{job}");
-    let created = crate::clock::now_ms() / 1000;
-    let fleet = serde_json::json!({
-        "job": view.job,
-        "state": view.state,
-        "unverified": view.unverified,
-        "agreeing": view.agreeing,
-        "receipt_ids": view.receipt_ids,
-    });
-    if !req.stream {
-        let completion = generation.tokens.len();
-        return Json(serde_json::json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": req.model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish,
-            }],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion,
-                "total_tokens": prompt_tokens + completion,
-            },
-            "fleetmesh": fleet,
-        }))
-        .into_response();
-    }
-    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
-        let event = serde_json::json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": req.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            "fleetmesh": fleet,
-        });
-        format!("data: {event}\n\n")
-    };
-    let mut events = chunk(serde_json::json!({"role": "assistant", "content": ""}), None);
-    events.push_str(&chunk(serde_json::json!({"content": text}), None));
-    events.push_str(&chunk(serde_json::json!({}), Some(finish)));
-    events.push_str("data: [DONE]\n\n");
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        events,
-    )
-        .into_response()
 }
 
 async fn job(State(s): State<ApiState>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
@@ -699,7 +531,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/jobs", axum::routing::post(submit).get(recent_jobs))
         .route("/v1/jobs/{id}", get(job))
-        .route("/v1/chat/completions", axum::routing::post(chat_completions))
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(chat::chat_completions),
+        )
         .route("/v1/earnings", get(earnings))
         .route("/v1/claims/{node}", get(check_claim))
         .route("/v1/reputation", get(reputation))
