@@ -23,6 +23,11 @@ const ROWS_PER_UNIT: usize = 64;
 const COLS_PER_UNIT: usize = 512;
 /// Most sequence positions a model may declare (its context); bounds the rotary table and KV caches.
 pub const MAX_CONTEXT: usize = 32_768;
+/// Widest attention head accepted (the rotary table holds `context * head_dim / 2` pairs).
+pub const MAX_HEAD_DIM: usize = 256;
+/// Most parameters of a model this node builds: 4 GB as f32. A GGUF from a peer that declares more is
+/// refused before anything is dequantised.
+pub const MAX_PARAMS: u64 = 1 << 30;
 
 /// The shape of a llama model, read from GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +87,7 @@ impl Config {
             key: key.into(),
             expected,
         };
-        if dim % heads != 0 || heads % kv_heads != 0 || (dim / heads) % 2 != 0 {
+        if dim % heads != 0 || heads % kv_heads != 0 || (dim / heads) % 2 != 0 || dim / heads > MAX_HEAD_DIM {
             return Err(bad(
                 "llama.attention.head_count",
                 "a head count dividing the width into even heads, a multiple of the KV head count",
@@ -96,6 +101,23 @@ impl Config {
         {
             return Err(bad("llama.rope.dimension_count", "the head width"));
         }
+        let layers = get("llama.block_count", 1_024)?;
+        let ffn = get("llama.feed_forward_length", 65_536)?;
+        let (d, kv, f, v) = (
+            dim as u64,
+            (dim / heads * kv_heads) as u64,
+            ffn as u64,
+            vocab as u64,
+        );
+        // Embeddings and head (counted twice: a tied head is stored transposed), then the blocks.
+        let params = 2 * v * d + layers as u64 * (2 * d * d + 2 * d * kv + 3 * d * f + 2 * d);
+        if params > MAX_PARAMS {
+            return Err(GgufError::TooLarge {
+                what: "model parameters",
+                got: params,
+                max: MAX_PARAMS,
+            });
+        }
         let rope_base = g.float("llama.rope.freq_base").unwrap_or(10_000.0);
         let eps = g.float("llama.attention.layer_norm_rms_epsilon")?;
         if rope_base <= 1.0 || !(0.0..1.0).contains(&eps) {
@@ -106,11 +128,11 @@ impl Config {
         }
         Ok(Self {
             dim,
-            layers: get("llama.block_count", 1_024)?,
+            layers,
             heads,
             kv_heads,
             head_dim: dim / heads,
-            ffn: get("llama.feed_forward_length", 65_536)?,
+            ffn,
             vocab,
             context: get("llama.context_length", MAX_CONTEXT as u64)?,
             rope_base,
@@ -584,6 +606,47 @@ mod tests {
         let f = rope_frequencies(100_000.0, 64);
         assert_eq!(f[0], 1.0);
         assert!((f[31] - 100_000f64.powf(-62.0 / 64.0)).abs() < 1e-17);
+    }
+
+    fn config(dim: u64, heads: u64, layers: u64, ffn: u64) -> Result<Config, GgufError> {
+        use super::super::gguf::Value;
+        let mut metadata = std::collections::BTreeMap::new();
+        let mut set = |k: &str, v: Value| metadata.insert(k.to_string(), v);
+        set("general.architecture", Value::String("llama".into()));
+        set("llama.embedding_length", Value::Uint(dim));
+        set("llama.attention.head_count", Value::Uint(heads));
+        set("llama.attention.head_count_kv", Value::Uint(heads));
+        set("llama.block_count", Value::Uint(layers));
+        set("llama.feed_forward_length", Value::Uint(ffn));
+        set("llama.context_length", Value::Uint(2048));
+        set("llama.attention.layer_norm_rms_epsilon", Value::Float(1e-5));
+        set(
+            "tokenizer.ggml.tokens",
+            Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+        );
+        Config::from_gguf(&Gguf {
+            version: 3,
+            metadata,
+            tensors: std::collections::BTreeMap::new(),
+        })
+    }
+
+    #[test]
+    fn a_model_declaring_too_many_parameters_or_too_wide_heads_is_refused_before_loading() {
+        let ok = config(576, 9, 30, 1536).unwrap();
+        assert_eq!((ok.head_dim, ok.kv_dim(), ok.vocab), (64, 576, 2));
+        assert!(matches!(
+            config(16_384, 64, 1_024, 65_536),
+            Err(GgufError::TooLarge { .. })
+        ));
+        assert!(
+            matches!(config(4_096, 1, 2, 64), Err(GgufError::Missing { .. })),
+            "head of 4,096"
+        );
+        assert!(
+            matches!(config(576, 7, 30, 1536), Err(GgufError::Missing { .. })),
+            "576 / 7 heads"
+        );
     }
 
     #[test]
