@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use fleetmesh_node::inference::executor::{Executor, ExecutorConfig};
-use fleetmesh_node::inference::smollm2::{self, GenerationJob, Sampling, SmolLm2, StopRule};
-use fleetmesh_node::inference::{self, Registry, digits, mnist};
+use fleetmesh_node::inference::smollm2::{self, SmolLm2};
+use fleetmesh_node::inference::{self, Prompt, Registry, digits, mnist};
 use fleetmesh_node::input;
 
 #[derive(Debug, clap::Args)]
@@ -57,54 +57,6 @@ pub(crate) fn run(assets: &Path, args: InferArgs) -> anyhow::Result<()> {
     infer(assets, &args.model, input)
 }
 
-/// The generation job `fleetmesh infer` and `fleetmesh submit` build from their prompt flags.
-pub(crate) fn generation_job(
-    model: &SmolLm2,
-    prompt: &str,
-    raw: bool,
-    max_tokens: u16,
-    temperature: f32,
-    top_k: u16,
-    seed: u64,
-) -> anyhow::Result<GenerationJob> {
-    let ids = if raw {
-        model.encode(prompt)?
-    } else {
-        model.chat_ids(prompt)?
-    };
-    anyhow::ensure!(!ids.is_empty(), "the prompt is empty");
-    anyhow::ensure!(
-        ids.len() <= smollm2::MAX_PROMPT,
-        "the prompt has {} tokens; at most {} are accepted",
-        ids.len(),
-        smollm2::MAX_PROMPT
-    );
-    let sampling = if temperature == 0.0 {
-        Sampling::Greedy
-    } else {
-        anyhow::ensure!(
-            temperature > 0.0 && temperature <= 10.0,
-            "--temperature must be 0 (greedy) or in (0, 10]"
-        );
-        anyhow::ensure!(
-            (1..=smollm2::MAX_TOP_K).contains(&top_k),
-            "--top-k must be 1..={}",
-            smollm2::MAX_TOP_K
-        );
-        Sampling::Seeded {
-            temperature,
-            top_k,
-            seed,
-        }
-    };
-    Ok(GenerationJob {
-        prompt: ids,
-        max_new: max_tokens,
-        stop: StopRule::Eos,
-        sampling,
-    })
-}
-
 /// `fleetmesh infer --model smollm2 --prompt TEXT`: generates locally and streams the text as it comes.
 fn generate(assets: &Path, args: &InferArgs) -> anyhow::Result<()> {
     use std::io::Write;
@@ -117,15 +69,14 @@ fn generate(assets: &Path, args: &InferArgs) -> anyhow::Result<()> {
             assets.display()
         );
     };
-    let job = generation_job(
-        &model,
-        prompt,
-        args.raw,
-        args.max_tokens,
-        args.temperature,
-        args.top_k,
-        args.seed,
-    )?;
+    let job = model.job_for(&Prompt {
+        text: prompt.clone(),
+        raw: args.raw,
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        seed: args.seed,
+    })?;
     let started = std::time::Instant::now();
     model.llama()?;
     let loaded = started.elapsed();
