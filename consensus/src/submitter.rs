@@ -228,11 +228,28 @@ struct InFlight {
     recheck: Option<Recheck>,
 }
 
+/// The most credit an accepted output earns each agreeing worker, from the offer and the output: a node
+/// that prices work per unit (per generated token) caps the credit at its price times the units the
+/// output took, so that workers cannot claim the offer's whole reward for a short answer.
+#[derive(Clone)]
+pub struct CreditCap(pub std::sync::Arc<CreditCapFn>);
+
+/// What a [`CreditCap`] computes: the most credit per accepted worker for an offer and its accepted output.
+pub type CreditCapFn = dyn Fn(&JobOffer, &[u8]) -> u64 + Send + Sync;
+
+impl std::fmt::Debug for CreditCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CreditCap(..)")
+    }
+}
+
 /// The submitter role of one node: every job it has in flight, and what it knows of the workers.
 #[derive(Debug, Clone)]
 pub struct Submitter {
     me: NodeId,
     cfg: SubmitterConfig,
+    /// Caps each accepted worker's credit by the output (none: the least claim and the reward decide).
+    credit_cap: Option<CreditCap>,
     reputation: Reputation,
     spending: Spending,
     jobs: HashMap<JobId, InFlight>,
@@ -248,12 +265,18 @@ impl Submitter {
         Self {
             me,
             cfg,
+            credit_cap: None,
             reputation: Reputation::new(cfg.trust),
             spending: Spending::new(),
             jobs: HashMap::new(),
             originals: HashMap::new(),
             audit: Audit::new(),
         }
+    }
+
+    /// Caps the credit of every accepted output from now on (see [`CreditCap`]).
+    pub fn cap_credit(&mut self, cap: CreditCap) {
+        self.credit_cap = Some(cap);
     }
 
     /// The results accepted on one worker's word, remembered for revision.
@@ -808,6 +831,12 @@ impl Submitter {
         }
         let unverified = f.replication == Replication::Fixed && f.offer.replicas <= 1;
         let mut receipts = receipts_for(&f.offer, agreeing, &f.claims, now_ms, unverified);
+        if let (Some(cap), Outcome::Accepted { output, .. }) = (&self.credit_cap, &outcome) {
+            let most = (cap.0)(&f.offer, output);
+            for r in &mut receipts {
+                r.credit = r.credit.min(most);
+            }
+        }
         self.spending.stamp(&f.offer.budget, &mut receipts);
         for (u, suspect) in caught {
             let Some(rejection) = receipts

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use fleetmesh_consensus::job::Outcome;
 use fleetmesh_consensus::submitter::{
-    Action, JobResult, MAX_BIDS_PER_JOB, Randomness, Replication, SubmitError, Submitter, SubmitterConfig,
-    rebuild_reputation,
+    Action, CreditCap, JobResult, MAX_BIDS_PER_JOB, Randomness, Replication, SubmitError, Submitter,
+    SubmitterConfig, rebuild_reputation,
 };
 use fleetmesh_consensus::trust::TrustConfig;
 use fleetmesh_protocol::messages::{
@@ -336,6 +336,22 @@ fn agreeing_workers_earn_the_least_claim_and_an_outvoted_one_nothing() {
     );
     // The out-voted worker lost its standing.
     assert_eq!(s.reputation().record(&key(2).node_id()).invalid, 1);
+}
+
+#[test]
+fn a_credit_cap_pays_agreeing_workers_for_what_the_output_took_whatever_they_claimed() {
+    let mut s = submitter(TrustConfig::default());
+    // Priced per output byte at 3 a byte: "right" earns 15, though every worker claims more.
+    s.cap_credit(CreditCap(std::sync::Arc::new(|_offer, output| {
+        3 * output.len() as u64
+    })));
+    let outputs: BTreeMap<u8, Vec<u8>> = (1u8..=3).map(|w| (w, b"right".to_vec())).collect();
+    let (result, receipts) = run_job(&mut s, 9, 2, Replication::Fixed, &[1, 2, 3], &outputs, 0);
+    assert!(matches!(result.outcome, Outcome::Accepted { .. }), "{result:?}");
+    assert!(receipts.iter().all(|r| r.claim.body.claimed_credit > 15));
+    for r in &receipts {
+        assert_eq!((r.verdict, r.credit), (Verdict::Accepted, 15));
+    }
 }
 
 #[test]

@@ -23,7 +23,8 @@ pub enum WorkerBehaviour {
     /// Accepts assignments and never answers.
     Silent,
     /// Reports a generation (of a text model) with its first token changed to a neighbouring token id
-    /// (the lowest bit flipped): a lie of one token. Other outputs get their first byte flipped.
+    /// (the lowest bit flipped): a lie of one token. An output of 7 bytes or more has that bit (of its
+    /// byte 3) flipped whatever the model; a shorter one gets its first byte flipped.
     WrongToken,
     /// Runs jobs honestly and also hands its submitter a receipt for each, with a forged countersignature,
     /// claiming a second job that never happened (refused: not signed by the peer that sent it).

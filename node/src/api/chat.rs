@@ -58,9 +58,9 @@ const MAX_CHAT_MESSAGE: usize = 32 * 1024;
 
 /// `POST /v1/chat/completions`: the OpenAI-compatible chat API. The conversation runs as one verified
 /// fleet job (adaptive replication); the answer is the accepted output, and the `fleetmesh` field carries
-/// the job id, verdict, agreeing workers and receipt ids. With `stream: true` the verified text comes as
-/// server-sent `chat.completion.chunk` events after the verdict (not token by token while the worker
-/// generates).
+/// the job id, verdict, agreeing workers and receipt ids. With `stream: true` the text comes as server-sent
+/// `chat.completion.chunk` events while the job's first streaming worker generates it, then the verified
+/// rest; see [`chat_stream`] for what ends the stream.
 pub(super) async fn chat_completions(
     State(s): State<ApiState>,
     headers: axum::http::HeaderMap,
@@ -134,7 +134,14 @@ pub(super) async fn chat_completions(
     if let Err(e) = s.jobs.wait(job).await {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e);
     }
-    let Some(view) = s.jobs.view(&job) else {
+    let view = {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || s.jobs.view(&job))
+            .await
+            .ok()
+            .flatten()
+    };
+    let Some(view) = view else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "job vanished");
     };
     let (Some(generation), Some(text)) = (generation_of(&view), view.text.clone()) else {
@@ -199,8 +206,9 @@ pub(super) enum Streamed {
     Start,
     /// More text: from the first streaming worker while it runs, then the verified rest.
     Text(String),
-    /// The job's end: its view (none if it vanished), and whether the verified text continues the text
-    /// streamed before the verdict (it does not when the streaming worker was out-voted).
+    /// The job's end: its view (none if it vanished), and whether the job was accepted with a text that
+    /// continues the text streamed before the verdict (it does not when the job failed, or when the
+    /// streaming worker was out-voted).
     Done {
         /// The job's view at the verdict.
         view: Option<Box<JobView>>,
@@ -253,9 +261,19 @@ pub(super) fn follow(s: ApiState, model: Arc<dyn Model>, job: JobId) -> mpsc::Re
         }
         drop(partials);
         s.jobs.unfollow_partials(&job);
-        let view = s.jobs.view(&job);
+        let view = {
+            // A job's view may read the store: off the async threads.
+            let s = s.clone();
+            tokio::task::spawn_blocking(move || s.jobs.view(&job))
+                .await
+                .ok()
+                .flatten()
+        };
+        let accepted = view
+            .as_ref()
+            .is_some_and(|v| matches!(v.state, "accepted" | "revised"));
         let verified = view.as_ref().and_then(|v| v.text.clone()).unwrap_or_default();
-        let continues = verified.starts_with(sent.as_str());
+        let continues = accepted && verified.starts_with(sent.as_str());
         if continues && verified.len() > sent.len() {
             let _ = tx.send(Streamed::Text(verified[sent.len()..].to_string())).await;
         }
@@ -281,7 +299,9 @@ pub(super) fn sse(
 
 /// The streamed chat answer: `chat.completion.chunk` events (the role, then text as it comes), a last
 /// chunk with the finish reason and the `fleetmesh` field (its `streamed_text_verified` says whether the
-/// verified text continues what was streamed), then `[DONE]`.
+/// verified text continues what was streamed), then `[DONE]`. When the job failed, or the streamed text is
+/// not the verified one, an `error` event (as OpenAI sends one; its clients raise it) replaces the last
+/// chunk: the client must not keep what it was shown.
 fn chat_stream(rx: mpsc::Receiver<Streamed>, id: String, created: u64, model: String) -> Response {
     sse(rx, move |m| {
         let chunk = |delta: serde_json::Value, finish: Option<&str>, fleet: Option<serde_json::Value>| {
@@ -310,10 +330,28 @@ fn chat_stream(rx: mpsc::Receiver<Streamed>, id: String, created: u64, model: St
                     None => ("stop", serde_json::json!({"state": "unknown"})),
                 };
                 fleet["streamed_text_verified"] = continues.into();
-                vec![
-                    chunk(serde_json::json!({}), Some(finish), Some(fleet)),
-                    Event::default().data("[DONE]"),
-                ]
+                let last = if continues {
+                    chunk(serde_json::json!({}), Some(finish), Some(fleet))
+                } else {
+                    let message = match &view {
+                        Some(v) if v.state == "accepted" || v.state == "revised" => format!(
+                            "the streamed text was not verified (its worker was out-voted); the verified \
+                             answer is: {}",
+                            v.text.as_deref().unwrap_or("")
+                        ),
+                        Some(v) => format!(
+                            "the fleet gave no verified answer: {}",
+                            v.reason.as_deref().unwrap_or(v.state)
+                        ),
+                        None => "the job vanished".to_string(),
+                    };
+                    let error = serde_json::json!({
+                        "error": {"message": message, "type": "fleetmesh_unverified", "code": null},
+                        "fleetmesh": fleet,
+                    });
+                    Event::default().data(error.to_string())
+                };
+                vec![last, Event::default().data("[DONE]")]
             }
         }
     })

@@ -4,9 +4,10 @@
 //! `tokenizers` crate from the vocabulary and merges inside the GGUF file; ChatML prompts.
 //!
 //! A job's input is a [`GenerationJob`] (prompt token ids, most new tokens, stop rule, sampling), its
-//! output a [`Generation`] (token ids and why it stopped), both in the fixed little-endian layouts below.
-//! Redundant outputs are compared exactly within a numeric class; [`SmolLm2::check`] is the cheaper,
-//! cross-class check: one teacher-forced pass over prompt and output.
+//! output a [`Generation`] (token ids and why it stopped), in the layouts of [`super::generation`].
+//! Redundant outputs are compared exactly within a numeric class; [`SmolLm2::check`] is a cheaper check
+//! that also holds across classes (one teacher-forced pass over prompt and output), tested here but not yet
+//! used by the quorum.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -159,9 +160,11 @@ impl SmolLm2 {
         Self::new(&bytes, WeightsSource::File(path)).map(Some)
     }
 
-    /// Builds the model from a GGUF file's bytes (any llama GGUF with SmolLM2's tokenizer family), loading
-    /// the weights now.
+    /// Builds the model from the bytes of its GGUF file (fetched from peers), loading the weights now. Only
+    /// the file [`WEIGHTS_BLAKE3`] pins is accepted: a peer cannot make a worker parse, load and register
+    /// another file under this model's name.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, InferenceError> {
+        check_weights(NAME, bytes, WEIGHTS_BLAKE3)?;
         let model = Self::new(bytes, WeightsSource::Memory(Arc::from(bytes)))?;
         model.llama()?;
         Ok(model)
@@ -303,6 +306,9 @@ impl SmolLm2 {
 
     /// Checks that a job fits this model's context.
     fn check_job(&self, job: &GenerationJob) -> Result<(), InferenceError> {
+        if job.prompt.is_empty() {
+            return Err(malformed(JOB_HEADER - 2, "empty prompt"));
+        }
         let fits = job.prompt.len() + usize::from(job.max_new) <= self.config.context;
         if job.prompt.len() > MAX_PROMPT || !fits {
             return Err(malformed(

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fleetmesh_consensus::payment::Payers;
-use fleetmesh_consensus::submitter::{Randomness, Submitter, SubmitterConfig};
+use fleetmesh_consensus::submitter::{CreditCap, Randomness, Submitter, SubmitterConfig};
 use fleetmesh_consensus::trust::TrustConfig;
 use fleetmesh_protocol::codec;
 use fleetmesh_protocol::messages::{Budget, JobOffer, Receipt, Reply, Revocation};
@@ -539,7 +539,18 @@ impl Jobs {
         metrics: Metrics,
     ) -> Self {
         let me = key.node_id();
-        let submitter = SubmitterSide::new(Submitter::new(me, cfg.submitter_config()));
+        let mut core = Submitter::new(me, cfg.submitter_config());
+        // Work priced per unit (per generated token): each accepted worker is paid for the units the
+        // accepted output took, however much the workers claimed.
+        let (models, prices) = (executor.clone(), cfg.clone());
+        core.cap_credit(CreditCap(Arc::new(move |offer, output| {
+            let model = models.registry().get(&offer.model);
+            let name = model.as_ref().map(|m| m.manifest().name.clone());
+            prices
+                .price_of(name.as_deref())
+                .saturating_mul(model.map_or(1, |m| m.output_units(output)))
+        })));
+        let submitter = SubmitterSide::new(core);
         let receipts = ReceiptWriter::start(store.clone());
         Self {
             inner: Arc::new(Inner {

@@ -25,7 +25,7 @@ pub type Latest = Option<(NodeId, Vec<u8>)>;
 
 /// The followed jobs of this submitter.
 #[derive(Default)]
-pub(super) struct Streams(Mutex<HashMap<JobId, watch::Sender<Latest>>>);
+pub(super) struct Streams(Mutex<HashMap<JobId, Arc<watch::Sender<Latest>>>>);
 
 impl Jobs {
     /// Follows the partial outputs of a job this node submitted: the receiver sees the latest output so far
@@ -39,7 +39,7 @@ impl Jobs {
             return None;
         }
         let (tx, rx) = watch::channel(None);
-        map.insert(job, tx);
+        map.insert(job, Arc::new(tx));
         Some(rx)
     }
 
@@ -53,20 +53,25 @@ impl Jobs {
 
     /// A partial output, signed by the peer that sent it: kept when someone follows the job and its worker
     /// is assigned to it; the first worker to stream stays the job's voice, and only a longer output of it
-    /// replaces what is kept.
+    /// replaces what is kept. Workers name the offer in force; followers the job's first offer.
     pub(super) fn on_partial(&self, p: Partial) -> Vec<u8> {
-        if !lock(&self.inner.streams.0).contains_key(&p.job) {
+        // One lock at a time: the submitter's, then the followed jobs', then the job's channel.
+        let (original, assigned) = {
+            let side = self.submitter();
+            let original = side.by_offer.get(&p.job).copied().unwrap_or(p.job);
+            let assigned = side
+                .core
+                .job(&p.job)
+                .is_some_and(|j| j.slots().any(|(w, _)| *w == p.worker));
+            (original, assigned)
+        };
+        let Some(tx) = lock(&self.inner.streams.0).get(&original).cloned() else {
             return reply(Reply::accepted());
-        }
-        let assigned = self
-            .submitter()
-            .core
-            .job(&p.job)
-            .is_some_and(|j| j.slots().any(|(w, _)| *w == p.worker));
+        };
         if !assigned {
             return refuse("not assigned to this job");
         }
-        if let Some(tx) = lock(&self.inner.streams.0).get(&p.job) {
+        {
             tx.send_if_modified(|latest| match latest {
                 None => {
                     *latest = Some((p.worker, p.output));

@@ -198,7 +198,8 @@ impl Jobs {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce)?;
         // The price is per unit of work (per job, or per generated token): the reward covers the most the
-        // job may take; each agreeing worker is paid for what it took (`receipts_for` takes the least claim).
+        // job may take; each agreeing worker is paid for the units the accepted output took (the least
+        // claim, capped by the core's `CreditCap` set in `Jobs::new`).
         let units = match (&input, self.registry().get(&model)) {
             (JobInput::Inline(bytes), Some(m)) => m.max_units(bytes).max(1),
             _ => 1,
