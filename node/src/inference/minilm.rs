@@ -1,6 +1,7 @@
 //! `minilm`: all-MiniLM-L6-v2 sentence embeddings — a 6-layer BERT encoder in burn, weights from the
 //! model's safetensors, the `tokenizers` crate for WordPiece, attention-masked mean pooling and L2
-//! normalisation (fetched by `scripts/fetch-assets.sh minilm`, pinned by hash).
+//! normalisation (fetched by `scripts/fetch-assets.sh minilm`, pinned by hash). Its three files (weights,
+//! tokenizer, config) travel to peers as one [`super::bundle`] under one manifest.
 //!
 //! Input: UTF-8 text (at most [`MAX_TEXT`] bytes; tokens past 128 are truncated as the model was trained).
 //! Output: 384 f32 (little-endian), unit length.
@@ -32,6 +33,16 @@ const VOCAB: usize = 30_522;
 pub const WEIGHTS_BLAKE3: &str = "8087e9bf97c265f8435ed268733ecf3791825ad24850fd5d84d89e32ee3a589a";
 /// blake3 of `tokenizer.json`.
 pub const TOKENIZER_BLAKE3: &str = "82483bb4f0bdb81779f295ecc5a93285d2156834e994a2169f9800e4c8f250c1";
+/// blake3 of `config.json`.
+pub const CONFIG_BLAKE3: &str = "02ba870d29dc00b373fe71bd273baca30586d6577def4130456e756c7b286890";
+/// The architecture its manifest names: the three files travel as one [`super::bundle`].
+pub const ARCHITECTURE: &str = "bert-minilm-l6-v2-bundle";
+/// The model's files, in bundle order, with the blake3 each must have.
+const FILES: [(&str, &str); 3] = [
+    ("model.safetensors", WEIGHTS_BLAKE3),
+    ("tokenizer.json", TOKENIZER_BLAKE3),
+    ("config.json", CONFIG_BLAKE3),
+];
 
 #[derive(Module, Debug)]
 struct Embeddings {
@@ -212,6 +223,8 @@ pub struct MiniLm {
     device: Device,
     manifest: ModelManifest,
     id: ModelId,
+    /// The bundle of its three files, served to peers.
+    bundle: std::sync::Arc<[u8]>,
 }
 
 impl MiniLm {
@@ -224,25 +237,53 @@ impl MiniLm {
         Self::from_dir(&dir).map(Some)
     }
 
-    /// Loads the model from a folder with `model.safetensors` and `tokenizer.json`, both hash-pinned.
+    /// Loads the model from a folder with `model.safetensors`, `tokenizer.json` and `config.json`, each
+    /// hash-pinned.
     pub fn from_dir(dir: &Path) -> Result<Self, InferenceError> {
+        let files = FILES
+            .iter()
+            .map(|(name, _)| {
+                std::fs::read(dir.join(name)).map_err(|e| InferenceError::Weights {
+                    model: NAME.into(),
+                    reason: format!("{name}: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let named: Vec<(&str, &[u8])> = FILES
+            .iter()
+            .map(|(n, _)| *n)
+            .zip(files.iter().map(Vec::as_slice))
+            .collect();
+        Self::from_bundle(&super::bundle::pack(&named))
+    }
+
+    /// Builds the model from the bundle of its three files (fetched from peers): each file must be the
+    /// pinned one.
+    pub fn from_bundle(bundle: &[u8]) -> Result<Self, InferenceError> {
         let bad = |reason: String| InferenceError::Weights {
             model: NAME.into(),
             reason,
         };
-        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| bad(format!("{name}: {e}")));
-        let weights = read("model.safetensors")?;
-        check_weights(NAME, &weights, WEIGHTS_BLAKE3)?;
-        let tokenizer_json = read("tokenizer.json")?;
-        check_weights(NAME, &tokenizer_json, TOKENIZER_BLAKE3)?;
+        let files = super::bundle::unpack(bundle).map_err(|e| bad(e.to_string()))?;
+        if files.len() != FILES.len() {
+            return Err(bad(format!("{} files in the bundle, expected 3", files.len())));
+        }
+        for (name, blake3) in FILES {
+            let bytes = super::bundle::file(&files, name).ok_or_else(|| bad(format!("{name} missing")))?;
+            check_weights(NAME, bytes, blake3)?;
+        }
+        let weights = super::bundle::file(&files, FILES[0].0)
+            .unwrap_or_default()
+            .to_vec();
+        let tokenizer_json = super::bundle::file(&files, FILES[1].0).unwrap_or_default();
         let mut tokenizer =
-            tokenizers::Tokenizer::from_bytes(&tokenizer_json).map_err(|e| bad(e.to_string()))?;
+            tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(|e| bad(e.to_string()))?;
         // The file pads every input to 128 tokens; pooling uses the mask, so padding is only waste.
         tokenizer.with_padding(None);
 
         let device = super::Backend::from_env().device();
         let mut net = Bert::new(&device);
-        let mut store = SafetensorsStore::from_bytes(Some(weights.clone()))
+        let mut store = SafetensorsStore::from_bytes(Some(weights))
             .with_from_adapter(PyTorchToBurnAdapter)
             .with_key_remapping(r"LayerNorm", "layer_norm")
             .with_key_remapping(r"\.attention\.self\.", ".attention.self_attn.")
@@ -257,8 +298,8 @@ impl MiniLm {
         let manifest = manifest_for(
             NAME,
             1,
-            "bert-minilm-l6-v2",
-            &weights,
+            ARCHITECTURE,
+            bundle,
             super::CHUNK_SIZE,
             TensorSpec {
                 dtype: DType::Utf8,
@@ -278,6 +319,7 @@ impl MiniLm {
             device,
             manifest,
             id,
+            bundle: std::sync::Arc::from(bundle),
         })
     }
 
@@ -301,6 +343,10 @@ impl Model for MiniLm {
 
     fn id(&self) -> ModelId {
         self.id
+    }
+
+    fn weights_source(&self) -> Option<super::WeightsSource> {
+        Some(super::WeightsSource::Memory(self.bundle.clone()))
     }
 
     fn check_input(&self, input: &[u8]) -> Result<(), InferenceError> {

@@ -5,6 +5,7 @@
 //! any tensor is built), so the same bytes travel in job offers and come back in result reveals.
 
 pub mod bert;
+pub mod bundle;
 pub mod cnn;
 pub mod digits;
 pub mod executor;
@@ -189,7 +190,12 @@ pub enum WeightsSource {
 }
 
 /// Architectures a node can build from weights fetched from peers.
-pub const FETCHABLE_ARCHITECTURES: [&str; 3] = ["digits-cnn-v1", "mnist-cnn-v1", "llama-gguf-v1"];
+pub const FETCHABLE_ARCHITECTURES: [&str; 4] = [
+    "digits-cnn-v1",
+    "mnist-cnn-v1",
+    "llama-gguf-v1",
+    minilm::ARCHITECTURE,
+];
 
 /// Builds the model a manifest describes from its weights (already checked against the manifest's hash),
 /// and checks that the result is exactly the model the manifest names.
@@ -201,6 +207,7 @@ pub fn build(manifest: &ModelManifest, weights: &[u8]) -> Result<Arc<dyn Model>,
         )?),
         "mnist-cnn-v1" => Arc::new(mnist::MnistCnn::from_bytes(weights)?),
         "llama-gguf-v1" => Arc::new(smollm2::SmolLm2::from_bytes(weights)?),
+        minilm::ARCHITECTURE => Arc::new(minilm::MiniLm::from_bundle(weights)?),
         other => {
             return Err(InferenceError::Weights {
                 model: manifest.name.clone(),
