@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetmesh_node::inference::minilm::{ARCHITECTURE, MiniLm};
+use fleetmesh_node::inference::bundle;
+use fleetmesh_node::inference::minilm::{ARCHITECTURE, FILES, MiniLm};
 use fleetmesh_node::inference::{Model, Registry};
 use fleetmesh_node::jobs::JobsConfig;
 
@@ -28,6 +29,12 @@ async fn a_node_fetches_minilms_three_files_from_two_peers_and_embeds_the_same_b
         return;
     };
     assert_eq!(model.manifest().architecture, ARCHITECTURE);
+    // The same three files in another order would be another bundle, another id: refused.
+    let read = |name: &str| std::fs::read(assets.join("minilm").join(name)).unwrap();
+    let (w, t, c) = (read(FILES[0].0), read(FILES[1].0), read(FILES[2].0));
+    let reordered = bundle::pack(&[(FILES[1].0, &t), (FILES[0].0, &w), (FILES[2].0, &c)]);
+    assert!(MiniLm::from_bundle(&reordered).is_err());
+    assert!(MiniLm::from_bundle(&bundle::pack(&[(FILES[0].0, &w), (FILES[1].0, &t)])).is_err());
     let model = Arc::new(model);
     let id = model.id();
     let with = Registry::default();

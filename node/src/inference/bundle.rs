@@ -3,8 +3,9 @@
 //! arrives), and the bundle's header lists each file's name, length and blake3 (each file hash-checked when
 //! it is unpacked).
 //!
-//! Layout: magic `FMBUNDL1`, file count (u16 little-endian), per file its name length (u8), name (printable
-//! ASCII), length (u64) and blake3 (32 bytes); then the files' bytes in the same order, nothing after.
+//! Layout: magic `FMBUNDL1`, file count (u16 little-endian), per file its name length (u8), name (graphic
+//! ASCII: no spaces or control characters), length (u64) and blake3 (32 bytes); then the files' bytes in
+//! the same order, nothing after.
 
 /// The bundle's first bytes.
 pub const MAGIC: &[u8; 8] = b"FMBUNDL1";
@@ -34,8 +35,8 @@ pub enum BundleError {
     Trailing(usize),
 }
 
-/// The bundle of `files` (name, bytes), in that order. Names must be 1-255 bytes of printable ASCII, at
-/// most [`MAX_FILES`] files (the caller's constants; [`unpack`] checks what arrives).
+/// The bundle of `files` (name, bytes), in that order. Names must be 1-255 bytes of graphic ASCII, at most
+/// [`MAX_FILES`] files (the caller's constants; [`unpack`] checks what arrives).
 pub fn pack(files: &[(&str, &[u8])]) -> Vec<u8> {
     let total: usize = files.iter().map(|(n, b)| 41 + n.len() + b.len()).sum();
     let mut out = Vec::with_capacity(MAGIC.len() + 2 + total);

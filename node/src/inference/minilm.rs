@@ -37,8 +37,10 @@ pub const TOKENIZER_BLAKE3: &str = "82483bb4f0bdb81779f295ecc5a93285d2156834e994
 pub const CONFIG_BLAKE3: &str = "02ba870d29dc00b373fe71bd273baca30586d6577def4130456e756c7b286890";
 /// The architecture its manifest names: the three files travel as one [`super::bundle`].
 pub const ARCHITECTURE: &str = "bert-minilm-l6-v2-bundle";
+/// The bundle of the model's files that peers are served, written beside them in the assets folder.
+pub const BUNDLE_FILE: &str = "minilm.bundle";
 /// The model's files, in bundle order, with the blake3 each must have.
-const FILES: [(&str, &str); 3] = [
+pub const FILES: [(&str, &str); 3] = [
     ("model.safetensors", WEIGHTS_BLAKE3),
     ("tokenizer.json", TOKENIZER_BLAKE3),
     ("config.json", CONFIG_BLAKE3),
@@ -223,8 +225,9 @@ pub struct MiniLm {
     device: Device,
     manifest: ModelManifest,
     id: ModelId,
-    /// The bundle of its three files, served to peers.
-    bundle: std::sync::Arc<[u8]>,
+    /// Where peers are served the bundle of its three files from: a file written next to the assets (in
+    /// memory if that folder is read-only); none for a copy fetched from peers (served from the store).
+    source: Option<super::WeightsSource>,
 }
 
 impl MiniLm {
@@ -254,19 +257,45 @@ impl MiniLm {
             .map(|(n, _)| *n)
             .zip(files.iter().map(Vec::as_slice))
             .collect();
-        Self::from_bundle(&super::bundle::pack(&named))
+        let bundle = super::bundle::pack(&named);
+        drop(named);
+        drop(files);
+        let mut model = Self::from_bundle(&bundle)?;
+        // The bundle is what peers are served: kept on disk beside the files rather than in memory.
+        let path = dir.join(BUNDLE_FILE);
+        let on_disk = std::fs::read(&path).is_ok_and(|b| b == bundle) || {
+            // A name of its own: nodes of one process (or several) may write it at the same time.
+            static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = dir.join(format!("{BUNDLE_FILE}.{}-{n}.tmp", std::process::id()));
+            let written = std::fs::write(&tmp, &bundle).and_then(|()| std::fs::rename(&tmp, &path));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written.is_ok()
+        };
+        model.source = Some(if on_disk {
+            super::WeightsSource::File(path)
+        } else {
+            super::WeightsSource::Memory(std::sync::Arc::from(bundle))
+        });
+        Ok(model)
     }
 
     /// Builds the model from the bundle of its three files (fetched from peers): each file must be the
-    /// pinned one.
+    /// pinned one, in [`FILES`] order (so one bundle, one model id, is all that builds).
     pub fn from_bundle(bundle: &[u8]) -> Result<Self, InferenceError> {
         let bad = |reason: String| InferenceError::Weights {
             model: NAME.into(),
             reason,
         };
         let files = super::bundle::unpack(bundle).map_err(|e| bad(e.to_string()))?;
-        if files.len() != FILES.len() {
-            return Err(bad(format!("{} files in the bundle, expected 3", files.len())));
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        if names != FILES.map(|(n, _)| n) {
+            return Err(bad(format!(
+                "the bundle holds {names:?}, expected {:?}",
+                FILES.map(|(n, _)| n)
+            )));
         }
         for (name, blake3) in FILES {
             let bytes = super::bundle::file(&files, name).ok_or_else(|| bad(format!("{name} missing")))?;
@@ -319,7 +348,7 @@ impl MiniLm {
             device,
             manifest,
             id,
-            bundle: std::sync::Arc::from(bundle),
+            source: None,
         })
     }
 
@@ -346,7 +375,7 @@ impl Model for MiniLm {
     }
 
     fn weights_source(&self) -> Option<super::WeightsSource> {
-        Some(super::WeightsSource::Memory(self.bundle.clone()))
+        self.source.clone()
     }
 
     fn check_input(&self, input: &[u8]) -> Result<(), InferenceError> {

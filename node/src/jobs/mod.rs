@@ -540,8 +540,8 @@ impl Jobs {
     ) -> Self {
         let me = key.node_id();
         let mut core = Submitter::new(me, cfg.submitter_config());
-        // Work priced per unit (per generated token): each accepted worker is paid for the units the
-        // accepted output took, however much the workers claimed.
+        // Work priced per unit (per generated token): each accepted worker is paid at most for the units
+        // the accepted output took, however much the workers claimed.
         let (models, prices) = (executor.clone(), cfg.clone());
         core.cap_credit(CreditCap(Arc::new(move |offer, output| {
             let model = models.registry().get(&offer.model);
