@@ -643,6 +643,7 @@ impl EventLoop {
                 warn!(?listener_id, %error, "listener error");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::Dialing { peer_id, .. } => debug!(peer = ?peer_id, "dialing"),
             _ => {}
         }
     }

@@ -614,7 +614,9 @@ pub fn start(
         connected.clone(),
         policy,
     );
-    let task = tokio::spawn(event_loop.run(cancel));
+    // Each node's network logs carry its peer id (an in-process fleet runs a thousand event loops).
+    let span = tracing::debug_span!("net", node = %peer_id);
+    let task = tokio::spawn(tracing::Instrument::instrument(event_loop.run(cancel), span));
     let client = NetClient {
         tx: cmd_tx,
         peer_id,
