@@ -16,7 +16,9 @@ use fleetmesh_protocol::JobId;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{ApiState, DEFAULT_MAX_TOKENS, error, unauthorized};
+use super::{
+    ApiState, DEFAULT_MAX_TOKENS, error, prompt_input, submit_failed, unauthorized, view_off_thread,
+};
 use crate::inference::Model;
 use crate::inference::smollm2::{Generation, StopReason};
 use crate::jobs::JobView;
@@ -102,29 +104,25 @@ pub(super) async fn chat_completions(
         .iter()
         .map(|m| (m.role.as_str(), m.content.as_str()))
         .collect();
-    let temperature = req.temperature.unwrap_or(0.0);
+    // (A greedy job, temperature 0, has no top-k: `job_for` leaves it out.)
     let prompt = crate::inference::Prompt {
         text: crate::inference::smollm2::chat_prompt(&turns),
         raw: true,
         max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        temperature,
-        top_k: if temperature == 0.0 { 0 } else { 40 },
+        temperature: req.temperature.unwrap_or(0.0),
+        top_k: 40,
         seed: req.seed.unwrap_or(0),
     };
-    let input = match model.prompt_input(&prompt) {
-        Some(Ok(input)) => input,
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
-        None => return error(StatusCode::BAD_REQUEST, "the model takes no prompt"),
+    let input = match prompt_input(model.as_ref(), &prompt) {
+        Ok(input) => input,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let prompt_tokens = crate::inference::smollm2::GenerationJob::decode(&input, usize::MAX)
         .map(|j| j.prompt.len())
         .unwrap_or(0);
     let job = match s.jobs.submit_auto(model.id(), input).await {
         Ok(job) => job,
-        Err(e @ (crate::jobs::JobsError::BadKey | crate::jobs::JobsError::Offer(_))) => {
-            return error(StatusCode::BAD_REQUEST, e);
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        Err(e) => return submit_failed(e),
     };
     let id = format!("chatcmpl-{job}");
     let created = crate::clock::now_ms() / 1000;
@@ -134,14 +132,7 @@ pub(super) async fn chat_completions(
     if let Err(e) = s.jobs.wait(job).await {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e);
     }
-    let view = {
-        let s = s.clone();
-        tokio::task::spawn_blocking(move || s.jobs.view(&job))
-            .await
-            .ok()
-            .flatten()
-    };
-    let Some(view) = view else {
+    let Some(view) = view_off_thread(&s, job).await else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "job vanished");
     };
     let (Some(generation), Some(text)) = (generation_of(&view), view.text.clone()) else {
@@ -261,14 +252,7 @@ pub(super) fn follow(s: ApiState, model: Arc<dyn Model>, job: JobId) -> mpsc::Re
         }
         drop(partials);
         s.jobs.unfollow_partials(&job);
-        let view = {
-            // A job's view may read the store: off the async threads.
-            let s = s.clone();
-            tokio::task::spawn_blocking(move || s.jobs.view(&job))
-                .await
-                .ok()
-                .flatten()
-        };
+        let view = view_off_thread(&s, job).await;
         let accepted = view
             .as_ref()
             .is_some_and(|v| matches!(v.state, "accepted" | "revised"));

@@ -210,6 +210,37 @@ fn metrics_text(s: &ApiState) -> Response {
     }
 }
 
+/// The input of a job asking `model` for a generation, or why it is refused (a client's mistake).
+fn prompt_input(
+    model: &dyn crate::inference::Model,
+    prompt: &crate::inference::Prompt,
+) -> Result<Vec<u8>, String> {
+    match model.prompt_input(prompt) {
+        Some(result) => result.map_err(|e| e.to_string()),
+        None => Err(format!("model '{}' takes no prompt", model.manifest().name)),
+    }
+}
+
+/// The answer to a submission the node could not make. What asking again cannot change is the client's
+/// mistake; the rest may pass (a budget set aside by jobs in flight comes back, the mesh gets peers).
+fn submit_failed(e: crate::jobs::JobsError) -> Response {
+    match e {
+        crate::jobs::JobsError::BadKey | crate::jobs::JobsError::Offer(_) => {
+            error(StatusCode::BAD_REQUEST, e)
+        }
+        e => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    }
+}
+
+/// A job's view, read off the async threads (it may read the store).
+async fn view_off_thread(s: &ApiState, job: fleetmesh_protocol::JobId) -> Option<crate::jobs::JobView> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || s.jobs.view(&job))
+        .await
+        .ok()
+        .flatten()
+}
+
 /// New tokens of a generation job that does not say.
 pub const DEFAULT_MAX_TOKENS: u16 = 128;
 
@@ -289,15 +320,9 @@ async fn submit(
                 top_k: req.top_k.unwrap_or(40),
                 seed: req.seed.unwrap_or(0),
             };
-            match model.prompt_input(&prompt) {
-                Some(Ok(input)) => input,
-                Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
-                None => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("model '{}' takes no prompt", req.model),
-                    );
-                }
+            match prompt_input(model.as_ref(), &prompt) {
+                Ok(input) => input,
+                Err(why) => return error(StatusCode::BAD_REQUEST, why),
             }
         }
         _ => {
@@ -331,12 +356,7 @@ async fn submit(
     };
     let (job, again) = match submitted {
         Ok(job) => job,
-        // What asking again cannot change is the client's mistake; the rest may pass (a budget set
-        // aside by jobs in flight comes back, the mesh gets peers).
-        Err(e @ (crate::jobs::JobsError::BadKey | crate::jobs::JobsError::Offer(_))) => {
-            return error(StatusCode::BAD_REQUEST, e);
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        Err(e) => return submit_failed(e),
     };
     if req.stream {
         return chat::job_stream(chat::follow(s, model, job));
