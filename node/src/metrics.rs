@@ -69,6 +69,14 @@ fn inference_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
+/// Labels naming a kind of Kademlia query (`bootstrap`, `closest`, `providers`, `provide`, `record`,
+/// `put_record`, `republish`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KadLabels {
+    /// The query's kind.
+    pub kind: String,
+}
+
 /// Every metric the node exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -124,6 +132,12 @@ pub struct Metrics {
     pub offer_shards: Gauge,
     /// Connections established (dialled or accepted), each a transport handshake.
     pub connections_opened: Counter,
+    /// Revealed outputs this node refuted with its own check of the model's output.
+    pub refuted: Counter,
+    /// Kademlia queries this node finished, by kind.
+    pub kad_queries: Family<KadLabels, Counter>,
+    /// Requests those queries sent to other peers, by kind.
+    pub kad_requests: Family<KadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -154,6 +168,9 @@ impl Default for Metrics {
             relay_reservations_served: Gauge::default(),
             relay_circuits_served: Gauge::default(),
             connections_opened: Counter::default(),
+            refuted: Counter::default(),
+            kad_queries: Family::default(),
+            kad_requests: Family::default(),
             offer_shards: Gauge::default(),
         }
     }
@@ -289,7 +306,44 @@ impl Metrics {
             "Connections established, dialled or accepted (each a transport handshake)",
             m.connections_opened.clone(),
         );
+        registry.register(
+            "fleetmesh_refuted_outputs",
+            "Revealed outputs this node refuted with its own check of the model's output",
+            m.refuted.clone(),
+        );
+        registry.register(
+            "fleetmesh_kad_queries",
+            "Kademlia queries this node finished, by kind",
+            m.kad_queries.clone(),
+        );
+        registry.register(
+            "fleetmesh_kad_requests",
+            "Requests sent to other peers by the Kademlia queries this node finished, by kind",
+            m.kad_requests.clone(),
+        );
         m
+    }
+
+    /// Counts a finished Kademlia query of `kind` that sent `requests` requests.
+    pub fn kad_query(&self, kind: &str, requests: u32) {
+        let labels = KadLabels {
+            kind: kind.to_string(),
+        };
+        self.kad_queries.get_or_create(&labels).inc();
+        self.kad_requests
+            .get_or_create(&labels)
+            .inc_by(u64::from(requests));
+    }
+
+    /// Kademlia queries of `kind` finished and the requests they sent.
+    pub fn kad_count(&self, kind: &str) -> (u64, u64) {
+        let labels = KadLabels {
+            kind: kind.to_string(),
+        };
+        (
+            self.kad_queries.get_or_create(&labels).get(),
+            self.kad_requests.get_or_create(&labels).get(),
+        )
     }
 
     /// The count of gossip messages on `topic` with `outcome`.

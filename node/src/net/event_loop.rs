@@ -97,11 +97,6 @@ pub(super) struct EventLoop {
     waiting_by_submitter: HashMap<(Topic, fleetmesh_protocol::NodeId), usize>,
 }
 
-/// Whether an address is a relay circuit (`.../p2p-circuit`).
-pub(super) fn is_circuit(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
-}
-
 /// How often the connection manager looks at the connections ([`EventLoop::trim_connections`]).
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// How often the routing table is counted (each count applies every bucket's pending entries: at every
@@ -112,14 +107,10 @@ const TRIM_GRACE: Duration = Duration::from_secs(30);
 /// Wait before listening again on a relay circuit whose listener closed.
 const RELISTEN_AFTER: Duration = Duration::from_secs(2);
 
-/// How often provider records are announced again (they also go out as soon as the node has peers).
+/// How often provider records are announced again (they also go out as soon as the node has peers), at
+/// the node's own point of the period ([`crate::clock::next_phase_point`], where it also estimates its
+/// offer shards: one round of connections to the servers serves both).
 const REPROVIDE: Duration = Duration::from_secs(300);
-
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter()
-        .last()
-        .and_then(|p| if let Protocol::P2p(id) = p { Some(id) } else { None })
-}
 
 impl EventLoop {
     pub(super) fn new(
@@ -138,7 +129,7 @@ impl EventLoop {
             .bootstrap
             .iter()
             .map(|addr| {
-                let peer = peer_of(addr);
+                let peer = super::peer_of(addr);
                 if let Some(peer) = peer {
                     swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                 }
@@ -283,7 +274,9 @@ impl EventLoop {
         }
 
         if connected > 0 && now >= self.next_provide && !self.provided.is_empty() {
-            self.next_provide = now + REPROVIDE;
+            let (wall, me) = (crate::clock::now_ms(), self.swarm.local_peer_id().to_bytes());
+            let wait = crate::clock::next_phase_point(wall, REPROVIDE.as_millis() as u64, &me) - wall;
+            self.next_provide = now + Duration::from_millis(wait);
             for key in self.provided.clone() {
                 if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
                     warn!(error = %e, "cannot announce provided content");
@@ -293,8 +286,9 @@ impl EventLoop {
 
         if now >= self.next_walk {
             self.next_walk = now + self.random_walk;
-            // One lookup of a random key (kad bootstraps on its own, see net::build).
-            if self.table > 0 {
+            // One lookup of a random key (kad bootstraps on its own, see net::build). Not on a node
+            // that is no server: no one looks it up, and its lookups find what they need.
+            if self.table > 0 && self.public {
                 self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random());
             }
         }
@@ -414,7 +408,7 @@ impl EventLoop {
             }
             Command::Dial { addr, reply } => {
                 let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
-                let opts = match peer_of(&addr) {
+                let opts = match super::peer_of(&addr) {
                     Some(peer) => DialOpts::peer_id(peer).addresses(vec![addr]).build(),
                     None => opts,
                 };
@@ -431,7 +425,7 @@ impl EventLoop {
             Command::ListenOn { addr, reply } => {
                 let result = match self.swarm.listen_on(addr.clone()) {
                     Ok(id) => {
-                        if is_circuit(&addr) {
+                        if super::is_circuit(&addr) {
                             self.circuits.insert(id, addr);
                         }
                         Ok(())
@@ -649,6 +643,14 @@ impl EventLoop {
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        if let BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+            result, stats, step, ..
+        }) = &event
+            && step.last
+        {
+            self.metrics
+                .kad_query(super::kad_kind(result), stats.num_requests());
+        }
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
                 if info.protocols.contains(&super::KAD_PROTOCOL) =>

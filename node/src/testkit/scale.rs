@@ -307,8 +307,28 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
             .map(|n| n.metrics.connections_opened.get())
             .sum()
     };
+    const KAD_KINDS: [&str; 6] = [
+        "bootstrap",
+        "closest",
+        "providers",
+        "provide",
+        "record",
+        "put_record",
+    ];
+    let kad = |range: std::ops::Range<usize>| -> Vec<(u64, u64)> {
+        KAD_KINDS
+            .iter()
+            .map(|kind| {
+                nodes[range.clone()]
+                    .iter()
+                    .map(|n| n.metrics.kad_count(kind))
+                    .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+            })
+            .collect()
+    };
     let idle_cpu = if args.idle_secs > 0 {
         let opened_before = (opened(servers..n), opened(0..servers));
+        let kad_before = kad(servers..n);
         let (mut whole, mut last, t) = (CpuMark::now(), CpuMark::now(), Instant::now());
         while t.elapsed() < Duration::from_secs(args.idle_secs) {
             tokio::time::sleep(Duration::from_secs(10).min(Duration::from_secs(args.idle_secs))).await;
@@ -320,9 +340,15 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         }
         let per_min = whole.per_min_since();
         eprintln!(
-            "connected peers after idling: {:.1} per client, {:.1} per server on average",
+            "connected peers after idling: {:.1} per client, {:.1} per server on average; routing tables {:.1} \
+             peers per client",
             peers_mean(servers..n),
-            peers_mean(0..servers)
+            peers_mean(0..servers),
+            nodes[servers..n]
+                .iter()
+                .map(|n| n.metrics.routing_table_peers.get() as f64)
+                .sum::<f64>()
+                / (n - servers).max(1) as f64
         );
         let secs = t.elapsed().as_secs_f64();
         eprintln!(
@@ -330,6 +356,14 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
             (opened(servers..n) - opened_before.0) as f64 / secs,
             (opened(0..servers) - opened_before.1) as f64 / secs
         );
+        let per_client_min = 60.0 / secs / (n - servers).max(1) as f64;
+        for ((kind, after), before) in KAD_KINDS.iter().zip(kad(servers..n)).zip(kad_before) {
+            eprintln!(
+                "  kad {kind}: {:.2} queries and {:.1} requests a minute per client",
+                (after.0 - before.0) as f64 * per_client_min,
+                (after.1 - before.1) as f64 * per_client_min
+            );
+        }
         eprintln!("idle for {} s: {per_min:.1} CPU-s a minute", args.idle_secs);
         Some((per_min * 10.0).round() / 10.0)
     } else {
