@@ -186,6 +186,11 @@ impl Job {
         }
     }
 
+    /// How many agreeing workers the job's verdict needs (1: it rests on one worker's word).
+    pub fn replicas(&self) -> usize {
+        self.cfg.replicas
+    }
+
     /// The job's id.
     pub fn id(&self) -> JobId {
         self.id
@@ -432,6 +437,24 @@ impl Job {
 
     /// A worker's reveal: accepted only in the reveal phase and only if it opens the worker's commit.
     pub fn on_reveal(&mut self, reveal: &ResultReveal, now_ms: u64) -> Result<Vec<Action>, JobError> {
+        self.reveal(reveal, true, now_ms)
+    }
+
+    /// A reveal whose output the submitter refuted with a check of its own (a generation scored by the
+    /// model): in the reveal phase it counts as invalid, whether or not it opens the commit, and the
+    /// worker is excluded from the job.
+    pub fn on_refuted_reveal(&mut self, reveal: &ResultReveal, now_ms: u64) -> Result<Vec<Action>, JobError> {
+        self.reveal(reveal, false, now_ms)
+    }
+
+    /// Raises the agreeing workers the job needs to at least `replicas` (a submitter that lost its
+    /// trusted worker then needs several untrusted ones) and draws the workers that takes.
+    pub fn raise_replicas(&mut self, replicas: usize, now_ms: u64) -> Vec<Action> {
+        self.cfg.replicas = self.cfg.replicas.max(replicas);
+        self.step(now_ms)
+    }
+
+    fn reveal(&mut self, reveal: &ResultReveal, valid: bool, now_ms: u64) -> Result<Vec<Action>, JobError> {
         if reveal.job != self.id {
             return Err(JobError::WrongJob);
         }
@@ -449,7 +472,7 @@ impl Job {
                     worker: reveal.worker,
                     commitment,
                 };
-                *slot = if reveal.opens(&commit) {
+                *slot = if valid && reveal.opens(&commit) {
                     SlotState::Revealed {
                         output: reveal.output.clone(),
                         compute_us: reveal.compute_us,

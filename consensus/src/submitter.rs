@@ -11,7 +11,7 @@
 //! held is bounded by the jobs in flight, plus the bounded [`Audit`] of results accepted on one worker's
 //! word, kept so that a worker caught lying later has them revoked and rechecked ([`crate::revision`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use fleetmesh_protocol::messages::{
     Bid, Budget, JobOffer, Receipt, ResultCommit, ResultReveal, Verdict, Withdraw, WithdrawReason, WorkClaim,
@@ -226,6 +226,8 @@ struct InFlight {
     reserved: u64,
     /// This job re-runs another whose worker was caught lying.
     recheck: Option<Recheck>,
+    /// Workers whose outputs this submitter refuted with its own check ([`Submitter::on_refuted_report`]).
+    refuted: BTreeSet<NodeId>,
 }
 
 /// The most credit an accepted output earns each agreeing worker, from the offer and the output: a node
@@ -391,12 +393,19 @@ impl Submitter {
     /// [`Submitter::offer`] for an offer whose credit [`Submitter::take_budget`] already set aside. (A
     /// recheck offered again stays a recheck.)
     pub fn offer_reserved(&mut self, original: JobId, offer: JobOffer, replication: Replication) {
-        let (reoffers, recheck) = match self.originals.insert(original, offer.id()) {
-            Some(old) => self.jobs.remove(&old).map_or((0, None), |j| {
+        // A job offered again keeps the claims of the workers this submitter refuted (each gets its
+        // Rejected receipt with the verdict, the evidence that catches it) and does not draw them again.
+        let (reoffers, recheck, refuted) = match self.originals.insert(original, offer.id()) {
+            Some(old) => self.jobs.remove(&old).map_or((0, None, BTreeMap::new()), |j| {
                 self.spending.release(&j.offer.budget.body, j.reserved);
-                (j.reoffers + 1, j.recheck)
+                let refuted = j
+                    .claims
+                    .into_iter()
+                    .filter(|(w, _)| j.refuted.contains(w))
+                    .collect();
+                (j.reoffers + 1, j.recheck, refuted)
             }),
-            None => (0, None),
+            None => (0, None, BTreeMap::new()),
         };
         let reserved = self.reservation(offer.reward, offer.replicas);
         let job = Job::new(&offer, self.job_config(usize::from(offer.replicas.max(1))));
@@ -411,7 +420,8 @@ impl Submitter {
                 bids_taken: 0,
                 reoffers,
                 reoffer_asked: false,
-                claims: BTreeMap::new(),
+                refuted: refuted.keys().copied().collect(),
+                claims: refuted,
                 reserved,
                 recheck,
             },
@@ -527,7 +537,7 @@ impl Submitter {
         // Replacements come from trusted workers (from anyone but those on probation while nobody
         // trusted bid), so a late bid cannot slip an untrusted key into a job whatever it asks.
         let standing = self.reputation.standing(&bid.worker, now_ms);
-        let suspect = f.recheck.is_some_and(|r| r.suspect == bid.worker);
+        let suspect = f.recheck.is_some_and(|r| r.suspect == bid.worker) || f.refuted.contains(&bid.worker);
         if suspect
             || standing == Standing::Probation
             || (!f.window.none_trusted && standing != Standing::Trusted)
@@ -573,6 +583,7 @@ impl Submitter {
         f.window.planned = true;
         f.window.planned_at_ms = now_ms;
         let mut bids = std::mem::take(&mut f.window.bids);
+        bids.retain(|b| !f.refuted.contains(&b.worker));
         bids.sort_by_key(cost);
         let mut actions = Vec::new();
         let reputation = &self.reputation;
@@ -642,6 +653,30 @@ impl Submitter {
         claim: Signed<WorkClaim>,
         now_ms: u64,
     ) -> Result<Vec<Action>, SubmitError> {
+        self.report(reveal, claim, true, now_ms)
+    }
+
+    /// [`Submitter::on_report`] for a report whose output this submitter refuted with a check of its own
+    /// (a generation the model scores otherwise, see the node's `Model::verify_output`): the reveal
+    /// counts as invalid (the worker loses trust and is replaced), the worker gets a `Rejected` receipt,
+    /// and it is caught as if out-voted: the results accepted on its word alone are revoked and
+    /// rechecked ([`Action::Recheck`]), with that receipt as evidence.
+    pub fn on_refuted_report(
+        &mut self,
+        reveal: &ResultReveal,
+        claim: Signed<WorkClaim>,
+        now_ms: u64,
+    ) -> Result<Vec<Action>, SubmitError> {
+        self.report(reveal, claim, false, now_ms)
+    }
+
+    fn report(
+        &mut self,
+        reveal: &ResultReveal,
+        claim: Signed<WorkClaim>,
+        valid: bool,
+        now_ms: u64,
+    ) -> Result<Vec<Action>, SubmitError> {
         let c = &claim.body;
         if c.job != reveal.job
             || c.worker != reveal.worker
@@ -655,10 +690,44 @@ impl Submitter {
             return Err(SubmitError::ClaimMismatch);
         }
         let previous = f.claims.insert(reveal.worker, claim);
-        let result = self.drive(reveal.job, now_ms, |j| j.on_reveal(reveal, now_ms));
+        if !valid && f.refuted.insert(reveal.worker) {
+            // At once, not with the verdict: the worker is not trusted for other jobs meanwhile.
+            self.reputation.invalid(reveal.worker, now_ms);
+        }
+        let mut result = self.drive(reveal.job, now_ms, |j| {
+            if valid {
+                j.on_reveal(reveal, now_ms)
+            } else {
+                j.on_refuted_reveal(reveal, now_ms)
+            }
+        });
+        // Refuted, the worker vouches for nothing: unless a trusted worker is left in the job, its
+        // verdict now needs as many agreeing untrusted workers as a job planned without one.
+        if !valid
+            && let Ok(actions) = &mut result
+            && let Some(f) = self.jobs.get_mut(&reveal.job)
+        {
+            let reputation = &self.reputation;
+            let vouched = f.job.slots().any(|(w, slot)| {
+                !matches!(
+                    slot,
+                    SlotState::Invalid | SlotState::TimedOut | SlotState::Withdrawn
+                ) && reputation.is_trusted(w, now_ms)
+            });
+            let too_small = f.window.enough < UNTRUSTED_QUORUM && self.cfg.small_fleet;
+            // (A user who asked for one replica gets another worker instead, still unverified.)
+            let asked_one = f.replication == Replication::Fixed && f.offer.replicas <= 1;
+            if !vouched && !too_small && !asked_one {
+                let more = f.job.raise_replicas(UNTRUSTED_QUORUM, now_ms);
+                actions.extend(self.act(reveal.job, now_ms, more));
+            }
+        }
         if result.is_err()
             && let Some(f) = self.jobs.get_mut(&reveal.job)
         {
+            if !valid {
+                f.refuted.remove(&reveal.worker);
+            }
             // A refused reveal leaves no claim behind (nor replaces an earlier one).
             match previous {
                 Some(p) => f.claims.insert(reveal.worker, p),
@@ -716,6 +785,18 @@ impl Submitter {
             }
         }
         actions
+    }
+
+    /// The offer of the job in flight under the offer id `job`.
+    pub fn offer_of(&self, job: &JobId) -> Option<&JobOffer> {
+        self.jobs.get(job).map(|f| &f.offer)
+    }
+
+    /// Whether the verdict of the job in flight under the offer id `job` may rest on one worker's word
+    /// (a trusted worker alone, or one replica asked for): where a submitter can check an output itself,
+    /// these are the outputs to check.
+    pub fn rests_on_one(&self, job: &JobId) -> bool {
+        self.jobs.get(job).is_some_and(|f| f.job.replicas() <= 1)
     }
 
     /// Whether `worker` still owes a reveal for `job`.
@@ -777,7 +858,8 @@ impl Submitter {
         let mut missed = Vec::new();
         for (w, slot) in f.job.slots() {
             match slot {
-                SlotState::Invalid => invalid.push(*w),
+                // (A refuted worker lost its trust when refuted.)
+                SlotState::Invalid if !f.refuted.contains(w) => invalid.push(*w),
                 SlotState::TimedOut => missed.push(*w),
                 _ => {}
             }
@@ -818,7 +900,7 @@ impl Submitter {
                     caught.push((u, *suspect));
                 }
             }
-            if let Some(r) = f.recheck
+            if let Some(r) = &f.recheck
                 && r.accepted != digest
             {
                 after.push(Action::Revise {
@@ -827,6 +909,12 @@ impl Submitter {
                     output: output.clone(),
                     agreeing: agreeing.clone(),
                 });
+            }
+        }
+        // A worker whose output this submitter refuted is caught whatever the outcome.
+        for suspect in &f.refuted {
+            for u in self.audit.caught(suspect, now_ms) {
+                caught.push((u, *suspect));
             }
         }
         let unverified = f.replication == Replication::Fixed && f.offer.replicas <= 1;

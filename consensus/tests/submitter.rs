@@ -180,19 +180,38 @@ fn run_job_bids(
     now: u64,
     rng: &mut dyn Randomness,
 ) -> (JobResult, Vec<Receipt>) {
+    let actions = run_job_refuting(s, nonce, replicas, replication, bids, outputs, now, rng, &[]);
+    decided(&actions).expect("a verdict")
+}
+
+/// [`run_job_bids`] where the submitter refutes the reports of the workers in `refuted` with a check of
+/// its own; returns the actions that came with the verdict.
+#[allow(clippy::too_many_arguments)]
+fn run_job_refuting(
+    s: &mut Submitter,
+    nonce: u64,
+    replicas: u8,
+    replication: Replication,
+    bids: &[(u8, u64)],
+    outputs: &BTreeMap<u8, Vec<u8>>,
+    now: u64,
+    rng: &mut dyn Randomness,
+    refuted: &[u8],
+) -> Vec<Action> {
     let o = offer(nonce, replicas, now);
-    let (id, deadline) = (o.id(), o.deadline_ms);
+    let (mut id, mut deadline) = (o.id(), o.deadline_ms);
     s.offer(id, o, replication);
     let mut actions = Vec::new();
     for (w, cost) in bids {
         actions.extend(s.on_bid(bid(id, *w, *cost), now, bids.len(), rng).unwrap());
     }
+    let mut reoffers = 0;
     let by_id: BTreeMap<NodeId, u8> = bids.iter().map(|(w, _)| (key(*w).node_id(), *w)).collect();
     let mut t = now;
     while t <= deadline + 1_000 {
-        if let Some(d) = decided(&actions) {
+        if decided(&actions).is_some() {
             assert_eq!(s.in_flight(), 0, "a job other than this one is in flight");
-            return d;
+            return actions;
         }
         if actions.is_empty() {
             t += 101;
@@ -211,9 +230,26 @@ fn run_job_bids(
                 Action::RequestReveal { worker, .. } => {
                     let w = by_id[&worker];
                     let (reveal, claim) = report(id, w, &outputs[&w], 900 + u64::from(w));
-                    next.extend(s.on_report(&reveal, claim, t).unwrap_or_default());
+                    next.extend(if refuted.contains(&w) {
+                        s.on_refuted_report(&reveal, claim, t).unwrap_or_default()
+                    } else {
+                        s.on_report(&reveal, claim, t).unwrap_or_default()
+                    });
                 }
                 Action::WakeAt { job, at_ms } => next.extend(s.on_wake(job, at_ms.max(t), rng)),
+                // (Tests that refute follow a job offered again; the others leave it starved.)
+                Action::Reoffer { original, .. } if !refuted.is_empty() => {
+                    reoffers += 1;
+                    let o = offer(nonce + 1_000_000 * reoffers, replicas, t);
+                    (id, deadline) = (o.id(), o.deadline_ms);
+                    s.offer(original, o, replication);
+                    for (w, cost) in bids {
+                        next.extend(
+                            s.on_bid(bid(id, *w, *cost), t, bids.len(), rng)
+                                .unwrap_or_default(),
+                        );
+                    }
+                }
                 Action::Reoffer { .. } | Action::Recheck { .. } | Action::Revise { .. } => {}
                 Action::Decide { .. } => unreachable!("handled above"),
             }
@@ -669,6 +705,83 @@ fn two_untrusted_workers_decide_only_in_a_small_fleet_that_allows_it() {
         let accepted = verdict.is_some_and(|r| matches!(r.outcome, Outcome::Accepted { .. }));
         assert_eq!(accepted, small_fleet, "small_fleet {small_fleet}");
     }
+}
+
+#[test]
+fn a_worker_whose_output_the_submitter_refutes_is_replaced_rejected_and_its_lone_results_rechecked() {
+    let mut s = submitter(small_trust());
+    let honest = |n: u64| -> BTreeMap<u8, Vec<u8>> { (1u8..=6).map(|w| (w, vec![7, n as u8])).collect() };
+    // (jobs run so far, time)
+    let mut at = (0u64, 0u64);
+    let step = |s: &mut Submitter,
+                at: &mut (u64, u64),
+                bidders: &[u8],
+                outputs: &BTreeMap<u8, Vec<u8>>,
+                refuted: &[u8]| {
+        at.0 += 1;
+        at.1 += 100_000;
+        let bids: Vec<(u8, u64)> = bidders.iter().map(|w| (*w, 0)).collect();
+        run_job_refuting(
+            s,
+            at.0,
+            1,
+            Replication::Adaptive,
+            &bids,
+            outputs,
+            at.1,
+            &mut Fixed(0.5),
+            refuted,
+        )
+    };
+    // Worker 1 earns trust beside others, then runs jobs alone: accepted on its word.
+    while !s.reputation().is_trusted(&key(1).node_id(), at.1) {
+        let out = honest(at.0);
+        step(&mut s, &mut at, &[1, 2, 3], &out, &[]);
+    }
+    let mut alone = 0;
+    for _ in 0..3 {
+        let out = honest(at.0);
+        let actions = step(&mut s, &mut at, &[1], &out, &[]);
+        let (result, _) = decided(&actions).unwrap();
+        assert!(matches!(&result.outcome, Outcome::Accepted { agreeing, .. } if agreeing.len() == 1));
+        alone += 1;
+    }
+    // Its next answer fails the submitter's own check (here: the output is wrong): the job goes on
+    // without it, it gets a Rejected receipt and no credit, loses trust, and its lone results are
+    // rechecked with that receipt as evidence.
+    let mut out = honest(at.0);
+    out.insert(1, vec![0xee]);
+    // (Its only other bidders are untrusted: three of them must agree.)
+    let actions = step(&mut s, &mut at, &[1, 4, 5, 6], &out, &[1]);
+    let (result, receipts) = decided(&actions).unwrap();
+    match &result.outcome {
+        Outcome::Accepted { output, agreeing, .. } => {
+            assert_eq!(output, &out[&4]);
+            assert!(!agreeing.contains(&key(1).node_id()), "{agreeing:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let rejected = receipts
+        .iter()
+        .find(|r| r.claim.body.worker == key(1).node_id())
+        .expect("a receipt for the refuted worker");
+    assert_eq!((rejected.verdict, rejected.credit), (Verdict::Rejected, 0));
+    let rechecks: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Recheck {
+                rejection, recheck, ..
+            } => Some((rejection, recheck)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rechecks.len(), alone);
+    for (rejection, recheck) in rechecks {
+        assert_eq!(recheck.suspect, key(1).node_id());
+        assert_eq!(rejection.claim.body.worker, key(1).node_id());
+        assert_eq!(rejection.verdict, Verdict::Rejected);
+    }
+    assert!(!s.reputation().is_trusted(&key(1).node_id(), at.1));
 }
 
 fn small_trust() -> TrustConfig {

@@ -288,6 +288,11 @@ impl Fleet {
         self.nodes[0].jobs.clone()
     }
 
+    /// The metrics of node 1 (the submitter).
+    pub fn submitter_metrics(&self) -> crate::metrics::Metrics {
+        self.nodes[0].metrics.clone()
+    }
+
     /// The API token of node 1 (the submitter).
     pub fn submitter_token(&self) -> String {
         self.nodes[0].api_token.clone()

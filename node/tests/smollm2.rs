@@ -258,6 +258,19 @@ fn the_teacher_forced_check_accepts_honest_output_and_catches_one_altered_token(
         stop: StopReason::Eos,
     };
     assert!(matches!(model.check(&job, &lie), Err(CheckError::Shape(_))));
+    // The same check as a submitter runs it on revealed bytes (Model::verify_output).
+    let (input, output) = (job.encode(), honest.encode());
+    assert_eq!(model.verify_output(&input, &output), Some(Ok(())));
+    let mut forged = honest.clone();
+    forged.tokens[0] ^= 1;
+    assert!(matches!(
+        model.verify_output(&input, &forged.encode()),
+        Some(Err(_))
+    ));
+    assert!(
+        matches!(model.verify_output(&input, &[1, 2]), Some(Err(_))),
+        "malformed output"
+    );
 }
 
 #[test]

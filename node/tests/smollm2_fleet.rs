@@ -55,7 +55,7 @@ async fn a_fleet_verifies_generations_and_out_votes_a_worker_that_changes_one_to
         deadline_ms: 300_000,
         ..JobsConfig::default()
     };
-    let fleet = Fleet::start_custom(registry, behaviours, None, settings)
+    let fleet = Fleet::start_custom(registry, behaviours, None, settings.clone())
         .await
         .unwrap();
     let liar = *fleet.node_ids().last().unwrap();
@@ -126,6 +126,9 @@ async fn a_fleet_verifies_generations_and_out_votes_a_worker_that_changes_one_to
         record.invalid > 0,
         "the lying worker was never out-voted (never assigned?)"
     );
+    // Jobs of two replicas are verified by agreement: the submitter's own check is for outputs a verdict
+    // would rest on alone (see the test of replicas 1 below).
+    assert_eq!(fleet.submitter_metrics().refuted.get(), 0);
 
     // The same lie, caught without a second generation: one teacher-forced pass over the prompt and output.
     let mut lie = local[0].clone();
@@ -212,6 +215,42 @@ async fn a_fleet_verifies_generations_and_out_votes_a_worker_that_changes_one_to
     assert_eq!(verdict["state"], "accepted");
     assert_eq!(verdict["text"], expected.as_str());
     assert_eq!(verdict["streamed_text_verified"], true);
+    fleet.stop().await;
+
+    // One replica asked for: the verdict would rest on one worker's word, so the submitter, which has the
+    // model, scores the output itself. Two workers, one changing a token: each job it draws is refuted
+    // and runs again on the other worker; no changed answer is accepted.
+    let behaviours = vec![
+        WorkerBehaviour::Honest,
+        WorkerBehaviour::WrongToken,
+        WorkerBehaviour::Honest,
+    ];
+    let registry = Registry::default();
+    registry.insert(model.clone());
+    let fleet = Fleet::start_custom(registry, behaviours, None, settings)
+        .await
+        .unwrap();
+    let liar = fleet.node_ids()[1];
+    let submitter = fleet.submitter();
+    for (input, expected) in inputs.iter().zip(&local).take(8) {
+        let job = submitter.submit(model.id(), input.clone(), 1).await.unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(120), submitter.wait(job))
+            .await
+            .expect("a job of one replica not decided within 120 s")
+            .unwrap();
+        let Outcome::Accepted { output, agreeing, .. } = &result.outcome else {
+            panic!("{:?}", result.outcome);
+        };
+        assert_eq!(&Generation::decode(output).unwrap(), expected);
+        assert!(!agreeing.contains(&liar));
+        assert!(result.unverified);
+    }
+    let refuted = fleet.submitter_metrics().refuted.get();
+    let record = submitter.reputation_of(&liar);
+    println!("one replica: {refuted} outputs refuted by the submitter's check; the lying worker: {record:?}");
+    // It is drawn at random among the two until refuted (then it is on probation and no longer drawn).
+    assert!(refuted >= 1, "the lying worker was never drawn");
+    assert_eq!(record.invalid, refuted);
     fleet.stop().await;
 }
 

@@ -143,6 +143,14 @@ pub trait Model: Send + Sync {
         None
     }
 
+    /// A check of a claimed output cheaper than running the job again (a generation's teacher-forced
+    /// check): `None` for a model that has none, or cannot run it here; `Some(Err(why))` when `output`
+    /// is not one this model could have produced for the (checked) `input`. A submitter runs it on every
+    /// revealed output of such a model and treats a refuted one as a lie.
+    fn verify_output(&self, _input: &[u8], _output: &[u8]) -> Option<Result<(), String>> {
+        None
+    }
+
     /// An output as text (a generation's text), for a model whose outputs read as text.
     fn output_text(&self, _output: &[u8]) -> Option<String> {
         None

@@ -505,6 +505,20 @@ impl Model for SmolLm2 {
         Some(self.job_for(prompt).map(|job| job.encode()))
     }
 
+    fn verify_output(&self, input: &[u8], output: &[u8]) -> Option<Result<(), String>> {
+        let job = GenerationJob::decode(input, self.config.vocab).ok()?;
+        let claimed = match Generation::decode(output) {
+            Ok(g) => g,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        match self.check(&job, &claimed) {
+            Ok(()) => Some(Ok(())),
+            // Weights this node cannot load: it cannot tell.
+            Err(CheckError::Model(_)) => None,
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }
+
     fn output_text(&self, output: &[u8]) -> Option<String> {
         let generation = Generation::decode(output).ok()?;
         let text: Vec<u32> = generation.tokens.into_iter().filter(|t| *t != self.eos).collect();

@@ -467,6 +467,8 @@ struct Inner {
     warned_small_fleet: std::sync::atomic::AtomicBool,
     /// The submitted jobs whose partial outputs someone follows.
     streams: partials::Streams,
+    /// Checks of revealed outputs by this node's own model, one at a time.
+    checks: tokio::sync::Semaphore,
 }
 
 /// The job roles of one node (cheap to clone).
@@ -577,6 +579,7 @@ impl Jobs {
                 pacer: tokio::sync::Mutex::new((0.0, std::time::Instant::now())),
                 warned_small_fleet: std::sync::atomic::AtomicBool::new(false),
                 streams: partials::Streams::default(),
+                checks: tokio::sync::Semaphore::new(1),
             }),
         }
     }

@@ -557,7 +557,7 @@ impl Jobs {
                         .await
                     {
                         Ok(bytes) if codec::decode::<WorkReport>(&bytes).is_ok() => {
-                            this.on_work_report(job, worker, &bytes);
+                            this.on_work_report(job, worker, &bytes).await;
                             return;
                         }
                         Ok(_) => debug!("worker could not reveal yet"),
@@ -570,7 +570,7 @@ impl Jobs {
         );
     }
 
-    fn on_work_report(&self, job: JobId, worker: NodeId, bytes: &[u8]) {
+    async fn on_work_report(&self, job: JobId, worker: NodeId, bytes: &[u8]) {
         let report = match codec::decode::<WorkReport>(bytes) {
             Ok(r) if r.reveal.body.job == job && r.reveal.body.worker == worker => r,
             _ => {
@@ -582,15 +582,53 @@ impl Jobs {
             warn!(job = %job.short(), worker = %worker.short(), "work report with a bad signature");
             return;
         }
-        let result = self
-            .submitter()
-            .core
-            .on_report(&report.reveal.body, report.claim, now_ms());
+        let refuted = self.refutation(job, &report.reveal.body.output).await;
+        let result = match refuted {
+            Some(why) => {
+                warn!(job = %job.short(), worker = %worker.short(), %why, "output refuted by this node's own check");
+                self.inner.metrics.refuted.inc();
+                self.submitter()
+                    .core
+                    .on_refuted_report(&report.reveal.body, report.claim, now_ms())
+            }
+            None => self
+                .submitter()
+                .core
+                .on_report(&report.reveal.body, report.claim, now_ms()),
+        };
         match result {
             Ok(actions) => self.act_all(actions),
             Err(SubmitError::UnknownJob) => debug!(job = %job.short(), "work report after the verdict"),
             Err(e) => warn!(job = %job.short(), worker = %worker.short(), error = %e, "work report refused"),
         }
+    }
+
+    /// Why `output`, revealed for the offer `job`, cannot be what the job's model produced, by the
+    /// model's own check ([`crate::inference::Model::verify_output`]: a generation scored by one pass over
+    /// prompt and claimed tokens) where this node has the model and the verdict may rest on this one
+    /// output (outputs of several replicas are checked by their agreement; a check costs about a tenth
+    /// of a generation); `None` when it passes or is not checked here. One check at a time, off the
+    /// async threads.
+    async fn refutation(&self, job: JobId, output: &[u8]) -> Option<String> {
+        let offer = {
+            let side = self.submitter();
+            if !side.core.rests_on_one(&job) {
+                return None;
+            }
+            side.core.offer_of(&job)?.clone()
+        };
+        let JobInput::Inline(input) = offer.input else {
+            return None;
+        };
+        let model = self.registry().get(&offer.model)?;
+        let _turn = self.inner.checks.acquire().await.ok()?;
+        let output = output.to_vec();
+        let started = std::time::Instant::now();
+        let verdict = tokio::task::spawn_blocking(move || model.verify_output(&input, &output))
+            .await
+            .ok()??;
+        debug!(job = %job.short(), ms = started.elapsed().as_millis() as u64, ok = verdict.is_ok(), "revealed output checked");
+        verdict.err()
     }
 
     /// A decided job: countersigns its receipts and stores them with the verdict off the async threads,
