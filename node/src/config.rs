@@ -314,7 +314,7 @@ relay_server = {relay}
 # Keep dialling peers from the routing table until this many are connected. A node that is not public
 # also closes its least recently used connections when it holds more than twice as many.
 target_peers = {target}
-# Seconds between random-walk lookups that keep the routing table fresh.
+# Seconds between random-walk lookups that keep the routing table fresh (public nodes only).
 random_walk_secs = {walk}
 # Seconds an idle connection stays open.
 idle_timeout_secs = {idle}

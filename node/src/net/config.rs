@@ -40,7 +40,8 @@ pub struct NetConfig {
     /// connections used in the last 30 s) when it holds more than twice as many.
     pub target_peers: usize,
     /// Seconds between random-walk lookups that keep the routing table fresh (each costs the servers it
-    /// asks a scan of their tables; kad also bootstraps every 5 minutes on its own).
+    /// asks a scan of their tables; kad also bootstraps every 5 minutes on its own). Only a `public` node
+    /// walks; a DHT client's own lookups keep its table fresh.
     pub random_walk_secs: u64,
     /// Seconds an idle connection stays open.
     pub idle_timeout_secs: u64,
