@@ -690,10 +690,7 @@ impl Submitter {
             return Err(SubmitError::ClaimMismatch);
         }
         let previous = f.claims.insert(reveal.worker, claim);
-        if !valid && f.refuted.insert(reveal.worker) {
-            // At once, not with the verdict: the worker is not trusted for other jobs meanwhile.
-            self.reputation.invalid(reveal.worker, now_ms);
-        }
+        let newly_refuted = !valid && f.refuted.insert(reveal.worker);
         let mut result = self.drive(reveal.job, now_ms, |j| {
             if valid {
                 j.on_reveal(reveal, now_ms)
@@ -701,6 +698,11 @@ impl Submitter {
                 j.on_refuted_reveal(reveal, now_ms)
             }
         });
+        // A refuted worker loses its trust at once, not with the verdict: it is not trusted for other jobs
+        // meanwhile. (Only for a report the job took: a refused one leaves no receipt behind.)
+        if newly_refuted && result.is_ok() {
+            self.reputation.invalid(reveal.worker, now_ms);
+        }
         // Refuted, the worker vouches for nothing: unless a trusted worker is left in the job, its
         // verdict now needs as many agreeing untrusted workers as a job planned without one.
         if !valid
@@ -725,7 +727,7 @@ impl Submitter {
         if result.is_err()
             && let Some(f) = self.jobs.get_mut(&reveal.job)
         {
-            if !valid {
+            if newly_refuted {
                 f.refuted.remove(&reveal.worker);
             }
             // A refused reveal leaves no claim behind (nor replaces an earlier one).
@@ -858,7 +860,7 @@ impl Submitter {
         let mut missed = Vec::new();
         for (w, slot) in f.job.slots() {
             match slot {
-                // (A refuted worker lost its trust when refuted.)
+                // (A refuted worker lost its trust when it was refuted.)
                 SlotState::Invalid if !f.refuted.contains(w) => invalid.push(*w),
                 SlotState::TimedOut => missed.push(*w),
                 _ => {}
