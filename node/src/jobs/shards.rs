@@ -20,8 +20,8 @@ const UPKEEP_EVERY_MS: u64 = 30_000;
 /// How often the shard counts are estimated again from the directory (each estimate is a few DHT
 /// lookups per family: at 1,000 nodes the lookups of every node every 30 s were most of the DHT's load).
 /// A node estimates at its own point of the period (from its peer id), so that the fleet's lookups are
-/// spread over the whole period (all at one wall-clock time, 950 clients' 11,400 lookups came within
-/// an upkeep period), and a new count takes effect at the next wall-clock multiple of the period, so
+/// spread over the whole period (at one wall-clock time for all, 950 clients' 12 lookups each fall
+/// within one upkeep period), and a new count takes effect at the next wall-clock multiple of the period, so
 /// that the nodes of a shard still move to it together, within one upkeep period.
 const ESTIMATE_EVERY_MS: u64 = 300_000;
 /// An estimate is made early (at the next upkeep, at most this often) when a shard brings more than
