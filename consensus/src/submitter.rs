@@ -516,6 +516,9 @@ impl Submitter {
             if f.window.bids.iter().any(|b| b.worker == bid.worker) {
                 return Err(SubmitError::DuplicateBid);
             }
+            if f.refuted.contains(&bid.worker) {
+                return Err(SubmitError::NotNeeded);
+            }
             if f.bids_taken >= MAX_BIDS_PER_JOB {
                 return Err(SubmitError::Busy);
             }
@@ -720,6 +723,8 @@ impl Submitter {
             // (A user who asked for one replica gets another worker instead, still unverified.)
             let asked_one = f.replication == Replication::Fixed && f.offer.replicas <= 1;
             if !vouched && !too_small && !asked_one {
+                // Late bids may then come from untrusted workers too (three of them must agree).
+                f.window.none_trusted = true;
                 let more = f.job.raise_replicas(UNTRUSTED_QUORUM, now_ms);
                 actions.extend(self.act(reveal.job, now_ms, more));
             }

@@ -25,6 +25,17 @@ pub fn next_phase_point(now_ms: u64, period_ms: u64, seed: &[u8]) -> u64 {
     if point > now_ms { point } else { point + period }
 }
 
+/// [`next_phase_point`], but at least half a period after `now_ms` (a period later when the next point
+/// is nearer): work just done at another time is not done again at once.
+pub fn next_phase_point_apart(now_ms: u64, period_ms: u64, seed: &[u8]) -> u64 {
+    let point = next_phase_point(now_ms, period_ms, seed);
+    if point - now_ms < period_ms / 2 {
+        point + period_ms.max(1)
+    } else {
+        point
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +52,8 @@ mod tests {
             .map(|i| next_phase_point(0, period, &i.to_le_bytes()) % period)
             .collect();
         assert!(offsets.len() > 45, "{offsets:?}");
+        // Apart: never sooner than half a period, and still at the seed's point.
+        assert_eq!(next_phase_point_apart(first - 1, period, seed), first + period);
+        assert_eq!(next_phase_point_apart(first - period / 2, period, seed), first);
     }
 }

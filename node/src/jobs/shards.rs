@@ -106,7 +106,9 @@ impl Jobs {
         {
             let mut m = lock(&self.inner.membership);
             let changed = admitted != m.admitted || models != m.models;
-            let due = now >= m.next_upkeep_ms || (m.next_estimate_ms > 0 && now >= m.next_estimate_ms);
+            let due = now >= m.next_upkeep_ms
+                || (m.next_estimate_ms > 0 && now >= m.next_estimate_ms)
+                || (!m.pending.is_empty() && now >= m.apply_at_ms);
             if m.running || (!due && !changed) {
                 return;
             }
@@ -146,6 +148,8 @@ impl Jobs {
                 (!first && (now >= m.next_estimate_ms || overloaded)).then_some(overloaded),
             )
         };
+        // Counts that fell due take effect before a new estimate replaces them.
+        apply_pending(&mut lock(&self.inner.membership), now);
         if let Some(at_once) = estimate {
             self.update_shard_counts(now, slot).await;
             let mut m = lock(&self.inner.membership);
@@ -155,22 +159,7 @@ impl Jobs {
             } else {
                 now / ESTIMATE_EVERY_MS * ESTIMATE_EVERY_MS + ESTIMATE_EVERY_MS
             };
-        }
-        {
-            let mut m = lock(&self.inner.membership);
-            // (A family's first estimate takes effect at once: a node that just joined uses the count
-            // the others use.)
-            let due = now >= m.apply_at_ms;
-            let pending = std::mem::take(&mut m.pending);
-            for (family, next) in pending {
-                if !due && m.shards.contains_key(&family) {
-                    m.pending.insert(family, next);
-                } else if let Some(from) = m.shards.insert(family, next)
-                    && from != next
-                {
-                    info!(family = ?family, from, to = next, "offer shards resized");
-                }
-            }
+            apply_pending(&mut m, now);
         }
         let wanted: BTreeMap<Family, Shard> = families
             .into_iter()
@@ -334,9 +323,46 @@ impl Jobs {
     }
 }
 
+/// Puts the pending shard counts in effect when they are due, and a family's first count at once (a node
+/// that just joined uses the count the others use).
+fn apply_pending(m: &mut Membership, now: u64) {
+    let due = now >= m.apply_at_ms;
+    let pending = std::mem::take(&mut m.pending);
+    for (family, next) in pending {
+        if !due && m.shards.contains_key(&family) {
+            m.pending.insert(family, next);
+        } else if let Some(from) = m.shards.insert(family, next)
+            && from != next
+        {
+            info!(family = ?family, from, to = next, "offer shards resized");
+        }
+    }
+}
+
 /// The next time after `now_ms` at this node's own point of the estimate period (the node's provider
 /// records are announced again at the same point, see the net room's reprovide, so that one round of
 /// connections to the servers serves both).
 fn next_estimate_after(now_ms: u64, me: &[u8]) -> u64 {
-    crate::clock::next_phase_point(now_ms, ESTIMATE_EVERY_MS, me)
+    crate::clock::next_phase_point_apart(now_ms, ESTIMATE_EVERY_MS, me)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_estimate_waits_for_its_time_unless_it_is_the_familys_first() {
+        let mut m = Membership::default();
+        // First count of a family: at once.
+        m.pending.insert(Family::Any, 2);
+        m.apply_at_ms = 300_000;
+        apply_pending(&mut m, 10_000);
+        assert_eq!(m.shards.get(&Family::Any), Some(&2));
+        // A later count waits until it is due, then takes effect (and is not lost meanwhile).
+        m.pending.insert(Family::Any, 4);
+        apply_pending(&mut m, 299_999);
+        assert_eq!((m.shards.get(&Family::Any), m.pending.len()), (Some(&2), 1));
+        apply_pending(&mut m, 300_000);
+        assert_eq!((m.shards.get(&Family::Any), m.pending.len()), (Some(&4), 0));
+    }
 }

@@ -603,6 +603,9 @@ impl Jobs {
         }
     }
 
+    /// Longest wait for a turn to check a revealed output ([`Jobs::refutation`]).
+    const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
     /// Why `output`, revealed for the offer `job`, cannot be what the job's model produced, by the
     /// model's own check ([`crate::inference::Model::verify_output`]: a generation scored by one pass over
     /// prompt and claimed tokens) where this node has the model and the verdict may rest on this one
@@ -621,7 +624,12 @@ impl Jobs {
             return None;
         };
         let model = self.registry().get(&offer.model)?;
-        let _turn = self.inner.checks.acquire().await.ok()?;
+        // Waiting long for a turn would let the reveal deadline pass on an honest worker: beyond a short
+        // wait the output goes unchecked (as where this node lacks the model).
+        let Ok(Ok(_turn)) = tokio::time::timeout(Self::CHECK_WAIT, self.inner.checks.acquire()).await else {
+            debug!(job = %job.short(), "no turn to check a revealed output in time; unchecked");
+            return None;
+        };
         let output = output.to_vec();
         let started = std::time::Instant::now();
         let verdict = tokio::task::spawn_blocking(move || model.verify_output(&input, &output))

@@ -275,7 +275,7 @@ impl EventLoop {
 
         if connected > 0 && now >= self.next_provide && !self.provided.is_empty() {
             let (wall, me) = (crate::clock::now_ms(), self.swarm.local_peer_id().to_bytes());
-            let wait = crate::clock::next_phase_point(wall, REPROVIDE.as_millis() as u64, &me) - wall;
+            let wait = crate::clock::next_phase_point_apart(wall, REPROVIDE.as_millis() as u64, &me) - wall;
             self.next_provide = now + Duration::from_millis(wait);
             for key in self.provided.clone() {
                 if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
@@ -286,8 +286,8 @@ impl EventLoop {
 
         if now >= self.next_walk {
             self.next_walk = now + self.random_walk;
-            // One lookup of a random key (kad bootstraps on its own, see net::build). Not on a node
-            // that is no server: no one looks it up, and its lookups find what they need.
+            // One lookup of a random key (kad bootstraps on its own, see net::build). Only on a public
+            // node: a car behind NAT is no DHT server, and its own lookups keep its table fresh.
             if self.table > 0 && self.public {
                 self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random());
             }
