@@ -259,6 +259,7 @@ fn the_teacher_forced_check_accepts_honest_output_and_catches_one_altered_token(
     };
     assert!(matches!(model.check(&job, &lie), Err(CheckError::Shape(_))));
     // The same check as a submitter runs it on revealed bytes (Model::verify_output).
+    assert!(model.verifies_outputs());
     let (input, output) = (job.encode(), honest.encode());
     assert_eq!(model.verify_output(&input, &output), Some(Ok(())));
     let mut forged = honest.clone();

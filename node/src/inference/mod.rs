@@ -151,6 +151,11 @@ pub trait Model: Send + Sync {
         None
     }
 
+    /// Whether [`Model::verify_output`] has a check to run (a submitter skips the others at no cost).
+    fn verifies_outputs(&self) -> bool {
+        false
+    }
+
     /// An output as text (a generation's text), for a model whose outputs read as text.
     fn output_text(&self, _output: &[u8]) -> Option<String> {
         None

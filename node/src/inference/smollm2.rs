@@ -505,6 +505,10 @@ impl Model for SmolLm2 {
         Some(self.job_for(prompt).map(|job| job.encode()))
     }
 
+    fn verifies_outputs(&self) -> bool {
+        true
+    }
+
     fn verify_output(&self, input: &[u8], output: &[u8]) -> Option<Result<(), String>> {
         let job = GenerationJob::decode(input, self.config.vocab).ok()?;
         let claimed = match Generation::decode(output) {

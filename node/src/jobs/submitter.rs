@@ -623,7 +623,10 @@ impl Jobs {
         let JobInput::Inline(input) = offer.input else {
             return None;
         };
-        let model = self.registry().get(&offer.model)?;
+        let model = self
+            .registry()
+            .get(&offer.model)
+            .filter(|m| m.verifies_outputs())?;
         // Waiting long for a turn would let the reveal deadline pass on an honest worker: beyond a short
         // wait the output goes unchecked (as where this node lacks the model).
         let Ok(Ok(_turn)) = tokio::time::timeout(Self::CHECK_WAIT, self.inner.checks.acquire()).await else {
