@@ -230,6 +230,19 @@ struct InFlight {
     refuted: BTreeSet<NodeId>,
 }
 
+impl InFlight {
+    /// A fixed job whose user asked for one replica: it runs once and is marked unverified.
+    fn asked_one(&self) -> bool {
+        self.replication == Replication::Fixed && self.offer.replicas <= 1
+    }
+
+    /// Whether two agreeing untrusted workers may decide: the caller counted fewer than three peers that
+    /// could bid and `small_fleet` ([`SubmitterConfig::small_fleet`]) allows it.
+    fn too_small(&self, small_fleet: bool) -> bool {
+        self.window.enough < UNTRUSTED_QUORUM && small_fleet
+    }
+}
+
 /// The most credit an accepted output earns each agreeing worker, from the offer and the output: a node
 /// that prices work per unit (per generated token) caps the credit at its price times the units the
 /// output took, so that workers cannot claim the offer's whole reward for a short answer.
@@ -512,12 +525,13 @@ impl Submitter {
         let id = bid.job;
         let window_ms = self.cfg.bid_window_ms;
         let f = self.jobs.get_mut(&id).ok_or(SubmitError::UnknownJob)?;
+        // A worker this submitter refuted on the job is not drawn for it again, before or after planning.
+        if f.refuted.contains(&bid.worker) {
+            return Err(SubmitError::NotNeeded);
+        }
         if !f.window.planned {
             if f.window.bids.iter().any(|b| b.worker == bid.worker) {
                 return Err(SubmitError::DuplicateBid);
-            }
-            if f.refuted.contains(&bid.worker) {
-                return Err(SubmitError::NotNeeded);
             }
             if f.bids_taken >= MAX_BIDS_PER_JOB {
                 return Err(SubmitError::Busy);
@@ -540,7 +554,7 @@ impl Submitter {
         // Replacements come from trusted workers (from anyone but those on probation while nobody
         // trusted bid), so a late bid cannot slip an untrusted key into a job whatever it asks.
         let standing = self.reputation.standing(&bid.worker, now_ms);
-        let suspect = f.recheck.is_some_and(|r| r.suspect == bid.worker) || f.refuted.contains(&bid.worker);
+        let suspect = f.recheck.is_some_and(|r| r.suspect == bid.worker);
         if suspect
             || standing == Standing::Probation
             || (!f.window.none_trusted && standing != Standing::Trusted)
@@ -586,7 +600,6 @@ impl Submitter {
         f.window.planned = true;
         f.window.planned_at_ms = now_ms;
         let mut bids = std::mem::take(&mut f.window.bids);
-        bids.retain(|b| !f.refuted.contains(&b.worker));
         bids.sort_by_key(cost);
         let mut actions = Vec::new();
         let reputation = &self.reputation;
@@ -622,10 +635,8 @@ impl Submitter {
             f.window.planned = false;
             return Vec::new();
         };
-        let asked_one = f.replication == Replication::Fixed && f.offer.replicas <= 1;
         let vouched = plan.workers.iter().any(|w| reputation.is_trusted(w, now_ms));
-        let too_small = f.window.enough < UNTRUSTED_QUORUM && self.cfg.small_fleet;
-        if !asked_one && !vouched && !too_small {
+        if !f.asked_one() && !vouched && !f.too_small(self.cfg.small_fleet) {
             plan.replicas = plan.replicas.max(UNTRUSTED_QUORUM);
         }
         f.job = Job::new(
@@ -719,10 +730,8 @@ impl Submitter {
                     SlotState::Invalid | SlotState::TimedOut | SlotState::Withdrawn
                 ) && reputation.is_trusted(w, now_ms)
             });
-            let too_small = f.window.enough < UNTRUSTED_QUORUM && self.cfg.small_fleet;
             // (A user who asked for one replica gets another worker instead, still unverified.)
-            let asked_one = f.replication == Replication::Fixed && f.offer.replicas <= 1;
-            if !vouched && !too_small && !asked_one {
+            if !vouched && !f.too_small(self.cfg.small_fleet) && !f.asked_one() {
                 // Late bids may then come from untrusted workers too (three of them must agree).
                 f.window.none_trusted = true;
                 let more = f.job.raise_replicas(UNTRUSTED_QUORUM, now_ms);
@@ -850,18 +859,19 @@ impl Submitter {
         let Some(f) = self.remove(&id) else {
             return Vec::new();
         };
-        let agreeing: &[NodeId] = match &outcome {
-            Outcome::Accepted { agreeing, .. } => agreeing,
-            Outcome::Failed(_) => &[],
+        let (agreeing, disagreeing): (&[NodeId], &[NodeId]) = match &outcome {
+            Outcome::Accepted {
+                agreeing,
+                disagreeing,
+                ..
+            } => (agreeing, disagreeing),
+            Outcome::Failed(_) => (&[], &[]),
         };
         // Reputation: agreement with an independent replica validates a result; an out-voted or unopenable
         // one is invalid; a missing one (a crash, a lost link, or a silent worker) is a miss, invalid only
         // after several in a row.
         let validated = trust::validated_by(agreeing, &self.reputation, now_ms);
-        let mut invalid = Vec::new();
-        if let Outcome::Accepted { disagreeing, .. } = &outcome {
-            invalid.extend_from_slice(disagreeing);
-        }
+        let mut invalid = disagreeing.to_vec();
         let mut missed = Vec::new();
         for (w, slot) in f.job.slots() {
             match slot {
@@ -883,14 +893,9 @@ impl Submitter {
         let mut after = Vec::new();
         // (result caught on, suspect): the rechecks, built once the receipts are numbered.
         let mut caught: Vec<(Unchecked, NodeId)> = Vec::new();
-        if let Outcome::Accepted {
-            output,
-            agreeing,
-            disagreeing,
-        } = &outcome
-        {
+        if let Outcome::Accepted { output, .. } = &outcome {
             let digest = *blake3::hash(output).as_bytes();
-            if let [alone] = agreeing.as_slice()
+            if let [alone] = agreeing
                 && f.replication == Replication::Adaptive
                 && f.recheck.is_none()
             {
@@ -902,11 +907,6 @@ impl Submitter {
                 };
                 self.audit.record(*alone, result);
             }
-            for suspect in disagreeing {
-                for u in self.audit.caught(suspect, now_ms) {
-                    caught.push((u, *suspect));
-                }
-            }
             if let Some(r) = &f.recheck
                 && r.accepted != digest
             {
@@ -914,17 +914,17 @@ impl Submitter {
                     job: r.of,
                     recheck: f.original,
                     output: output.clone(),
-                    agreeing: agreeing.clone(),
+                    agreeing: agreeing.to_vec(),
                 });
             }
         }
-        // A worker whose output this submitter refuted is caught whatever the outcome.
-        for suspect in &f.refuted {
+        // Out-voted here, or refuted by this submitter's own check (whatever the outcome): caught.
+        for suspect in disagreeing.iter().chain(&f.refuted) {
             for u in self.audit.caught(suspect, now_ms) {
                 caught.push((u, *suspect));
             }
         }
-        let unverified = f.replication == Replication::Fixed && f.offer.replicas <= 1;
+        let unverified = f.asked_one();
         let mut receipts = receipts_for(&f.offer, agreeing, &f.claims, now_ms, unverified);
         if let (Some(cap), Outcome::Accepted { output, .. }) = (&self.credit_cap, &outcome) {
             let most = (cap.0)(&f.offer, output);

@@ -69,8 +69,18 @@ fn inference_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
-/// Labels naming a kind of Kademlia query (`bootstrap`, `closest`, `providers`, `provide`, `record`,
-/// `put_record`, `republish`).
+/// The kinds of Kademlia query the node's Kademlia metrics count ([`KadLabels`]).
+pub const KAD_KINDS: [&str; 7] = [
+    "bootstrap",
+    "closest",
+    "providers",
+    "provide",
+    "republish",
+    "record",
+    "put_record",
+];
+
+/// Labels naming a kind of Kademlia query (one of [`KAD_KINDS`]).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KadLabels {
     /// The query's kind.

@@ -280,14 +280,12 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
     }
     let join_s = started.elapsed().as_secs_f64();
     let (rss_idle, _) = rss_mb();
-    let peers_mean = |range: std::ops::Range<usize>| {
+    // The mean of `value` over the nodes in `range`.
+    let mean = |range: std::ops::Range<usize>, value: &dyn Fn(&crate::node::Node) -> f64| {
         let len = range.len().max(1) as f64;
-        nodes[range]
-            .iter()
-            .map(|n| n.net.connected_peers() as f64)
-            .sum::<f64>()
-            / len
+        nodes[range].iter().map(value).sum::<f64>() / len
     };
+    let peers_mean = |range| mean(range, &|n| n.net.connected_peers() as f64);
     let (client_peers, server_peers) = (peers_mean(servers..n), peers_mean(0..servers));
     eprintln!("connected peers: {client_peers:.1} per client, {server_peers:.1} per server on average");
     let reserve = joins.delays(&joins.reserved);
@@ -307,16 +305,8 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
             .map(|n| n.metrics.connections_opened.get())
             .sum()
     };
-    const KAD_KINDS: [&str; 6] = [
-        "bootstrap",
-        "closest",
-        "providers",
-        "provide",
-        "record",
-        "put_record",
-    ];
     let kad = |range: std::ops::Range<usize>| -> Vec<(u64, u64)> {
-        KAD_KINDS
+        crate::metrics::KAD_KINDS
             .iter()
             .map(|kind| {
                 nodes[range.clone()]
@@ -344,11 +334,7 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
              peers per client",
             peers_mean(servers..n),
             peers_mean(0..servers),
-            nodes[servers..n]
-                .iter()
-                .map(|n| n.metrics.routing_table_peers.get() as f64)
-                .sum::<f64>()
-                / (n - servers).max(1) as f64
+            mean(servers..n, &|n| n.metrics.routing_table_peers.get() as f64)
         );
         let secs = t.elapsed().as_secs_f64();
         eprintln!(
@@ -357,7 +343,11 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
             (opened(0..servers) - opened_before.1) as f64 / secs
         );
         let per_client_min = 60.0 / secs / (n - servers).max(1) as f64;
-        for ((kind, after), before) in KAD_KINDS.iter().zip(kad(servers..n)).zip(kad_before) {
+        for ((kind, after), before) in crate::metrics::KAD_KINDS
+            .iter()
+            .zip(kad(servers..n))
+            .zip(kad_before)
+        {
             eprintln!(
                 "  kad {kind}: {:.2} queries and {:.1} requests a minute per client",
                 (after.0 - before.0) as f64 * per_client_min,
