@@ -24,13 +24,15 @@ pub(crate) fn cost(b: &Bid) -> u64 {
     b.price.saturating_add(b.energy_cost)
 }
 
-/// The cheap end of `sorted` (bids, cheapest first): those within a quarter of the cheapest, and at
-/// least the `min` cheapest. Price narrows the pool; the workers are drawn within it.
+/// The cheap part of `sorted` (bids, cheapest first): those that cost at most a quarter more than the
+/// median bid, and at least the `min` cheapest. The anchor is the median, not the cheapest bid, so keys
+/// that bid below everyone cannot narrow the pool down to themselves: it always holds the cheaper half
+/// of the bidders. Price narrows the pool; the workers are drawn within it.
 pub(crate) fn price_pool<'a>(sorted: &[&'a Bid], min: usize) -> Vec<&'a Bid> {
-    let Some(first) = sorted.first() else {
+    let Some(median) = sorted.get(sorted.len().saturating_sub(1) / 2) else {
         return Vec::new();
     };
-    let limit = cost(first).saturating_add(cost(first) / 4);
+    let limit = cost(median).saturating_add(cost(median) / 4);
     sorted
         .iter()
         .enumerate()
@@ -51,8 +53,8 @@ fn draw(from: &mut Vec<NodeId>, rng: &mut dyn Randomness) -> Option<NodeId> {
 /// The plan of a job with a fixed replica count `r` from `candidates` (bids of workers not on
 /// probation, cheapest first). With two or more replicas, one worker is trusted whenever a trusted
 /// worker bid (drawn among the trusted bids of the price pool, else among all trusted bids), and the
-/// others are drawn at random from the price pool (the bids within a quarter of the cheapest, at least
-/// the `2r` cheapest), then from every bidder. Without a trusted worker the caller raises the replica
+/// others are drawn at random from the price pool (the bids within a quarter above the median bid, at
+/// least the `2r` cheapest), then from every bidder. Without a trusted worker the caller raises the replica
 /// count to [`UNTRUSTED_QUORUM`], so this plan draws that many. Backups (for disagreement and dropouts)
 /// are trusted bidders, or anyone while nobody trusted bid, in random order. One replica is what the
 /// user asked for, unverified: the cheapest bid (no verdict rests on it, so price may decide).

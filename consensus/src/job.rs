@@ -272,7 +272,10 @@ impl Job {
         }
     }
 
-    /// Assigns workers from the cheapest fitting bids until `wanted` are active (or the limit is hit).
+    /// Assigns workers from the fitting bids, in the order they were given, until `wanted` are active
+    /// (or the limit is hit). The order is the submitter's: its plan's workers, then its backups in the
+    /// order it drew them, then later bids. Not by price: when results disagree, the cheapest bid would
+    /// hand the deciding extra worker to keys that underbid everyone.
     fn fill(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         while self.active() < self.wanted() && self.may_draw() {
             let pick = self
@@ -280,8 +283,7 @@ impl Job {
                 .iter()
                 .enumerate()
                 .filter(|(_, b)| !self.slots.contains_key(&b.worker) && !self.excluded.contains(&b.worker))
-                .filter(|(_, b)| b.expires_ms >= now_ms && self.class_fits(b))
-                .min_by_key(|(i, b)| (b.price.saturating_add(b.energy_cost), *i))
+                .find(|(_, b)| b.expires_ms >= now_ms && self.class_fits(b))
                 .map(|(i, _)| i);
             let Some(i) = pick else { break };
             let bid = self.bids.remove(i);

@@ -625,8 +625,7 @@ impl Submitter {
                     .iter()
                     .map(|b| b.worker)
                     .collect();
-                let draws = [rng.unit(), rng.unit(), rng.unit()];
-                trust::plan_preferring(&all, reputation, now_ms, draws, &cheap)
+                trust::plan_preferring(&all, reputation, now_ms, rng, &cheap)
             }
         };
         let Some(mut plan) = plan else {

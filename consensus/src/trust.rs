@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 
 use fleetmesh_protocol::NodeId;
 
+use crate::assign::Randomness;
+
 /// Reputation and replication settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrustConfig {
@@ -214,11 +216,18 @@ pub const MAX_BACKUPS: usize = 3;
 
 /// Chooses the workers of a job from `candidates` (the bidders, in bid order) given `reputation`.
 ///
-/// `draws` are three uniform numbers in `[0, 1)` from the submitter's private randomness: whether to
-/// explore an untrusted worker, which candidate to take, and whether to spot-check. Returns `None` if
-/// there are no candidates.
-pub fn plan(candidates: &[NodeId], reputation: &Reputation, now_ms: u64, draws: [f64; 3]) -> Option<Plan> {
-    plan_preferring(candidates, reputation, now_ms, draws, &[])
+/// `rng` is the submitter's private randomness. Its first three numbers decide whether to explore an
+/// untrusted worker, which candidate runs the job and whether to spot-check; further ones draw the other
+/// workers and the order of the backups, each uniformly among the eligible bidders, never by position
+/// in the bid order (which bidders choose through what they bid). Returns `None` if there are no
+/// candidates.
+pub fn plan(
+    candidates: &[NodeId],
+    reputation: &Reputation,
+    now_ms: u64,
+    rng: &mut dyn Randomness,
+) -> Option<Plan> {
+    plan_preferring(candidates, reputation, now_ms, rng, &[])
 }
 
 /// [`plan`], with the trusted worker that runs a job drawn from the trusted candidates in `preferred`
@@ -229,7 +238,7 @@ pub fn plan_preferring(
     candidates: &[NodeId],
     reputation: &Reputation,
     now_ms: u64,
-    draws: [f64; 3],
+    rng: &mut dyn Randomness,
     preferred: &[NodeId],
 ) -> Option<Plan> {
     let cfg = reputation.config();
@@ -241,16 +250,20 @@ pub fn plan_preferring(
             Standing::Probation => {}
         }
     }
+    let (explore_u, primary_u, spot_u) = (rng.unit(), rng.unit(), rng.unit());
     let pick = |from: &[NodeId], u: f64| from[((u * from.len() as f64) as usize).min(from.len() - 1)];
-    let backups = |chosen: &[NodeId]| -> Vec<NodeId> {
-        let pool = if trusted.is_empty() { &fresh } else { &trusted };
-        pool.iter()
-            .copied()
-            .filter(|w| !chosen.contains(w))
-            .take(MAX_BACKUPS)
-            .collect()
+    // Up to `n` of `from` not in `chosen`, each drawn uniformly among those left.
+    let draw = |from: &[NodeId], chosen: &[NodeId], n: usize, rng: &mut dyn Randomness| -> Vec<NodeId> {
+        let mut left: Vec<NodeId> = from.iter().copied().filter(|w| !chosen.contains(w)).collect();
+        let mut out = Vec::new();
+        while out.len() < n && !left.is_empty() {
+            let i = ((rng.unit() * left.len() as f64) as usize).min(left.len() - 1);
+            out.push(left.swap_remove(i));
+        }
+        out
     };
-    let explore = trusted.is_empty() || (!fresh.is_empty() && draws[0] < cfg.explore);
+    let backup_pool = if trusted.is_empty() { &fresh } else { &trusted };
+    let explore = trusted.is_empty() || (!fresh.is_empty() && explore_u < cfg.explore);
     if !explore {
         let favoured: Vec<NodeId> = trusted
             .iter()
@@ -258,62 +271,48 @@ pub fn plan_preferring(
             .filter(|t| preferred.contains(t))
             .collect();
         let pool = if favoured.is_empty() { &trusted } else { &favoured };
-        let primary = pick(pool, draws[1]);
-        if draws[2] >= cfg.spot_check {
+        let primary = pick(pool, primary_u);
+        if spot_u >= cfg.spot_check {
             return Some(Plan {
-                backups: backups(&[primary]),
+                backups: draw(backup_pool, &[primary], MAX_BACKUPS, rng),
                 workers: vec![primary],
                 replicas: 1,
                 spot_check: false,
             });
         }
         // Spot check: a second, independent worker (another trusted one if there is one).
-        let others: Vec<NodeId> = trusted.iter().copied().filter(|w| *w != primary).collect();
-        let partner = if others.is_empty() {
-            fresh.first().copied()
-        } else {
-            Some(pick(&others, draws[0]))
-        };
-        let workers: Vec<NodeId> = std::iter::once(primary).chain(partner).collect();
+        let others = if trusted.len() > 1 { &trusted } else { &fresh };
+        let workers: Vec<NodeId> = std::iter::once(primary)
+            .chain(draw(others, &[primary], 1, rng))
+            .collect();
         // (With nobody else among the bidders the check cannot happen; the job runs alone.)
         return Some(Plan {
             replicas: workers.len(),
-            backups: backups(&workers),
+            backups: draw(backup_pool, &workers, MAX_BACKUPS, rng),
             spot_check: workers.len() > 1,
             workers,
         });
     }
     // An untrusted worker earns trust next to a trusted partner. With nobody trusted among the bidders,
     // three untrusted workers must all agree: two adversaries that happen to agree (a shared bug, or
-    // collusion) are not enough.
+    // collusion) are not enough. Each is drawn on its own: candidates come cheapest first, so keys that
+    // bid alike sit side by side, and drawing neighbours would hand a block of underbidding keys a
+    // whole job whenever the draw fell among them.
     if fresh.is_empty() {
         return None;
     }
-    let primary = pick(&fresh, draws[1]);
-    if trusted.is_empty() {
-        let start = ((draws[2] * fresh.len() as f64) as usize).min(fresh.len() - 1);
-        let others = fresh
-            .iter()
-            .cycle()
-            .skip(start)
-            .take(fresh.len())
-            .copied()
-            .filter(|w| *w != primary)
-            .take(2);
-        let workers: Vec<NodeId> = std::iter::once(primary).chain(others).collect();
-        // (Two when fewer than three bid: a small fleet cannot do better.)
-        return Some(Plan {
-            backups: backups(&workers),
-            replicas: workers.len().max(2),
-            workers,
-            spot_check: false,
-        });
-    }
-    let workers = vec![primary, pick(&trusted, draws[2])];
+    let primary = pick(&fresh, primary_u);
+    let partners = if trusted.is_empty() {
+        draw(&fresh, &[primary], 2, rng)
+    } else {
+        draw(&trusted, &[], 1, rng)
+    };
+    let workers: Vec<NodeId> = std::iter::once(primary).chain(partners).collect();
     Some(Plan {
-        backups: backups(&workers),
+        backups: draw(backup_pool, &workers, MAX_BACKUPS, rng),
+        // (Two when fewer than three bid and nobody is trusted: a small fleet cannot do better.)
+        replicas: workers.len().max(2),
         workers,
-        replicas: 2,
         spot_check: false,
     })
 }

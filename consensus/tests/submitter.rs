@@ -835,3 +835,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn keys_that_underbid_everyone_are_drawn_no_more_often_than_chance_allows() {
+    // 20 bidders, nobody trusted: 4 colluding keys bid nothing, 16 honest cars bid 1,000-1,150. Whether
+    // the job has a fixed replica count (raised to three untrusted workers) or adaptive replication,
+    // the three workers are drawn among bidders that price cannot narrow to the colluders: all three are
+    // colluders in about C(4,3)/C(20,3) = 0.35 % of plans, not in most of them (fixed: the pool anchored
+    // on the cheapest bid held only the colluders) nor in ~3 % (adaptive: neighbours in bid order).
+    use fleetmesh_consensus::assign::fixed_plan;
+    use fleetmesh_consensus::trust::{Reputation, plan_preferring};
+    let job = JobId::from_bytes([7; 32]);
+    let colluders: Vec<NodeId> = (1..=4).map(|i| key(i).node_id()).collect();
+    let mut bids: Vec<Bid> = (1..=4).map(|i| bid(job, i, 0)).collect();
+    bids.extend((5..=20).map(|i| bid(job, i, u64::from(i) * 10)));
+    for b in bids.iter_mut().take(4) {
+        b.price = 0;
+    }
+    bids.sort_by_key(|b| b.price + b.energy_cost);
+    let sorted: Vec<&Bid> = bids.iter().collect();
+    let everyone: Vec<NodeId> = bids.iter().map(|b| b.worker).collect();
+    let reputation = Reputation::new(TrustConfig::default());
+    let mut rng = Seeded(1);
+    let trials = 20_000;
+    let (mut fixed_captured, mut adaptive_captured) = (0, 0);
+    for _ in 0..trials {
+        let p = fixed_plan(&sorted, 2, &reputation, 0, &mut rng).unwrap();
+        assert_eq!(p.workers.len(), 3);
+        fixed_captured += usize::from(p.workers.iter().all(|w| colluders.contains(w)));
+        let q = plan_preferring(&everyone, &reputation, 0, &mut rng, &everyone[..4]).unwrap();
+        assert_eq!(q.workers.len(), 3);
+        adaptive_captured += usize::from(q.workers.iter().all(|w| colluders.contains(w)));
+    }
+    // Expected 70 of 20,000 each (0.35 %); a bound of 1 % leaves room for chance and none for a bias.
+    for (what, n) in [("fixed", fixed_captured), ("adaptive", adaptive_captured)] {
+        assert!(n < trials / 100, "{what}: colluders took {n} of {trials} jobs");
+        assert!(
+            n > 0,
+            "{what}: colluders never drawn together, the draw is not uniform"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Reputation and adaptive replication, driven directly; and a quick run of the adversarial simulation.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+use fleetmesh_consensus::assign::Randomness;
 use fleetmesh_consensus::simulation::{self, Behaviour, SimConfig};
 use fleetmesh_consensus::trust::{Reputation, Standing, TrustConfig, plan, plan_preferring};
 use fleetmesh_protocol::{NodeId, NodeKey};
@@ -8,6 +9,16 @@ use proptest::prelude::*;
 
 fn node(i: u8) -> NodeId {
     NodeKey::from_seed([i; 32]).node_id()
+}
+
+/// The given numbers, in order and then again.
+struct Draws(Vec<f64>, usize);
+
+impl Randomness for Draws {
+    fn unit(&mut self) -> f64 {
+        self.1 += 1;
+        self.0[(self.1 - 1) % self.0.len()]
+    }
 }
 
 fn cfg() -> TrustConfig {
@@ -48,7 +59,7 @@ proptest! {
         trusted in proptest::collection::btree_set(0u8..12, 0..6),
         probation in proptest::collection::btree_set(12u8..16, 0..3),
         fresh in proptest::collection::btree_set(16u8..24, 0..6),
-        draws in [0f64..1.0, 0f64..1.0, 0f64..1.0],
+        draws in proptest::collection::vec(0f64..1.0, 12),
         preferred_mask in any::<u32>(),
     ) {
         let mut rep = Reputation::new(cfg());
@@ -61,7 +72,7 @@ proptest! {
             rep.invalid(node(*p), 0);
         }
         let candidates: Vec<NodeId> = trusted.iter().chain(&probation).chain(&fresh).map(|i| node(*i)).collect();
-        let Some(p) = plan(&candidates, &rep, 10, draws) else {
+        let Some(p) = plan(&candidates, &rep, 10, &mut Draws(draws.clone(), 0)) else {
             prop_assert!(fresh.is_empty() && trusted.is_empty());
             return Ok(());
         };
@@ -91,7 +102,7 @@ proptest! {
             .filter(|(i, _)| preferred_mask >> (i % 32) & 1 == 1)
             .map(|(_, c)| *c)
             .collect();
-        let q = plan_preferring(&candidates, &rep, 10, draws, &preferred).unwrap();
+        let q = plan_preferring(&candidates, &rep, 10, &mut Draws(draws, 0), &preferred).unwrap();
         prop_assert_eq!((q.replicas, q.spot_check), (p.replicas, p.spot_check));
         prop_assert_eq!(q.workers.len(), p.workers.len());
         for w in q.workers.iter().chain(&q.backups) {
