@@ -223,15 +223,18 @@ impl Jobs {
             "estimating the offer shard counts from the directory"
         );
         for (family, shard) in joined {
+            // A sample that timed out says nothing (counting it as an empty slot made a 1,000-car shard
+            // look like ~80 cars under load, and every member bid as if its shard were that small).
             let mut found = Vec::with_capacity(directory::SAMPLED_SLOTS);
             for slot in directory::sampled_slots(own_slot) {
-                let providers = self
-                    .inner
-                    .net
-                    .sample_providers(shard.provider_key(slot))
-                    .await
-                    .unwrap_or_default();
-                found.push(providers.len());
+                match self.inner.net.sample_providers(shard.provider_key(slot)).await {
+                    Ok(providers) => found.push(providers.len()),
+                    Err(e) => debug!(slot, error = %e, "a directory sample failed; not counted"),
+                }
+            }
+            if found.is_empty() {
+                debug!(family = ?family, "no directory sample answered; the shard count stays");
+                continue;
             }
             let members = directory::members_estimate(&found);
             lock(&self.inner.membership).members.insert(family, members);

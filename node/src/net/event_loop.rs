@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 mod intake;
+mod lookups;
 
 use super::gossip::{self, GossipPolicy, Limits};
 use super::{Behaviour, BehaviourEvent, Command, NetError, NetEvent, NetStatus, Topic};
@@ -30,16 +31,6 @@ pub(super) const GOSSIP_TRANSPORT_LIMIT: usize = 1024 * 1024;
 type LookupReply = oneshot::Sender<Result<Vec<Multiaddr>, NetError>>;
 
 /// A bootstrap peer and when to try it next.
-/// A provider lookup under way.
-struct ProviderLookup {
-    found: std::collections::HashSet<PeerId>,
-    /// Answers that named providers so far.
-    answers: usize,
-    /// End the lookup after this many such answers.
-    stop_after: Option<usize>,
-    reply: oneshot::Sender<Vec<PeerId>>,
-}
-
 struct BootstrapPeer {
     addr: Multiaddr,
     peer: Option<PeerId>,
@@ -73,7 +64,7 @@ pub(super) struct EventLoop {
     pending_dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<(), NetError>>>,
     /// Provider lookups: the providers found, how many answers named any, when to stop, and where the
     /// result goes.
-    pending_providers: HashMap<kad::QueryId, ProviderLookup>,
+    pending_providers: HashMap<kad::QueryId, lookups::ProviderLookup>,
     pending_records: super::records::Lookups,
     /// Content this node provides, announced again every [`REPROVIDE`].
     provided: Vec<kad::RecordKey>,
@@ -459,7 +450,7 @@ impl EventLoop {
                     .get_providers(kad::RecordKey::new(&key));
                 self.pending_providers.insert(
                     id,
-                    ProviderLookup {
+                    lookups::ProviderLookup {
                         found: Default::default(),
                         answers: 0,
                         stop_after,
@@ -648,8 +639,7 @@ impl EventLoop {
         }) = &event
             && step.last
         {
-            self.metrics
-                .kad_query(super::kad_kind(result), stats.num_requests());
+            super::kad_finished(&self.metrics, result, stats);
         }
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
@@ -709,32 +699,7 @@ impl EventLoop {
                 result: kad::QueryResult::GetProviders(result),
                 step,
                 ..
-            }) => {
-                let me = *self.swarm.local_peer_id();
-                let finished = match result {
-                    Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
-                        let mut enough = false;
-                        if let Some(lookup) = self.pending_providers.get_mut(&id) {
-                            let others: Vec<PeerId> = providers.into_iter().filter(|p| *p != me).collect();
-                            lookup.answers += usize::from(!others.is_empty());
-                            lookup.found.extend(others);
-                            enough = lookup.stop_after.is_some_and(|n| lookup.answers >= n);
-                        }
-                        // A sample ends early (see NetClient::sample_providers).
-                        if enough
-                            && !step.last
-                            && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
-                        {
-                            query.finish();
-                        }
-                        enough || step.last
-                    }
-                    Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => true,
-                };
-                if finished && let Some(lookup) = self.pending_providers.remove(&id) {
-                    let _ = lookup.reply.send(lookup.found.into_iter().collect());
-                }
-            }
+            }) => self.providers_progressed(id, result, step.last),
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result: kad::QueryResult::GetRecord(result),

@@ -172,6 +172,51 @@ fn traffic(m: &Metrics) -> (u64, u64, u64) {
     (gossip, m.requests_in.get(), m.bytes_in.get())
 }
 
+/// How much of the largest digits shard the directory shows: for a few of its slots, the members
+/// whose slot it is (the truth), against the providers a sample finds (the first answer, what a
+/// member's estimate counts) and a whole lookup finds, each asked by a client. Printed per slot;
+/// returns the share of members that samples found.
+async fn directory_accuracy(
+    nodes: &[crate::node::Node],
+    digits_topics: &[(fleetmesh_consensus::directory::Shard, usize)],
+) -> Option<f64> {
+    use fleetmesh_consensus::directory;
+    let (shard, _) = digits_topics.iter().max_by_key(|(_, m)| *m)?;
+    let asker = nodes.last()?;
+    let (mut truth_all, mut sampled_all) = (0, 0);
+    for slot in directory::sampled_slots(0) {
+        let key = shard.provider_key(slot);
+        let truth = nodes
+            .iter()
+            .filter(|n| {
+                let me = n.net.peer_id().to_bytes();
+                directory::slot_of(&me) == slot
+                    && directory::Shard::of(shard.family, shard.shards, &me, crate::clock::now_ms()) == *shard
+            })
+            .count();
+        let ask = |sample: bool| {
+            let net = asker.net.clone();
+            let key = key.clone();
+            async move {
+                let found = if sample {
+                    net.sample_providers(key).await
+                } else {
+                    net.get_providers(key).await
+                };
+                found.map(|f| f.len()).unwrap_or(0)
+            }
+        };
+        let sampled = ask(true).await;
+        let whole = ask(false).await;
+        eprintln!(
+            "directory, slot {slot}: {truth} members, a sample finds {sampled}, a whole lookup {whole}"
+        );
+        truth_all += truth;
+        sampled_all += sampled.min(truth);
+    }
+    (truth_all > 0).then(|| (sampled_all as f64 / truth_all as f64 * 100.0).round() / 100.0)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -375,22 +420,27 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         tasks.spawn(async move {
             let t0 = Instant::now();
             // A job not verified within a minute of its submission counts as failed.
-            let verified = tokio::time::timeout(Duration::from_secs(60), async {
-                let id = jobs
-                    .submit(model, pixels, 2)
-                    .await
-                    .map_err(|e| format!("submit: {e}"))?;
-                let result = jobs.wait(id).await.map_err(|e| format!("wait: {e}"))?;
-                match result.outcome {
-                    Outcome::Accepted { .. } => Ok(()),
+            let limit = Duration::from_secs(60);
+            let id = match tokio::time::timeout(limit, jobs.submit(model, pixels, 2)).await {
+                Ok(Ok(id)) => id,
+                Ok(Err(e)) => return Err(format!("submit: {e}")),
+                Err(_) => return Err("not submitted within a minute".to_string()),
+            };
+            match tokio::time::timeout(limit.saturating_sub(t0.elapsed()), jobs.wait(id)).await {
+                Ok(Ok(result)) => match result.outcome {
+                    Outcome::Accepted { .. } => Ok(t0.elapsed().as_secs_f64() * 1e3),
                     Outcome::Failed(why) => Err(format!("failed: {why:?}")),
-                }
-            })
-            .await;
-            match verified {
-                Ok(Ok(())) => Ok(t0.elapsed().as_secs_f64() * 1e3),
-                Ok(Err(why)) => Err(why),
-                Err(_) => Err("no verdict within a minute".to_string()),
+                },
+                Ok(Err(e)) => Err(format!("wait: {e}")),
+                // Where the job stood: its state and its workers' (what a failure is made of).
+                Err(_) => Err(match jobs.view(&id) {
+                    Some(v) => {
+                        let mut workers: Vec<&str> = v.workers.iter().map(|w| w.state).collect();
+                        workers.sort_unstable();
+                        format!("no verdict within a minute ({}; workers {workers:?})", v.state)
+                    }
+                    None => "no verdict within a minute (job unknown)".to_string(),
+                }),
             }
         });
         if (j + 1) % 100 == 0 {
@@ -425,9 +475,14 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
     let mut client_msgs = Vec::new();
     let mut client_bytes = Vec::new();
     let mut server_requests = Vec::new();
+    // Requests the submitters received (bids, commits, reports): a shard whose members over-bid shows.
+    let mut submitter_requests = 0;
     for (i, node) in nodes.iter().enumerate() {
         let (g, r, b) = traffic(&node.metrics);
         let (g0, r0, b0) = before[i];
+        if i < submitters {
+            submitter_requests += r - r0;
+        }
         let per_s = |x: u64, x0: u64| (x - x0) as f64 / run_s;
         if i < servers {
             server_requests.push(per_s(r, r0));
@@ -491,6 +546,7 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         .collect();
     let digits_shards = digits_topics.iter().map(|(s, _)| s.shards).max();
     let largest_shard = digits_topics.iter().map(|(_, m)| *m).max();
+    let directory_found = directory_accuracy(&nodes, &digits_topics).await;
     joins.poll(&nodes, servers);
     let (rss, peak) = rss_mb();
     let wall_s = started.elapsed().as_secs_f64();
@@ -537,6 +593,7 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         "client_bytes_per_s_p99": percentile(&client_bytes, 0.99).map(f64::round),
         "client_receipts_mean": (mean(&client_receipts) * 10.0).round() / 10.0,
         "client_receipts_max": client_receipts.iter().copied().fold(0.0, f64::max),
+        "submitter_requests_per_job": (submitter_requests as f64 / total.max(1) as f64 * 10.0).round() / 10.0,
         "server_requests_per_s": (mean(&server_requests) * 10.0).round() / 10.0,
         "server_requests_per_s_max": server_requests.last().map(|v| (v * 10.0).round() / 10.0),
         "fleet_topic_offers": fleet_topic_offers,
@@ -544,6 +601,7 @@ pub async fn run(args: ScaleArgs) -> Result<serde_json::Value, DemoError> {
         "offer_topics": topics.len(),
         "digits_shards": digits_shards,
         "largest_shard_members": largest_shard,
+        "directory_found_share": directory_found,
         "clients_in_server_tables": in_tables.len(),
         "max_reservations_per_relay": joins.max_reservations,
         "recover_s": null,
