@@ -7,7 +7,7 @@
 #   what-if flags: --participation F  --off-peak-only  --cellular-only  --stationary
 #                  --adversary KIND --adversary-share F  --job-mix small|mixed|large
 #                  --jobs-per-car-day J | --jobs-per-s R  --reachable F  --submitters K  --plots DIR
-#   calibration against scripts/bench-scale.sh: --replicas 2 --reachable-submitters --lan
+#   calibration against scripts/bench-scale.sh: --replicas 2 --reachable-submitters --lan --minutes M
 #   (scripts/fleet-sim.sh --help lists them all)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

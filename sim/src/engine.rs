@@ -339,7 +339,7 @@ impl World {
     fn new(cfg: SimConfig) -> Self {
         let mut rng = Rng::new(cfg.seed);
         let start = START_DAY * DAY_MS;
-        let end = start + u64::from(cfg.days) * DAY_MS;
+        let end = start + cfg.seconds() * 1_000;
         let models = models(cfg.mix);
         let mut policy = OwnerPolicy::default();
         if cfg.off_peak_only {

@@ -153,6 +153,8 @@ pub struct SimConfig {
     pub cars: usize,
     /// Simulated days, starting Monday 00:00.
     pub days: u32,
+    /// Simulated minutes instead of days (a run as short as a real-node scale run, for calibration).
+    pub minutes: Option<u32>,
     /// Seed of every draw.
     pub seed: u64,
     /// Fraction of the cars whose owners take part (the others never admit work).
@@ -195,6 +197,7 @@ impl Default for SimConfig {
         Self {
             cars: 10_000,
             days: 1,
+            minutes: None,
             seed: 1,
             participation: 1.0,
             reachable: 0.05,
@@ -217,6 +220,14 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
+    /// The simulated time, in seconds: `minutes` when set, else `days`.
+    pub fn seconds(&self) -> u64 {
+        match self.minutes {
+            Some(m) => u64::from(m) * 60,
+            None => u64::from(self.days) * 86_400,
+        }
+    }
+
     /// Checks the values: one line saying what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if self.cars < 20 {
@@ -230,6 +241,13 @@ impl SimConfig {
         }
         if self.days == 0 {
             return Err("--days must be at least 1".into());
+        }
+        if let Some(m) = self.minutes
+            && m < 3
+        {
+            return Err(format!(
+                "--minutes must be at least 3 (jobs of the last two minutes are not counted), got {m}"
+            ));
         }
         for (name, v) in [
             ("--participation", self.participation),

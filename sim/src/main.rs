@@ -17,6 +17,10 @@ struct Args {
     /// Simulated days (from a Monday 00:00).
     #[arg(long, default_value_t = 1)]
     days: u32,
+    /// Simulated minutes instead of days (from a Monday 00:00; at least 3, as jobs submitted in the
+    /// last two minutes are not counted): a run as long as a real-node scale run.
+    #[arg(long, conflicts_with = "days")]
+    minutes: Option<u32>,
     /// Seed of every random draw: a seed gives one run.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
     let cfg = SimConfig {
         cars: args.cars,
         days: args.days,
+        minutes: args.minutes,
         seed: args.seed,
         participation: args.participation,
         reachable: args.reachable,

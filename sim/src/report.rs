@@ -188,7 +188,8 @@ impl Collector {
         end_ms: u64,
         wall: Instant,
     ) -> Report {
-        let secs = f64::from(cfg.days) * 86_400.0;
+        let secs = cfg.seconds() as f64;
+        let days = secs / 86_400.0;
         // Jobs submitted in the last two minutes are left out, decided or not (keeping the decided
         // ones would favour fast jobs).
         let counted: Vec<&UserJob> = self
@@ -231,7 +232,7 @@ impl Collector {
             let mut bytes: Vec<f64> = chosen.iter().map(|s| s.bytes as f64 / secs).collect();
             let mut cell: Vec<f64> = chosen
                 .iter()
-                .map(|s| s.cell_bytes as f64 / f64::from(cfg.days) * 30.0 / 1e6)
+                .map(|s| s.cell_bytes as f64 / days * 30.0 / 1e6)
                 .collect();
             for v in [&mut msgs, &mut bytes, &mut cell] {
                 v.sort_by(f64::total_cmp);
@@ -259,7 +260,7 @@ impl Collector {
         let (servers_role, _, _) = per_car(&|r| r);
         // Owners: earnings and electricity a month, per enrolled car.
         let owners: Vec<&CarStats> = cars.iter().filter(|(e, _, _)| *e).map(|(_, _, s)| *s).collect();
-        let month = 30.0 / f64::from(cfg.days);
+        let month = 30.0 / days;
         let gross: Vec<f64> = owners
             .iter()
             .map(|s| s.credit as f64 / 1e6 * USD_PER_CREDIT * month)
@@ -285,6 +286,7 @@ impl Collector {
         let json = json!({
             "cars": self.cars,
             "days": cfg.days,
+            "minutes": cfg.minutes,
             "seed": cfg.seed,
             "wall_s": round3(wall_s),
             "peak_rss_mb": peak_rss_mb(),

@@ -123,6 +123,7 @@ fn the_command_line_prints_one_json_line_and_refuses_bad_values_in_one_line() {
         vec!["--cars", "5"],
         vec!["--participation", "2"],
         vec!["--adversary", "wizard"],
+        vec!["--minutes", "2"],
     ] {
         let out = std::process::Command::new(exe)
             .args(&bad)
