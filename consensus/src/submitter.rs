@@ -1,5 +1,5 @@
 //! The submitter's decisions for every job it has offered, sans-IO: the bid window, the choice of workers
-//! (a fixed replica count, cheapest bids first, or adaptive replication by reputation), the [`Job`] state
+//! (a fixed replica count drawn from the cheaper half of the bids, or adaptive replication by reputation), the [`Job`] state
 //! machine of each job, the credit rule of its receipts and the reputation updates its verdicts make.
 //!
 //! Inputs carry the time (`now_ms`) and, where a choice is random, a [`Randomness`] source; every input
@@ -68,7 +68,8 @@ impl Default for SubmitterConfig {
 /// How many workers a job gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replication {
-    /// The offer's replica count, from the cheapest bids (price plus the car's electricity cost).
+    /// The offer's replica count, drawn at random from the cheaper bids (price plus the car's
+    /// electricity cost; see [`fixed_plan`]).
     Fixed,
     /// Chosen by the workers' reputation ([`trust::plan_preferring`]): a trusted worker runs alone except
     /// for spot checks, an untrusted one always gets an independent partner.

@@ -158,7 +158,7 @@ fn happy_path_two_agreeing_workers() {
 }
 
 #[test]
-fn cheaper_bids_are_assigned_first() {
+fn bids_are_assigned_in_the_order_given_not_by_price() {
     let mut job = new_job(1, 0);
     // One replica: the first bid is assigned at once.
     assert_eq!(assigned(&job.on_bid(bid(&job, 5, 50), 0).unwrap()), vec![node(5)]);
@@ -167,6 +167,13 @@ fn cheaper_bids_are_assigned_first() {
     job.on_bid(bid(&job, 2, 10), 0).unwrap();
     let assigned_all: Vec<_> = job.slots().map(|(w, _)| *w).collect();
     assert_eq!(assigned_all, vec![node(1), node(2)]);
+    // Spare bids wait in the order given (the submitter's draw): a replacement is the first of them,
+    // not the cheapest (keys that underbid everyone would otherwise take every extra worker).
+    let mut job = new_job(1, 2);
+    job.on_bid(bid(&job, 1, 50), 0).unwrap();
+    job.on_bid(bid(&job, 2, 90), 0).unwrap();
+    job.on_bid(bid(&job, 3, 10), 0).unwrap();
+    assert_eq!(assigned(&job.on_tick(10_001)), vec![node(2)]);
 }
 
 #[test]

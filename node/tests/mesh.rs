@@ -539,7 +539,8 @@ async fn a_relayed_dht_clients_provider_record_is_found_by_another_client_and_it
     let key = b"fleetmesh test shard key".to_vec();
     a.client.provide(key.clone()).await.unwrap();
     let found = wait_for(Duration::from_secs(20), || async {
-        let providers = b.client.get_providers(key.clone()).await.unwrap();
+        // (A lookup that timed out is an error: look again.)
+        let providers = b.client.get_providers(key.clone()).await.unwrap_or_default();
         providers.contains(&a.client.peer_id()).then_some(())
     })
     .await;

@@ -239,7 +239,7 @@ impl SimConfig {
                 self.cars
             ));
         }
-        if self.days == 0 {
+        if self.days == 0 && self.minutes.is_none() {
             return Err("--days must be at least 1".into());
         }
         if let Some(m) = self.minutes

@@ -285,7 +285,7 @@ impl Collector {
         let wall_s = wall.elapsed().as_secs_f64();
         let json = json!({
             "cars": self.cars,
-            "days": cfg.days,
+            "days": cfg.minutes.is_none().then_some(cfg.days),
             "minutes": cfg.minutes,
             "seed": cfg.seed,
             "wall_s": round3(wall_s),

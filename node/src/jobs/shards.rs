@@ -34,6 +34,8 @@ const DIAL_MEMBERS: usize = 4;
 const SUBSCRIPTION_WAIT_MS: u64 = 2_000;
 /// The first look at the directory after a start, when the node's own announcements are out.
 const FIRST_ESTIMATE_AFTER_MS: u64 = 5_000;
+/// How long a submitter looks for the members of a shard it is not in before trying another.
+const SAMPLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The shards this node is in, the shard counts it uses, and the offers counted per family.
 #[derive(Default)]
@@ -42,6 +44,8 @@ pub(super) struct Membership {
     shards: HashMap<Family, u32>,
     /// Members of this node's shard of each family, as last estimated from the directory.
     members: HashMap<Family, usize>,
+    /// The cautious count of that estimate ([`directory::members_lower_bound`]), what splits go by.
+    floors: HashMap<Family, usize>,
     /// Offers received per family since `counted_since_ms`.
     offers: HashMap<Family, u64>,
     counted_since_ms: u64,
@@ -224,24 +228,42 @@ impl Jobs {
         );
         for (family, shard) in joined {
             // A sample that timed out says nothing (counting it as an empty slot made a 1,000-car shard
-            // look like ~80 cars under load, and every member bid as if its shard were that small).
+            // look like ~80 cars under load, and every member bid as if its shard were that small). The
+            // samples run at once: one after another, six lookups of up to 30 s each could outlast the
+            // estimate's period.
+            let samples = directory::sampled_slots(own_slot)
+                .map(|slot| self.inner.net.sample_providers(shard.provider_key(slot)));
             let mut found = Vec::with_capacity(directory::SAMPLED_SLOTS);
-            for slot in directory::sampled_slots(own_slot) {
-                match self.inner.net.sample_providers(shard.provider_key(slot)).await {
+            for sample in futures::future::join_all(samples).await {
+                match sample {
                     Ok(providers) => found.push(providers.len()),
-                    Err(e) => debug!(slot, error = %e, "a directory sample failed; not counted"),
+                    Err(e) => debug!(error = %e, "a directory sample failed; not counted"),
                 }
             }
-            if found.is_empty() {
-                debug!(family = ?family, "no directory sample answered; the shard count stays");
-                continue;
-            }
-            let members = directory::members_estimate(&found);
-            lock(&self.inner.membership).members.insert(family, members);
+            // Fewer than half answered: the last estimate stands (an offer rate can still split).
+            let (members, floor) = if found.len() * 2 >= directory::SAMPLED_SLOTS {
+                let estimate = (
+                    directory::members_estimate(&found),
+                    directory::members_lower_bound(&found),
+                );
+                let mut m = lock(&self.inner.membership);
+                m.members.insert(family, estimate.0);
+                m.floors.insert(family, estimate.1);
+                estimate
+            } else {
+                let m = lock(&self.inner.membership);
+                match (m.members.get(&family), m.floors.get(&family)) {
+                    (Some(members), Some(floor)) => (*members, *floor),
+                    _ => {
+                        debug!(family = ?family, answered = found.len(), "too few directory samples answered; no shard count yet");
+                        continue;
+                    }
+                }
+            };
             let rate = offers.get(&family).copied().unwrap_or(0) as f64 / seconds;
             // Split and merge on the cautious count: noise in a small sample must not split a shard.
-            let next = directory::next_shards(shard.shards, directory::members_lower_bound(&found), rate);
-            debug!(family = ?family, shards = shard.shards, next, members, offers_per_s = rate, "offer shards estimated");
+            let next = directory::next_shards(shard.shards, floor, rate);
+            debug!(family = ?family, shards = shard.shards, next, members, answered = found.len(), offers_per_s = rate, "offer shards estimated");
             lock(&self.inner.membership).pending.insert(family, next);
         }
     }
@@ -307,7 +329,9 @@ impl Jobs {
             if net.topic_peers(shard.topic()).await.unwrap_or(0) > 0 {
                 return Some(shard);
             }
-            let providers = net.sample_providers(shard.head_key()).await.unwrap_or_default();
+            // (A lookup may take up to the DHT's 30 s query timeout; an offer lives 10 s.)
+            let sample = tokio::time::timeout(SAMPLE_WAIT, net.sample_providers(shard.head_key()));
+            let providers = sample.await.ok().and_then(Result::ok).unwrap_or_default();
             if providers.is_empty() {
                 continue;
             }

@@ -198,12 +198,16 @@ async fn directory_accuracy(
             let net = asker.net.clone();
             let key = key.clone();
             async move {
-                let found = if sample {
-                    net.sample_providers(key).await
-                } else {
-                    net.get_providers(key).await
+                let lookup = async {
+                    if sample {
+                        net.sample_providers(key).await
+                    } else {
+                        net.get_providers(key).await
+                    }
                 };
-                found.map(|f| f.len()).unwrap_or(0)
+                // (A lookup may take up to the DHT's 30 s query timeout: the report waits 10 s each.)
+                let found = tokio::time::timeout(Duration::from_secs(10), lookup).await;
+                found.ok().and_then(Result::ok).map_or(0, |f| f.len())
             }
         };
         let sampled = ask(true).await;
