@@ -50,6 +50,23 @@ fn draw(from: &mut Vec<NodeId>, rng: &mut dyn Randomness) -> Option<NodeId> {
     Some(from.swap_remove(i))
 }
 
+/// Up to `n` of `from` that are not in `chosen`, each drawn uniformly among those left (never by their
+/// position in `from`, which bidders can choose through what they bid).
+pub(crate) fn draw_up_to(
+    from: &[NodeId],
+    chosen: &[NodeId],
+    n: usize,
+    rng: &mut dyn Randomness,
+) -> Vec<NodeId> {
+    let mut left: Vec<NodeId> = from.iter().copied().filter(|w| !chosen.contains(w)).collect();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let Some(w) = draw(&mut left, rng) else { break };
+        out.push(w);
+    }
+    out
+}
+
 /// The plan of a job with a fixed replica count `r` from `candidates` (bids of workers not on
 /// probation, cheapest first). With two or more replicas, one worker is trusted whenever a trusted
 /// worker bid (drawn among the trusted bids of the price pool, else among all trusted bids), and the
@@ -84,7 +101,7 @@ pub fn fixed_plan(
                 .collect(),
         });
     }
-    let mut pool: Vec<NodeId> = price_pool(candidates, 2 * r).iter().map(|b| b.worker).collect();
+    let pool: Vec<NodeId> = price_pool(candidates, 2 * r).iter().map(|b| b.worker).collect();
     let mut workers = Vec::new();
     {
         let mut vouching: Vec<NodeId> = pool.iter().copied().filter(trusted).collect();
@@ -100,31 +117,17 @@ pub fn fixed_plan(
     } else {
         r
     };
-    pool.retain(|w| !workers.contains(w));
-    while workers.len() < want {
-        let Some(w) = draw(&mut pool, rng) else { break };
-        workers.push(w);
-    }
-    let mut rest: Vec<NodeId> = everyone
-        .iter()
-        .copied()
-        .filter(|w| !workers.contains(w))
-        .collect();
-    while workers.len() < want {
-        let Some(w) = draw(&mut rest, rng) else { break };
-        workers.push(w);
+    for from in [&pool, &everyone] {
+        let more = draw_up_to(from, &workers, want.saturating_sub(workers.len()), rng);
+        workers.extend(more);
     }
     let any_trusted = everyone.iter().any(trusted);
-    let mut spare: Vec<NodeId> = everyone
+    let spare: Vec<NodeId> = everyone
         .iter()
         .copied()
-        .filter(|w| !workers.contains(w) && (!any_trusted || trusted(w)))
+        .filter(|w| !any_trusted || trusted(w))
         .collect();
-    let mut backups = Vec::new();
-    while backups.len() < trust::MAX_BACKUPS {
-        let Some(w) = draw(&mut spare, rng) else { break };
-        backups.push(w);
-    }
+    let backups = draw_up_to(&spare, &workers, trust::MAX_BACKUPS, rng);
     Some(trust::Plan {
         workers,
         replicas: r,

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use fleetmesh_protocol::NodeId;
 
-use crate::assign::Randomness;
+use crate::assign::{Randomness, draw_up_to};
 
 /// Reputation and replication settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -252,16 +252,6 @@ pub fn plan_preferring(
     }
     let (explore_u, primary_u, spot_u) = (rng.unit(), rng.unit(), rng.unit());
     let pick = |from: &[NodeId], u: f64| from[((u * from.len() as f64) as usize).min(from.len() - 1)];
-    // Up to `n` of `from` not in `chosen`, each drawn uniformly among those left.
-    let draw = |from: &[NodeId], chosen: &[NodeId], n: usize, rng: &mut dyn Randomness| -> Vec<NodeId> {
-        let mut left: Vec<NodeId> = from.iter().copied().filter(|w| !chosen.contains(w)).collect();
-        let mut out = Vec::new();
-        while out.len() < n && !left.is_empty() {
-            let i = ((rng.unit() * left.len() as f64) as usize).min(left.len() - 1);
-            out.push(left.swap_remove(i));
-        }
-        out
-    };
     let backup_pool = if trusted.is_empty() { &fresh } else { &trusted };
     let explore = trusted.is_empty() || (!fresh.is_empty() && explore_u < cfg.explore);
     if !explore {
@@ -274,7 +264,7 @@ pub fn plan_preferring(
         let primary = pick(pool, primary_u);
         if spot_u >= cfg.spot_check {
             return Some(Plan {
-                backups: draw(backup_pool, &[primary], MAX_BACKUPS, rng),
+                backups: draw_up_to(backup_pool, &[primary], MAX_BACKUPS, rng),
                 workers: vec![primary],
                 replicas: 1,
                 spot_check: false,
@@ -283,12 +273,12 @@ pub fn plan_preferring(
         // Spot check: a second, independent worker (another trusted one if there is one).
         let others = if trusted.len() > 1 { &trusted } else { &fresh };
         let workers: Vec<NodeId> = std::iter::once(primary)
-            .chain(draw(others, &[primary], 1, rng))
+            .chain(draw_up_to(others, &[primary], 1, rng))
             .collect();
         // (With nobody else among the bidders the check cannot happen; the job runs alone.)
         return Some(Plan {
             replicas: workers.len(),
-            backups: draw(backup_pool, &workers, MAX_BACKUPS, rng),
+            backups: draw_up_to(backup_pool, &workers, MAX_BACKUPS, rng),
             spot_check: workers.len() > 1,
             workers,
         });
@@ -303,13 +293,13 @@ pub fn plan_preferring(
     }
     let primary = pick(&fresh, primary_u);
     let partners = if trusted.is_empty() {
-        draw(&fresh, &[primary], 2, rng)
+        draw_up_to(&fresh, &[primary], 2, rng)
     } else {
-        draw(&trusted, &[], 1, rng)
+        draw_up_to(&trusted, &[], 1, rng)
     };
     let workers: Vec<NodeId> = std::iter::once(primary).chain(partners).collect();
     Some(Plan {
-        backups: draw(backup_pool, &workers, MAX_BACKUPS, rng),
+        backups: draw_up_to(backup_pool, &workers, MAX_BACKUPS, rng),
         // (Two when fewer than three bid and nobody is trusted: a small fleet cannot do better.)
         replicas: workers.len().max(2),
         workers,
