@@ -42,10 +42,9 @@ const SAMPLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(super) struct Membership {
     joined: BTreeMap<Family, Shard>,
     shards: HashMap<Family, u32>,
-    /// Members of this node's shard of each family, as last estimated from the directory.
-    members: HashMap<Family, usize>,
-    /// The cautious count of that estimate ([`directory::members_lower_bound`]), what splits go by.
-    floors: HashMap<Family, usize>,
+    /// The last estimate from the directory of the members of this node's shard of each family: the
+    /// count bids go by, and its cautious count ([`directory::members_lower_bound`]) splits go by.
+    estimates: HashMap<Family, (usize, usize)>,
     /// Offers received per family since `counted_since_ms`.
     offers: HashMap<Family, u64>,
     counted_since_ms: u64,
@@ -75,10 +74,9 @@ impl Jobs {
     /// answer).
     pub(super) fn draws_bid(&self, job: &fleetmesh_protocol::JobId, model: &ModelId) -> bool {
         let members = lock(&self.inner.membership)
-            .members
+            .estimates
             .get(&Family::Model(*model))
-            .copied()
-            .unwrap_or(0);
+            .map_or(0, |(members, _)| *members);
         let p = directory::bid_probability(members);
         if p >= 1.0 {
             return true;
@@ -243,22 +241,17 @@ impl Jobs {
             // None answered: the last estimate and its cautious count stand (an offer rate can still
             // split the shard).
             let (members, floor) = if found.is_empty() {
-                let m = lock(&self.inner.membership);
-                match (m.members.get(&family), m.floors.get(&family)) {
-                    (Some(members), Some(floor)) => (*members, *floor),
-                    _ => {
-                        debug!(family = ?family, "no directory sample answered; no shard count yet");
-                        continue;
-                    }
-                }
+                let Some(last) = lock(&self.inner.membership).estimates.get(&family).copied() else {
+                    debug!(family = ?family, "no directory sample answered; no shard count yet");
+                    continue;
+                };
+                last
             } else {
                 let estimate = (
                     directory::members_estimate(&found),
                     directory::members_lower_bound(&found),
                 );
-                let mut m = lock(&self.inner.membership);
-                m.members.insert(family, estimate.0);
-                m.floors.insert(family, estimate.1);
+                lock(&self.inner.membership).estimates.insert(family, estimate);
                 estimate
             };
             let rate = offers.get(&family).copied().unwrap_or(0) as f64 / seconds;
